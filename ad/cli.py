@@ -1,4 +1,4 @@
-"""The `ad` command: space, arch (this file grows one subcommand per pipeline stage)."""
+"""The `ad` command: space, arch, profile (one subcommand per pipeline stage)."""
 
 from __future__ import annotations
 
@@ -103,6 +103,44 @@ def cmd_arch(args) -> int:
   return 0
 
 
+def cmd_profile(args) -> int:
+  from ad import configs, space as space_lib
+  from profiling import harness
+  cfg = configs.load_config(args.config, args.overrides)
+  if not args.outside_space:
+    space_lib.DesignSpace.from_config(cfg.space).check(args.arch)
+  kw = dict(num_blocks=args.blocks, batch=args.batch, seq=args.seq, dtype=args.dtype)
+  if args.compile_only:
+    r = harness.compile_only_arch(args.arch, cfg.model, **kw)
+  else:
+    r = harness.measure_arch(args.arch, cfg.model, trace_dir=args.trace_dir, target_rel_ci=args.target_ci,
+                             max_reps=args.max_reps, **kw)
+  if args.json:
+    print(json.dumps(r, indent=2))
+    return 0
+  if args.compile_only:
+    print(f"{r['arch']} ({r['num_blocks']} blocks, batch {r['batch']}, seq {r['seq']}, {r['dtype']}, {r['backend']}): "
+          f"{r['flops'] / 1e9:.3f} GFLOP, {r['bytes_accessed'] / 1e6:.1f} MB accessed, "
+          f"peak memory {r.get('peak_bytes', 0) / 1e6:.1f} MB (compile only)")
+    return 0
+  print(f"{r['arch']} ({r['num_blocks']} blocks, batch {r['batch']}, seq {r['seq']}, {r['dtype']}) on "
+        f"{r['backend']} / {r['device_kind']}")
+  print(f"  latency (trace)  median {r['latency_ms_median']:.3f} ms  mean {r['latency_ms_mean']:.3f}  "
+        f"p90 {r['latency_ms_p90']:.3f}  cv {r['latency_cv']:.3f}  (+-{100 * r['latency_rel_ci95']:.1f}% 95% CI "
+        f"of the median, {r['repetitions']} reps{'' if r['converged'] else ', NOT converged'})")
+  print(f"  latency (wall)   median {r['wall_ms_median']:.3f} ms  (wall - device {r['wall_minus_device_ms']:+.3f} ms)")
+  print(f"  throughput {r['throughput_per_s']:.1f} seq/s, {r['tokens_per_s']:.0f} tokens/s")
+  print(f"  {r['flops'] / 1e9:.3f} GFLOP, {r['bytes_accessed'] / 1e6:.1f} MB accessed"
+        f"{' (undercounted: loops or Pallas grids)' if r['flops_undercounted'] else ''}; "
+        f"FLOPS util {100 * r['flops_utilization']:.1f}%, bandwidth util {100 * r['bandwidth_utilization']:.1f}% "
+        f"(peaks from {r['peak_source']}); peak memory {r['peak_memory_bytes'] / 1e6:.1f} MB")
+  print("  top ops:")
+  for op in r["top_ops"][:5]:
+    print(f"    {100 * op['share']:5.1f}%  {op['time_us'] / op['count']:9.1f} us x{op['count']:<4d} {op['name']}  {op['scope']}")
+  print(f"  trace: {r['trace_dir']}  (tensorboard --logdir {r['trace_dir']})")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="ad", description="AutoDistill in JAX (see README.md)")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
                  help="allow architectures outside the config's design space")
   _add_config_args(p)
   p.set_defaults(fn=cmd_arch)
+
+  p = sub.add_parser("profile", help="measure a student's latency, throughput and utilization from XLA traces")
+  p.add_argument("--arch", required=True, help="architecture name H_B_A_I_F")
+  p.add_argument("--blocks", type=int, default=None, help="number of blocks (default: config model.num_blocks)")
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--seq", type=int, default=128)
+  p.add_argument("--dtype", default=None, help="compute dtype (default: config model.dtype)")
+  p.add_argument("--trace-dir", default=None, help="where traces are kept (default: a new temp dir)")
+  p.add_argument("--target-ci", type=float, default=0.02,
+                 help="stop when the 95%% CI of the median is within this fraction of it")
+  p.add_argument("--max-reps", type=int, default=300)
+  p.add_argument("--compile-only", action="store_true", help="FLOPs, bytes and memory without running")
+  p.add_argument("--json", action="store_true")
+  p.add_argument("--outside-space", action="store_true", help="allow architectures outside the design space")
+  _add_config_args(p)
+  p.set_defaults(fn=cmd_profile)
   return parser
 
 

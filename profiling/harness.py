@@ -1,0 +1,184 @@
+"""Latency harness: a jitted function measured from XLA profiler traces (003 section 3.4).
+
+measure_fn: compile once (FLOPs, bytes, memory from XLA), warm up, then trace rounds of
+`chunk` executions under jax.profiler with step annotations until the 95% confidence
+interval of the median device time is within `target_rel_ci` of it (or `max_reps`). Each
+round's trace stays in `trace_dir/round_NNN/` for TensorBoard/xprof. Wall-clock time around
+`block_until_ready` is recorded beside it as a cross-check.
+
+measure_arch: the same for a student architecture's inference forward (embeddings, blocks,
+pooler) at a batch, sequence length and dtype; this is what the search loop calls.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import re
+import tempfile
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from profiling import compile_stats, peaks as peaks_lib, trace as trace_lib
+
+RESULT_FIELDS = (
+    "name", "backend", "device_kind", "jax_version", "jaxlib_version", "dtype", "batch", "seq", "repetitions",
+    "latency_ms_mean", "latency_ms_median", "latency_ms_p90", "latency_cv", "latency_rel_ci95", "converged",
+    "wall_ms_median", "wall_minus_device_ms", "throughput_per_s", "tokens_per_s", "flops", "bytes_accessed",
+    "flops_undercounted", "flops_utilization", "bandwidth_utilization", "peak_flops_per_s", "peak_bytes_per_s",
+    "peak_source", "peak_memory_bytes", "compile_s", "top_ops", "time_by_scope", "trace_dir", "trace_source", "threads",
+)
+
+
+def median_ci95(x: np.ndarray) -> tuple[float, float]:
+  """Distribution-free 95% CI of the median from order statistics (normal approximation to the binomial)."""
+  x = np.sort(np.asarray(x, np.float64))
+  n = len(x)
+  half = 1.96 * math.sqrt(n) / 2
+  lo = max(int(math.floor(n / 2 - half)), 0)
+  hi = min(int(math.ceil(n / 2 + half)), n - 1)
+  return float(x[lo]), float(x[hi])
+
+
+def _thread_settings() -> dict:
+  keys = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+  out = {k: os.environ[k] for k in keys if k in os.environ}
+  out["cpu_count"] = os.cpu_count()
+  try:
+    out["affinity"] = len(os.sched_getaffinity(0))
+  except AttributeError:
+    pass
+  return out
+
+
+def _safe_name(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def measure_fn(fn: Callable, args: tuple, *, name: str, batch: int, seq: int | None = None, dtype: str = "float32",
+               trace_dir: str | None = None, warmup: int = 3, chunk: int = 10, min_reps: int = 20,
+               max_reps: int = 300, target_rel_ci: float = 0.02, top_k: int = 10,
+               peaks: peaks_lib.Peaks | None = None) -> dict[str, Any]:
+  if batch <= 0:
+    raise ValueError(f"batch must be positive, got {batch}")
+  if not 0 < target_rel_ci < 1:
+    raise ValueError(f"target_rel_ci must be in (0, 1), got {target_rel_ci}")
+  if min_reps > max_reps or chunk <= 0:
+    raise ValueError(f"need 0 < chunk and min_reps <= max_reps, got chunk={chunk} min_reps={min_reps} max_reps={max_reps}")
+  trace_dir = trace_dir or tempfile.mkdtemp(prefix="ad_trace_")
+  os.makedirs(trace_dir, exist_ok=True)
+
+  # A unique module name so the parser finds this function's executions and nothing else.
+  tag = f"ad_measure_{_safe_name(name)}"
+  def target(*a):
+    return fn(*a)
+  target.__name__ = tag
+
+  t0 = time.perf_counter()
+  stats = compile_stats.compile_stats(target, *args)
+  compiled = stats["compiled"]
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    jax.block_until_ready(compiled(*args))
+
+  device_ns, wall_ns = [], []
+  op_time, op_count, source = {}, {}, ""
+  rounds = 0
+  while True:
+    round_dir = os.path.join(trace_dir, f"round_{rounds:03d}")
+    started = time.time()
+    with jax.profiler.trace(round_dir):
+      for i in range(chunk):
+        with jax.profiler.StepTraceAnnotation(tag, step_num=len(wall_ns)):
+          s = time.perf_counter_ns()
+          jax.block_until_ready(compiled(*args))
+          wall_ns.append(time.perf_counter_ns() - s)
+    ts = trace_lib.parse(trace_lib.newest_xplane(round_dir, after=started - 1), tag)
+    if len(ts.run_times_ns) != chunk:
+      raise RuntimeError(f"trace {round_dir}: found {len(ts.run_times_ns)} executions of module *{tag}*, "
+                         f"expected {chunk}; the trace parser does not understand this backend's planes")
+    device_ns += ts.run_times_ns
+    source = ts.source
+    for k, v in ts.op_time_ns.items():
+      op_time[k] = op_time.get(k, 0.0) + v
+      op_count[k] = op_count.get(k, 0) + ts.op_count[k]
+    rounds += 1
+    med = float(np.median(device_ns))
+    lo, hi = median_ci95(device_ns)
+    rel_ci = (hi - lo) / 2 / med if med > 0 else float("inf")
+    n = len(device_ns)
+    if (n >= min_reps and rel_ci <= target_rel_ci) or n >= max_reps:
+      break
+
+  dev_ms = np.asarray(device_ns) / 1e6
+  median_s = med / 1e9
+  device = jax.devices()[0]
+  peaks = peaks or peaks_lib.device_peaks(device, dtype)
+  all_ops = trace_lib.TraceStats(device_ns, op_time, op_count, source)
+  scopes = trace_lib.hlo_scopes(compiled.as_text() or "")
+  top = all_ops.top_ops(top_k, scopes)
+  result = dict(
+      name=name, backend=jax.default_backend(), device_kind=device.device_kind, jax_version=jax.__version__,
+      jaxlib_version=jax.lib.__version__ if hasattr(jax.lib, "__version__") else jax.__version__,
+      dtype=dtype, batch=batch, seq=seq, repetitions=n,
+      latency_ms_mean=float(dev_ms.mean()), latency_ms_median=float(np.median(dev_ms)),
+      latency_ms_p90=float(np.percentile(dev_ms, 90)), latency_cv=float(dev_ms.std() / dev_ms.mean()),
+      latency_rel_ci95=float(rel_ci), converged=bool(rel_ci <= target_rel_ci),
+      wall_ms_median=float(np.median(wall_ns) / 1e6),
+      wall_minus_device_ms=float(np.median(wall_ns) / 1e6 - np.median(dev_ms)),
+      throughput_per_s=batch / median_s, tokens_per_s=(batch * seq / median_s) if seq else None,
+      flops=stats["flops"], bytes_accessed=stats["bytes_accessed"], flops_undercounted=stats["undercounted"],
+      flops_utilization=stats["flops"] / (median_s * peaks.flops_per_s),
+      bandwidth_utilization=stats["bytes_accessed"] / (median_s * peaks.bytes_per_s),
+      peak_flops_per_s=peaks.flops_per_s, peak_bytes_per_s=peaks.bytes_per_s, peak_source=peaks.source,
+      peak_memory_bytes=stats.get("peak_bytes"), compile_s=compile_s, top_ops=top,
+      time_by_scope=trace_lib.time_by_scope(all_ops, scopes),
+      trace_dir=os.path.abspath(trace_dir), trace_source=source, threads=_thread_settings(),
+  )
+  return result
+
+
+def student_forward(arch, model_cfg=None, *, num_blocks=None, batch=1, seq=128, dtype=None, seed=0):
+  """(fn, args, StudentConfig) for a student's inference forward: ids [B, T] -> (seq_out, pooled)."""
+  from flax import nnx
+  from ad.models import student as student_lib
+  cfg = student_lib.config_from_dict(arch, model_cfg, num_blocks=num_blocks, dtype=dtype)
+  if batch <= 0:
+    raise ValueError(f"batch must be positive, got {batch}")
+  if not 0 < seq <= cfg.max_positions:
+    raise ValueError(f"seq {seq} is outside (0, {cfg.max_positions}] (the model's position embeddings)")
+  model = student_lib.Student(cfg, nnx.Rngs(seed))
+  graphdef, state = nnx.split(model)
+  ids = jax.random.randint(jax.random.key(seed), (batch, seq), 0, cfg.vocab_size, jnp.int32)
+
+  def forward(state, ids):
+    out = nnx.merge(graphdef, state).encode(ids)
+    return out["sequence_output"], out["pooled"]
+
+  return forward, (state, ids), cfg
+
+
+def measure_arch(arch, model_cfg=None, *, num_blocks=None, batch=1, seq=128, dtype=None, trace_dir=None,
+                 **kwargs) -> dict[str, Any]:
+  """Measures a student architecture's inference latency; the search loop's measurement call."""
+  fn, args, cfg = student_forward(arch, model_cfg, num_blocks=num_blocks, batch=batch, seq=seq, dtype=dtype)
+  r = measure_fn(fn, args, name=f"{cfg.arch.name}_b{batch}_s{seq}", batch=batch, seq=seq, dtype=cfg.dtype,
+                 trace_dir=trace_dir, **kwargs)
+  r.update(arch=cfg.arch.name, num_blocks=cfg.num_blocks)
+  return r
+
+
+def compile_only_arch(arch, model_cfg=None, *, num_blocks=None, batch=1, seq=128, dtype=None) -> dict[str, Any]:
+  """FLOPs, bytes and memory of a student's inference forward without running it (screening)."""
+  fn, args, cfg = student_forward(arch, model_cfg, num_blocks=num_blocks, batch=batch, seq=seq, dtype=dtype)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
+  s = compile_stats.compile_stats(fn, *abstract)
+  s.pop("compiled")
+  s.update(arch=cfg.arch.name, num_blocks=cfg.num_blocks, batch=batch, seq=seq, dtype=cfg.dtype,
+           backend=jax.default_backend())
+  return s

@@ -1,0 +1,163 @@
+"""Peak compute and memory bandwidth of the device a measurement ran on.
+
+- TPU: Pallas's chip table (`pltpu.get_tpu_info_for_chip`), per logical device (megacore
+  chips count both TensorCores).
+- GPU: a table of dense (no sparsity) tensor-core peaks from NVIDIA's data sheets. float32
+  uses the TF32 tensor-core peak: JAX's default matmul precision lets XLA use TF32 there.
+- CPU: measured once by a calibration micro-benchmark (a large jitted matmul for FLOP/s; a
+  streaming add at several working-set sizes for bytes/s) and cached per machine, jax version
+  and thread setting in ~/.cache/autodistill-jax/. XLA's `bytes accessed` counts every
+  operand read, cache-resident or not, so the CPU bandwidth peak is the best streaming rate
+  over working sets from L2-sized to DRAM-sized: the ceiling that count can be held to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Peaks:
+  device_kind: str
+  flops_per_s: float  # for the dtype asked
+  bytes_per_s: float
+  source: str  # 'tpu_info', 'gpu_table', 'cpu_calibration'
+  dtype: str
+
+  def as_dict(self):
+    return dataclasses.asdict(self)
+
+
+# Dense peaks (FLOP/s for bf16 and tf32 tensor cores, fp32 CUDA cores) and HBM bytes/s.
+# Keys are matched as substrings of jax's device_kind, most specific first.
+GPU_PEAKS = (
+    ("H200", dict(bfloat16=989e12, float16=989e12, float32=494e12, hbm=4.8e12)),
+    ("H100 PCIe", dict(bfloat16=756e12, float16=756e12, float32=378e12, hbm=2.0e12)),
+    ("H100 NVL", dict(bfloat16=835e12, float16=835e12, float32=418e12, hbm=3.9e12)),
+    ("H100", dict(bfloat16=989e12, float16=989e12, float32=494e12, hbm=3.35e12)),  # SXM5
+    ("A100-SXM4-80GB", dict(bfloat16=312e12, float16=312e12, float32=156e12, hbm=2.039e12)),
+    ("A100-SXM4-40GB", dict(bfloat16=312e12, float16=312e12, float32=156e12, hbm=1.555e12)),
+    ("A100 80GB PCIe", dict(bfloat16=312e12, float16=312e12, float32=156e12, hbm=1.935e12)),
+    ("A100", dict(bfloat16=312e12, float16=312e12, float32=156e12, hbm=1.555e12)),
+    ("L4", dict(bfloat16=121e12, float16=121e12, float32=60e12, hbm=0.3e12)),
+)
+
+_TPU_KINDS = {  # jax device_kind -> pltpu.ChipVersion member name
+    "TPU v2": "TPU_V2", "TPU v3": "TPU_V3", "TPU v4": "TPU_V4", "TPU v4 lite": "TPU_V4I",
+    "TPU v5e": "TPU_V5E", "TPU v5 lite": "TPU_V5E", "TPU v5": "TPU_V5P", "TPU v5p": "TPU_V5P",
+    "TPU v6e": "TPU_V6E", "TPU v6 lite": "TPU_V6E", "TPU7x": "TPU_7X",
+}
+
+
+def gpu_peaks(device_kind: str, dtype: str) -> Peaks:
+  for key, p in GPU_PEAKS:
+    if key in device_kind:
+      if dtype not in p:
+        raise ValueError(f"no {dtype} peak for GPU {device_kind!r}; known dtypes {sorted(k for k in p if k != 'hbm')}")
+      return Peaks(device_kind, p[dtype], p["hbm"], "gpu_table", dtype)
+  raise ValueError(f"GPU {device_kind!r} is not in profiling/peaks.py GPU_PEAKS "
+                   f"(known: {[k for k, _ in GPU_PEAKS]}); add its data-sheet peaks there")
+
+
+def tpu_peaks(device_kind: str, dtype: str, cores_per_device: int = 1) -> Peaks:
+  import jax.experimental.pallas.tpu as pltpu
+  if device_kind not in _TPU_KINDS:
+    raise ValueError(f"TPU {device_kind!r} is not in profiling/peaks.py _TPU_KINDS (known: {sorted(_TPU_KINDS)})")
+  info = pltpu.get_tpu_info_for_chip(getattr(pltpu.ChipVersion, _TPU_KINDS[device_kind]), cores_per_device)
+  # At JAX's default matmul precision the MXU runs float32 matmuls as one bf16 pass, so the
+  # bf16 peak is the ceiling for both dtypes (precision='highest' would be ~1/6 of it).
+  flops = info.bf16_ops_per_second * cores_per_device
+  return Peaks(device_kind, float(flops), float(info.mem_bw_bytes_per_second * cores_per_device), "tpu_info", dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU calibration.
+
+def _cache_dir() -> str:
+  base = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+  return os.path.join(base, "autodistill-jax")
+
+
+def _cpu_identity(dtype: str) -> dict:
+  model = platform.processor() or ""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return dict(cpu=model, machine=platform.machine(), node=platform.node(), cores=os.cpu_count(),
+              jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""), dtype=dtype)
+
+
+def _best_time(fn, *args, reps: int) -> float:
+  fn(*args).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn(*args).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def calibrate_cpu(dtype: str = "float32", quick: bool = False) -> dict:
+  """Measures matmul FLOP/s and streaming bytes/s on the CPU backend; returns a dict."""
+  dt = jnp.dtype(dtype)
+  n = 1024 if quick else 2048
+  a = jnp.ones((n, n), dt)
+  mm = jax.jit(lambda x, y: x @ y)
+  t = _best_time(mm, a, a, reps=3 if quick else 8)
+  flops = 2 * n ** 3 / t
+  stream = jax.jit(lambda x: x * 1.5 + 1.0)  # reads and writes each element once
+  sizes = (1 << 18, 1 << 21) if quick else (1 << 18, 1 << 20, 1 << 22, 1 << 24)  # elements
+  rates = {}
+  for s in sizes:
+    x = jnp.ones((s,), jnp.float32)
+    reps = max(3, min(200, (1 << 26) // s))
+    rates[s * 4] = 2 * s * 4 / _best_time(stream, x, reps=reps)
+  return dict(flops_per_s=flops, bytes_per_s=max(rates.values()), stream_bytes_per_s_by_working_set=rates,
+              matmul_n=n, dtype=dtype)
+
+
+def cpu_peaks(dtype: str = "float32", refresh: bool = False) -> Peaks:
+  ident = _cpu_identity(dtype)
+  key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+  path = os.path.join(_cache_dir(), f"cpu_peaks_{key}.json")
+  if not refresh and os.path.isfile(path):
+    try:
+      with open(path) as f:
+        cal = json.load(f)["calibration"]
+      return Peaks(ident["cpu"] or "cpu", cal["flops_per_s"], cal["bytes_per_s"], "cpu_calibration", dtype)
+    except (OSError, KeyError, json.JSONDecodeError):
+      pass  # a damaged cache is re-measured, not trusted
+  cal = calibrate_cpu(dtype)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(dict(identity=ident, calibration=cal, measured_at=time.time()), f, indent=1)
+  os.replace(tmp, path)
+  return Peaks(ident["cpu"] or "cpu", cal["flops_per_s"], cal["bytes_per_s"], "cpu_calibration", dtype)
+
+
+def device_peaks(device=None, dtype: str = "float32") -> Peaks:
+  device = device or jax.devices()[0]
+  kind = device.device_kind
+  if device.platform == "tpu":
+    cores = getattr(device, "num_cores", 1) or 1
+    return tpu_peaks(kind, dtype, cores)
+  if device.platform == "gpu":
+    return gpu_peaks(kind, dtype)
+  if device.platform == "cpu":
+    return cpu_peaks(dtype)
+  raise ValueError(f"no peak table for platform {device.platform!r}")

@@ -1,0 +1,132 @@
+"""Capture XLA profiler traces and read per-execution device time and per-op time from them.
+
+Where the time is in an xplane (`jax.profiler.ProfileData`):
+- CPU: the XLA op events sit on the host plane's thread lines, each with stats `hlo_module`
+  and `run_id`; one execution of a module is one run_id, and its device time is the span
+  from its first op's start to its last op's end (ops of one run can run on several threads).
+- GPU/TPU: the device planes (`/device:GPU:0`, `/device:TPU:0`) carry an "XLA Modules" line
+  (one event per module execution) and an "XLA Ops" line; an execution's device time is its
+  module event's duration, the max over devices when the module ran on several.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import os
+import re
+from typing import Iterable
+
+from jax.profiler import ProfileData
+
+
+@dataclasses.dataclass
+class TraceStats:
+  run_times_ns: list[float]  # per execution of the module, in start order
+  op_time_ns: dict[str, float]  # op name -> total time over all executions
+  op_count: dict[str, int]
+  source: str  # 'cpu_host_ops' or 'device_plane'
+
+  def top_ops(self, k: int = 10, scopes: dict[str, str] | None = None) -> list[dict]:
+    total = sum(self.op_time_ns.values()) or 1.0
+    ops = sorted(self.op_time_ns.items(), key=lambda kv: -kv[1])[:k]
+    scopes = scopes or {}
+    return [dict(name=n, scope=scopes.get(n, ""), count=self.op_count[n], time_us=t / 1e3, share=t / total)
+            for n, t in ops]
+
+
+def newest_xplane(trace_dir: str, after: float = 0.0) -> str:
+  files = [f for f in glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+           if os.path.getmtime(f) >= after]
+  if not files:
+    raise FileNotFoundError(f"no *.xplane.pb under {trace_dir} (written after {after}); did the trace run?")
+  return max(files, key=os.path.getmtime)
+
+
+def _stats(event) -> dict:
+  try:
+    return dict(event.stats)
+  except Exception:  # a stat with an undecodable value: keep the event, skip its stats
+    return {}
+
+
+def parse(xplane_path: str, module_substr: str) -> TraceStats:
+  """Per-execution device times of the XLA module whose name contains `module_substr`."""
+  data = ProfileData.from_file(xplane_path)
+  device_planes = [p for p in data.planes if p.name.startswith("/device:") and not p.name.startswith("/device:CUSTOM")]
+  if device_planes:
+    stats = _parse_device_planes(device_planes, module_substr)
+    if stats.run_times_ns:
+      return stats
+  return _parse_cpu_host(data, module_substr)
+
+
+def _parse_cpu_host(data: ProfileData, module_substr: str) -> TraceStats:
+  runs: dict[str, list[float]] = collections.defaultdict(lambda: [float("inf"), float("-inf")])
+  op_time, op_count = collections.Counter(), collections.Counter()
+  for plane in data.planes:
+    if not plane.name.startswith("/host:"):
+      continue
+    for line in plane.lines:
+      for ev in line.events:
+        st = _stats(ev)
+        if "hlo_op" not in st or module_substr not in str(st.get("hlo_module", "")):
+          continue
+        start, end = ev.start_ns, ev.start_ns + ev.duration_ns
+        span = runs[str(st.get("run_id"))]
+        span[0], span[1] = min(span[0], start), max(span[1], end)
+        op_time[ev.name] += ev.duration_ns
+        op_count[ev.name] += 1
+  ordered = sorted(runs.values(), key=lambda s: s[0])
+  return TraceStats([e - s for s, e in ordered], dict(op_time), dict(op_count), "cpu_host_ops")
+
+
+def _parse_device_planes(planes: Iterable, module_substr: str) -> TraceStats:
+  per_device: list[list[tuple[float, float]]] = []
+  op_time, op_count = collections.Counter(), collections.Counter()
+  for plane in planes:
+    execs = []
+    for line in plane.lines:
+      if line.name == "XLA Modules":
+        execs += [(ev.start_ns, ev.duration_ns) for ev in line.events if module_substr in ev.name]
+      elif line.name == "XLA Ops":
+        for ev in line.events:
+          op_time[ev.name] += ev.duration_ns
+          op_count[ev.name] += 1
+    if execs:
+      per_device.append(sorted(execs))
+  if not per_device:
+    return TraceStats([], {}, {}, "device_plane")
+  n = min(len(d) for d in per_device)
+  times = [max(d[i][1] for d in per_device) for i in range(n)]
+  return TraceStats(times, dict(op_time), dict(op_count), "device_plane")
+
+
+_HLO_OP = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?metadata=\{[^}]*op_name="([^"]*)"')
+
+
+def hlo_scopes(hlo_text: str) -> dict[str, str]:
+  """Compiled HLO text -> {instruction name: named scope} (e.g. 'block_0/attention/dot_general').
+
+  Trace events carry the instruction name (`ynn_fusion.36`, `fusion.12`); the scope from
+  jax.named_scope says which part of the model it belongs to.
+  """
+  out = {}
+  for line in hlo_text.splitlines():
+    m = _HLO_OP.match(line)
+    if m:
+      scope = m.group(2)
+      out[m.group(1)] = scope.split("/", 1)[1] if scope.startswith("jit(") and "/" in scope else scope
+  return out
+
+
+def time_by_scope(stats: TraceStats, scopes: dict[str, str], depth: int = 2) -> dict[str, float]:
+  """Share of op time per named-scope prefix of `depth` levels ('block_0/attention')."""
+  total = sum(stats.op_time_ns.values()) or 1.0
+  acc = collections.Counter()
+  for op, t in stats.op_time_ns.items():
+    scope = scopes.get(op, "(unscoped)")
+    parts = [p for p in scope.split("/") if not p.endswith(("dot_general", "add", "mul"))] or [scope]
+    acc["/".join(parts[:depth])] += t
+  return {k: v / total for k, v in sorted(acc.items(), key=lambda kv: -kv[1])}

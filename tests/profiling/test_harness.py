@@ -1,0 +1,57 @@
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ad import cli
+from profiling import harness, peaks
+
+
+def test_median_ci95_brackets_the_median():
+  x = np.arange(1, 101, dtype=float)
+  lo, hi = harness.median_ci95(x)
+  assert lo < np.median(x) < hi
+  assert (lo, hi) == (41.0, 61.0)  # ranks 50 -+ 1.96*sqrt(100)/2 = 9.8, rounded outwards
+
+
+def test_measure_fn_utilizations_in_unit_interval(tmp_path):
+  a = jnp.ones((256, 256)) * 0.01
+  r = harness.measure_fn(lambda x: jnp.tanh(x @ x) @ x, (a,), name="mm", batch=1, trace_dir=str(tmp_path),
+                         min_reps=10, max_reps=30)
+  assert r["flops"] == pytest.approx(2 * 2 * 256 ** 3, rel=0.01)
+  assert 0 < r["flops_utilization"] <= 1
+  assert 0 < r["bandwidth_utilization"] <= 1
+  assert 10 <= r["repetitions"] <= 30 and r["repetitions"] % 10 == 0
+  assert r["latency_ms_median"] <= r["latency_ms_p90"]
+  assert r["wall_ms_median"] >= r["latency_ms_median"]
+  assert r["peak_source"] == "cpu_calibration"
+  assert list((tmp_path / "round_000").rglob("*.xplane.pb")), "the trace must be kept for TensorBoard"
+
+
+def test_profile_json_has_every_field(capsys, tmp_path):
+  assert cli.main(["profile", "--arch", "128_64_2_384_2", "--blocks", "1", "--seq", "32", "--max-reps", "20",
+                   "--trace-dir", str(tmp_path), "--json"]) == 0
+  r = json.loads(capsys.readouterr().out)
+  missing = [f for f in harness.RESULT_FIELDS if f not in r]
+  assert not missing, missing
+  assert r["arch"] == "128_64_2_384_2" and r["batch"] == 1 and r["seq"] == 32
+  assert r["trace_source"] == "cpu_host_ops" and r["top_ops"] and r["top_ops"][0]["count"] == r["repetitions"]
+  assert r["tokens_per_s"] == pytest.approx(32 * r["throughput_per_s"])
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["profile", "--arch", "512_128_4_512_8"], "num_ffn=8 is outside the design space"),
+    (["profile", "--arch", "foo"], "malformed architecture name"),
+    (["profile", "--arch", "128_64_2_384_2", "--batch", "0"], "batch must be positive"),
+    (["profile", "--arch", "128_64_2_384_2", "--seq", "513"], r"seq 513 is outside \(0, 512\]"),
+])
+def test_profile_bad_arguments(capsys, argv, match):
+  import re
+  assert cli.main(argv) == 2
+  assert re.search(match, capsys.readouterr().err)
+
+
+def test_compile_only_matches_measured_flops():
+  c = harness.compile_only_arch("128_64_2_384_2", num_blocks=1, seq=32)
+  assert c["flops"] > 0 and c["peak_bytes"] > 0 and "compiled" not in c

@@ -1,0 +1,71 @@
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from profiling import compile_stats, trace
+
+
+def test_parser_step_times_agree_with_wall_clock(tmp_path):
+  @jax.jit
+  def ad_trace_probe(a, b):
+    for _ in range(4):
+      a = jnp.tanh(a @ b)
+    return a
+
+  a = jnp.ones((384, 384)) * 0.01
+  ad_trace_probe(a, a).block_until_ready()
+  wall = []
+  started = time.time()
+  with jax.profiler.trace(str(tmp_path)):
+    for i in range(8):
+      with jax.profiler.StepTraceAnnotation("probe", step_num=i):
+        t0 = time.perf_counter_ns()
+        ad_trace_probe(a, a).block_until_ready()
+        wall.append(time.perf_counter_ns() - t0)
+  stats = trace.parse(trace.newest_xplane(str(tmp_path), after=started - 1), "ad_trace_probe")
+  assert len(stats.run_times_ns) == 8
+  dev, wall = np.asarray(stats.run_times_ns), np.asarray(wall)
+  # Device time is a part of the wall time of the same call (host dispatch and sync make up the rest)...
+  assert np.all(dev > 0) and np.all(dev <= wall * 1.02)
+  # ...and most of it for a compute-bound function: within 40% of wall clock at the median.
+  assert np.median(dev) >= 0.6 * np.median(wall)
+  assert stats.top_ops(3)[0]["count"] == 8 and abs(sum(o["share"] for o in stats.top_ops(100)) - 1) < 1e-9
+
+
+def test_parser_ignores_other_modules(tmp_path):
+  f = jax.jit(lambda x: x * 2)
+  x = jnp.ones((64, 64))
+  f(x).block_until_ready()
+  started = time.time()
+  with jax.profiler.trace(str(tmp_path)):
+    f(x).block_until_ready()
+  stats = trace.parse(trace.newest_xplane(str(tmp_path), after=started - 1), "no_such_module")
+  assert stats.run_times_ns == []
+
+
+def test_matmul_flops_equal_2mnk():
+  m, n, k = 64, 48, 80
+  s = compile_stats.compile_stats(lambda a, b: a @ b, jax.ShapeDtypeStruct((m, k), jnp.float32),
+                                  jax.ShapeDtypeStruct((k, n), jnp.float32))
+  assert s["flops"] == 2 * m * n * k
+  assert s["bytes_accessed"] == 4 * (m * k + k * n + m * n)
+  assert not s["undercounted"]
+
+
+def test_loops_are_flagged_as_undercounted():
+  def f(a):
+    return jax.lax.fori_loop(0, 10, lambda i, x: x @ x, a)
+  s = compile_stats.compile_stats(f, jax.ShapeDtypeStruct((32, 32), jnp.float32))
+  assert s["undercounted"]
+
+
+def test_hlo_scopes_name_the_model_part():
+  def f(x):
+    with jax.named_scope("block_7"):
+      with jax.named_scope("ffn"):
+        return jnp.tanh(x @ x)
+  compiled = jax.jit(f).lower(jnp.ones((16, 16))).compile()
+  scopes = trace.hlo_scopes(compiled.as_text())
+  assert any(v.startswith("block_7/ffn") for v in scopes.values())
