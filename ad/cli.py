@@ -1,4 +1,4 @@
-"""The `ad` command: space, arch, profile (one subcommand per pipeline stage)."""
+"""The `ad` command: space, arch, profile, teacher, distill (one subcommand per pipeline stage)."""
 
 from __future__ import annotations
 
@@ -141,6 +141,47 @@ def cmd_profile(args) -> int:
   return 0
 
 
+def _data_config(cfg):
+  from ad.data import pretrain
+  return pretrain.config_from_dict(cfg.data)
+
+
+def cmd_teacher(args) -> int:
+  from ad import configs
+  from ad.distill import teacher_head
+  cfg = configs.load_config(args.config, args.overrides)
+  data_cfg = _data_config(cfg)
+  t = cfg.teacher
+  if args.action == "prepare":
+    out, meta = teacher_head.prepare(
+        args.source or t.source or None, args.out or t.prepared_dir or None, data_cfg,
+        pool_batches=t.head_pool_batches, steps=t.head_steps, positions_per_step=t.head_positions_per_step,
+        lr=t.head_lr, batch_size=t.batch_size, eval_batches=t.eval_batches, force=args.force)
+    print(json.dumps(dict(prepared_dir=out, **meta["validation"]), indent=2))
+    return 0
+  # eval
+  from ad.data import pretrain
+  model, meta = teacher_head.load(args.dir)
+  vocab = pretrain.load_vocab(data_cfg, meta["source_dir"])
+  task = pretrain.make_task(data_cfg, vocab, model.cfg.max_positions, model.cfg.vocab_size)
+  metrics = teacher_head.evaluate(model, pretrain.batches(task, data_cfg, "validation", t.batch_size),
+                                  args.max_batches)
+  print(json.dumps(dict(prepared_dir=args.dir, **metrics), indent=2))
+  return 0
+
+
+def cmd_distill(args) -> int:
+  from ad import configs, space as space_lib
+  from ad.distill import trainer
+  cfg = configs.load_config(args.config, args.overrides)
+  if not args.outside_space:
+    space_lib.DesignSpace.from_config(cfg.space).check(args.arch)
+  metrics = trainer.distill(args.arch, cfg, args.schedule, args.workdir, resume=args.resume,
+                            log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress)
+  print(json.dumps(metrics, indent=2))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="ad", description="AutoDistill in JAX (see README.md)")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +218,30 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--outside-space", action="store_true", help="allow architectures outside the design space")
   _add_config_args(p)
   p.set_defaults(fn=cmd_profile)
+
+  p = sub.add_parser("teacher", help="prepare (fit an MLM head, cache) or evaluate the teacher")
+  tsub = p.add_subparsers(dest="action", required=True)
+  q = tsub.add_parser("prepare", help="load an HF teacher, fit an MLM head if it lacks one, save with orbax")
+  q.add_argument("--from", dest="source", default=None, help="HF checkpoint directory (default: packaged MiniLM)")
+  q.add_argument("--out", default=None, help="where to save (default: a cache dir keyed by source and settings)")
+  q.add_argument("--force", action="store_true", help="prepare again even if a cached one exists")
+  _add_config_args(q)
+  q.set_defaults(fn=cmd_teacher)
+  q = tsub.add_parser("eval", help="held-out MLM (and NSP) accuracy of a prepared teacher")
+  q.add_argument("dir", help="a directory written by `ad teacher prepare`")
+  q.add_argument("--max-batches", type=int, default=None)
+  _add_config_args(q)
+  q.set_defaults(fn=cmd_teacher)
+
+  p = sub.add_parser("distill", help="flash or regular distillation of one architecture")
+  p.add_argument("--arch", required=True)
+  p.add_argument("--schedule", choices=("flash", "regular"), default="flash")
+  p.add_argument("--workdir", required=True, help="checkpoints, losses.jsonl, TensorBoard logs, metrics.json")
+  p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
+  p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--outside-space", action="store_true")
+  _add_config_args(p)
+  p.set_defaults(fn=cmd_distill)
   return parser
 
 
@@ -188,7 +253,7 @@ def main(argv=None) -> int:
     args.overrides = dotted + args.overrides
   try:
     return args.fn(args) or 0
-  except (ValueError, KeyError, FileNotFoundError) as e:
+  except (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError, MemoryError) as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"ad {args.command}: error: {msg}", file=sys.stderr)
     return 2

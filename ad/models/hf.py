@@ -106,7 +106,8 @@ def bert_table(cfg: teacher_lib.BertConfig) -> list[Entry]:
     t += _linear(hf + "intermediate.dense", p + ("intermediate",))
     t += _linear(hf + "output.dense", p + ("output",))
     t += _norm(hf + "output.LayerNorm", p + ("output_norm",))
-  t += _linear("pooler.dense", ("pooler",))
+  if cfg.has_pooler:
+    t += _linear("pooler.dense", ("pooler",))
   if cfg.has_mlm_head:
     t += _linear("cls.predictions.transform.dense", ("mlm_transform",))
     t += _norm("cls.predictions.transform.LayerNorm", ("mlm_norm",))
@@ -265,7 +266,8 @@ def load_bert(ckpt_dir: str, dtype: str = "float32") -> teacher_lib.Bert:
   if hf.get("model_type", "bert") != "bert":
     raise CheckpointError(f"{os.path.join(ckpt_dir, CONFIG_FILE)}: model_type={hf.get('model_type')!r}, expected 'bert'")
   tensors = _norm_names(_strip_prefix(read_tensors(ckpt_dir), "bert."))
-  cfg = teacher_lib.BertConfig.from_hf(hf, dtype=dtype, has_mlm_head="cls.predictions.bias" in tensors,
+  cfg = teacher_lib.BertConfig.from_hf(hf, dtype=dtype, has_pooler="pooler.dense.weight" in tensors,
+                                       has_mlm_head="cls.predictions.bias" in tensors,
                                        has_nsp_head="cls.seq_relationship.weight" in tensors)
   model = nnx.eval_shape(lambda: teacher_lib.Bert(cfg, nnx.Rngs(0)))
   assign(model, tensors, bert_table(cfg), os.path.join(ckpt_dir, WEIGHTS_FILE), ignore=_BERT_IGNORED)

@@ -236,9 +236,12 @@ class Student(nnx.Module):
     self.mlm_bias = nnx.Param(jnp.zeros((V,), jnp.float32))
     self.nsp = _dense(rngs, H, 2, cfg)
 
-  def encode(self, input_ids, token_type_ids=None, attention_mask=None) -> dict[str, Any]:
+  def encode(self, input_ids, token_type_ids=None, attention_mask=None, num_blocks: int | None = None) -> dict[str, Any]:
     """input_ids: [B, T] -> dict(embeddings [B,T,H], hidden_states: K x [B,T,H],
-    attentions: K x [B,A,T,T], sequence_output [B,T,H], pooled [B,H])."""
+    attentions: K x [B,A,T,T], sequence_output [B,T,H], pooled [B,H]).
+
+    num_blocks runs only the first blocks (progressive transfer of block k needs k + 1).
+    """
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     if attention_mask is None:
@@ -249,6 +252,8 @@ class Student(nnx.Module):
     emb = h
     hidden_states, attentions = [], []
     for i, block in enumerate(self.blocks):
+      if num_blocks is not None and i >= num_blocks:
+        break
       with jax.named_scope(f"block_{i}"):
         h, probs = block(h, mask_bias)
       hidden_states.append(h)

@@ -39,6 +39,7 @@ class BertConfig:
   type_vocab_size: int = 2
   hidden_act: str = "gelu"
   layer_norm_eps: float = 1e-12
+  has_pooler: bool = True  # BertForMaskedLM checkpoints have none
   has_mlm_head: bool = True
   has_nsp_head: bool = True
   dtype: str = "float32"
@@ -114,7 +115,8 @@ class Bert(nnx.Module):
     self.token_type = nnx.Param(init(rngs.params(), (cfg.type_vocab_size, H), jnp.float32))
     self.emb_norm = _ln(H, cfg, rngs)
     self.layers = nnx.List([BertLayer(cfg, rngs) for _ in range(cfg.num_layers)])
-    self.pooler = _dense(rngs, H, H, cfg)
+    if cfg.has_pooler:
+      self.pooler = _dense(rngs, H, H, cfg)
     if cfg.has_mlm_head:
       self.mlm_transform = _dense(rngs, H, H, cfg)
       self.mlm_norm = _ln(H, cfg, rngs)
@@ -122,7 +124,7 @@ class Bert(nnx.Module):
     if cfg.has_nsp_head:
       self.nsp = _dense(rngs, H, 2, cfg)
 
-  def encode(self, input_ids, token_type_ids=None, attention_mask=None) -> dict[str, Any]:
+  def encode(self, input_ids, token_type_ids=None, attention_mask=None, num_blocks: int | None = None) -> dict[str, Any]:
     """input_ids: [B, T] -> dict(embeddings, hidden_states: L x [B,T,H], attentions: L x [B,A,T,T],
     sequence_output [B,T,H], pooled [B,H])."""
     cfg = self.cfg
@@ -137,11 +139,13 @@ class Bert(nnx.Module):
     mask_bias = mask_to_bias(attention_mask)
     hidden_states, attentions = [], []
     for i, layer in enumerate(self.layers):
+      if num_blocks is not None and i >= num_blocks:
+        break  # progressive transfer needs only the layers up to the mapped one
       with jax.named_scope(f"layer_{i}"):
         h, p = layer(h, mask_bias)
       hidden_states.append(h)
       attentions.append(p)
-    pooled = jnp.tanh(self.pooler(h[:, 0]))
+    pooled = jnp.tanh(self.pooler(h[:, 0])) if cfg.has_pooler else h[:, 0]
     return dict(embeddings=emb, hidden_states=hidden_states, attentions=attentions,
                 sequence_output=h, pooled=pooled)
 

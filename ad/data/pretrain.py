@@ -1,0 +1,259 @@
+"""BERT pre-training examples (MLM + NSP) as a seqio Task.
+
+Pipeline, per split:
+  source (Python, seqio.FunctionDataSource): documents -> sentences -> sentence pairs
+      {text_a, text_b, nsp_label, example_id}; nsp_label 0 = B follows A, 1 = B is a random
+      span of another document (Hugging Face's convention), drawn 50/50. Training pairs are
+      re-drawn each epoch (a new pairing per pass, like BERT's dupe_factor); validation is one
+      fixed pass.
+  preprocessors (TF, inside seqio):
+      tokenize_pair   WordPiece both segments (ad/data/vocab.py)
+      pack_and_mask   truncate longest-first to seq_len - 3, [CLS] A [SEP] B [SEP], token types,
+                      attention mask, padding; mask 15% of the non-special tokens (at most
+                      max_predictions): 80% [MASK], 10% a random ordinary token, 10% unchanged.
+  seqio shards the examples per host (ShardInfo) and shuffles with the given seed, so runs
+  are deterministic and hosts read disjoint data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import random
+from typing import Iterator, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from ad.data import sources, vocab as vocab_lib
+
+FEATURES = ("input_ids", "token_type_ids", "attention_mask", "masked_positions", "masked_ids", "masked_weights",
+            "nsp_label")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  sources: tuple[str, ...] = ("default",)
+  vocab_file: str = ""  # '' = the teacher's vocab.txt
+  lower_case: bool = True
+  seq_len: int = 128
+  max_predictions: int = 20
+  mask_rate: float = 0.15
+  validation_percent: float = 2.0
+  short_seq_prob: float = 0.1  # BERT: sometimes use a shorter target length
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.seq_len < 8:
+      raise ValueError(f"data.seq_len={self.seq_len}: need at least 8 ([CLS] A [SEP] B [SEP] and some text)")
+    if not 0 < self.mask_rate < 1:
+      raise ValueError(f"data.mask_rate={self.mask_rate}: expected a fraction in (0, 1)")
+    if not 0 < self.max_predictions <= self.seq_len:
+      raise ValueError(f"data.max_predictions={self.max_predictions}: expected 1..seq_len ({self.seq_len})")
+    if not 0 < self.validation_percent < 100:
+      raise ValueError(f"data.validation_percent={self.validation_percent}: expected (0, 100)")
+
+
+def config_from_dict(d) -> DataConfig:
+  fields = {f.name for f in dataclasses.fields(DataConfig)}
+  unknown = sorted(set(d) - fields)
+  if unknown:
+    raise ValueError(f"config.data has unknown keys {unknown}; known: {sorted(fields)}")
+  d = dict(d)
+  if "sources" in d:
+    d["sources"] = tuple(d["sources"])
+  return DataConfig(**d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Python stage: sentence pairs.
+
+def _stable_seed(*parts) -> int:
+  return int.from_bytes(hashlib.sha1(repr(parts).encode()).digest()[:8], "big")
+
+
+def sentence_pairs(docs: Sequence[list[str]], rng: random.Random, target_words: int,
+                   short_seq_prob: float) -> Iterator[tuple[str, str, int]]:
+  """docs: sentences per document -> (text_a, text_b, nsp_label) pairs (BERT's recipe)."""
+  multi = [i for i, d in enumerate(docs) if len(d) >= 2]
+  order = list(multi)
+  rng.shuffle(order)
+  for di in order:
+    sents = docs[di]
+    target = target_words if rng.random() >= short_seq_prob else rng.randint(4, max(4, target_words))
+    i = 0
+    while i < len(sents) - 1:
+      chunk, words = [], 0
+      while i < len(sents) and (words < target or len(chunk) < 2):
+        chunk.append(sents[i])
+        words += len(sents[i].split())
+        i += 1
+      if len(chunk) < 2:
+        break
+      a_end = rng.randint(1, len(chunk) - 1)
+      a = chunk[:a_end]
+      if rng.random() < 0.5 and len(docs) > 1:
+        other = di
+        while other == di:
+          other = rng.randrange(len(docs))
+        o = docs[other]
+        start = rng.randrange(len(o))
+        b, bw, budget = [], 0, max(1, target - sum(len(s.split()) for s in a))
+        for s in o[start:]:
+          b.append(s)
+          bw += len(s.split())
+          if bw >= budget:
+            break
+        i -= len(chunk) - a_end  # the unused sentences start the next chunk
+        yield " ".join(a), " ".join(b), 1
+      else:
+        yield " ".join(a), " ".join(chunk[a_end:]), 0
+
+
+@functools.lru_cache(maxsize=4)
+def _documents(source_specs: tuple[str, ...], split: str, validation_percent: float) -> tuple[tuple[str, ...], ...]:
+  docs = sources.split_documents(sources.load_documents(source_specs), split, validation_percent)
+  return tuple(tuple(sources.sentences(text)) for _, text in docs)
+
+
+def _pair_dataset_fn(cfg: DataConfig):
+  target_words = max(4, int((cfg.seq_len - 3) / 1.3))  # ~1.3 WordPieces per English word
+
+  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+    docs = _documents(cfg.sources, split, cfg.validation_percent)
+    base = cfg.seed if seed is None else seed
+
+    def gen():
+      epoch, example_id = 0, 0
+      while True:
+        rng = random.Random(_stable_seed(base, split, epoch))
+        for a, b, label in sentence_pairs(docs, rng, target_words, cfg.short_seq_prob):
+          yield dict(text_a=a, text_b=b, nsp_label=np.int32(label), example_id=np.int64(example_id))
+          example_id += 1
+        epoch += 1
+        if split != "train":
+          return
+
+    sig = dict(text_a=tf.TensorSpec([], tf.string), text_b=tf.TensorSpec([], tf.string),
+               nsp_label=tf.TensorSpec([], tf.int32), example_id=tf.TensorSpec([], tf.int64))
+    return tf.data.Dataset.from_generator(gen, output_signature=sig)
+
+  return dataset_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# TF stage: tokenize, pack, mask (seqio preprocessors).
+
+def tokenize_pair(ds: tf.data.Dataset, output_features) -> tf.data.Dataset:
+  vocab = output_features["input_ids"].vocabulary
+
+  def fn(ex):
+    return dict(tokens_a=vocab.encode_tf(ex["text_a"]), tokens_b=vocab.encode_tf(ex["text_b"]),
+                nsp_label=ex["nsp_label"], example_id=ex["example_id"])
+
+  return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def make_pack_and_mask(vocab: vocab_lib.WordPieceVocabulary, cfg: DataConfig):
+  L, P = cfg.seq_len, cfg.max_predictions
+  cls_id, sep_id, pad_id, mask_id = vocab.cls_id, vocab.sep_id, vocab.pad_id, vocab.mask_id
+  specials = tf.constant(sorted(vocab.special_ids), tf.int32)
+  ordinary = tf.constant([i for i, t in enumerate(vocab.tokens) if not (t.startswith("[") and t.endswith("]"))],
+                         tf.int32)  # random replacements never produce [CLS]/[unused..] etc.
+
+  def pack_and_mask(ds: tf.data.Dataset, sequence_length=None) -> tf.data.Dataset:
+    def fn(ex):
+      a, b = ex["tokens_a"], ex["tokens_b"]
+      budget = L - 3
+      la, lb = tf.size(a), tf.size(b)
+      # Longest-first truncation (BERT's), in closed form; cut from the end.
+      over = la + lb > budget
+      la2 = tf.where(over, tf.minimum(la, tf.maximum(budget - lb, budget - budget // 2)), la)
+      lb2 = tf.where(over, tf.minimum(lb, budget - la2), lb)
+      a, b = a[:la2], b[:lb2]
+      ids = tf.concat([[cls_id], a, [sep_id], b, [sep_id]], 0)
+      n = tf.size(ids)
+      types = tf.concat([tf.zeros([la2 + 2], tf.int32), tf.ones([lb2 + 1], tf.int32)], 0)
+      pad = L - n
+      ids = tf.pad(ids, [[0, pad]], constant_values=pad_id)
+      types = tf.pad(types, [[0, pad]])
+      attn = tf.pad(tf.ones([n], tf.int32), [[0, pad]])
+
+      # Masking, with per-example stateless randomness (seed from seqio + example_id).
+      seed = tf.stack([tf.cast(ex["example_id"], tf.int32), tf.cast(ex["example_id"] // (2 ** 31), tf.int32) + cfg.seed])
+      s1, s2, s3 = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+      is_special = tf.reduce_any(ids[:, None] == specials[None, :], axis=1)
+      cand = tf.logical_not(is_special)
+      n_cand = tf.reduce_sum(tf.cast(cand, tf.int32))
+      n_pred = tf.minimum(P, tf.maximum(1, tf.cast(tf.round(tf.cast(n_cand, tf.float32) * cfg.mask_rate), tf.int32)))
+      n_pred = tf.minimum(n_pred, n_cand)
+      score = tf.where(cand, tf.random.stateless_uniform([L], s1), 2.0)
+      pos = tf.sort(tf.math.top_k(-score, k=P).indices[:n_pred])
+      orig = tf.gather(ids, pos)
+      r = tf.random.stateless_uniform([n_pred], s2)
+      rand_tok = tf.gather(ordinary, tf.random.stateless_uniform([n_pred], s3, 0, tf.size(ordinary), tf.int32))
+      new = tf.where(r < 0.8, mask_id, tf.where(r < 0.9, rand_tok, orig))
+      masked = tf.tensor_scatter_nd_update(ids, pos[:, None], new)
+      padp = P - n_pred
+      return dict(input_ids=masked, token_type_ids=types, attention_mask=attn,
+                  masked_positions=tf.pad(pos, [[0, padp]]), masked_ids=tf.pad(orig, [[0, padp]]),
+                  masked_weights=tf.pad(tf.ones([n_pred], tf.float32), [[0, padp]]),
+                  nsp_label=ex["nsp_label"])
+
+    return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+  return pack_and_mask
+
+
+def make_task(cfg: DataConfig, vocab: vocab_lib.WordPieceVocabulary, max_positions: int | None = None,
+              model_vocab_size: int | None = None) -> seqio.Task:
+  """The seqio Task for `cfg`; checks seq_len against the model's positions and the vocab
+  against the model's embedding rows."""
+  if max_positions is not None and cfg.seq_len > max_positions:
+    raise ValueError(f"data.seq_len={cfg.seq_len} exceeds the model's {max_positions} position embeddings")
+  if model_vocab_size is not None and vocab.vocab_size != model_vocab_size:
+    raise ValueError(f"vocab {vocab.vocab_file} has {vocab.vocab_size} tokens but the model's embedding has "
+                     f"{model_vocab_size} rows; use the teacher's vocab.txt")
+  key = hashlib.sha1(repr((cfg, vocab.vocab_file, vocab.vocab_size)).encode()).hexdigest()[:12]
+  name = f"ad_bert_pretrain_{key}"
+  if name in seqio.TaskRegistry.names():
+    return seqio.get_mixture_or_task(name)
+  int_feature = lambda rank=1: seqio.Feature(vocab, add_eos=False, dtype=tf.int32, rank=rank, required=False)
+  feats = {k: int_feature() for k in ("input_ids", "token_type_ids", "attention_mask", "masked_positions", "masked_ids")}
+  feats["masked_weights"] = seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, dtype=tf.float32, required=False)
+  feats["nsp_label"] = seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False, dtype=tf.int32, rank=0,
+                                     required=False)
+  return seqio.TaskRegistry.add(
+      name, source=seqio.FunctionDataSource(_pair_dataset_fn(cfg), splits=("train", "validation")),
+      preprocessors=[tokenize_pair, make_pack_and_mask(vocab, cfg)], output_features=feats)
+
+
+def load_vocab(cfg: DataConfig, teacher_dir: str | None = None) -> vocab_lib.WordPieceVocabulary:
+  path = cfg.vocab_file
+  if not path:
+    if teacher_dir is None:
+      from ad.models import hf
+      teacher_dir = hf.minilm_dir()
+    path = os.path.join(teacher_dir, "vocab.txt")
+  return vocab_lib.WordPieceVocabulary(path, lower_case=cfg.lower_case)
+
+
+def batches(task: seqio.Task, cfg: DataConfig, split: str, batch_size: int, shard_index: int = 0,
+            num_shards: int = 1, num_epochs: int | None = None, seed: int | None = None) -> Iterator[dict]:
+  """Per-host batches of numpy arrays: {feature: [batch_size, ...]}. Training repeats forever
+  (num_epochs=None) with new pairs and masks each pass; validation is one fixed pass."""
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(f"shard_index={shard_index} outside [0, {num_shards})")
+  train = split == "train"
+  ds = task.get_dataset(
+      sequence_length={k: cfg.seq_len for k in FEATURES}, split=split, shuffle=train,
+      seed=cfg.seed if seed is None else seed, shard_info=seqio.ShardInfo(shard_index, num_shards),
+      num_epochs=1 if not train else num_epochs, use_cached=False, trim_output_features=False)
+  ds = ds.map(lambda ex: {k: ex[k] for k in FEATURES})
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
+  return ds.as_numpy_iterator()

@@ -1,0 +1,16 @@
+"""Keep TensorFlow on the host CPU: the data pipeline must leave accelerator memory to JAX."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def hide_accelerators_from_tf() -> None:
+  import tensorflow as tf
+  for kind in ("GPU", "TPU"):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except (RuntimeError, ValueError):
+      # RuntimeError: TF already initialized its devices (then they were hidden earlier or
+      # TF was imported by someone else first); ValueError: no such device type here.
+      pass
