@@ -32,7 +32,7 @@ def test_words_that_split_are_flat_pieces_without_padding(vocab):
 
 def test_matches_the_huggingface_tokenizer(vocab):
   transformers = pytest.importorskip("transformers")
-  ref = transformers.BertTokenizerFast(vocab_file=VOCAB, do_lower_case=True)
+  ref = transformers.AutoTokenizer.from_pretrained(hf.minilm_dir())  # its tokenizer.json, offline
   for text in ["Anarchism is a political philosophy.", "Xenon's atomic number is 54; it's a noble gas!",
                "Ébullition and naïve café-au-lait"]:
     assert vocab.encode(text) == ref(text, add_special_tokens=False)["input_ids"], text
