@@ -172,7 +172,8 @@ def cmd_teacher(args) -> int:
 
 def cmd_distill(args) -> int:
   from ad import configs, space as space_lib
-  from ad.distill import trainer
+  from ad.distill import sharding, trainer
+  sharding.maybe_initialize_distributed()
   cfg = configs.load_config(args.config, args.overrides)
   if not args.outside_space:
     space_lib.DesignSpace.from_config(cfg.space).check(args.arch)

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
 from profiling import compile_stats, peaks as peaks_lib, trace as trace_lib
@@ -124,7 +125,7 @@ def measure_fn(fn: Callable, args: tuple, *, name: str, batch: int, seq: int | N
   top = all_ops.top_ops(top_k, scopes)
   result = dict(
       name=name, backend=jax.default_backend(), device_kind=device.device_kind, jax_version=jax.__version__,
-      jaxlib_version=jax.lib.__version__ if hasattr(jax.lib, "__version__") else jax.__version__,
+      jaxlib_version=jaxlib.__version__,
       dtype=dtype, batch=batch, seq=seq, repetitions=n,
       latency_ms_mean=float(dev_ms.mean()), latency_ms_median=float(np.median(dev_ms)),
       latency_ms_p90=float(np.percentile(dev_ms, 90)), latency_cv=float(dev_ms.std() / dev_ms.mean()),

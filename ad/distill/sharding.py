@@ -27,6 +27,24 @@ RULES = {
 }
 
 
+def maybe_initialize_distributed() -> None:
+  """Multi-controller runs (TPU pods, GPU clusters): `jax.distributed.initialize` from
+  AD_COORDINATOR (host:port), AD_NUM_PROCESSES and AD_PROCESS_ID when AD_COORDINATOR is set.
+  Cloud TPU VMs can set AD_COORDINATOR=auto to let JAX discover the pod itself."""
+  import os
+  coord = os.environ.get("AD_COORDINATOR")
+  if not coord or jax.distributed.is_initialized():
+    return
+  if coord == "auto":
+    jax.distributed.initialize()
+    return
+  try:
+    n, i = int(os.environ["AD_NUM_PROCESSES"]), int(os.environ["AD_PROCESS_ID"])
+  except (KeyError, ValueError):
+    raise ValueError("AD_COORDINATOR is set: AD_NUM_PROCESSES and AD_PROCESS_ID must be integers too") from None
+  jax.distributed.initialize(coordinator_address=coord, num_processes=n, process_id=i)
+
+
 def make_mesh(data: int, model: int, devices=None) -> jax.sharding.Mesh:
   """A (data, model) mesh over the first data * model devices."""
   devices = list(devices if devices is not None else jax.devices())

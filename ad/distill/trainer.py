@@ -199,6 +199,7 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   K = scfg.num_blocks
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0  # one host writes logs and reports; orbax coordinates checkpoints
 
   # ---- run record: a workdir holds one run; --resume must continue the same one ------------------
   record = dict(arch=scfg.arch.name, schedule=schedule, distill=dataclasses.asdict(dcfg), data=repr(data_cfg),
@@ -214,7 +215,7 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
     diff = sorted(k for k in record if json.dumps(record[k], sort_keys=True) != json.dumps(old.get(k), sort_keys=True))
     if diff:
       raise ValueError(f"{record_path}: cannot resume, the config differs in {diff}")
-  else:
+  elif is_main:
     with open(record_path, "w") as f:
       json.dump(record, f, indent=2)
 
@@ -354,8 +355,9 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
     with open(losses_path) as f:
       history = [json.loads(l) for l in f if l.strip()]
     history = [h for h in history if h["step"] < next_step]
-  with open(losses_path, "w") as f:
-    f.writelines(json.dumps(h) + "\n" for h in history)
+  if is_main:
+    with open(losses_path, "w") as f:
+      f.writelines(json.dumps(h) + "\n" for h in history)
   for _ in range(next_step):  # the data stream is deterministic: skip what was already used
     next(train_iter)
   writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
@@ -368,7 +370,7 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
     mngr.wait_until_finished()
 
   # ---- loop ------------------------------------------------------------------------------------
-  bar = tqdm(total=total_steps, initial=next_step, disable=not progress, dynamic_ncols=True,
+  bar = tqdm(total=total_steps, initial=next_step, disable=not (progress and is_main), dynamic_ncols=True,
              desc=f"{scfg.arch.name}")
   t_loop, tokens = time.time(), 0
   g = next_step
@@ -404,10 +406,11 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
                                    f"{stage_steps[stage]}) for {scfg.arch.name}; lower distill.lr or check the data")
         rec = dict(step=g, stage=name, loss=loss_v, lr=float(sched(g - bounds[stage])),
                    **{k: float(v) for k, v in terms.items()})
-        with open(losses_path, "a") as f:
-          f.write(json.dumps(rec) + "\n")
+        if is_main:
+          with open(losses_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
         tokens += int(local["attention_mask"].sum()) * jax.process_count()
-        if g % dcfg.log_every == 0 or g == end - 1:
+        if is_main and (g % dcfg.log_every == 0 or g == end - 1):
           with writer.as_default(step=g):
             for k, v in rec.items():
               if k not in ("step", "stage"):
@@ -427,10 +430,11 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   final_student, _ = build(jax.device_get(params))
   val = teacher_head.evaluate(final_student, pretrain.batches(task, data_cfg, "validation", dcfg.batch_size),
                               dcfg.eval_batches)
-  with writer.as_default(step=total_steps):
-    tf.summary.scalar("eval/mlm_accuracy", val["mlm_accuracy"])
-    tf.summary.scalar("eval/nsp_accuracy", val["nsp_accuracy"])
-  writer.flush()
+  if is_main:
+    with writer.as_default(step=total_steps):
+      tf.summary.scalar("eval/mlm_accuracy", val["mlm_accuracy"])
+      tf.summary.scalar("eval/nsp_accuracy", val["nsp_accuracy"])
+    writer.flush()
   metrics = dict(
       arch=scfg.arch.name, num_blocks=K, schedule=schedule, steps=total_steps, steps_per_block=dcfg.block_steps(K),
       pretrain_steps=dcfg.pretrain_steps, batch_size=dcfg.batch_size, seq_len=data_cfg.seq_len,
@@ -441,27 +445,8 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
       mesh=dict(data=mesh_data, model=dcfg.mesh_model), teacher_dir=teacher_dir,
       compiles={k: fn._cache_size() for k, fn in step_fns.items()},
   )
-  with open(os.path.join(workdir, "metrics.json"), "w") as f:
-    json.dump(metrics, f, indent=2)
+  if is_main:
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+      json.dump(metrics, f, indent=2)
   return metrics
 
-
-def load_student(workdir: str, cfg=None):
-  """The distilled student of a finished (or checkpointed) run: (Student, run record)."""
-  from ad.models import student as student_lib
-  with open(os.path.join(workdir, "run.json")) as f:
-    record = json.load(f)
-  if cfg is None:
-    from ad import configs
-    raise ValueError("load_student needs the run's config (the experiment ConfigDict)")
-  scfg = student_lib.config_from_dict(record["arch"], cfg.model)
-  student = student_lib.abstract_student(scfg)
-  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
-  last = mngr.latest_step()
-  if last is None:
-    raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint")
-  target = {f"student/{k}": jax.ShapeDtypeStruct(v.shape, v.dtype)
-            for k, v in flatten(nnx.state(student, nnx.Param).to_pure_dict()).items()}
-  restored = mngr.restore(last, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
-  gd, st = nnx.split(student)
-  return _merge(gd, st, unflatten({k[8:]: v for k, v in restored.items()})), record

@@ -70,8 +70,8 @@ class StudentConfig:
 
 
 def _dense(rngs, din, dout, cfg, name=""):
-  # f32 parameters; compute in cfg.dtype; the matmul accumulates in f32 via preferred_element_type
-  # inside nnx.Linear's dot_general when dtype is bf16 on TPU/GPU.
+  # f32 parameters, computed in cfg.dtype. For bf16, the TPU MXU and GPU tensor cores accumulate
+  # the dot in f32 before rounding the output; softmax and norm statistics are explicitly f32.
   return nnx.Linear(din, dout, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
                     kernel_init=nnx.initializers.truncated_normal(0.02), rngs=rngs)
 
