@@ -164,7 +164,11 @@ def load(prepared_dir: str) -> tuple[teacher_lib.Bert, dict]:
     meta = json.load(f)
   cfg = teacher_lib.BertConfig(**meta["config"])
   abstract = nnx.eval_shape(lambda: teacher_lib.Bert(cfg, nnx.Rngs(0)))
-  target = nnx.state(abstract, nnx.Param)
+  # Restore onto this process's first device: the checkpoint's own device ids need not exist
+  # here (another host, or another device count); callers reshard onto their mesh.
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
+                        nnx.state(abstract, nnx.Param))
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.join(os.path.abspath(prepared_dir), PARAMS_DIR), target)
   nnx.update(abstract, params)

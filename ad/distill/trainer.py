@@ -206,7 +206,8 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
                 model=repr(scfg), teacher=dict(cfg.teacher))
   record_path = os.path.join(workdir, "run.json")
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  if os.path.exists(record_path):
+  existed = os.path.exists(record_path)
+  if existed:
     with open(record_path) as f:
       old = json.load(f)
     if not resume:
@@ -215,7 +216,10 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
     diff = sorted(k for k in record if json.dumps(record[k], sort_keys=True) != json.dumps(old.get(k), sort_keys=True))
     if diff:
       raise ValueError(f"{record_path}: cannot resume, the config differs in {diff}")
-  elif is_main:
+  if jax.process_count() > 1:  # every host has looked before the main host writes
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("ad_distill_run_record")
+  if not existed and is_main:
     with open(record_path, "w") as f:
       json.dump(record, f, indent=2)
 
@@ -259,9 +263,11 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   params = {k: v for k, v in params.items() if k not in empty}
 
   # ---- shard -----------------------------------------------------------------------------------
+  # From host memory: every process holds the same initial values, and device_put onto a
+  # mesh that spans other hosts' devices takes host arrays.
   param_sh = sharding.state_shardings(params, mesh)
-  params = jax.device_put(params, param_sh)
-  t_state = jax.device_put(t_state, sharding.state_shardings(t_state, mesh))
+  params = jax.device_put(jax.device_get(params), param_sh)
+  t_state = jax.device_put(jax.device_get(t_state), sharding.state_shardings(t_state, mesh))
 
   def build(p: dict):
     p = {**empty, **p}
@@ -427,7 +433,12 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   train_s = time.time() - t_loop
 
   # ---- evaluation: held-out MLM and NSP accuracy (the search's accuracy objective) ---------------
-  final_student, _ = build(jax.device_get(params))
+  if jax.process_count() > 1:  # every host evaluates the full parameters on its own
+    from jax.experimental import multihost_utils
+    host_params = multihost_utils.process_allgather(params, tiled=True)
+  else:
+    host_params = jax.device_get(params)
+  final_student, _ = build(host_params)
   val = teacher_head.evaluate(final_student, pretrain.batches(task, data_cfg, "validation", dcfg.batch_size),
                               dcfg.eval_batches)
   if is_main:
