@@ -151,12 +151,9 @@ def cmd_teacher(args) -> int:
   from ad.distill import teacher_head
   cfg = configs.load_config(args.config, args.overrides)
   data_cfg = _data_config(cfg)
-  t = cfg.teacher
   if args.action == "prepare":
-    out, meta = teacher_head.prepare(
-        args.source or t.source or None, args.out or t.prepared_dir or None, data_cfg,
-        pool_batches=t.head_pool_batches, steps=t.head_steps, positions_per_step=t.head_positions_per_step,
-        lr=t.head_lr, batch_size=t.batch_size, eval_batches=t.eval_batches, force=args.force)
+    out, meta = teacher_head.prepare_from_config(cfg.teacher, data_cfg, source=args.source, out_dir=args.out,
+                                                 force=args.force)
     print(json.dumps(dict(prepared_dir=out, **meta["validation"]), indent=2))
     return 0
   # eval
@@ -164,7 +161,7 @@ def cmd_teacher(args) -> int:
   model, meta = teacher_head.load(args.dir)
   vocab = pretrain.load_vocab(data_cfg, meta["source_dir"])
   task = pretrain.make_task(data_cfg, vocab, model.cfg.max_positions, model.cfg.vocab_size)
-  metrics = teacher_head.evaluate(model, pretrain.batches(task, data_cfg, "validation", t.batch_size),
+  metrics = teacher_head.evaluate(model, pretrain.batches(task, data_cfg, "validation", cfg.teacher.batch_size),
                                   args.max_batches)
   print(json.dumps(dict(prepared_dir=args.dir, **metrics), indent=2))
   return 0

@@ -29,10 +29,6 @@ from ad.distill import losses, sharding, teacher_head
 from ad.models import student as student_lib
 
 
-def _gather(x, pos):
-  return jnp.take_along_axis(x, pos[..., None], axis=1)
-
-
 def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument("--arch", default="512_128_4_512_4")
@@ -42,11 +38,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   cfg = configs.load_config(args.config)
   data_cfg = pretrain.config_from_dict(cfg.data)
-  t = cfg.teacher
-  tdir, tmeta = teacher_head.prepare(t.source or None, t.prepared_dir or None, data_cfg,
-                                     pool_batches=t.head_pool_batches, steps=t.head_steps,
-                                     positions_per_step=t.head_positions_per_step, lr=t.head_lr,
-                                     batch_size=t.batch_size, eval_batches=t.eval_batches)
+  tdir, tmeta = teacher_head.prepare_from_config(cfg.teacher, data_cfg)
   teacher, _ = teacher_head.load(tdir)
   scfg = student_lib.config_from_dict(args.arch, cfg.model)
   student = student_lib.Student(scfg, nnx.Rngs(0))
@@ -64,10 +56,10 @@ def main(argv=None):
     def loss_fn(s_state):
       s = nnx.merge(s_gd, s_state)
       so = s.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-      s_mlm = s.mlm_logits(_gather(so["sequence_output"], b["masked_positions"]))
+      s_mlm = s.mlm_logits(losses.gather_positions(so["sequence_output"], b["masked_positions"]))
       tm = nnx.merge(t_gd, t_state)
       to = tm.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-      t_mlm = jax.lax.stop_gradient(tm.mlm_logits(_gather(to["sequence_output"], b["masked_positions"])))
+      t_mlm = jax.lax.stop_gradient(tm.mlm_logits(losses.gather_positions(to["sequence_output"], b["masked_positions"])))
       return losses.pretraining_loss(s_mlm, t_mlm, s.nsp_logits(so["pooled"]), b, 0.5, 1.0)[0]
     loss, g = jax.value_and_grad(loss_fn)(s_state)
     updates, opt_state = tx.update(g, opt_state, s_state)

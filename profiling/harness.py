@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import re
 import tempfile
 import time

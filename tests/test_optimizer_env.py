@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPT_PYTHON = os.path.join(ROOT, ".venv-opt", "bin", "python")

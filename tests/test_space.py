@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from ad import space as space_lib

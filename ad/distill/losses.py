@@ -24,6 +24,11 @@ import optax
 from flax import nnx
 
 
+def gather_positions(x, positions):
+  """x: [B, T, H], positions: [B, P] -> [B, P, H] (the masked positions' hidden states)."""
+  return jnp.take_along_axis(x, positions[..., None], axis=1)
+
+
 def _masked_mean(x, mask):
   """x: [B, T, ...] reduced to [B, T] already; mask: [B, T] -> scalar mean over valid positions."""
   mask = mask.astype(jnp.float32)

@@ -29,6 +29,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from ad.distill import losses
 from ad.models import hf, teacher as teacher_lib
 
 META_FILE = "teacher.json"
@@ -38,11 +39,6 @@ PARAMS_DIR = "params"
 def default_cache_dir() -> str:
   base = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
   return os.path.join(base, "autodistill-jax", "teachers")
-
-
-def _gather(x, positions):
-  """x: [B, T, H], positions: [B, P] -> [B, P, H]."""
-  return jnp.take_along_axis(x, positions[..., None], axis=1)
 
 
 def mlm_accuracy_counts(logits, labels, weights):
@@ -60,7 +56,7 @@ def evaluate(model, batches, max_batches: int | None = None) -> dict:
   def step(state, b):
     m = nnx.merge(graphdef, state)
     out = m.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-    logits = m.mlm_logits(_gather(out["sequence_output"], b["masked_positions"]))
+    logits = m.mlm_logits(losses.gather_positions(out["sequence_output"], b["masked_positions"]))
     c, n = mlm_accuracy_counts(logits, b["masked_ids"], b["masked_weights"])
     if has_nsp:
       nsp_c = (jnp.argmax(m.nsp_logits(out["pooled"]), -1) == b["nsp_label"]).sum()
@@ -95,10 +91,10 @@ def fit_mlm_head(teacher: teacher_lib.Bert, train_batches, *, pool_batches: int,
   def features(params, b):
     m = nnx.merge(graphdef, params, rest)
     h = m.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])["sequence_output"]
-    return _gather(h, b["masked_positions"]), b["masked_ids"], b["masked_weights"]
+    return losses.gather_positions(h, b["masked_positions"]), b["masked_ids"], b["masked_weights"]
 
   t0 = time.time()
-  feats, labels, weights = [], [], []
+  feats, labels = [], []
   for i, b in enumerate(train_batches):
     if i >= pool_batches:
       break
@@ -173,6 +169,15 @@ def load(prepared_dir: str) -> tuple[teacher_lib.Bert, dict]:
     params = ckptr.restore(os.path.join(os.path.abspath(prepared_dir), PARAMS_DIR), target)
   nnx.update(abstract, params)
   return abstract, meta
+
+
+def prepare_from_config(teacher_cfg, data_cfg, *, source: str | None = None, out_dir: str | None = None,
+                        force: bool = False, log=print) -> tuple[str, dict]:
+  """`prepare` with the settings of a config's `teacher` section (CLI flags may override the dirs)."""
+  t = teacher_cfg
+  return prepare(source or t.source or None, out_dir or t.prepared_dir or None, data_cfg,
+                 pool_batches=t.head_pool_batches, steps=t.head_steps, positions_per_step=t.head_positions_per_step,
+                 lr=t.head_lr, batch_size=t.batch_size, eval_batches=t.eval_batches, force=force, log=log)
 
 
 def cache_key(source_dir: str, data_cfg, settings: dict) -> str:

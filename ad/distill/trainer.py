@@ -173,11 +173,6 @@ class NonFiniteLossError(FloatingPointError):
   """A NaN or inf loss: names the step and stage."""
 
 
-def _gather(x, positions):
-  """x: [B, T, H], positions: [B, P] -> [B, P, H]."""
-  return jnp.take_along_axis(x, positions[..., None], axis=1)
-
-
 def _stage_name(stage: int, num_blocks: int) -> str:
   return "pretrain_distill" if stage == num_blocks else f"progressive_block_{stage}"
 
@@ -232,11 +227,7 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   per_host = dcfg.batch_size // jax.process_count()
 
   # ---- teacher (frozen, never checkpointed here) ------------------------------------------------
-  t = cfg.teacher
-  teacher_dir, _ = teacher_head.prepare(
-      t.source or None, t.prepared_dir or None, data_cfg, pool_batches=t.head_pool_batches, steps=t.head_steps,
-      positions_per_step=t.head_positions_per_step, lr=t.head_lr, batch_size=t.batch_size,
-      eval_batches=t.eval_batches, log=log)
+  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log)
   teacher, teacher_meta = teacher_head.load(teacher_dir)
   L, Ht, _ = losses.teacher_dims(teacher)
   mapping = losses.block_mapping(K, L)
@@ -299,11 +290,11 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   def pretrain_loss(trainable, frozen, t_state, b):
     s, _ = build({**frozen, **trainable})
     so = s.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-    s_mlm = s.mlm_logits(_gather(so["sequence_output"], b["masked_positions"]))
+    s_mlm = s.mlm_logits(losses.gather_positions(so["sequence_output"], b["masked_positions"]))
     s_nsp = s.nsp_logits(so["pooled"])
     teacher_m = nnx.merge(t_gd, t_state)
     to = teacher_m.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-    t_mlm = jax.lax.stop_gradient(teacher_m.mlm_logits(_gather(to["sequence_output"], b["masked_positions"])))
+    t_mlm = jax.lax.stop_gradient(teacher_m.mlm_logits(losses.gather_positions(to["sequence_output"], b["masked_positions"])))
     total, terms = losses.pretraining_loss(s_mlm, t_mlm, s_nsp, b, dcfg.alpha, dcfg.temperature)
     w = b["masked_weights"]
     terms["mlm_acc"] = ((jnp.argmax(s_mlm, -1) == b["masked_ids"]) * w).sum() / jnp.maximum(w.sum(), 1.0)

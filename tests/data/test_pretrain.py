@@ -96,7 +96,6 @@ def test_host_shards_are_disjoint_and_cover_the_split(task):
 
 
 def test_validation_documents_never_reach_training():
-  from ad.data import sources
   val = pretrain._documents(CFG.sources, "validation", CFG.validation_percent)
   train = pretrain._documents(CFG.sources, "train", CFG.validation_percent)
   assert set(val).isdisjoint(set(train)) and len(val) > 50

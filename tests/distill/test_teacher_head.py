@@ -3,11 +3,9 @@
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from ad import cli
 from ad.data import pretrain

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ad import cli
-from profiling import harness, peaks
+from profiling import harness
 
 
 def test_median_ci95_brackets_the_median():
