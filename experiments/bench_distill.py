@@ -29,6 +29,17 @@ from ad.distill import losses, sharding, teacher_head
 from ad.models import student as student_lib
 
 
+def _median_step_s(step, s_state, opt_state, t_state, batch, n: int) -> float:
+  """Median seconds of n chained steps (each waits for its loss)."""
+  times = []
+  for _ in range(n):
+    t0 = time.perf_counter()
+    s_state, opt_state, loss = step(s_state, opt_state, t_state, batch)
+    jax.block_until_ready(loss)
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
 def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument("--arch", default="512_128_4_512_4")
@@ -78,24 +89,10 @@ def main(argv=None):
   compile_s = time.perf_counter() - t0
   s1, o1, _ = compiled(s0, o0, t_state, gb)  # warm-up
   jax.block_until_ready(s1)
-  times = []
-  for _ in range(args.steps):
-    t0 = time.perf_counter()
-    s1, o1, loss = compiled(s1, o1, t_state, gb)
-    jax.block_until_ready(loss)
-    times.append(time.perf_counter() - t0)
-  ours_s = float(np.median(times))
-
-  plain_times = []
-  sp, op = s_state, opt_state
+  ours_s = _median_step_s(compiled, s1, o1, t_state, gb, args.steps)
   jb = {k: jnp.asarray(v) for k, v in batch.items()}
   with jax.disable_jit():
-    for _ in range(args.plain_steps):
-      t0 = time.perf_counter()
-      sp, op, lp = step(sp, op, t_state, jb)
-      jax.block_until_ready(lp)
-      plain_times.append(time.perf_counter() - t0)
-  plain_s = float(np.median(plain_times))
+    plain_s = _median_step_s(step, s_state, opt_state, t_state, jb, args.plain_steps)
   r = dict(arch=scfg.arch.name, num_blocks=scfg.num_blocks, batch=batch_size, seq=data_cfg.seq_len,
            devices=jax.device_count(), backend=jax.default_backend(), compile_s=compile_s,
            ours_step_ms=1e3 * ours_s, ours_tokens_per_s=tokens / ours_s,
