@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 OPT := .venv-opt
 
-.PHONY: setup demo test bench clean
+.PHONY: setup search demo test bench clean
 
 setup: $(VENV)/.stamp $(OPT)/.stamp
 
@@ -22,19 +22,26 @@ $(OPT)/.stamp: requirements/optimizer.txt
 	$(OPT)/bin/pip install -q -r requirements/optimizer.txt
 	touch $@
 
-# The main job: the most complete pipeline that exists today (see README.md): the design
+# The main job (README.md): the quickstart search on this machine, end to end. The teacher is
+# prepared once and cached; re-running resumes the search from its trial store.
+search: setup
+	$(VENV)/bin/ad teacher prepare --config quickstart
+	$(VENV)/bin/ad search --config quickstart --run-dir runs/quickstart --resume
+
+# The pipeline's pieces one by one (see README.md): the design
 # space, Table 2's models, the teacher (prepared once, then cached), one candidate measured
 # from XLA traces and flash-distilled. Re-running resumes/reuses what is done.
 demo: setup
 	$(VENV)/bin/ad space
 	$(VENV)/bin/ad arch --config paper_table1 512_128_4_512_4 512_128_1_384_4 512_128_1_640_2 512_128_1_640_4 \
 	    512_128_2_640_2 512_128_4_512_2 512_128_4_640_2 512_160_2_512_2
-	$(VENV)/bin/ad teacher prepare
-	$(VENV)/bin/ad profile --arch 512_128_4_512_4 --trace-dir runs/demo/trace
-	$(VENV)/bin/ad distill --arch 512_128_4_512_4 --schedule flash --workdir runs/demo/flash_512_128_4_512_4 --resume
+	$(VENV)/bin/ad teacher prepare --config cpu_flash
+	$(VENV)/bin/ad profile --config cpu_flash --arch 512_128_4_512_4 --trace-dir runs/demo/trace
+	$(VENV)/bin/ad distill --config cpu_flash --arch 512_128_4_512_4 --schedule flash \
+	    --workdir runs/demo/flash_512_128_4_512_4 --resume
 
 test: setup
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf $(VENV) $(OPT)

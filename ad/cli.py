@@ -1,9 +1,10 @@
-"""The `ad` command: space, arch, profile, teacher, distill (one subcommand per pipeline stage)."""
+"""The `ad` command: space, arch, profile, teacher, distill, search, report (one subcommand per stage)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -180,6 +181,28 @@ def cmd_distill(args) -> int:
   return 0
 
 
+def cmd_search(args) -> int:
+  from ad import configs
+  from ad.distill import sharding
+  from ad.search import loop
+  sharding.maybe_initialize_distributed()
+  cfg = configs.load_config(args.config, args.overrides)
+  summary = loop.run_search(cfg, args.run_dir, resume=args.resume, designer=args.designer,
+                            log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress)
+  if summary:
+    print(json.dumps({k: v for k, v in summary.items() if k != "hypervolume_history"}, indent=2))
+    print(f"report: {os.path.join(os.path.abspath(args.run_dir), 'report.md')}", file=sys.stderr)
+  return 0
+
+
+def cmd_report(args) -> int:
+  from ad.search import report
+  summary = report.write_report(args.run_dir)
+  print(json.dumps({k: v for k, v in summary.items() if k != "hypervolume_history"}, indent=2))
+  print(f"report: {os.path.join(os.path.abspath(args.run_dir), 'report.md')}", file=sys.stderr)
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="ad", description="AutoDistill in JAX (see README.md)")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -240,7 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--outside-space", action="store_true")
   _add_config_args(p)
   p.set_defaults(fn=cmd_distill)
+
+  p = sub.add_parser("search", help="multi-objective architecture search with flash distillation (the main job)")
+  p.add_argument("--run-dir", required=True, help="trial store, report.md, pareto.png, traces, trial and final runs")
+  p.add_argument("--resume", action="store_true", help="continue the search in --run-dir from its trial store")
+  p.add_argument("--designer", default=None, choices=("bo", "random", "evolutionary", "firefly"),
+                 help="who proposes architectures (default: config search.designer)")
+  p.add_argument("--no-progress", action="store_true")
+  _add_config_args(p)
+  p.set_defaults(fn=cmd_search)
+
+  p = sub.add_parser("report", help="rebuild report.md and pareto.png of a search from its trial store")
+  p.add_argument("run_dir", help="the --run-dir of an `ad search`")
+  p.set_defaults(fn=cmd_report)
   return parser
+
+
+def _service_error():
+  from ad.search.designers import OptimizerServiceError
+  return OptimizerServiceError
 
 
 def main(argv=None) -> int:
@@ -251,7 +292,8 @@ def main(argv=None) -> int:
     args.overrides = dotted + args.overrides
   try:
     return args.fn(args) or 0
-  except (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError, MemoryError) as e:
+  except (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError, MemoryError,
+          _service_error()) as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"ad {args.command}: error: {msg}", file=sys.stderr)
     return 2

@@ -43,7 +43,7 @@ def _median_step_s(step, s_state, opt_state, t_state, batch, n: int) -> float:
 def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument("--arch", default="512_128_4_512_4")
-  p.add_argument("--config", default="quickstart")
+  p.add_argument("--config", default="cpu_flash")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--plain-steps", type=int, default=2)
   args = p.parse_args(argv)

@@ -27,7 +27,7 @@ def tiny_teacher(tmp_path_factory):
 
 def distill_overrides(teacher_dir: str, **extra) -> list[str]:
   """Config overrides for a seconds-long distillation run on the CPU."""
-  base = {"teacher.prepared_dir": teacher_dir, "data.seq_len": 32, "distill.batch_size": 8,
+  base = {"teacher.prepared_dir": teacher_dir, "model.num_blocks": 2, "data.seq_len": 32, "distill.batch_size": 8,
           "distill.flash.steps_per_block": 2, "distill.flash.pretrain_steps": 3, "distill.flash.warmup_steps": 1,
           "distill.eval_batches": 2, "distill.checkpoint_every": 2, "distill.log_every": 1}
   base.update(extra)

@@ -165,7 +165,9 @@ def _teacher_embedding_tables(teacher):
 
 def init_embeddings_from_teacher(student, teacher) -> None:
   """Copies the teacher's word, position and token-type embeddings into the student,
-  resampled along the feature axis to the student's sizes (word: -> E, others: -> H_s)."""
+  resampled along the feature axis to the student's sizes (word: -> E, others: -> H_s),
+  and the teacher's MLM output bias (its log-unigram prior; no feature axis to resample),
+  so even a briefly distilled student starts from the teacher's token prior."""
   se, cfg = student.embeddings, student.cfg
   tw, tpos, ttype = _teacher_embedding_tables(teacher)
   if tw.shape[0] != cfg.vocab_size:
@@ -177,3 +179,5 @@ def init_embeddings_from_teacher(student, teacher) -> None:
   tt = resample(ttype, cfg.arch.hidden)
   m = min(tt.shape[0], cfg.type_vocab_size)
   se.token_type[...] = se.token_type[...].at[:m].set(tt[:m])
+  if hasattr(teacher, "mlm_bias"):  # a BERT without an MLM head has none
+    student.mlm_bias[...] = jnp.asarray(teacher.mlm_bias[...], jnp.float32)

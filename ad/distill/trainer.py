@@ -178,8 +178,12 @@ def _stage_name(stage: int, num_blocks: int) -> str:
 
 
 def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: Callable = print,
-            progress: bool = True) -> dict:
-  """Flash- or regular-distills `arch` per `cfg` (a loaded experiment ConfigDict); returns metrics."""
+            progress: bool = True, save_student: bool = False, export_dir: str | None = None) -> dict:
+  """Flash- or regular-distills `arch` per `cfg` (a loaded experiment ConfigDict); returns metrics.
+
+  save_student: also write the final student alone (no adapters, no optimizer) as an orbax
+  checkpoint in `workdir/student`; export_dir: also export it in HF MobileBERT format there.
+  """
   import tensorflow as tf  # TensorBoard summaries; ad.data has already hidden accelerators from TF
   from tqdm import tqdm
 
@@ -237,7 +241,12 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   # ---- data: per-host shard, deterministic for the seed ----------------------------------------
   vocab = pretrain.load_vocab(data_cfg, teacher_meta["source_dir"])
   task = pretrain.make_task(data_cfg, vocab, min(scfg.max_positions, teacher.cfg.max_positions), scfg.vocab_size)
-  train_iter = pretrain.batches(task, data_cfg, "train", per_host, jax.process_index(), jax.process_count())
+
+  def stream(split: str, batch_size: int, count: int, shard: bool):
+    where = (jax.process_index(), jax.process_count()) if shard else (0, 1)
+    if count * batch_size * data_cfg.seq_len <= pretrain.CACHE_MAX_TOKENS:  # small run: memoized in-process
+      return iter(pretrain.cached_batches(task, data_cfg, split, batch_size, count, *where))
+    return pretrain.batches(task, data_cfg, split, batch_size, *where)
 
   # ---- student, adapters -----------------------------------------------------------------------
   student = student_lib.Student(scfg, nnx.Rngs(dcfg.seed))
@@ -355,6 +364,7 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   if is_main:
     with open(losses_path, "w") as f:
       f.writelines(json.dumps(h) + "\n" for h in history)
+  train_iter = stream("train", per_host, total_steps, shard=True)
   for _ in range(next_step):  # the data stream is deterministic: skip what was already used
     next(train_iter)
   writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
@@ -370,6 +380,7 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   bar = tqdm(total=total_steps, initial=next_step, disable=not (progress and is_main), dynamic_ncols=True,
              desc=f"{scfg.arch.name}")
   t_loop, tokens = time.time(), 0
+  setup_s = t_loop - t_start  # teacher, data pipeline, student init, sharding
   g = next_step
   try:
     while g < total_steps:
@@ -424,13 +435,14 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   train_s = time.time() - t_loop
 
   # ---- evaluation: held-out MLM and NSP accuracy (the search's accuracy objective) ---------------
+  t_eval = time.time()
   if jax.process_count() > 1:  # every host evaluates the full parameters on its own
     from jax.experimental import multihost_utils
     host_params = multihost_utils.process_allgather(params, tiled=True)
   else:
     host_params = jax.device_get(params)
   final_student, _ = build(host_params)
-  val = teacher_head.evaluate(final_student, pretrain.batches(task, data_cfg, "validation", dcfg.batch_size),
+  val = teacher_head.evaluate(final_student, stream("validation", dcfg.batch_size, dcfg.eval_batches, shard=False),
                               dcfg.eval_batches)
   if is_main:
     with writer.as_default(step=total_steps):
@@ -442,11 +454,29 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
       pretrain_steps=dcfg.pretrain_steps, batch_size=dcfg.batch_size, seq_len=data_cfg.seq_len,
       mlm_accuracy=float(val["mlm_accuracy"]), nsp_accuracy=float(val["nsp_accuracy"]),
       masked_tokens=val["masked_tokens"], resumed_from=next_step if resume else None,
-      train_s=train_s, wall_s=time.time() - t_start,
+      setup_s=setup_s, train_s=train_s, eval_s=time.time() - t_eval, wall_s=time.time() - t_start,
       train_tokens_per_s=tokens / train_s if train_s > 0 and tokens else None,
       mesh=dict(data=mesh_data, model=dcfg.mesh_model), teacher_dir=teacher_dir,
       compiles={k: fn._cache_size() for k, fn in step_fns.items()},
   )
+  # ---- the student alone, ready for fine-tuning ---------------------------------------------------
+  if save_student:
+    student_dir = os.path.join(workdir, "student")
+    if os.path.exists(student_dir):  # a resumed run that had already saved it
+      import shutil
+      if is_main:
+        shutil.rmtree(student_dir)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("ad_distill_student_dir")
+    student_params = unflatten({k[8:]: v for k, v in params.items() if k.startswith("student/")})
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(student_dir, student_params)
+    checkpointer.wait_until_finished()
+    metrics["student_checkpoint"] = student_dir
+  if export_dir and is_main:
+    from ad.models import hf
+    metrics["hf_dir"] = hf.export_mobilebert(final_student, export_dir)
   if is_main:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
       json.dump(metrics, f, indent=2)

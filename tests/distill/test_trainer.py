@@ -126,3 +126,13 @@ def test_workdir_is_not_silently_reused(reference, tiny_teacher, capsys):
   args = ["distill", "--arch", ARCH, "--workdir", str(wd)] + [f"--set={o}" for o in distill_overrides(tiny_teacher)]
   assert cli.main(args) == 2
   assert "already holds a distillation run" in capsys.readouterr().err
+
+
+def test_pallas_kernels_train_with_the_same_losses_as_xla(reference, tmp_path, tiny_teacher):
+  """attention_impl = ffn_impl = 'pallas' (interpret mode on CPU) through every stage: the losses of the
+  progressive stages (attention KL, feature MSE) and of pre-training distillation match the XLA run."""
+  wd, _ = reference
+  _run(tmp_path, tiny_teacher, **{"distill.mesh_data": 1, "model.attention_impl": "pallas", "model.ffn_impl": "pallas"})
+  ours, ref = _losses(tmp_path), _losses(wd)
+  assert [r["stage"] for r in ours] == [r["stage"] for r in ref]
+  np.testing.assert_allclose([r["loss"] for r in ours], [r["loss"] for r in ref], rtol=2e-4, atol=1e-5)

@@ -1,0 +1,324 @@
+"""`ad search`: the AutoDistill loop (003 Fig. 1) over the trial store.
+
+  prune the space by the constraints computable without training (params, FLOPs)
+  -> evaluate the MobileBERT-shaped baseline the same way as every trial
+  -> initial design (shared by every designer for the seed), then the designer's suggestions;
+     per trial: measure on this backend (profiling/harness.py, traces kept), check the latency
+     constraint, flash-distill (ad/distill/trainer.py), record objectives
+  -> Pareto set, hypervolume, report.md, pareto.png, TensorBoard scalars
+  -> regular distillation of the chosen Pareto students -> orbax + HF MobileBERT export
+
+Resumable: every trial is in the SQLite store before it runs and after it ends. `--resume`
+re-runs interrupted trials (their distillation resumes from its checkpoints), repeats no
+completed one, and asks the designer only for what is still missing. Multi-host: every
+process runs every trial on the global mesh; process 0 alone talks to the designer and
+writes the store, and broadcasts each architecture to the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from typing import Any, Callable
+
+import numpy as np
+
+from ad import space as space_lib
+from ad.search import designers as designers_lib
+from ad.search import pareto, report as report_lib
+from ad.search.store import TrialStore
+
+# Objectives the search knows how to read from a trial; those in TRAINED need flash distillation.
+TRAINED = ("mlm_accuracy", "nsp_accuracy")
+MEASURED = {"latency_ms": "latency_ms_median", "peak_memory_bytes": "peak_memory_bytes",
+            "throughput_per_s": "throughput_per_s", "flops_utilization": "flops_utilization"}
+SCREENED = ("params", "flops")
+
+
+def objective_spec(search_cfg) -> tuple[list[str], list[str], list[float]]:
+  """(names, directions, reference point) from config.search.objectives, checked."""
+  names, directions, reference = [], [], []
+  for i, o in enumerate(search_cfg.objectives):
+    name, direction = o["name"], o["direction"]
+    if name not in TRAINED + tuple(MEASURED) + SCREENED:
+      raise ValueError(f"search.objectives[{i}].name={name!r}: expected one of "
+                       f"{list(TRAINED) + list(MEASURED) + list(SCREENED)}")
+    if direction not in pareto.DIRECTIONS:
+      raise ValueError(f"search.objectives[{i}].direction={direction!r}: expected one of {pareto.DIRECTIONS}")
+    names.append(name)
+    directions.append(direction)
+    reference.append(float(o["reference"]))
+  if len(set(names)) != len(names) or len(names) < 1:
+    raise ValueError(f"search.objectives: names {names} must be distinct and non-empty")
+  return names, directions, reference
+
+
+def screening(arch: space_lib.Arch, model_cfg, seq: int) -> dict[str, Any]:
+  """Closed-form size and inference cost of one student (no model is built).
+
+  flops: 2 * (encoder weight parameters) * tokens + the attention score/context matmuls
+  (4 * T^2 * bottleneck per block), batch 1: the forward's multiply-adds, which
+  profiling/proxy_correlation measured to rank latency well on CPU.
+  """
+  from ad.models import student as student_lib
+  cfg = student_lib.config_from_dict(arch, model_cfg)
+  counts = student_lib.param_counts(cfg)
+  weights = counts["encoder"]  # biases and norms add a negligible 2*T*(...) each
+  flops = 2 * weights * seq + 4 * seq * seq * arch.bottleneck * cfg.num_blocks
+  return dict(params=int(counts["paper_total"]), encoder_params=int(counts["encoder"]), flops=int(flops),
+              num_blocks=cfg.num_blocks)
+
+
+def feasible_candidates(space: space_lib.DesignSpace, model_cfg, constraints, seq: int):
+  """(feasible archs, {arch name: why pruned}) under the constraints known before training."""
+  keep, pruned = [], {}
+  for a in space.archs():
+    s = screening(a, model_cfg, seq)
+    if constraints.max_params and s["params"] > constraints.max_params:
+      pruned[a.name] = f"params {s['params']:,} > constraints.max_params {constraints.max_params:,}"
+    elif constraints.max_flops and s["flops"] > constraints.max_flops:
+      pruned[a.name] = f"flops {s['flops']:.3g} > constraints.max_flops {constraints.max_flops:.3g}"
+    else:
+      keep.append(a)
+  return keep, pruned
+
+
+def _broadcast_arch(name: str | None) -> str:
+  """Process 0's architecture name to every process (fixed-size int array through the mesh)."""
+  import jax
+  if jax.process_count() == 1:
+    return name
+  from jax.experimental import multihost_utils
+  buf = np.zeros(64, dtype=np.int32)
+  if jax.process_index() == 0:
+    enc = name.encode()
+    buf[:len(enc)] = np.frombuffer(enc, dtype=np.uint8)
+  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+  return bytes(buf[buf > 0].astype(np.uint8)).decode()
+
+
+def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, names, log: Callable) -> dict[str, Any]:
+  """Measures, checks the latency constraint, flash-distills; returns the trial's record fields.
+
+  Raises on failure (the loop records the error); returns status 'infeasible' without training
+  when the measured latency breaks constraints.max_latency_ms.
+  """
+  from ad.distill import trainer
+  from profiling import harness
+  m = cfg.search.measure
+  t0 = time.time()
+  measurement = harness.measure_arch(arch, cfg.model, batch=m.batch, seq=m.seq, trace_dir=trace_dir,
+                                     target_rel_ci=m.target_rel_ci, max_reps=m.max_reps, chunk=m.chunk,
+                                     min_reps=min(20, m.max_reps))
+  measure_s = time.time() - t0
+  out = dict(measurement=measurement, measure_s=measure_s, distill=None, distill_s=None)
+  limit = cfg.constraints.max_latency_ms
+  if limit and measurement["latency_ms_median"] > limit:
+    out.update(status="infeasible", error=f"latency {measurement['latency_ms_median']:.3f} ms > "
+                                          f"constraints.max_latency_ms {limit}")
+    return out
+  if any(n in TRAINED for n in names):
+    t0 = time.time()
+    out["distill"] = trainer.distill(arch, cfg, "flash", workdir, resume=True, log=log, progress=False)
+    out["distill_s"] = time.time() - t0
+  out["status"] = "ok"
+  return out
+
+
+def objective_values(names, distill: dict | None, measurement: dict | None, screen: dict) -> dict[str, float]:
+  vals = {}
+  for n in names:
+    if n in TRAINED:
+      vals[n] = float(distill[n])
+    elif n in MEASURED:
+      vals[n] = float(measurement[MEASURED[n]])
+    else:
+      vals[n] = float(screen[n])
+  return vals
+
+
+def designer_trials(rows: list[dict], names) -> list[dict]:
+  """Store rows -> the designer's view (arch, status, values in objective order)."""
+  out = []
+  for r in rows:
+    if r["status"] == "running":
+      continue
+    t = dict(arch=space_lib.Arch.parse(r["arch"]), status=r["status"])
+    if r["status"] == "ok":
+      t["values"] = [r["objectives"][n] for n in names]
+    out.append(t)
+  return out
+
+
+def run_search(cfg, run_dir: str, *, resume: bool = False, designer: str | None = None, log: Callable = print,
+               progress: bool = True) -> dict[str, Any]:
+  """Runs (or resumes) the search of `cfg` in `run_dir`; returns the summary written to summary.json."""
+  import jax
+  import tensorflow as tf  # TensorBoard scalars (ad.data hides accelerators from TF)
+  from tqdm import tqdm
+
+  from ad.data import tf_setup  # noqa: F401  (hide accelerators from TF before it initializes)
+
+  s = cfg.search
+  designer = designer or s.designer
+  if designer not in designers_lib.DESIGNERS:
+    raise ValueError(f"designer {designer!r}: expected one of {designers_lib.DESIGNERS}")
+  names, directions, reference = objective_spec(s)
+  ref_min = pareto.to_min([reference], directions)[0]
+  run_dir = os.path.abspath(run_dir)
+  is_main = jax.process_index() == 0
+  t_start = time.time()
+
+  # ---- run record: a run directory holds one search; --resume must continue the same one -------
+  store = TrialStore(run_dir) if is_main else None
+  record = dict(config=json.loads(cfg.to_json_best_effort()), designer=designer)
+  if is_main:
+    old = store.get_meta("record")
+    if old is not None and not resume:
+      raise FileExistsError(f"{run_dir} already holds a search ({len(store.trials())} trials); pass --resume to "
+                            "continue it or choose a new --run-dir")
+    if old is not None:
+      diff = sorted(k for k in set(record["config"]) | set(old["config"])
+                    if json.dumps(record["config"].get(k), sort_keys=True) != json.dumps(old["config"].get(k),
+                                                                                      sort_keys=True))
+      diff = [d for d in diff if d != "final"]  # the final distillation may change between runs
+      if diff or old["designer"] != designer:
+        raise ValueError(f"{store.path}: cannot resume, the config differs in {diff or ['designer']}")
+    store.set_meta("record", record)
+
+  # ---- the space, pruned by the constraints known before training --------------------------------
+  space = space_lib.DesignSpace.from_config(cfg.space)
+  feasible, pruned = feasible_candidates(space, cfg.model, cfg.constraints, s.measure.seq)
+  cands = designers_lib.Candidates(feasible, space)
+  log(f"search: {len(cands)} feasible architectures of {len(space)} ({len(pruned)} pruned by constraints); "
+      f"designer {designer}, {s.num_initial} initial + {s.num_trials - s.num_initial} designed trials")
+  if s.num_trials > len(cands) or s.num_initial < 0 or s.num_initial > s.num_trials:
+    raise ValueError(f"search.num_trials={s.num_trials}, search.num_initial={s.num_initial}: need "
+                     f"0 <= num_initial <= num_trials <= {len(cands)} feasible architectures")
+  des = designers_lib.make_designer(designer, cands, directions, reference, s.seed, s,
+                                    log_path=os.path.join(run_dir, "optimizer_service.log")) if is_main else None
+  initial = designers_lib.initial_design(cands, s.num_initial, s.seed)
+  writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb")) if is_main else None
+
+  def rows():
+    return store.trials() if is_main else []
+
+  def run_one(arch: space_lib.Arch, role: str, who: str, existing: dict | None) -> dict:
+    """Evaluates one trial on every process; process 0 records it."""
+    workdir = os.path.join(run_dir, "trials", arch.name)
+    trace_dir = os.path.join(run_dir, "traces", arch.name)
+    screen = screening(arch, cfg.model, s.measure.seq)
+    tid = None
+    if is_main:
+      if existing is None:
+        tid = store.start_trial(arch.name, role, who, s.seed, screen, workdir)
+      else:
+        tid = existing["id"]
+        store.restart_trial(tid)
+    try:
+      r = evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None)
+    except (KeyboardInterrupt, SystemExit):
+      raise
+    except Exception as e:  # NaN, OOM, anything: the trial fails, the search goes on
+      err = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
+      log(f"search: trial {arch.name} failed: {type(e).__name__}: {str(e)[:300]}")
+      if is_main:
+        store.finish_trial(tid, "failed", error=err)
+      return dict(status="failed")
+    objectives = objective_values(names, r["distill"], r["measurement"], screen) if r["status"] == "ok" else None
+    if is_main:
+      store.finish_trial(tid, r["status"], objectives=objectives, measurement=r["measurement"], distill=r["distill"],
+                         error=r.get("error"), measure_s=r["measure_s"], distill_s=r["distill_s"])
+    return dict(status=r["status"], objectives=objectives)
+
+  def hv_now() -> float:
+    ok = [t for t in rows() if t["status"] == "ok" and t["role"] != "baseline"]
+    return pareto.hypervolume(pareto.to_min([[t["objectives"][n] for n in names] for t in ok], directions),
+                              ref_min) if ok else 0.0
+
+  # ---- interrupted trials first, then the baseline, then the budget ------------------------------
+  done_designed = lambda: sum(1 for t in rows() if t["role"] != "baseline" and t["status"] != "running")
+  bar = tqdm(total=s.num_trials, initial=done_designed() if is_main else 0, disable=not (progress and is_main),
+             dynamic_ncols=True, desc="search")
+  try:
+    while True:
+      # What to run next is decided on process 0 and broadcast.
+      arch_name, role, who, existing = "", "", "", None
+      if is_main:
+        current = rows()
+        running = [t for t in current if t["status"] == "running"]
+        by_name = {t["arch"] for t in current}
+        if running:  # interrupted by a crash: run again, its distillation resumes from checkpoints
+          existing = running[0]
+          arch_name, role, who = existing["arch"], existing["role"], existing["designer"]
+        elif s.baseline_arch and s.baseline_arch not in by_name:
+          arch_name, role, who = s.baseline_arch, "baseline", "baseline"
+        elif done_designed() < s.num_trials:
+          n_initial = sum(1 for t in current if t["role"] == "initial")
+          todo = [a for a in initial if a.name not in by_name]
+          if n_initial < s.num_initial and todo:
+            arch_name, role, who = todo[0].name, "initial", "initial"
+          else:
+            des.update(designer_trials(current, names))
+            arch_name, role, who = des.suggest(1)[0].name, "designer", designer
+      arch_name = _broadcast_arch(arch_name or "-")
+      if arch_name == "-":
+        break
+      arch = space_lib.Arch.parse(arch_name)
+      bar.set_postfix_str(f"hv={hv_now():.4g} in flight: {arch.name} ({role})")
+      r = run_one(arch, role, who, existing)
+      if is_main:
+        n = len(rows())
+        with writer.as_default(step=n):
+          if r["status"] == "ok":
+            for k, v in r["objectives"].items():
+              tf.summary.scalar(f"trial/{k}", v)
+          tf.summary.scalar("search/hypervolume", hv_now())
+        writer.flush()
+        if role != "baseline":
+          bar.update(1)
+        bar.set_postfix_str(f"hv={hv_now():.4g} last: {arch.name} {r['status']}")
+  finally:
+    bar.close()
+    if des is not None and hasattr(des, "close"):
+      des.close()
+
+  # ---- regular distillation of the chosen Pareto students ---------------------------------------
+  if is_main:
+    report_lib.write_report(run_dir, store)  # the search's report exists before the long final runs
+  chosen = report_lib.choose_finals(rows(), names, directions, cfg.final) if is_main else []
+  n_final = _broadcast_arch(",".join(a for a in chosen) or "-")
+  chosen = [] if n_final == "-" else n_final.split(",")
+  from ad.distill import trainer
+  for name in chosen:
+    done = {f["arch"]: f for f in store.finals()} if is_main else {}
+    if name in done and done[name]["status"] == "ok":
+      continue
+    workdir = os.path.join(run_dir, "final", name)
+    if is_main:
+      store.start_final(name)
+    log(f"search: regular distillation of {name} into {workdir}")
+    try:
+      m = trainer.distill(name, cfg, cfg.final.schedule, workdir, resume=True, log=lambda msg: None,
+                          progress=progress, save_student=True,
+                          export_dir=os.path.join(workdir, "hf") if cfg.final.export_hf else None)
+    except (KeyboardInterrupt, SystemExit):
+      raise
+    except Exception as e:
+      log(f"search: final distillation of {name} failed: {type(e).__name__}: {str(e)[:300]}")
+      if is_main:
+        store.finish_final(name, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}")
+      continue
+    if is_main:
+      store.finish_final(name, "ok", metrics=m, checkpoint=m.get("student_checkpoint"), hf_dir=m.get("hf_dir"))
+
+  summary = {}
+  if is_main:
+    summary = report_lib.write_report(run_dir, store)
+    summary["wall_s_this_run"] = time.time() - t_start
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    store.close()
+  return summary

@@ -1,0 +1,184 @@
+"""The search's report, rebuilt from the trial store alone (`ad report RUN_DIR`).
+
+Writes RUN_DIR/report.md (the objectives, the Pareto set, the hypervolume, every trial, the
+final distillations) and RUN_DIR/pareto.png (the first two objectives: every trial, the
+Pareto front, and the MobileBERT-shaped baseline marked). Returns a summary dict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from ad.search import pareto
+from ad.search.store import TrialStore
+
+CHOICES = ("knee", "spread", "accuracy", "latency")
+
+
+def _spec(store: TrialStore):
+  record = store.get_meta("record")
+  if record is None:
+    raise ValueError(f"{store.path}: the store has no search record; was the search started?")
+  objs = record["config"]["search"]["objectives"]
+  return ([o["name"] for o in objs], [o["direction"] for o in objs], [float(o["reference"]) for o in objs], record)
+
+
+def front(rows: list[dict], names, directions) -> tuple[list[dict], np.ndarray]:
+  """The 'ok' search trials (baseline excluded) and the Pareto mask over them."""
+  ok = [r for r in rows if r["status"] == "ok" and r["role"] != "baseline"]
+  if not ok:
+    return [], np.zeros(0, dtype=bool)
+  return ok, pareto.pareto_mask(pareto.to_min([[r["objectives"][n] for n in names] for r in ok], directions))
+
+
+def choose_finals(rows: list[dict], names, directions, final_cfg) -> list[str]:
+  """The Pareto students to distill fully: `final.count` of them by `final.choose`.
+
+  knee: closest to the ideal point after scaling each objective to [0, 1] over the front;
+  spread: evenly spaced along the front sorted by the first objective (ends included);
+  accuracy / latency: best in `mlm_accuracy` / `latency_ms`.
+  """
+  if final_cfg.choose not in CHOICES:
+    raise ValueError(f"final.choose={final_cfg.choose!r}: expected one of {CHOICES}")
+  ok, mask = front(rows, names, directions)
+  pts = [r for r, m in zip(ok, mask) if m]
+  if not pts or final_cfg.count <= 0:
+    return []
+  y = pareto.to_min([[r["objectives"][n] for n in names] for r in pts], directions)
+  k = min(final_cfg.count, len(pts))
+  if final_cfg.choose == "knee":
+    span = np.where(np.ptp(y, 0) > 0, np.ptp(y, 0), 1.0)
+    order = np.argsort(np.linalg.norm((y - y.min(0)) / span, axis=1), kind="stable")
+  elif final_cfg.choose == "spread":
+    by_first = np.argsort(y[:, 0], kind="stable")
+    order = by_first[np.unique(np.round(np.linspace(0, len(pts) - 1, k)).astype(int))]
+  else:
+    key = "mlm_accuracy" if final_cfg.choose == "accuracy" else "latency_ms"
+    if key not in names:
+      raise ValueError(f"final.choose={final_cfg.choose!r} needs the objective {key!r}; objectives are {names}")
+    order = np.argsort(y[:, names.index(key)], kind="stable")
+  return [pts[i]["arch"] for i in order[:k]]
+
+
+def _fmt(v, digits=4) -> str:
+  if v is None:
+    return ""
+  if isinstance(v, float):
+    return f"{v:.{digits}g}"
+  return str(v)
+
+
+def plot(path: str, rows: list[dict], names, directions) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  ok, mask = front(rows, names, directions)
+  fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+  xn, yn = (names[1], names[0]) if len(names) > 1 else (names[0], names[0])
+  if ok:
+    x = np.asarray([r["objectives"][xn] for r in ok])
+    y = np.asarray([r["objectives"][yn] for r in ok])
+    ax.scatter(x, y, c=[r["id"] for r in ok], cmap="viridis", s=28, label="trials (colour = order)", zorder=2)
+    fx, fy = x[mask], y[mask]
+    o = np.argsort(fx)
+    ax.step(fx[o], fy[o], where="post", color="C3", lw=1.5, label="Pareto front", zorder=3)
+    ax.scatter(fx, fy, facecolors="none", edgecolors="C3", s=90, zorder=3)
+    for r, m in zip(ok, mask):
+      if m:
+        ax.annotate(r["arch"], (r["objectives"][xn], r["objectives"][yn]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+  for r in rows:
+    if r["role"] == "baseline" and r["status"] == "ok":
+      ax.scatter([r["objectives"][xn]], [r["objectives"][yn]], marker="*", s=220, c="C1", edgecolors="k",
+                 label=f"baseline {r['arch']} (MobileBERT-shaped)", zorder=4)
+  ax.set_xlabel(f"{xn} ({'lower' if directions[names.index(xn)] == 'min' else 'higher'} is better)")
+  ax.set_ylabel(f"{yn} ({'lower' if directions[names.index(yn)] == 'min' else 'higher'} is better)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any]:
+  """Rebuilds report.md and pareto.png in `run_dir` from its trial store; returns the summary."""
+  own = store is None
+  store = store or TrialStore(run_dir, create=False)
+  try:
+    names, directions, reference, record = _spec(store)
+    rows, finals = store.trials(), store.finals()
+  finally:
+    if own:
+      store.close()
+  ref_min = pareto.to_min([reference], directions)[0]
+  ok, mask = front(rows, names, directions)
+  y = pareto.to_min([[r["objectives"][n] for n in names] for r in ok], directions) if ok else np.zeros((0, len(names)))
+  hv_hist = pareto.hypervolume_history(y, ref_min) if ok else np.zeros(0)
+  baseline = next((r for r in rows if r["role"] == "baseline"), None)
+  dominating = []
+  if baseline and baseline["status"] == "ok":
+    b = pareto.to_min([[baseline["objectives"][n] for n in names]], directions)[0]
+    dominating = [r["arch"] for r, yi in zip(ok, y) if np.all(yi <= b) and np.any(yi < b)]
+  plot(os.path.join(run_dir, "pareto.png"), rows, names, directions)
+
+  cfg = record["config"]
+  counts = {st: sum(1 for r in rows if r["status"] == st) for st in ("ok", "failed", "infeasible", "running")}
+  L = [f"# Search report: {os.path.basename(os.path.normpath(run_dir))}", "",
+       f"Designer **{record['designer']}**, seed {cfg['search']['seed']}, {cfg['model']['num_blocks']}-block students, "
+       f"teacher `{cfg['teacher']['source'] or 'MiniLM-L6-H384 (packaged)'}`, measured at batch "
+       f"{cfg['search']['measure']['batch']}, seq {cfg['search']['measure']['seq']}.", "",
+       "Objectives: " + ", ".join(f"`{n}` ({'maximize' if d == 'max' else 'minimize'}, reference {r})"
+                                  for n, d, r in zip(names, directions, reference)) + ".", "",
+       f"Trials: {len(rows)} ({counts['ok']} ok, {counts['failed']} failed, {counts['infeasible']} infeasible, "
+       f"{counts['running']} interrupted). Hypervolume of the search trials: "
+       f"**{_fmt(float(hv_hist[-1]) if len(hv_hist) else 0.0, 6)}**.", ""]
+  if baseline:
+    L += [f"Baseline `{baseline['arch']}` (MobileBERT-shaped, evaluated like every trial): "
+          + (", ".join(f"{n} {_fmt(baseline['objectives'][n])}" for n in names) if baseline["status"] == "ok"
+             else baseline["status"]) + f". Trials that dominate it: {', '.join(dominating) or 'none'}.", ""]
+  L += ["![Pareto front](pareto.png)", "", "## Pareto set", "",
+        "| arch | " + " | ".join(names) + " | params | trial |", "|---|" + "---|" * (len(names) + 2)]
+  for r, m in zip(ok, mask):
+    if m:
+      L.append(f"| `{r['arch']}` | " + " | ".join(_fmt(r["objectives"][n]) for n in names)
+               + f" | {r['screening']['params']:,} | {r['id']} |")
+  L += ["", "## Final distillation (regular schedule)", ""]
+  if finals:
+    L += ["| arch | status | mlm_accuracy | nsp_accuracy | steps | orbax checkpoint | HF MobileBERT |", "|---|---|---|---|---|---|---|"]
+    for f in finals:
+      m = f["metrics"] or {}
+      L.append(f"| `{f['arch']}` | {f['status']} | {_fmt(m.get('mlm_accuracy'))} | {_fmt(m.get('nsp_accuracy'))} | "
+               f"{_fmt(m.get('steps'))} | {f['checkpoint'] or ''} | {f['hf_dir'] or ''} |")
+      if f["error"]:
+        L.append(f"\n    {f['error'].splitlines()[0]}\n")
+  else:
+    L.append("None yet (config `final.count`).")
+  L += ["", "## Trials", "",
+        "| id | arch | role | status | " + " | ".join(names) + " | nsp_accuracy | latency p90 ms | peak mem MB "
+        "| params | GFLOPs | measure s | distill s | note |", "|" + "---|" * (len(names) + 12)]
+  for r in rows:
+    mm, dd = r["measurement"] or {}, r["distill"] or {}
+    obj = r["objectives"] or {}
+    note = (r["error"] or "").splitlines()[0][:120] if r["error"] else ""
+    peak = mm.get("peak_memory_bytes")
+    L.append(f"| {r['id']} | `{r['arch']}` | {r['role']} | {r['status']} | "
+             + " | ".join(_fmt(obj.get(n)) for n in names)
+             + f" | {_fmt(dd.get('nsp_accuracy'))} | {_fmt(mm.get('latency_ms_p90'))} | "
+             f"{_fmt(peak / 1e6 if peak else None)} | {r['screening']['params']:,} | "
+             f"{_fmt(r['screening']['flops'] / 1e9)} | {_fmt(r['measure_s'], 3)} | {_fmt(r['distill_s'], 3)} | {note} |")
+  L += ["", f"Hypervolume after each search trial: {', '.join(_fmt(float(h), 4) for h in hv_hist)}", "",
+        "Profiles: `traces/<arch>/` (open with TensorBoard's profile plugin); trial runs: `trials/<arch>/` "
+        "(losses.jsonl, tb/); search scalars: `tb/`.", ""]
+  with open(os.path.join(run_dir, "report.md"), "w") as f:
+    f.write("\n".join(L))
+  return dict(trials=len(rows), status_counts=counts, hypervolume=float(hv_hist[-1]) if len(hv_hist) else 0.0,
+              hypervolume_history=[float(h) for h in hv_hist],
+              pareto=[dict(arch=r["arch"], **r["objectives"]) for r, m in zip(ok, mask) if m],
+              baseline=dict(arch=baseline["arch"], **(baseline["objectives"] or {})) if baseline else None,
+              dominating_baseline=dominating,
+              finals=[dict(arch=f["arch"], status=f["status"], hf_dir=f["hf_dir"], checkpoint=f["checkpoint"],
+                           mlm_accuracy=(f["metrics"] or {}).get("mlm_accuracy")) for f in finals])

@@ -1,0 +1,148 @@
+"""The trial store: one SQLite file per search run (`RUN_DIR/trials.sqlite`).
+
+Every trial is written when it starts ('running') and again when it ends ('ok', 'failed' or
+'infeasible'), each in its own transaction, so a crash at any moment loses no completed trial;
+a 'running' trial found at restart was interrupted and is run again (its distillation resumes
+from its own checkpoints). The final (regular) distillations of the chosen students live in
+their own table. `ad report RUN_DIR` needs nothing but this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from typing import Any
+
+STORE_FILE = "trials.sqlite"
+STATUSES = ("running", "ok", "failed", "infeasible")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trials (
+  id INTEGER PRIMARY KEY,
+  arch TEXT NOT NULL UNIQUE,
+  role TEXT NOT NULL,            -- baseline | initial | designer
+  designer TEXT NOT NULL,
+  status TEXT NOT NULL,
+  objectives TEXT,               -- JSON {name: value}
+  measurement TEXT,              -- JSON: every field of profiling.harness.measure_arch
+  distill TEXT,                  -- JSON: the metrics of ad.distill.trainer.distill
+  screening TEXT,                -- JSON: closed-form params and FLOPs
+  error TEXT,
+  seed INTEGER NOT NULL,
+  code_version TEXT NOT NULL,
+  started REAL NOT NULL,
+  finished REAL,
+  measure_s REAL,
+  distill_s REAL,
+  workdir TEXT
+);
+CREATE TABLE IF NOT EXISTS finals (
+  arch TEXT PRIMARY KEY,
+  status TEXT NOT NULL,
+  metrics TEXT,
+  checkpoint TEXT,
+  hf_dir TEXT,
+  error TEXT,
+  started REAL NOT NULL,
+  finished REAL
+);
+"""
+_JSON_COLUMNS = ("objectives", "measurement", "distill", "screening", "metrics")
+
+
+def code_version() -> str:
+  """The git commit of the code (with -dirty when the tree has changes), else 'unknown'."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  try:
+    rev = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                         timeout=10).stdout.strip()
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, timeout=10).stdout.strip()
+    return (rev + ("-dirty" if dirty else "")) if rev else "unknown"
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+class TrialStore:
+
+  def __init__(self, run_dir: str, create: bool = True):
+    self.path = os.path.join(run_dir, STORE_FILE)
+    if not create and not os.path.isfile(self.path):
+      raise FileNotFoundError(f"{self.path}: no trial store there; is {run_dir} the run directory of an `ad search`?")
+    os.makedirs(run_dir, exist_ok=True)
+    self.db = sqlite3.connect(self.path, timeout=60)
+    self.db.row_factory = sqlite3.Row
+    with self.db:
+      self.db.executescript(_SCHEMA)
+
+  def close(self) -> None:
+    self.db.close()
+
+  # ---- meta ------------------------------------------------------------------------------------
+  def get_meta(self, key: str, default=None):
+    row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return json.loads(row["value"]) if row else default
+
+  def set_meta(self, key: str, value) -> None:
+    with self.db:
+      self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+  # ---- trials ----------------------------------------------------------------------------------
+  def start_trial(self, arch: str, role: str, designer: str, seed: int, screening: dict, workdir: str) -> int:
+    with self.db:
+      cur = self.db.execute(
+          "INSERT INTO trials (arch, role, designer, status, screening, seed, code_version, started, workdir) "
+          "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+          (arch, role, designer, json.dumps(screening), seed, code_version(), time.time(), workdir))
+    return int(cur.lastrowid)
+
+  def restart_trial(self, trial_id: int) -> None:
+    with self.db:
+      self.db.execute("UPDATE trials SET started = ?, code_version = ? WHERE id = ?",
+                      (time.time(), code_version(), trial_id))
+
+  def finish_trial(self, trial_id: int, status: str, *, objectives: dict | None = None, measurement: dict | None = None,
+                   distill: dict | None = None, error: str | None = None, measure_s: float | None = None,
+                   distill_s: float | None = None) -> None:
+    if status not in STATUSES[1:]:
+      raise ValueError(f"trial status {status!r}: expected one of {STATUSES[1:]}")
+    with self.db:
+      self.db.execute(
+          "UPDATE trials SET status = ?, objectives = ?, measurement = ?, distill = ?, error = ?, finished = ?, "
+          "measure_s = ?, distill_s = ? WHERE id = ?",
+          (status, json.dumps(objectives) if objectives is not None else None,
+           json.dumps(measurement, default=str) if measurement is not None else None,
+           json.dumps(distill, default=str) if distill is not None else None, error, time.time(), measure_s,
+           distill_s, trial_id))
+
+  def trials(self, status: str | None = None) -> list[dict[str, Any]]:
+    q = "SELECT * FROM trials" + (" WHERE status = ?" if status else "") + " ORDER BY id"
+    return [_row(r) for r in self.db.execute(q, (status,) if status else ())]
+
+  # ---- finals ----------------------------------------------------------------------------------
+  def start_final(self, arch: str) -> None:
+    with self.db:
+      self.db.execute("INSERT OR REPLACE INTO finals (arch, status, started) VALUES (?, 'running', ?)",
+                      (arch, time.time()))
+
+  def finish_final(self, arch: str, status: str, *, metrics: dict | None = None, checkpoint: str | None = None,
+                   hf_dir: str | None = None, error: str | None = None) -> None:
+    with self.db:
+      self.db.execute("UPDATE finals SET status = ?, metrics = ?, checkpoint = ?, hf_dir = ?, error = ?, finished = ? "
+                      "WHERE arch = ?", (status, json.dumps(metrics, default=str) if metrics is not None else None,
+                                         checkpoint, hf_dir, error, time.time(), arch))
+
+  def finals(self) -> list[dict[str, Any]]:
+    return [_row(r) for r in self.db.execute("SELECT * FROM finals ORDER BY started")]
+
+
+def _row(r: sqlite3.Row) -> dict[str, Any]:
+  d = dict(r)
+  for k in _JSON_COLUMNS:
+    if k in d and d[k] is not None:
+      d[k] = json.loads(d[k])
+  return d

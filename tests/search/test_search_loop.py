@@ -1,0 +1,149 @@
+"""`ad search` end to end on the CPU with the tiny teacher: resume after SIGKILL, failed and
+infeasible trials, constraint pruning, the report rebuilt from the store alone."""
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ad import cli, configs
+from ad.search import loop, report, store as store_lib
+from tests.conftest import distill_overrides
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BASELINE = "128_64_2_256_2"
+
+
+def _overrides(teacher, **extra):
+  base = {"model.num_blocks": 1, "space.hidden": "[128, 256]", "space.bottleneck": "[64]",
+          "space.heads": "[1, 2]", "space.intermediate": "[256, 384]", "space.num_ffn": "[1, 2]",
+          "search.baseline_arch": BASELINE, "search.measure.seq": 32, "search.measure.max_reps": 20,
+          "distill.flash.steps_per_block": 1, "distill.flash.pretrain_steps": 2,
+          "distill.regular.steps_per_block": 1, "distill.regular.pretrain_steps": 3, "distill.regular.warmup_steps": 1,
+          "final.count": 0, "distill.mesh_data": 1}  # one device: sharding is tested in tests/distill
+  base.update(extra)
+  return distill_overrides(teacher, **base)
+
+
+def _rows(run_dir):
+  path = os.path.join(run_dir, store_lib.STORE_FILE)
+  if not os.path.exists(path):
+    return []
+  db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+  db.row_factory = sqlite3.Row
+  try:
+    return [dict(r) for r in db.execute("SELECT * FROM trials ORDER BY id")]
+  except sqlite3.OperationalError:  # not created yet
+    return []
+  finally:
+    db.close()
+
+
+def test_kill_and_resume_with_bo_loses_and_repeats_nothing_then_distills_and_exports_the_knee(tmp_path, tiny_teacher):
+  run_dir = str(tmp_path / "search")
+  args = [sys.executable, "-m", "ad.cli", "search", "--config", "quickstart", "--run-dir", run_dir, "--no-progress"]
+  args += [f"--set={o}" for o in _overrides(tiny_teacher, **{"search.num_initial": 1, "search.num_trials": 2,
+                                                               "final.count": 1})]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 400
+  while time.time() < deadline and proc.poll() is None:
+    if sum(r["status"] == "ok" for r in _rows(run_dir)) >= 2:
+      break
+    time.sleep(0.5)
+  assert proc.poll() is None, f"the search ended before it could be killed:\n{proc.stderr.read()[-3000:]}"
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  before = {r["arch"]: r for r in _rows(run_dir) if r["status"] != "running"}
+  assert len(before) >= 2 and before[BASELINE]["role"] == "baseline"
+
+  done = subprocess.run(args + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-4000:]
+  rows = _rows(run_dir)
+  assert len(rows) == 3 and len({r["arch"] for r in rows}) == 3, "2 search trials + the baseline, none twice"
+  assert [r["role"] for r in rows].count("initial") == 1 and [r["designer"] for r in rows].count("bo") == 1
+  assert all(r["status"] == "ok" for r in rows), [(r["arch"], r["error"]) for r in rows]
+  for arch, r in before.items():  # completed trials were neither lost nor run again
+    after = next(x for x in rows if x["arch"] == arch)
+    assert (after["id"], after["finished"], after["objectives"]) == (r["id"], r["finished"], r["objectives"])
+  for r in rows:
+    m = json.loads(r["measurement"])
+    assert m["latency_ms_median"] > 0 and os.path.isdir(m["trace_dir"]) and json.loads(r["distill"])["steps"] == 3
+    assert r["seed"] == 0 and r["code_version"]
+
+  summary = json.loads(done.stdout)
+  assert summary["trials"] == 3 and summary["pareto"] and summary["hypervolume"] > 0
+  (final,) = summary["finals"]
+  assert final["status"] == "ok" and final["arch"] in {p["arch"] for p in summary["pareto"]}
+  assert os.path.isfile(os.path.join(final["hf_dir"], "model.safetensors"))
+  assert os.path.isdir(final["checkpoint"])
+  from ad.models import hf
+  exported = hf.load_mobilebert(final["hf_dir"])
+  assert exported.cfg.arch.name == final["arch"]
+
+  # The report is rebuilt from the trial store alone (`ad report`), in a directory holding nothing else.
+  with open(os.path.join(run_dir, "report.md")) as f:
+    first = f.read()
+  alone = tmp_path / "store_only"
+  alone.mkdir()
+  shutil.copy(os.path.join(run_dir, store_lib.STORE_FILE), alone)
+  assert cli.main(["report", str(alone)]) == 0
+  with open(alone / "report.md") as f:
+    assert f.read().splitlines()[1:] == first.splitlines()[1:]  # all but the title (the directory's name)
+  assert os.path.getsize(alone / "pareto.png") > 10_000
+  assert f"`{final['arch']}` | ok" in first and "Pareto set" in first
+
+
+def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_teacher, monkeypatch):
+  """The first trial fails (injected), the second still runs, the report lists the error."""
+  from ad.distill import trainer
+  cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{
+      "search.designer": "random", "search.num_initial": 1, "search.num_trials": 2,
+      "constraints.max_params": 4_300_000, "search.baseline_arch": ""}))
+  # Fault injection: the trainer raises for one architecture, as a NaN or OOM would.
+  real = trainer.distill
+  victim = {}
+
+  def distill(arch, *a, **k):
+    if not victim:
+      victim["arch"] = arch.name
+      raise trainer.NonFiniteLossError(f"non-finite loss nan at step 1 for {arch.name}")
+    return real(arch, *a, **k)
+  monkeypatch.setattr(trainer, "distill", distill)
+  summary = loop.run_search(cfg, str(tmp_path), log=lambda *_: None, progress=False)
+  rows = store_lib.TrialStore(str(tmp_path), create=False).trials()
+  failed = [r for r in rows if r["status"] == "failed"]
+  assert [r["arch"] for r in failed] == [victim["arch"]] and "NonFiniteLossError" in failed[0]["error"]
+  assert [r["status"] for r in rows] == ["failed", "ok"] and summary["status_counts"]["failed"] == 1
+  for r in rows:  # max_params pruned the larger architectures before the search
+    assert r["screening"]["params"] <= 4_300_000 and r["arch"].startswith("128_")  # no baseline in this run
+  with open(tmp_path / "report.md") as f:
+    assert "NonFiniteLossError" in f.read()
+  with pytest.raises(FileExistsError, match="--resume"):
+    loop.run_search(cfg, str(tmp_path), log=lambda *_: None, progress=False)
+
+
+def test_latency_constraint_marks_trials_infeasible_without_training(tmp_path, tiny_teacher):
+  cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{
+      "search.designer": "random", "search.num_initial": 1, "search.num_trials": 1, "search.baseline_arch": "",
+      "constraints.max_latency_ms": 1e-6}))
+  loop.run_search(cfg, str(tmp_path), log=lambda *_: None, progress=False)
+  (row,) = store_lib.TrialStore(str(tmp_path), create=False).trials()
+  assert row["status"] == "infeasible" and "constraints.max_latency_ms" in row["error"]
+  assert row["distill"] is None and not os.path.exists(tmp_path / "trials" / row["arch"])
+
+
+def test_objective_and_choice_errors_name_the_key(tiny_teacher):
+  cfg = configs.load_config("quickstart", _overrides(tiny_teacher))
+  with cfg.unlocked():
+    cfg.search.objectives = [dict(name="bleu", direction="max", reference=0.0)]
+  with pytest.raises(ValueError, match=r"search.objectives\[0\].name='bleu'"):
+    loop.objective_spec(cfg.search)
+  with pytest.raises(ValueError, match="final.choose='best'"):
+    report.choose_finals([], ["mlm_accuracy"], ["max"], configs.ml_collections.ConfigDict(dict(count=1, choose="best")))

@@ -1,0 +1,75 @@
+"""The trieste optimizer service (optimizer environment, own process) through its client."""
+
+import numpy as np
+import pytest
+
+from ad import space as space_lib
+from ad.search import designers, pareto
+
+DIRECTIONS = ["max", "min"]
+REFERENCE = [0.0, 12.0]
+
+
+def _objectives(arch):
+  size = arch.hidden * arch.num_ffn / 512 + arch.intermediate / 512
+  return [float(np.log1p(size) + 0.05 * arch.heads), float(size + 1.0 / arch.heads)]
+
+
+@pytest.fixture(scope="module")
+def cands():
+  space = space_lib.DesignSpace()
+  return designers.Candidates(space.archs()[::5], space)  # 116 architectures spread over the space
+
+
+@pytest.fixture(scope="module")
+def history(cands):
+  archs = designers.initial_design(cands, 6, seed=0)
+  trials = [dict(arch=a, status="ok", values=_objectives(a)) for a in archs[:5]]
+  trials.append(dict(arch=archs[5], status="failed"))
+  return trials
+
+
+@pytest.fixture(scope="module")
+def bo(cands, history, tmp_path_factory):
+  d = designers.TriesteDesigner(cands, DIRECTIONS, REFERENCE, seed=0,
+                                log_path=str(tmp_path_factory.mktemp("svc") / "service.log"))
+  d.update(history)
+  yield d
+  d.close()
+
+
+def test_round_trip_runs_trieste_in_the_optimizer_environment(bo, history):
+  state = bo.state()
+  assert bo.versions["trieste"] == "4.6.1" and bo.versions["numpy"].startswith("1.")
+  assert state["observations"] == 5 and state["failed"] == 1
+  ok = [t for t in history if t["status"] == "ok"]
+  expected = pareto.hypervolume(pareto.to_min([t["values"] for t in ok], DIRECTIONS),
+                                pareto.to_min([REFERENCE], DIRECTIONS)[0])
+  assert state["hypervolume"] == pytest.approx(expected)
+
+
+def test_suggestions_are_new_and_avoid_pending_and_failed(bo, cands, history):
+  seen = {t["arch"].name for t in history}
+  (one,) = bo.suggest(1)
+  assert one.name in cands.index and one.name not in seen
+  batch = bo.suggest(3, pending=[one])  # HIPPO batch
+  names = [a.name for a in batch]
+  assert len(set(names)) == 3 and one.name not in names and not seen & set(names)
+
+
+def test_same_seed_and_observations_give_the_same_suggestion_even_after_a_restart_and_bad_input_is_refused(
+    bo, cands, history):
+  (first,) = bo.suggest(1)
+  bo.proc.kill()  # the service dies; the client restarts it and re-feeds the history
+  bo.proc.wait()
+  (again,) = bo.suggest(1)
+  assert again == first
+  other = designers.TriesteDesigner(cands, DIRECTIONS, REFERENCE, seed=0)
+  try:
+    other.update(history)
+    assert other.suggest(1) == [first]
+    other.update(history + [dict(arch=cands.archs[1], status="ok", values=[0.1])])  # one value for two objectives
+    with pytest.raises(designers.OptimizerServiceError, match="expected 2 finite numbers"):
+      other.suggest(1)
+  finally:
+    other.close()
