@@ -116,7 +116,14 @@ class Service:
     models = []
     for m in range(yz.shape[1]):
       d = Dataset(data.query_points, data.observations[:, m:m + 1])
-      gpr = build_gpr(d, space, likelihood_variance=self.likelihood_variance, trainable_likelihood=True)
+      kernel = None
+      if np.ptp(yz[:, m]) < 1e-12:
+        # Every observation equal (e.g. the same accuracy twice): build_gpr would start the kernel
+        # variance at the empirical variance, 0, which gpflow cannot represent. Start it at the
+        # standardized scale instead.
+        import gpflow
+        kernel = gpflow.kernels.Matern52(variance=1.0, lengthscales=np.full(x.shape[1], 0.2 * np.sqrt(x.shape[1])))
+      gpr = build_gpr(d, space, likelihood_variance=self.likelihood_variance, trainable_likelihood=True, kernel=kernel)
       models.append((GaussianProcessRegression(gpr), 1))
     stack = TrainableModelStack(*models)
     ehvi = ExpectedHypervolumeImprovement(reference_point_spec=ref)

@@ -73,3 +73,16 @@ def test_same_seed_and_observations_give_the_same_suggestion_even_after_a_restar
       other.suggest(1)
   finally:
     other.close()
+
+
+def test_identical_observations_do_not_break_the_gp(cands):
+  """Two trials with the same accuracy (common after a short flash distillation): zero spread in one
+  objective must still give a suggestion (build_gpr alone would start a kernel variance at 0)."""
+  archs = designers.initial_design(cands, 2, seed=1)
+  d = designers.TriesteDesigner(cands, DIRECTIONS, REFERENCE, seed=0)
+  try:
+    d.update([dict(arch=a, status="ok", values=[0.078125, 3.0 + i]) for i, a in enumerate(archs)])
+    (s,) = d.suggest(1)
+    assert s.name in cands.index and s not in archs
+  finally:
+    d.close()
