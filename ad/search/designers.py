@@ -79,8 +79,9 @@ def initial_design(cands: Candidates, count: int, seed: int) -> list[space_lib.A
   return [cands.archs[i] for i in order[:count]]
 
 
-def _ok(trials: Sequence[dict], directions) -> tuple[list[dict], np.ndarray]:
-  ok = [t for t in trials if t["status"] == "ok"]
+def _ok(trials: Sequence[dict], directions, cands: Candidates) -> tuple[list[dict], np.ndarray]:
+  """The successful trials among the candidates (a baseline outside the space is not a parent)."""
+  ok = [t for t in trials if t["status"] == "ok" and t["arch"].name in cands.index]
   y = pareto.to_min([t["values"] for t in ok], directions) if ok else np.zeros((0, len(directions)))
   return ok, y
 
@@ -132,7 +133,7 @@ class EvolutionaryDesigner:
     free = set(self.cands.free(self.trials, pending).tolist())
     _check_count(count, np.asarray(sorted(free)))
     rng = _rng(self.seed, self.trials, pending)
-    ok, y = _ok(self.trials, self.directions)
+    ok, y = _ok(self.trials, self.directions, self.cands)
     out: list[int] = []
     if len(ok) < self.population:  # generation 1: sampled from the space
       out = list(rng.choice(sorted(free), size=count, replace=False))
@@ -175,7 +176,7 @@ class FireflyDesigner:
     free = self.cands.free(self.trials, pending)
     _check_count(count, free)
     rng = _rng(self.seed, self.trials, pending)
-    ok, y = _ok(self.trials, self.directions)
+    ok, y = _ok(self.trials, self.directions, self.cands)
     if len(ok) < 2:
       return [self.cands.archs[i] for i in rng.choice(free, size=count, replace=False)]
     swarm = ok[-self.population:]
