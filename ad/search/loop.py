@@ -86,14 +86,16 @@ def feasible_candidates(space: space_lib.DesignSpace, model_cfg, constraints, se
 
 
 def _broadcast_arch(name: str | None) -> str:
-  """Process 0's architecture name to every process (fixed-size int array through the mesh)."""
+  """Process 0's architecture name (or comma-joined names) to every process (a fixed-size int array)."""
   import jax
   if jax.process_count() == 1:
     return name
   from jax.experimental import multihost_utils
-  buf = np.zeros(64, dtype=np.int32)
+  buf = np.zeros(1024, dtype=np.int32)  # room for a comma-joined list of final architectures
   if jax.process_index() == 0:
     enc = name.encode()
+    if len(enc) > len(buf):
+      raise ValueError(f"cannot broadcast {len(enc)} bytes of architecture names (at most {len(buf)}): {name[:80]}...")
     buf[:len(enc)] = np.frombuffer(enc, dtype=np.uint8)
   buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
   return bytes(buf[buf > 0].astype(np.uint8)).decode()
