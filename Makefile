@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 OPT := .venv-opt
 
-.PHONY: setup search demo test bench clean
+.PHONY: setup search demo experiments test bench clean
 
 setup: $(VENV)/.stamp $(OPT)/.stamp
 
@@ -39,6 +39,16 @@ demo: setup
 	$(VENV)/bin/ad profile --config cpu_flash --arch 512_128_4_512_4 --trace-dir runs/demo/trace
 	$(VENV)/bin/ad distill --config cpu_flash --arch 512_128_4_512_4 --schedule flash \
 	    --workdir runs/demo/flash_512_128_4_512_4 --resume
+
+# Issue #8, the paper's findings at CPU scale (experiments/README.md: commands, wall times,
+# results). Every step resumes from what its run directory already holds.
+experiments: setup
+	$(VENV)/bin/ad teacher prepare --config quickstart
+	$(VENV)/bin/python -m experiments.tabular
+	$(VENV)/bin/python -m experiments.search_efficiency --problem analytic
+	$(VENV)/bin/python -m experiments.search_efficiency --problem table
+	$(VENV)/bin/python -m experiments.search_efficiency --study objectives --seeds 3
+	$(VENV)/bin/python -m experiments.fidelity
 
 test: setup
 	$(VENV)/bin/python -m pytest -q --durations=25 tests

@@ -79,3 +79,17 @@ def test_identical_observations_do_not_break_the_gp_and_bad_input_is_refused(can
       d.suggest(1)
   finally:
     d.close()
+
+
+def test_a_single_objective_search_uses_expected_improvement_one_point_at_a_time(cands):
+  """003 4.6's accuracy-only / latency-only searches: one GP, EI; a batch is refused with the reason."""
+  archs = designers.initial_design(cands, 4, seed=2)
+  d = designers.TriesteDesigner(cands, ["min"], [12.0], seed=0)
+  try:
+    d.update([dict(arch=a, status="ok", values=[_objectives(a)[1]]) for a in archs])
+    (s,) = d.suggest(1)
+    assert s.name in cands.index and s not in archs
+    with pytest.raises(designers.OptimizerServiceError, match="one point at a time"):
+      d.suggest(2)
+  finally:
+    d.close()

@@ -1,0 +1,29 @@
+"""The tabular benchmark and the flash-vs-regular fidelity study (issue #8, experiments/README.md).
+
+Command:  .venv/bin/python -m experiments.tabular           (the table: 144 architectures)
+          .venv/bin/python -m experiments.fidelity          (flash vs regular on 10 of them + the baseline)
+Machine:  the 2-core CPU dev machine; see experiments/README.md for the measured wall times.
+Scale:    the quickstart's teacher, corpus and 1-block students at seq 32, batch 8; the regular
+          schedule is 400 pre-training steps (+ 192 progressive), flash is 5% of it (20 + 10)
+          as in 003 section 4.7. Latency is measured at batch 1, seq 128 on this CPU.
+Sub-space: heads fixed at 4 (MobileBERT's): 4 hidden x 4 bottleneck x 3 intermediate x 3 FFNs
+          = 144 architectures, the MobileBERT-shaped baseline 512_128_4_512_4 among them. Heads
+          change neither the parameter count nor the matmul FLOPs (attention runs at the
+          bottleneck width), so fixing them keeps the whole range of size and cost.
+"""
+
+import ml_collections
+
+from experiments.configs import common
+from experiments.configs import quickstart
+
+
+def get_config():
+  c = quickstart.get_config()  # same teacher (already prepared by `make search`), corpus, model
+  c.distill = common.distillation(flash=dict(pretrain_steps=20, warmup_steps=2),
+                                  regular=dict(pretrain_steps=400, warmup_steps=20), batch_size=8, lr=2e-3,
+                                  eval_batches=64, checkpoint_every=1000)
+  c.search.measure.update(max_reps=30, chunk=10)
+  c.table = ml_collections.ConfigDict(dict(fixed=dict(heads=4)))
+  c.fidelity = ml_collections.ConfigDict(dict(count=10, curve_count=3, fractions=[0.0125, 0.025, 0.05, 0.1]))
+  return c
