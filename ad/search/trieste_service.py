@@ -112,7 +112,6 @@ class Service:
     from trieste.data import Dataset
     from trieste.models.gpflow import GaussianProcessRegression, build_gpr
     from trieste.models.interfaces import TrainableModelStack
-    from trieste.models.optimizer import Optimizer
     from trieste.space import DiscreteSearchSpace
 
     self._need_init()
@@ -169,10 +168,7 @@ class Service:
                           kernel=kernel)
         else:
           gpr = build_gpr(d, space, likelihood_variance=noise_floor, trainable_likelihood=False, kernel=kernel)
-        # Eager L-BFGS: gpflow would trace the loss with tf.function for every new model (one per
-        # suggestion), which costs more than the whole fit on a few hundred points.
-        optimizer = Optimizer(gpflow.optimizers.Scipy(), minimize_args=dict(compile=True))
-        out.append((GaussianProcessRegression(gpr, optimizer=optimizer), 1))
+        out.append((GaussianProcessRegression(gpr), 1))
       return TrainableModelStack(*out)
 
     try:
