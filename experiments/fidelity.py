@@ -3,12 +3,13 @@
 Does a short flash distillation rank students the way the regular one does? For `count`
 architectures spread over the Pareto region of the tabular benchmark (non-dominated ranks
 1-3, evenly spaced in latency) plus the MobileBERT-shaped baseline, this runs the regular
-distillation and flash distillations at 1.25%, 2.5% and 10% of its steps; 5% is the table's own
-flash run (the same config, seed and data, and distillation here is deterministic). A fraction f
+distillation; 5% flash is the table's own run (the same config, seed and data, and distillation
+here is deterministic). For `curve_count` of them (003 Fig. 5 shows one student) it also runs
+flash at 1.25%, 2.5% and 10% of the regular steps. A fraction f
 scales the table's flash schedule (20 pre-training + 10 progressive steps, 2 warm-up, at 5%) by
 f / 5%, keeping 003's progressive ratio 0.48 at every fraction, as the paper does.
 
-Reported: Kendall tau-b and pairwise ranking accuracy of MLM accuracy between each flash fraction
+Reported: Kendall tau-b and pairwise ranking accuracy of MLM accuracy between the 5% flash run
 and the regular run (a pair counts as agreeing when both orders are the same strictly, or both
 are ties), accuracy vs steps (Fig. 5), and the students' flash vs regular positions (Fig. 6).
 
