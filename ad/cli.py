@@ -154,16 +154,18 @@ def cmd_teacher(args) -> int:
   data_cfg = _data_config(cfg)
   if args.action == "prepare":
     out, meta = teacher_head.prepare_from_config(cfg.teacher, data_cfg, source=args.source, out_dir=args.out,
-                                                 force=args.force)
-    print(json.dumps(dict(prepared_dir=out, **meta["validation"]), indent=2))
+                                                 force=args.force, adapt_headed=True if args.adapt else None,
+                                                 log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(dict(prepared_dir=out, hf_dir=os.path.join(out, teacher_head.HF_DIR), **meta["validation"]),
+                     indent=2))
     return 0
-  # eval
+  # eval: the held-out evaluation set of the config's data section
   from ad.data import pretrain
+  from ad.distill import evaluation
   model, meta = teacher_head.load(args.dir)
   vocab = pretrain.load_vocab(data_cfg, meta["source_dir"])
-  task = pretrain.make_task(data_cfg, vocab, model.cfg.max_positions, model.cfg.vocab_size)
-  metrics = teacher_head.evaluate(model, pretrain.batches(task, data_cfg, "validation", cfg.teacher.batch_size),
-                                  args.max_batches)
+  es = evaluation.build_eval_set(data_cfg, vocab, log=lambda m: print(m, file=sys.stderr))
+  _, metrics = evaluation.teacher_reference(args.dir, model, es, log=lambda m: print(m, file=sys.stderr))
   print(json.dumps(dict(prepared_dir=args.dir, **metrics), indent=2))
   return 0
 
@@ -246,11 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
   q.add_argument("--from", dest="source", default=None, help="HF checkpoint directory (default: packaged MiniLM)")
   q.add_argument("--out", default=None, help="where to save (default: a cache dir keyed by source and settings)")
   q.add_argument("--force", action="store_true", help="prepare again even if a cached one exists")
+  q.add_argument("--adapt", action="store_true",
+                 help="adapt a checkpoint that already has an MLM head too (teacher.adapt_headed)")
   _add_config_args(q)
   q.set_defaults(fn=cmd_teacher)
   q = tsub.add_parser("eval", help="held-out MLM (and NSP) accuracy of a prepared teacher")
   q.add_argument("dir", help="a directory written by `ad teacher prepare`")
-  q.add_argument("--max-batches", type=int, default=None)
   _add_config_args(q)
   q.set_defaults(fn=cmd_teacher)
 

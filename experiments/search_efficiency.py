@@ -67,8 +67,7 @@ class Problem:
   def dominates_baseline(self) -> np.ndarray:
     """[N] bool: candidates that dominate the baseline (no worse in all, better in one)."""
     y = pareto.to_min(self.values, self.directions)
-    b = y[self.cands.index[self.baseline.name]]
-    return np.all(y <= b, axis=1) & np.any(y < b, axis=1)
+    return pareto.dominates(y, y[self.cands.index[self.baseline.name]])
 
   def restricted(self, objectives: list[str]) -> "Problem":
     """The same candidates with a subset of the objectives (the single-objective searches)."""

@@ -160,9 +160,8 @@ def export(cfg, run_dir: str, archs, out_dir: str, wall_s: float | None, command
   base = next((r for r in rows if r["arch"] == space_lib.MOBILEBERT.name), None)
   dominating = []
   if base is not None:
-    dominating = [r["arch"] for r in rows
-                  if r["mlm_accuracy"] >= base["mlm_accuracy"] and r["latency_ms_median"] <= base["latency_ms_median"]
-                  and (r["mlm_accuracy"] > base["mlm_accuracy"] or r["latency_ms_median"] < base["latency_ms_median"])]
+    b = pareto.to_min([[base["mlm_accuracy"], base["latency_ms_median"]]], ["max", "min"])[0]
+    dominating = [r["arch"] for r, yi in zip(rows, pareto.to_min(y, ["max", "min"])) if pareto.dominates(yi, b)]
   acc = y[:, 0]
   summary = dict(command=command, n=len(rows), missing=missing, wall_s=wall_s,
                  fixed=dict(cfg.table.fixed), flash_steps=rows[0]["steps"], masked_tokens=rows[0]["masked_tokens"],

@@ -1,34 +1,80 @@
-"""Test-wide settings: CPU only, 8 fake devices available for sharding tests."""
+"""Test-wide settings: CPU only, 8 fake CPU devices for sharding tests, a private cache
+directory, and no network: a socket to anything but the loopback interface is an error."""
 
 import os
+import socket
+import tempfile
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Caches (prepared teachers, evaluation sets, CPU peaks, compiled programs) go to a directory of
+# this test session's own, never the user's ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ad_test_cache_")
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
   os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 
 import pytest  # noqa: E402
 
+_LOOPBACK = ("127.", "::1", "localhost", "0.0.0.0")
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _loopback_only(address):
+  if isinstance(address, (str, bytes)):  # an AF_UNIX socket path: local by construction
+    return
+  host = address[0]
+  if isinstance(host, str) and host.startswith(_LOOPBACK):
+    return
+  raise RuntimeError(f"tests must not reach the network: a connection to {address!r} was attempted")
+
+
+def _guarded_connect(self, address):
+  _loopback_only(address)
+  return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+  _loopback_only(address)
+  return _real_connect_ex(self, address)
+
+
+socket.socket.connect = _guarded_connect  # every test, and everything it imports, in this process
+socket.socket.connect_ex = _guarded_connect_ex
+
+
+TINY_DATA = dict(seq_len=32, max_predictions=5, eval_masked_tokens=256, validation_percent=2.0)
+
+
+def tiny_data_config(**kw):
+  """Seq 32 examples and an evaluation set small enough for seconds-long tests (the data section
+  `distill_overrides` gives a config, so the tiny teacher's cache key matches it)."""
+  from ad.data import pretrain
+  return pretrain.DataConfig(**dict(TINY_DATA, **kw))
+
+
+TINY_TEACHER = dict(head_pool_batches=2, head_steps=4, head_positions_per_step=64, head_lr=1e-3, batch_size=8,
+                    adapt_steps=2, adapt_batch_size=8, adapt_lr=1e-4, adapt_head_lr=1e-3, adapt_warmup_steps=1,
+                    adapt_dtype="float32", adapt_headed=False, seed=0)
+
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory):
-  """MiniLM with an MLM head fitted for a few steps: enough to exercise distillation in tests."""
-  from ad.data import pretrain
+  """MiniLM with an MLM head fitted and adapted for a few steps: enough to exercise distillation."""
   from ad.distill import teacher_head
   out = str(tmp_path_factory.mktemp("teacher") / "minilm_tiny")
-  teacher_head.prepare(None, out, pretrain.DataConfig(seq_len=32), pool_batches=2, steps=4, positions_per_step=64,
-                       lr=1e-3, batch_size=8, eval_batches=2, log=lambda *_: None)
+  teacher_head.prepare(None, out, tiny_data_config(), TINY_TEACHER, log=lambda *_: None, progress=False)
   return out
 
 
 def distill_overrides(teacher_dir: str, **extra) -> list[str]:
   """Config overrides for a seconds-long distillation run on the CPU."""
-  base = {"teacher.prepared_dir": teacher_dir, "model.num_blocks": 2, "data.seq_len": 32, "distill.batch_size": 8,
+  base = {"teacher.prepared_dir": teacher_dir, "model.num_blocks": 2, "distill.batch_size": 8,
           "distill.flash.steps_per_block": 2, "distill.flash.pretrain_steps": 3, "distill.flash.warmup_steps": 1,
-          "distill.eval_batches": 2, "distill.checkpoint_every": 2, "distill.log_every": 1}
+          "distill.checkpoint_every": 2, "distill.log_every": 1, "model.dtype": "float32"}
+  base.update({f"data.{k}": v for k, v in TINY_DATA.items()})
+  base.update({f"teacher.{k}": v for k, v in TINY_TEACHER.items()})
   base.update(extra)
   return [f"{k}={v}" for k, v in base.items()]

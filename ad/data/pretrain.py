@@ -46,6 +46,9 @@ class DataConfig:
   validation_percent: float = 2.0
   short_seq_prob: float = 0.1  # BERT: sometimes use a shorter target length
   seed: int = 0
+  # The held-out evaluation set (ad/distill/evaluation.py): the first validation pairs that hold
+  # at least this many masked tokens, the same for every trial, final and teacher.
+  eval_masked_tokens: int = 16384
 
   def __post_init__(self):
     if self.seq_len < 8:
@@ -56,6 +59,8 @@ class DataConfig:
       raise ValueError(f"data.max_predictions={self.max_predictions}: expected 1..seq_len ({self.seq_len})")
     if not 0 < self.validation_percent < 100:
       raise ValueError(f"data.validation_percent={self.validation_percent}: expected (0, 100)")
+    if self.eval_masked_tokens <= 0:
+      raise ValueError(f"data.eval_masked_tokens={self.eval_masked_tokens}: expected a positive count")
 
 
 def config_from_dict(d) -> DataConfig:
@@ -243,9 +248,11 @@ def load_vocab(cfg: DataConfig, teacher_dir: str | None = None) -> vocab_lib.Wor
 
 
 def batches(task: seqio.Task, cfg: DataConfig, split: str, batch_size: int, shard_index: int = 0,
-            num_shards: int = 1, num_epochs: int | None = None, seed: int | None = None) -> Iterator[dict]:
+            num_shards: int = 1, num_epochs: int | None = None, seed: int | None = None,
+            drop_remainder: bool = True) -> Iterator[dict]:
   """Per-host batches of numpy arrays: {feature: [batch_size, ...]}. Training repeats forever
-  (num_epochs=None) with new pairs and masks each pass; validation is one fixed pass."""
+  (num_epochs=None) with new pairs and masks each pass; validation is one fixed pass (its last,
+  partial batch is kept with drop_remainder=False)."""
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
   if not 0 <= shard_index < num_shards:
@@ -256,7 +263,7 @@ def batches(task: seqio.Task, cfg: DataConfig, split: str, batch_size: int, shar
       seed=cfg.seed if seed is None else seed, shard_info=seqio.ShardInfo(shard_index, num_shards),
       num_epochs=1 if not train else num_epochs, use_cached=False, trim_output_features=False)
   ds = ds.map(lambda ex: {k: ex[k] for k in FEATURES})
-  ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(2)
   return ds.as_numpy_iterator()
 
 

@@ -1,23 +1,34 @@
-"""Preparing the teacher: fit an MLM head on a frozen encoder when the checkpoint has none.
+"""Preparing the teacher: an MLM head, MLM adaptation of the whole encoder, evaluation, cache.
 
-MiniLM-L6-H384 (the default teacher) ships without an MLM head, but pre-training
-distillation (003 eq. 3) needs teacher MLM logits. The head is BERT's: a dense transform,
-GELU, LayerNorm, and a decoder tied to the (frozen) word embeddings plus an output bias.
-Only the transform, LayerNorm and bias train.
+MiniLM-L6-H384 (the default teacher) is a sentence encoder without an MLM head; a head fitted
+on its frozen features predicts 8-13% of masked tokens. Pre-training distillation (003 eq. 3)
+needs a teacher that predicts masked tokens, so `ad teacher prepare` runs:
 
-The encoder is frozen, so its outputs at the masked positions are computed once for a pool
-of training examples and the head trains on those features; this costs one encoder forward
-per example instead of one per step.
+1. head fit (warm start): BERT's MLM head (dense, GELU, LayerNorm, decoder tied to the word
+   embeddings, output bias) trained on frozen encoder features at the masked positions of a
+   pool of training batches (one encoder forward per example, not per step);
+2. adaptation: continued MLM training of the whole model (encoder, embeddings, head) on the
+   corpus's train split, masked-position logits only, AdamW with warm-up and linear decay,
+   separate learning rates for the encoder and the head, in `adapt_dtype` (bf16 matmuls with
+   f32 accumulation, ad/models/precision.py); orbax checkpoints every `adapt_checkpoint_every`
+   steps, so a killed run resumes where it stopped;
+3. evaluation on the data config's held-out evaluation set (ad/distill/evaluation.py);
+4. save: orbax parameters + teacher.json + `hf/`, a Hugging Face BertForMaskedLM directory with
+   the tokenizer (`transformers.pipeline("fill-mask", model=DIR/hf)` works on it).
 
-The prepared teacher is saved with orbax beside a `teacher.json` (config, source, vocab,
-metrics), and later runs load it in seconds.
+A checkpoint that already has an MLM head skips 1 and, unless `adapt_headed`, 2.
+
+Cache: the result is keyed by a content hash of the source checkpoint (weights and config),
+the settings, the data config and the vocabulary; the key and its parts are stored in
+teacher.json, and a prepared directory whose key differs is an error that says what differs.
+Work happens in a sibling `<out>.partial/` under a lock and is renamed into place at the end,
+so a crash leaves either no teacher or a whole one, and `--out` never deletes a user's files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import math
 import os
 import shutil
 import time
@@ -29,52 +40,22 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from ad.distill import losses
+from ad import files
+from ad.distill import evaluation, losses, optim
 from ad.models import hf, teacher as teacher_lib
 
 META_FILE = "teacher.json"
 PARAMS_DIR = "params"
+HF_DIR = "hf"
+# The settings (config `teacher` section) that change the prepared teacher: part of the cache key.
+SETTINGS = ("head_pool_batches", "head_steps", "head_positions_per_step", "head_lr", "batch_size", "adapt_steps",
+            "adapt_batch_size", "adapt_lr", "adapt_head_lr", "adapt_warmup_steps", "adapt_dtype", "adapt_headed",
+            "seed")
+HEAD_RULES = [(r"(mlm_transform|mlm_norm|mlm_bias)(/.*)?", "head"), (r".*", "encoder")]
 
 
 def default_cache_dir() -> str:
-  base = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
-  return os.path.join(base, "autodistill-jax", "teachers")
-
-
-def mlm_accuracy_counts(logits, labels, weights):
-  """logits [..., V], labels [...], weights [...] -> (correct, total) as f32 scalars."""
-  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * weights
-  return correct.sum(), weights.sum()
-
-
-def evaluate(model, batches, max_batches: int | None = None) -> dict:
-  """Held-out MLM (and NSP, if the model has the head) accuracy over `batches`."""
-  graphdef, state = nnx.split(model)
-  has_nsp = getattr(model.cfg, "has_nsp_head", True)
-
-  @jax.jit
-  def step(state, b):
-    m = nnx.merge(graphdef, state)
-    out = m.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-    logits = m.mlm_logits(losses.gather_positions(out["sequence_output"], b["masked_positions"]))
-    c, n = mlm_accuracy_counts(logits, b["masked_ids"], b["masked_weights"])
-    if has_nsp:
-      nsp_c = (jnp.argmax(m.nsp_logits(out["pooled"]), -1) == b["nsp_label"]).sum()
-    else:
-      nsp_c = jnp.zeros((), jnp.int32)
-    return c, n, nsp_c, b["nsp_label"].shape[0]
-
-  tot = np.zeros(4)
-  for i, b in enumerate(batches):
-    if max_batches is not None and i >= max_batches:
-      break
-    tot += np.array([float(v) for v in step(state, b)])
-  if tot[1] == 0:
-    raise ValueError("evaluation saw no masked tokens (empty validation split?)")
-  out = dict(mlm_accuracy=tot[0] / tot[1], masked_tokens=int(tot[1]), examples=int(tot[3]))
-  if has_nsp:
-    out["nsp_accuracy"] = tot[2] / tot[3]
-  return out
+  return os.path.join(files.cache_root(), "teachers")
 
 
 def fit_mlm_head(teacher: teacher_lib.Bert, train_batches, *, pool_batches: int, steps: int, positions_per_step: int,
@@ -83,8 +64,7 @@ def fit_mlm_head(teacher: teacher_lib.Bert, train_batches, *, pool_batches: int,
   cfg = dataclasses.replace(teacher.cfg, has_mlm_head=True)
   with_head = teacher_lib.Bert(cfg, nnx.Rngs(seed))
   # Copy the encoder; the new head starts from BERT's initialization.
-  enc_state = nnx.state(teacher, nnx.Param)
-  nnx.update(with_head, enc_state)
+  nnx.update(with_head, nnx.state(teacher, nnx.Param))
   graphdef, params, rest = nnx.split(with_head, nnx.Param, ...)
 
   @jax.jit
@@ -100,7 +80,7 @@ def fit_mlm_head(teacher: teacher_lib.Bert, train_batches, *, pool_batches: int,
       break
     f, l, w = features(params, b)
     keep = np.asarray(w) > 0
-    feats.append(np.asarray(f)[keep])
+    feats.append(np.asarray(f, np.float32)[keep])
     labels.append(np.asarray(l)[keep])
   feats, labels = np.concatenate(feats), np.concatenate(labels)
   log(f"teacher head: encoded {len(labels)} masked tokens from {pool_batches} batches in {time.time() - t0:.1f}s")
@@ -110,8 +90,7 @@ def fit_mlm_head(teacher: teacher_lib.Bert, train_batches, *, pool_batches: int,
   # from zero costs most of the step budget.
   counts = np.bincount(labels, minlength=cfg.vocab_size).astype(np.float64)
   with_head.mlm_bias[...] = jnp.asarray(np.log((counts + 0.1) / (counts.sum() + 0.1 * cfg.vocab_size)), jnp.float32)
-  head_keys = ("mlm_transform", "mlm_norm", "mlm_bias")
-  is_head = lambda path, _: path[0] in head_keys
+  is_head = lambda path, _: path[0] in ("mlm_transform", "mlm_norm", "mlm_bias")
   head, frozen = nnx.state(with_head, nnx.Param).split(is_head, ...)
   tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 20), steps), weight_decay=0.01)
   opt_state = tx.init(head)
@@ -120,7 +99,7 @@ def fit_mlm_head(teacher: teacher_lib.Bert, train_batches, *, pool_batches: int,
   def train_step(head, frozen, opt_state, x, y):
     def loss_fn(head):
       m = nnx.merge(graphdef, nnx.merge_state(head, frozen), rest)
-      logits = m.mlm_logits(x)
+      logits = m.mlm_logits(x.astype(m.cfg.compute_dtype))
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (jnp.argmax(logits, -1) == y).mean()
     (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(head)
     updates, opt_state = tx.update(g, opt_state, head)
@@ -131,97 +110,265 @@ def fit_mlm_head(teacher: teacher_lib.Bert, train_batches, *, pool_batches: int,
   for s in range(steps):
     idx = rng.integers(0, len(labels), positions_per_step)
     head, opt_state, loss, acc = train_step(head, frozen, opt_state, jnp.asarray(feats[idx]), jnp.asarray(labels[idx]))
-    if s % max(1, steps // 10) == 0 or s == steps - 1:
+    if s % max(1, steps // 5) == 0 or s == steps - 1:
       log(f"teacher head: step {s + 1}/{steps} loss {float(loss):.3f} acc {float(acc):.3f} ({time.time() - t0:.0f}s)")
   nnx.update(with_head, head)
   return with_head
 
 
-def save(model: teacher_lib.Bert, out_dir: str, meta: dict) -> dict:
-  """Writes params (orbax) then teacher.json, atomically: a crash leaves no half-prepared teacher."""
-  tmp = out_dir.rstrip("/") + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+def adapt(model: teacher_lib.Bert, train_batches, *, steps: int, lr: float, head_lr: float, warmup_steps: int,
+          dtype: str, ckpt_dir: str, checkpoint_every: int = 50, log=print, progress: bool = True) -> dict:
+  """Continued MLM training of every parameter of `model` (in place); resumes from `ckpt_dir`.
+
+  `train_batches` must be the deterministic training stream from its start: a resumed run skips
+  the batches already used. Returns dict(steps, resumed_from, train_s, last_loss).
+  """
+  from tqdm import tqdm
+  work = teacher_lib.Bert(dataclasses.replace(model.cfg, dtype=dtype), nnx.Rngs(0))
+  nnx.update(work, nnx.state(model, nnx.Param))
+  graphdef, params, rest = nnx.split(work, nnx.Param, ...)
+  groups = optim.labels(params, HEAD_RULES)
+  adamw = lambda peak: optax.adamw(optim.warmup_linear_decay(peak, warmup_steps, steps), weight_decay=0.01,
+                                   mask=optim.decay_mask)
+  tx = optax.multi_transform({"encoder": adamw(lr), "head": adamw(head_lr)}, groups)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, b):
+    def loss_fn(p):
+      m = nnx.merge(graphdef, p, rest)
+      h = m.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])["sequence_output"]
+      logits = m.mlm_logits(losses.gather_positions(h, b["masked_positions"]))  # [B, P, V] f32
+      w = b["masked_weights"]
+      acc = ((jnp.argmax(logits, -1) == b["masked_ids"]) * w).sum() / jnp.maximum(w.sum(), 1.0)
+      return losses.mlm_loss(logits, b["masked_ids"], w), acc
+    (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(g, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, acc
+
+  mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+  start = 0
+  if mngr.latest_step() is not None:
+    start = int(mngr.latest_step())
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), dict(params=params, opt=opt_state))
+    restored = mngr.restore(start, args=ocp.args.StandardRestore(abstract))
+    params, opt_state = restored["params"], restored["opt"]
+    _check_finite(params, f"{ckpt_dir} step {start}")
+    log(f"teacher adaptation: resuming at step {start}/{steps} from {ckpt_dir}")
+  it = iter(train_batches)
+  for _ in range(start):  # deterministic stream: skip what the interrupted run used
+    next(it)
+  bar = tqdm(total=steps, initial=start, desc="teacher MLM adaptation", disable=not progress, dynamic_ncols=True)
+  t0, loss_v, acc_ema = time.time(), float("nan"), None
+  try:
+    for s in range(start, steps):
+      params, opt_state, loss, acc = step(params, opt_state, next(it))
+      loss_v = float(loss)
+      if not math.isfinite(loss_v):
+        raise FloatingPointError(f"teacher adaptation: non-finite loss {loss_v} at step {s}; lower teacher.adapt_lr")
+      acc_ema = float(acc) if acc_ema is None else 0.9 * acc_ema + 0.1 * float(acc)
+      bar.update(1)
+      bar.set_postfix(loss=f"{loss_v:.3f}", acc=f"{acc_ema:.3f}")
+      if (s + 1) % checkpoint_every == 0 or s + 1 == steps:
+        mngr.save(s + 1, args=ocp.args.StandardSave(dict(params=params, opt=opt_state)), force=True)
+        mngr.wait_until_finished()
+  finally:
+    bar.close()
+    mngr.close()
+  nnx.update(model, params)
+  log(f"teacher adaptation: {steps - start} steps in {time.time() - t0:.0f}s, last loss {loss_v:.3f}")
+  return dict(steps=steps, resumed_from=start, train_s=time.time() - t0, last_loss=loss_v)
+
+
+def _check_finite(params, where: str) -> None:
+  bad = [optim.path_str(p) for p, x in jax.tree_util.tree_leaves_with_path(params)
+         if not bool(jnp.all(jnp.isfinite(x)))]
+  if bad:
+    raise ValueError(f"{where}: non-finite values in {bad[:5]}; the checkpoint is damaged")
+
+
+def save_params(model, path: str) -> None:
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(os.path.abspath(tmp), PARAMS_DIR), nnx.state(model, nnx.Param))
-  meta = dict(meta, config=dataclasses.asdict(model.cfg))
-  with open(os.path.join(tmp, META_FILE), "w") as f:
-    json.dump(meta, f, indent=2)
-  shutil.rmtree(out_dir, ignore_errors=True)
-  os.replace(tmp, out_dir)
-  return meta
+    ckptr.save(os.path.abspath(path), nnx.state(model, nnx.Param))
 
 
 def load(prepared_dir: str) -> tuple[teacher_lib.Bert, dict]:
+  """A prepared teacher (orbax parameters + teacher.json); its parameters are checked finite."""
   meta_path = os.path.join(prepared_dir, META_FILE)
   if not os.path.isfile(meta_path):
-    raise FileNotFoundError(f"{meta_path}: not a prepared teacher (run `ad teacher prepare --out {prepared_dir}`)")
-  with open(meta_path) as f:
-    meta = json.load(f)
-  cfg = teacher_lib.BertConfig(**meta["config"])
+    raise FileNotFoundError(f"{meta_path}: not a prepared teacher; `ad teacher prepare` writes one (to the cache by "
+                            "default, or to a new or empty --out directory)")
+  meta = files.read_json(meta_path, "teacher.json")
+  try:
+    cfg = teacher_lib.BertConfig(**meta["config"])
+  except (KeyError, TypeError) as e:
+    raise files.BadFileError(f"{meta_path}: 'config' is missing or has unexpected fields ({e})") from None
   abstract = nnx.eval_shape(lambda: teacher_lib.Bert(cfg, nnx.Rngs(0)))
   # Restore onto this process's first device: the checkpoint's own device ids need not exist
   # here (another host, or another device count); callers reshard onto their mesh.
   local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
                         nnx.state(abstract, nnx.Param))
-  with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(os.path.join(os.path.abspath(prepared_dir), PARAMS_DIR), target)
+  params_dir = os.path.join(os.path.abspath(prepared_dir), PARAMS_DIR)
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      params = ckptr.restore(params_dir, target)
+  except Exception as e:  # orbax/tensorstore raise many types for a damaged or foreign checkpoint
+    raise files.BadFileError(f"{params_dir}: cannot restore the teacher's parameters ({type(e).__name__}: "
+                             f"{str(e)[:300]}); prepare the teacher again with --force") from None
+  _check_finite(params, params_dir)
   nnx.update(abstract, params)
   return abstract, meta
 
 
+def settings_from_config(teacher_cfg) -> dict:
+  missing = [k for k in SETTINGS if k not in teacher_cfg]
+  if missing:
+    raise KeyError(f"config.teacher lacks {missing}; see experiments/configs/common.py default_teacher()")
+  return {k: teacher_cfg[k] for k in SETTINGS}
+
+
 def prepare_from_config(teacher_cfg, data_cfg, *, source: str | None = None, out_dir: str | None = None,
-                        force: bool = False, log=print) -> tuple[str, dict]:
-  """`prepare` with the settings of a config's `teacher` section (CLI flags may override the dirs)."""
-  t = teacher_cfg
-  return prepare(source or t.source or None, out_dir or t.prepared_dir or None, data_cfg,
-                 pool_batches=t.head_pool_batches, steps=t.head_steps, positions_per_step=t.head_positions_per_step,
-                 lr=t.head_lr, batch_size=t.batch_size, eval_batches=t.eval_batches, force=force, log=log)
+                        force: bool = False, adapt_headed: bool | None = None, log=print,
+                        progress: bool = True) -> tuple[str, dict]:
+  """`prepare` with the settings of a config's `teacher` section (CLI flags may override)."""
+  settings = settings_from_config(teacher_cfg)
+  if adapt_headed is not None:
+    settings["adapt_headed"] = adapt_headed
+  return prepare(source or teacher_cfg.source or None, out_dir or teacher_cfg.prepared_dir or None, data_cfg,
+                 settings, force=force, log=log, progress=progress)
 
 
-def cache_key(source_dir: str, data_cfg, settings: dict) -> str:
-  st = os.stat(os.path.join(source_dir, hf.WEIGHTS_FILE))
-  blob = json.dumps(dict(source=os.path.abspath(source_dir), size=st.st_size, data=repr(data_cfg), **settings),
-                    sort_keys=True)
-  return hashlib.sha1(blob.encode()).hexdigest()[:12]
+def _cache_key_parts(source_dir: str, data_cfg, settings: dict, vocab_file: str) -> dict:
+  return dict(source=dict(weights_sha256=files.sha256_file(os.path.join(source_dir, hf.WEIGHTS_FILE)),
+                          config_sha256=files.sha256_file(os.path.join(source_dir, hf.CONFIG_FILE))),
+              settings=settings, data=repr(data_cfg), vocab_sha256=files.sha256_file(vocab_file), format=2)
 
 
-def prepare(source_dir: str | None, out_dir: str | None, data_cfg, *, pool_batches: int, steps: int,
-            positions_per_step: int, lr: float, batch_size: int, eval_batches: int, force: bool = False,
-            log=print) -> tuple[str, dict]:
-  """Loads the HF teacher, fits an MLM head if it has none, evaluates, saves; returns (dir, meta).
+def _same_place(a: str, b: str) -> bool:
+  a, b = os.path.realpath(a), os.path.realpath(b)
+  return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
 
-  A prepared teacher with the same cache key is reused unless `force`.
+
+def prepare(source_dir: str | None, out_dir: str | None, data_cfg, settings: dict, *, force: bool = False,
+            log=print, progress: bool = True) -> tuple[str, dict]:
+  """Prepares the teacher (module docstring) into `out_dir`; returns (out_dir, teacher.json contents).
+
+  A prepared teacher with the same key is reused unless `force`; one with another key is an error.
   """
   from ad.data import pretrain
   source_dir = source_dir or hf.minilm_dir()
-  settings = dict(pool_batches=pool_batches, steps=steps, positions_per_step=positions_per_step, lr=lr,
-                  batch_size=batch_size)
-  out_dir = out_dir or os.path.join(default_cache_dir(), f"{os.path.basename(os.path.normpath(source_dir))}-"
-                                    f"{cache_key(source_dir, data_cfg, settings)}")
-  if not force and os.path.isfile(os.path.join(out_dir, META_FILE)):
-    with open(os.path.join(out_dir, META_FILE)) as f:
-      log(f"teacher: using prepared {out_dir}")
-      return out_dir, json.load(f)
-  teacher = hf.load_teacher(source_dir)
-  if not isinstance(teacher, teacher_lib.Bert):
-    raise ValueError(f"{source_dir}: `ad teacher prepare` fits heads for BERT teachers; MobileBERT checkpoints "
-                     "carry their own MLM/NSP heads and load directly")
+  hf.read_config(source_dir)  # a clear error for a directory that is not an HF checkpoint
   vocab = pretrain.load_vocab(data_cfg, source_dir)
-  task = pretrain.make_task(data_cfg, vocab, teacher.cfg.max_positions, teacher.cfg.vocab_size)
-  t0 = time.time()
-  if teacher.cfg.has_mlm_head:
-    log("teacher: checkpoint has an MLM head; no fitting")
-    fitted = False
-  else:
-    teacher = fit_mlm_head(teacher, pretrain.batches(task, data_cfg, "train", batch_size), pool_batches=pool_batches,
-                           steps=steps, positions_per_step=positions_per_step, lr=lr, log=log)
-    fitted = True
-  metrics = evaluate(teacher, pretrain.batches(task, data_cfg, "validation", batch_size), eval_batches)
-  meta = dict(source_dir=os.path.abspath(source_dir), vocab_file=vocab.vocab_file, head_fitted=fitted,
-              settings=settings, data=repr(data_cfg), validation=metrics, prepare_s=time.time() - t0)
-  meta = save(teacher, out_dir, meta)
-  log(f"teacher: saved to {out_dir}; held-out MLM accuracy {metrics['mlm_accuracy']:.4f} "
-      f"over {metrics['masked_tokens']} masked tokens")
+  parts = _cache_key_parts(source_dir, data_cfg, settings, vocab.vocab_file)
+  key = files.fingerprint(parts)
+  name = os.path.basename(os.path.normpath(source_dir))
+  out_dir = os.path.abspath(out_dir or os.path.join(default_cache_dir(), f"{name}-{key}"))
+  if _same_place(out_dir, source_dir):
+    raise ValueError(f"--out {out_dir} is (or contains, or is inside) the source checkpoint {source_dir}; "
+                     "choose another directory: preparing writes a new teacher there")
+  meta_path = os.path.join(out_dir, META_FILE)
+  if os.path.isfile(meta_path):
+    meta = files.read_json(meta_path, "teacher.json")
+    if meta.get("key") == key and not force:
+      log(f"teacher: using prepared {out_dir}")
+      return out_dir, meta
+    if not force:
+      old = meta.get("key_parts", {})
+      differs = sorted(k for k in parts if old.get(k) != parts[k]) or ["(a teacher.json without a key)"]
+      raise ValueError(f"{out_dir} holds a teacher prepared differently (it differs in {differs}); pass --force "
+                       "to prepare it again there, or choose another --out")
+  elif os.path.isdir(out_dir) and os.listdir(out_dir):
+    raise FileExistsError(f"{out_dir} is not empty and holds no prepared teacher ({META_FILE}); refusing to write "
+                          "into it: choose a new or empty --out")
+
+  partial = out_dir.rstrip("/") + ".partial"
+  with files.DirectoryLock(partial, "teacher preparation", blocking=True):
+    if os.path.isfile(meta_path) and not force:  # another process finished it while we waited
+      return prepare(source_dir, out_dir, data_cfg, settings, log=log, progress=progress)
+    marker = os.path.join(partial, "key.json")
+    if os.path.isfile(marker) and files.read_json(marker).get("key") != key:
+      for entry in os.listdir(partial):  # a stale partial preparation of other settings (ours: it has our marker)
+        if entry != ".lock":
+          p = os.path.join(partial, entry)
+          shutil.rmtree(p) if os.path.isdir(p) else os.unlink(p)
+    files.write_json(marker, dict(key=key, key_parts=parts))
+    meta = _prepare_into(partial, source_dir, data_cfg, settings, vocab, log=log, progress=progress)
+    meta.update(key=key, key_parts=parts)
+    files.write_json(os.path.join(partial, META_FILE), meta)
+    os.unlink(marker)
+    aside = None
+    if os.path.exists(out_dir):  # --force over a prepared teacher: replace it only now, whole
+      aside = f"{out_dir}.replaced-{os.getpid()}"
+      os.replace(out_dir, aside)
+    os.replace(partial, out_dir)
+    os.unlink(os.path.join(out_dir, ".lock"))
+    if aside:
+      shutil.rmtree(aside)
+  log(f"teacher: saved to {out_dir}; held-out MLM accuracy {meta['validation']['mlm_accuracy']:.4f} "
+      f"+- {meta['validation']['mlm_accuracy_se']:.4f} over {meta['validation']['masked_tokens']} masked tokens")
   return out_dir, meta
+
+
+def _prepare_into(work: str, source_dir: str, data_cfg, s: dict, vocab, *, log, progress: bool) -> dict:
+  """Head fit, adaptation, evaluation and saving, all inside `work`; returns the metadata."""
+  from ad.data import pretrain
+  t0 = time.time()
+  teacher = hf.load_teacher(source_dir, dtype=s["adapt_dtype"])  # head fit and adaptation in adapt_dtype
+  if not isinstance(teacher, teacher_lib.Bert):
+    raise ValueError(f"{source_dir}: `ad teacher prepare` prepares BERT teachers; MobileBERT checkpoints carry their "
+                     "own MLM/NSP heads and load directly")
+  task = pretrain.make_task(data_cfg, vocab, teacher.cfg.max_positions, teacher.cfg.vocab_size)
+  train = lambda batch_size: pretrain.batches(task, data_cfg, "train", batch_size, seed=data_cfg.seed + s["seed"])
+  had_head = teacher.cfg.has_mlm_head
+  adapt_dir = os.path.join(work, "adapt")
+  timings = {}
+  if not had_head:
+    cfg = dataclasses.replace(teacher.cfg, has_mlm_head=True)
+    if os.path.isdir(adapt_dir):  # resuming: the adaptation checkpoint holds the fitted head already
+      teacher = _with_config(teacher, cfg)
+    else:
+      t = time.time()
+      teacher = fit_mlm_head(teacher, train(s["batch_size"]), pool_batches=s["head_pool_batches"],
+                             steps=s["head_steps"], positions_per_step=s["head_positions_per_step"], lr=s["head_lr"],
+                             seed=s["seed"], log=log)
+      timings["head_fit_s"] = time.time() - t
+  adapted = None
+  if s["adapt_steps"] > 0 and (not had_head or s["adapt_headed"]):
+    adapted = adapt(teacher, train(s["adapt_batch_size"]), steps=s["adapt_steps"], lr=s["adapt_lr"],
+                    head_lr=s["adapt_head_lr"], warmup_steps=s["adapt_warmup_steps"], dtype=s["adapt_dtype"],
+                    ckpt_dir=adapt_dir, log=log, progress=progress)
+    timings["adapt_s"] = adapted["train_s"]
+  elif had_head:
+    log("teacher: the checkpoint has an MLM head; no head fit, no adaptation (teacher.adapt_headed=False)")
+  es = evaluation.build_eval_set(data_cfg, vocab, log=log)
+  t = time.time()
+  # Scored in the compute dtype the teacher was adapted in (and distils in on this machine's configs).
+  _, scores = evaluation.teacher_reference(work, teacher, es, log=lambda *_: None)
+  timings["eval_s"] = time.time() - t
+  params_dir = os.path.join(work, PARAMS_DIR)
+  if os.path.exists(params_dir):
+    shutil.rmtree(params_dir)
+  save_params(teacher, params_dir)
+  hf_dir = os.path.join(work, HF_DIR)
+  hf.export_bert_mlm(teacher, hf_dir)
+  hf.write_tokenizer(hf_dir, vocab.vocab_file, vocab.lower_case, teacher.cfg.max_positions)
+  shutil.rmtree(adapt_dir, ignore_errors=True)  # optimizer state: not needed once the teacher is whole
+  cfg = dataclasses.replace(teacher.cfg, dtype="float32")  # parameters are f32; users pick the compute dtype
+  return dict(source_dir=os.path.abspath(source_dir), vocab_file=vocab.vocab_file, head_fitted=not had_head,
+              adaptation=adapted, settings=s, data=repr(data_cfg), validation=scores, timings=timings,
+              prepare_s=time.time() - t0, config=dataclasses.asdict(cfg))
+
+
+def with_compute_dtype(model: teacher_lib.Bert, dtype: str) -> teacher_lib.Bert:
+  """The same parameters, computed in `dtype` (parameters stay f32)."""
+  if jnp.dtype(model.cfg.dtype) == jnp.dtype(dtype):
+    return model
+  return _with_config(model, dataclasses.replace(model.cfg, dtype=dtype))
+
+
+def _with_config(model: teacher_lib.Bert, cfg: teacher_lib.BertConfig) -> teacher_lib.Bert:
+  """`model`'s parameters in a model of config `cfg` (new parameters keep their initialization)."""
+  out = teacher_lib.Bert(cfg, nnx.Rngs(0))
+  nnx.update(out, nnx.state(model, nnx.Param))
+  return out

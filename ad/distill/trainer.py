@@ -33,7 +33,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from ad.distill import losses, sharding
+from ad.distill import evaluation, losses, sharding
 
 RECIPES = ("autodistill", "mobilebert")
 
@@ -56,7 +56,6 @@ class DistillConfig:
   earlier_blocks_lr_scale: float = 0.0  # mobilebert recipe: earlier blocks keep training at this scale
   checkpoint_every: int = 50
   keep_checkpoints: int = 2
-  eval_batches: int = 20
   log_every: int = 10
   mesh_data: int = 0  # 0: all devices
   mesh_model: int = 1
@@ -231,8 +230,9 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   per_host = dcfg.batch_size // jax.process_count()
 
   # ---- teacher (frozen, never checkpointed here) ------------------------------------------------
-  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log)
+  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log, progress=progress)
   teacher, teacher_meta = teacher_head.load(teacher_dir)
+  teacher = teacher_head.with_compute_dtype(teacher, scfg.dtype)  # runs in the student's compute dtype
   L, Ht, _ = losses.teacher_dims(teacher)
   mapping = losses.block_mapping(K, L)
   if teacher.cfg.vocab_size != scfg.vocab_size:
@@ -241,6 +241,8 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   # ---- data: per-host shard, deterministic for the seed ----------------------------------------
   vocab = pretrain.load_vocab(data_cfg, teacher_meta["source_dir"])
   task = pretrain.make_task(data_cfg, vocab, min(scfg.max_positions, teacher.cfg.max_positions), scfg.vocab_size)
+  eval_set = evaluation.build_eval_set(data_cfg, vocab, log=log)
+  teacher_top1, teacher_scores = evaluation.teacher_reference(teacher_dir, teacher, eval_set, log=log)
 
   def stream(split: str, batch_size: int, count: int, shard: bool):
     where = (jax.process_index(), jax.process_count()) if shard else (0, 1)
@@ -442,19 +444,18 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   else:
     host_params = jax.device_get(params)
   final_student, _ = build(host_params)
-  val = teacher_head.evaluate(final_student, stream("validation", dcfg.batch_size, dcfg.eval_batches, shard=False),
-                              dcfg.eval_batches)
+  val = evaluation.evaluate(final_student, eval_set, teacher_top1, what=f"student {scfg.arch.name} in {workdir}")
   if is_main:
     with writer.as_default(step=total_steps):
-      tf.summary.scalar("eval/mlm_accuracy", val["mlm_accuracy"])
-      tf.summary.scalar("eval/nsp_accuracy", val["nsp_accuracy"])
+      for k in ("mlm_accuracy", "mlm_cross_entropy", "teacher_agreement", "nsp_accuracy"):
+        tf.summary.scalar(f"eval/{k}", val[k])
     writer.flush()
   metrics = dict(
       arch=scfg.arch.name, num_blocks=K, schedule=schedule, steps=total_steps, steps_per_block=dcfg.block_steps(K),
       pretrain_steps=dcfg.pretrain_steps, batch_size=dcfg.batch_size, seq_len=data_cfg.seq_len,
-      mlm_accuracy=float(val["mlm_accuracy"]), nsp_accuracy=float(val["nsp_accuracy"]),
-      masked_tokens=val["masked_tokens"], resumed_from=next_step if resume else None,
-      setup_s=setup_s, train_s=train_s, eval_s=time.time() - t_eval, wall_s=time.time() - t_start,
+      **val, teacher_mlm_accuracy=teacher_scores["mlm_accuracy"],
+      teacher_mlm_accuracy_se=teacher_scores["mlm_accuracy_se"], resumed_from=next_step if resume else None,
+      setup_s=setup_s, train_s=train_s, wall_s=time.time() - t_start,
       train_tokens_per_s=tokens / train_s if train_s > 0 and tokens else None,
       mesh=dict(data=mesh_data, model=dcfg.mesh_model), teacher_dir=teacher_dir,
       compiles={k: fn._cache_size() for k, fn in step_fns.items()},

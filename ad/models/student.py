@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ad.models import precision
 from ad.space import Arch
 
 NORMS = ("no_norm", "layer_norm")
@@ -69,11 +70,10 @@ class StudentConfig:
     return jnp.dtype(self.dtype)
 
 
-def _dense(rngs, din, dout, cfg, name=""):
-  # f32 parameters, computed in cfg.dtype. For bf16, the TPU MXU and GPU tensor cores accumulate
-  # the dot in f32 before rounding the output; softmax and norm statistics are explicitly f32.
-  return nnx.Linear(din, dout, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                    kernel_init=nnx.initializers.truncated_normal(0.02), rngs=rngs)
+def _dense(rngs, din, dout, cfg):
+  # f32 parameters, computed in cfg.dtype with f32 accumulation (precision.py); softmax and norm
+  # statistics are explicitly f32.
+  return precision.Dense(din, dout, cfg.compute_dtype, rngs)
 
 
 def apply_norm(x, scale, bias, kind: str, eps: float):
@@ -170,9 +170,9 @@ def stacked_ffn_reference(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *,
   """h: [B, T, Bn]; w_in: [F, Bn, I]; w_out: [F, I, Bn] -> [B, T, Bn]; matmuls accumulate in f32."""
   dtype = h.dtype
   for f in range(w_in.shape[0]):
-    u = jnp.einsum("btd,di->bti", h, w_in[f].astype(dtype), preferred_element_type=jnp.float32) + b_in[f]
+    u = precision.linear(h, w_in[f]).astype(jnp.float32) + b_in[f]
     u = jax.nn.relu(u).astype(dtype)  # [B, T, I]
-    y = jnp.einsum("bti,id->btd", u, w_out[f].astype(dtype), preferred_element_type=jnp.float32) + b_out[f]
+    y = precision.linear(u, w_out[f]).astype(jnp.float32) + b_out[f]
     h = apply_norm((y + h.astype(jnp.float32)).astype(dtype), norm_scale[f], norm_bias[f], norm, eps)
   return h
 
@@ -267,12 +267,9 @@ class Student(nnx.Module):
     """h: [..., H] -> [..., V] (f32)."""
     E = self.cfg.embedding_size
     t = self.mlm_norm(jax.nn.relu(self.mlm_transform(h)))
-    dtype = t.dtype
-    logits = jnp.einsum("...e,ve->...v", t[..., :E], self.embeddings.word[...].astype(dtype),
-                        preferred_element_type=jnp.float32)
+    logits = precision.linear_transposed(t[..., :E], self.embeddings.word[...]).astype(jnp.float32)
     if self.mlm_extra.shape[0]:
-      logits += jnp.einsum("...r,rv->...v", t[..., E:], self.mlm_extra[...].astype(dtype),
-                           preferred_element_type=jnp.float32)
+      logits += precision.linear(t[..., E:], self.mlm_extra[...]).astype(jnp.float32)
     return logits + self.mlm_bias[...]
 
   def nsp_logits(self, pooled):

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ad.models import precision
 from ad.models.student import mask_to_bias
 
 ACTS = {
@@ -69,8 +70,7 @@ class BertConfig:
 
 
 def _dense(rngs, din, dout, cfg):
-  return nnx.Linear(din, dout, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                    kernel_init=nnx.initializers.truncated_normal(0.02), rngs=rngs)
+  return precision.Dense(din, dout, cfg.compute_dtype, rngs)
 
 
 def _ln(dim, cfg, rngs):
@@ -154,8 +154,7 @@ class Bert(nnx.Module):
     if not self.cfg.has_mlm_head:
       raise ValueError("this teacher has no MLM head; run `ad teacher prepare` to fit one")
     t = self.mlm_norm(ACTS[self.cfg.hidden_act](self.mlm_transform(h)))
-    return jnp.einsum("...h,vh->...v", t, self.word[...].astype(t.dtype),
-                      preferred_element_type=jnp.float32) + self.mlm_bias[...]
+    return precision.linear_transposed(t, self.word[...]).astype(jnp.float32) + self.mlm_bias[...]
 
   def nsp_logits(self, pooled):
     if not self.cfg.has_nsp_head:

@@ -2,8 +2,9 @@
 
 Interface (DESIGN.md): `update(trials)` hands over the whole history, `suggest(count, pending)`
 returns `count` architectures that are neither evaluated nor pending. A trial is a dict with
-`arch` (Arch), `status` ('ok', 'failed' or 'infeasible') and `values` ([M] objective values in
-their own units, for 'ok'). Every designer is a function of (seed, history): it re-seeds from
+`arch` (Arch), `status` ('ok', 'failed' or 'infeasible'), `values` ([M] objective values in
+their own units, for 'ok') and optionally `noise` ([M] standard errors; the BO designer's GPs
+weight each observation by it, the others ignore it). Every designer is a function of (seed, history): it re-seeds from
 the number of observations, so a resumed search makes the same suggestions as an uninterrupted
 one and the same seed with the same observations gives the same suggestions.
 
@@ -236,7 +237,7 @@ class TriesteDesigner:
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
                                  env=env)
     self.sent = 0
-    self.versions = self._call(dict(op="init", points=self.cands.points.tolist(), directions=self.directions,
+    self._call(dict(op="init", points=self.cands.points.tolist(), directions=self.directions,
                     reference=self.reference, seed=self.seed, likelihood_variance=self.likelihood_variance))
 
   def _call(self, req: dict) -> dict:
@@ -269,6 +270,9 @@ class TriesteDesigner:
         self.proc.kill()
       self.proc.wait()
       self.proc = None
+    if getattr(self, "_stderr", None) not in (None, subprocess.DEVNULL):
+      self._stderr.close()
+    self._stderr = None
 
   def _with_restart(self, fn):
     try:
@@ -293,7 +297,9 @@ class TriesteDesigner:
       if i is None:
         continue  # outside the candidates (e.g. a baseline outside the space): nothing to model
       if t["status"] == "ok":
-        msgs.append(dict(index=i, status="ok", values=[float(v) for v in t["values"]]))
+        noise = t.get("noise")
+        msgs.append(dict(index=i, status="ok", values=[float(v) for v in t["values"]],
+                         noise=None if noise is None else [None if e is None else float(e) for e in noise]))
       else:
         msgs.append(dict(index=i, status="failed"))
     if msgs:
@@ -312,6 +318,13 @@ class TriesteDesigner:
     def ask():
       self._sync()
       return self._call(dict(op="state"))
+    return self._with_restart(ask)
+
+  def predict(self, archs) -> dict:
+    """The GPs' posterior mean and variance at `archs` (objectives' units): {'mean': [[M]...], 'variance': ...}."""
+    def ask():
+      self._sync()
+      return self._call(dict(op="predict", indices=self.cands.indices(archs)))
     return self._with_restart(ask)
 
 

@@ -30,10 +30,13 @@ from ad.search import designers as designers_lib
 from ad.search import pareto, report as report_lib
 from ad.search.store import TrialStore
 
-# Objectives the search knows how to read from a trial; those in TRAINED need flash distillation.
-TRAINED = ("mlm_accuracy", "nsp_accuracy")
+# Objectives the search knows how to read from a trial; those in TRAINED need flash distillation
+# (ad/distill/evaluation.py scores them, each with its standard error as `<name>_se`).
+TRAINED = ("mlm_accuracy", "mlm_cross_entropy", "teacher_agreement", "nsp_accuracy")
 MEASURED = {"latency_ms": "latency_ms_median", "peak_memory_bytes": "peak_memory_bytes",
             "throughput_per_s": "throughput_per_s", "flops_utilization": "flops_utilization"}
+# Measured objectives whose noise is the latency's: the 95% CI of the median, as a relative half-width.
+TIMED = ("latency_ms", "throughput_per_s", "flops_utilization")
 SCREENED = ("params", "flops")
 
 
@@ -129,20 +132,28 @@ def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, name
   return out
 
 
-def objective_values(names, distill: dict | None, measurement: dict | None, screen: dict) -> dict[str, float]:
-  vals = {}
+def objective_values(names, distill: dict | None, measurement: dict | None,
+                     screen: dict) -> tuple[dict[str, float], dict[str, float]]:
+  """(values, standard errors) of the objectives `names` for one trial.
+
+  Trained objectives carry the evaluation's sequence-level standard error; timed ones the 95%
+  confidence interval of the median latency turned into a standard error (half-width / 1.96);
+  exact ones (params, FLOPs, peak memory) 0.
+  """
+  vals, ses = {}, {}
   for n in names:
     if n in TRAINED:
-      vals[n] = float(distill[n])
+      vals[n], ses[n] = float(distill[n]), float(distill[f"{n}_se"])
     elif n in MEASURED:
       vals[n] = float(measurement[MEASURED[n]])
+      ses[n] = abs(vals[n]) * float(measurement["latency_rel_ci95"]) / 1.96 if n in TIMED else 0.0
     else:
-      vals[n] = float(screen[n])
-  return vals
+      vals[n], ses[n] = float(screen[n]), 0.0
+  return vals, ses
 
 
 def designer_trials(rows: list[dict], names) -> list[dict]:
-  """Store rows -> the designer's view (arch, status, values in objective order)."""
+  """Store rows -> the designer's view (arch, status, values and standard errors in objective order)."""
   out = []
   for r in rows:
     if r["status"] == "running":
@@ -150,6 +161,8 @@ def designer_trials(rows: list[dict], names) -> list[dict]:
     t = dict(arch=space_lib.Arch.parse(r["arch"]), status=r["status"])
     if r["status"] == "ok":
       t["values"] = [r["objectives"][n] for n in names]
+      se = r.get("objective_se") or {}
+      t["noise"] = [se.get(n) for n in names]  # None where an older store has no standard error
     out.append(t)
   return out
 
@@ -229,11 +242,17 @@ def run_search(cfg, run_dir: str, *, resume: bool = False, designer: str | None 
       if is_main:
         store.finish_trial(tid, "failed", error=err)
       return dict(status="failed")
-    objectives = objective_values(names, r["distill"], r["measurement"], screen) if r["status"] == "ok" else None
+    objectives, ses = (objective_values(names, r["distill"], r["measurement"], screen) if r["status"] == "ok"
+                       else (None, None))
+    status, error = r["status"], r.get("error")
+    bad = [n for n, v in (objectives or {}).items() if not np.isfinite(v)]
+    if bad:  # a NaN objective must never reach the designer or the Pareto set
+      status, error = "failed", f"non-finite objective(s) {', '.join(f'{n}={objectives[n]}' for n in bad)}"
+      log(f"search: trial {arch.name} failed: {error}")
     if is_main:
-      store.finish_trial(tid, r["status"], objectives=objectives, measurement=r["measurement"], distill=r["distill"],
-                         error=r.get("error"), measure_s=r["measure_s"], distill_s=r["distill_s"])
-    return dict(status=r["status"], objectives=objectives)
+      store.finish_trial(tid, status, objectives=objectives, objective_se=ses, measurement=r["measurement"],
+                         distill=r["distill"], error=error, measure_s=r["measure_s"], distill_s=r["distill_s"])
+    return dict(status=status, objectives=objectives)
 
   def hv_now() -> float:
     ok = [t for t in rows() if t["status"] == "ok" and t["role"] != "baseline"]

@@ -26,15 +26,23 @@ def to_min(values, directions: Sequence[str]) -> np.ndarray:
   return np.asarray(values, dtype=np.float64).reshape(-1, len(directions)) * signs(directions)
 
 
+def dominates(a, b, margin=None) -> np.ndarray:
+  """Whether a dominates b, all minimized: a [..., M], b [..., M] (broadcast) -> [...] bool.
+
+  Without `margin`: Pareto dominance, no worse in every objective and better in one. With a
+  margin [..., M] (e.g. 2 standard errors of each difference): better than b by more than the
+  margin in every objective, the claim that survives the noise of both measurements.
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if margin is None:
+    return np.all(a <= b, axis=-1) & np.any(a < b, axis=-1)
+  return np.all(b - a > np.asarray(margin, np.float64), axis=-1)
+
+
 def pareto_mask(y_min: np.ndarray) -> np.ndarray:
   """y_min: [N, M] minimized -> [N] bool, True where no other point dominates (duplicates all stay)."""
   y = np.asarray(y_min, dtype=np.float64)
-  n = len(y)
-  mask = np.ones(n, dtype=bool)
-  for i in range(n):
-    dominated_by = np.all(y <= y[i], axis=1) & np.any(y < y[i], axis=1)
-    mask[i] = not dominated_by.any()
-  return mask
+  return np.asarray([not dominates(y, y[i]).any() for i in range(len(y))], dtype=bool)
 
 
 def pareto_ranks(y_min: np.ndarray) -> np.ndarray:

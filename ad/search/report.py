@@ -1,8 +1,15 @@
 """The search's report, rebuilt from the trial store alone (`ad report RUN_DIR`).
 
-Writes RUN_DIR/report.md (the objectives, the Pareto set, the hypervolume, every trial, the
-final distillations) and RUN_DIR/pareto.png (the first two objectives: every trial, the
-Pareto front, and the MobileBERT-shaped baseline marked). Returns a summary dict.
+Writes RUN_DIR/report.md (the objectives with their standard errors, the Pareto set, the
+hypervolume, every trial, the final distillations) and RUN_DIR/pareto.png (the first two
+objectives: every trial with a 2-standard-error bar on each axis, the Pareto front, and the
+MobileBERT-shaped baseline marked). Returns a summary dict.
+
+"Dominates the baseline" means better by more than 2 standard errors of the difference in
+every objective (`noise_margins`): for scores of the shared evaluation set, the paired standard
+error of the per-sequence differences; otherwise sqrt(se_a^2 + se_b^2), with a latency's
+standard error taken from the 95% confidence interval of its median. The noise-blind Pareto
+comparison is listed beside it.
 """
 
 from __future__ import annotations
@@ -13,8 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from ad import files, stats
 from ad.search import pareto
 from ad.search.store import TrialStore
+
+# Objectives scored per sequence on the shared evaluation set: name -> per-sequence numerator.
+PAIRED = {"mlm_accuracy": "mlm_correct", "mlm_cross_entropy": "mlm_ce", "teacher_agreement": "teacher_agree"}
 
 CHOICES = ("knee", "spread", "accuracy", "latency")
 
@@ -64,6 +75,49 @@ def choose_finals(rows: list[dict], names, directions, final_cfg) -> list[str]:
   return [pts[i]["arch"] for i in order[:k]]
 
 
+def se_of(row: dict, name: str) -> float:
+  """A trial's standard error of objective `name` (0 where the store has none: exact or older rows)."""
+  return float((row.get("objective_se") or {}).get(name) or 0.0)
+
+
+def noise_margins(a: dict, b: dict, names) -> np.ndarray:
+  """[M] two standard errors of the difference a - b in each objective (see the module docstring)."""
+  out = []
+  for n in names:
+    pa = ((a.get("distill") or {}).get("per_sequence") or {})
+    pb = ((b.get("distill") or {}).get("per_sequence") or {})
+    key = PAIRED.get(n)
+    same_set = (a.get("distill") or {}).get("eval_set") == (b.get("distill") or {}).get("eval_set")
+    if key and same_set and key in pa and key in pb and pa.get("masked") == pb.get("masked") and pa.get("masked"):
+      out.append(2 * stats.paired_difference(pa[key], pb[key], pa["masked"])[1])
+    else:
+      out.append(2 * stats.difference_se(se_of(a, n), se_of(b, n)))
+  return np.asarray(out)
+
+
+def dominating_baseline(ok: list[dict], baseline: dict | None, names, directions) -> tuple[list[str], list[str]]:
+  """(trials that dominate the baseline beyond 2 standard errors, trials that dominate it at all)."""
+  if not baseline or baseline["status"] != "ok" or not ok:
+    return [], []
+  b = pareto.to_min([[baseline["objectives"][n] for n in names]], directions)[0]
+  y = pareto.to_min([[r["objectives"][n] for n in names] for r in ok], directions)
+  raw = [r["arch"] for r, yi in zip(ok, y) if pareto.dominates(yi, b)]
+  beyond = [r["arch"] for r, yi in zip(ok, y) if pareto.dominates(yi, b, noise_margins(r, baseline, names))]
+  return beyond, raw
+
+
+def _pm(row: dict, name: str) -> str:
+  """'value ± se' of one objective of a trial."""
+  se = se_of(row, name)
+  return _fmt(row["objectives"][name]) + (f" ± {_fmt(se, 2)}" if se else "")
+
+
+def _metric(metrics: dict, name: str) -> str:
+  """'value ± se' of an evaluation field (`name` and `name_se`) of a distillation's metrics."""
+  v, se = metrics.get(name), metrics.get(f"{name}_se")
+  return _fmt(v) + (f" ± {_fmt(se, 2)}" if v is not None and se else "")
+
+
 def _fmt(v, digits=4) -> str:
   if v is None:
     return ""
@@ -72,17 +126,25 @@ def _fmt(v, digits=4) -> str:
   return str(v)
 
 
-def plot(path: str, rows: list[dict], names, directions) -> None:
+def plot(path: str, rows: list[dict], names, directions) -> dict:
+  """Draws pareto.png; returns what was drawn (points and their 2-standard-error bars), for tests."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   ok, mask = front(rows, names, directions)
   fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
   xn, yn = (names[1], names[0]) if len(names) > 1 else (names[0], names[0])
+  drawn = dict(x_name=xn, y_name=yn, trials=[], baseline=None)
   if ok:
     x = np.asarray([r["objectives"][xn] for r in ok])
     y = np.asarray([r["objectives"][yn] for r in ok])
-    ax.scatter(x, y, c=[r["id"] for r in ok], cmap="viridis", s=28, label="trials (colour = order)", zorder=2)
+    xerr = np.asarray([2 * se_of(r, xn) for r in ok])
+    yerr = np.asarray([2 * se_of(r, yn) for r in ok])
+    ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor="0.6", elinewidth=0.8, capsize=2, zorder=1)
+    ax.scatter(x, y, c=[r["id"] for r in ok], cmap="viridis", s=28, label="trials (colour = order; bars: 2 SE)",
+               zorder=2)
+    drawn["trials"] = [dict(arch=r["arch"], x=float(a), y=float(b), xerr=float(c), yerr=float(d))
+                       for r, a, b, c, d in zip(ok, x, y, xerr, yerr)]
     fx, fy = x[mask], y[mask]
     o = np.argsort(fx)
     ax.step(fx[o], fy[o], where="post", color="C3", lw=1.5, label="Pareto front", zorder=3)
@@ -93,15 +155,21 @@ def plot(path: str, rows: list[dict], names, directions) -> None:
                     textcoords="offset points")
   for r in rows:
     if r["role"] == "baseline" and r["status"] == "ok":
-      ax.scatter([r["objectives"][xn]], [r["objectives"][yn]], marker="*", s=220, c="C1", edgecolors="k",
+      bx, by, bxe, bye = r["objectives"][xn], r["objectives"][yn], 2 * se_of(r, xn), 2 * se_of(r, yn)
+      ax.errorbar([bx], [by], xerr=[bxe], yerr=[bye], fmt="none", ecolor="C1", elinewidth=1.0, capsize=3, zorder=3)
+      ax.scatter([bx], [by], marker="*", s=220, c="C1", edgecolors="k",
                  label=f"baseline {r['arch']} (MobileBERT-shaped)", zorder=4)
+      drawn["baseline"] = dict(arch=r["arch"], x=bx, y=by, xerr=bxe, yerr=bye)
   ax.set_xlabel(f"{xn} ({'lower' if directions[names.index(xn)] == 'min' else 'higher'} is better)")
   ax.set_ylabel(f"{yn} ({'lower' if directions[names.index(yn)] == 'min' else 'higher'} is better)")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
-  fig.savefig(path)
+  tmp = f"{path}.{os.getpid()}.tmp.png"
+  fig.savefig(tmp)
   plt.close(fig)
+  os.replace(tmp, path)  # a reader never sees half a PNG
+  return drawn
 
 
 def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any]:
@@ -119,10 +187,7 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
   y = pareto.to_min([[r["objectives"][n] for n in names] for r in ok], directions) if ok else np.zeros((0, len(names)))
   hv_hist = pareto.hypervolume_history(y, ref_min) if ok else np.zeros(0)
   baseline = next((r for r in rows if r["role"] == "baseline"), None)
-  dominating = []
-  if baseline and baseline["status"] == "ok":
-    b = pareto.to_min([[baseline["objectives"][n] for n in names]], directions)[0]
-    dominating = [r["arch"] for r, yi in zip(ok, y) if np.all(yi <= b) and np.any(yi < b)]
+  dominating, dominating_raw = dominating_baseline(ok, baseline, names, directions)
   plot(os.path.join(run_dir, "pareto.png"), rows, names, directions)
 
   cfg = record["config"]
@@ -138,21 +203,26 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
        f"**{_fmt(float(hv_hist[-1]) if len(hv_hist) else 0.0, 6)}**.", ""]
   if baseline:
     L += [f"Baseline `{baseline['arch']}` (MobileBERT-shaped, evaluated like every trial): "
-          + (", ".join(f"{n} {_fmt(baseline['objectives'][n])}" for n in names) if baseline["status"] == "ok"
-             else baseline["status"]) + f". Trials that dominate it: {', '.join(dominating) or 'none'}.", ""]
-  L += ["![Pareto front](pareto.png)", "", "## Pareto set", "",
+          + (", ".join(f"{n} {_pm(baseline, n)}" for n in names) if baseline["status"] == "ok"
+             else baseline["status"]) + ".", "",
+          f"Trials that dominate it beyond the noise (better by more than 2 standard errors of the difference in "
+          f"every objective): **{', '.join(dominating) or 'none'}**. Noise-blind Pareto dominance (for comparison): "
+          f"{', '.join(dominating_raw) or 'none'}.", ""]
+  L += ["![Pareto front](pareto.png)", "", "Values are given as value ± one standard error; the plot's bars are 2 SE.",
+        "", "## Pareto set", "",
         "| arch | " + " | ".join(names) + " | params | trial |", "|---|" + "---|" * (len(names) + 2)]
   for r, m in zip(ok, mask):
     if m:
-      L.append(f"| `{r['arch']}` | " + " | ".join(_fmt(r["objectives"][n]) for n in names)
+      L.append(f"| `{r['arch']}` | " + " | ".join(_pm(r, n) for n in names)
                + f" | {r['screening']['params']:,} | {r['id']} |")
   L += ["", "## Final distillation (regular schedule)", ""]
   if finals:
-    L += ["| arch | status | mlm_accuracy | nsp_accuracy | steps | orbax checkpoint | HF MobileBERT |", "|---|---|---|---|---|---|---|"]
+    L += ["| arch | status | mlm_accuracy | teacher_agreement | nsp_accuracy | steps | orbax checkpoint | HF MobileBERT |",
+          "|---|---|---|---|---|---|---|---|"]
     for f in finals:
       m = f["metrics"] or {}
-      L.append(f"| `{f['arch']}` | {f['status']} | {_fmt(m.get('mlm_accuracy'))} | {_fmt(m.get('nsp_accuracy'))} | "
-               f"{_fmt(m.get('steps'))} | {f['checkpoint'] or ''} | {f['hf_dir'] or ''} |")
+      L.append(f"| `{f['arch']}` | {f['status']} | {_metric(m, 'mlm_accuracy')} | {_metric(m, 'teacher_agreement')} | "
+               f"{_metric(m, 'nsp_accuracy')} | {_fmt(m.get('steps'))} | {f['checkpoint'] or ''} | {f['hf_dir'] or ''} |")
       if f["error"]:
         L.append(f"\n    {f['error'].splitlines()[0]}\n")
   else:
@@ -166,19 +236,25 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
     note = (r["error"] or "").splitlines()[0][:120] if r["error"] else ""
     peak = mm.get("peak_memory_bytes")
     L.append(f"| {r['id']} | `{r['arch']}` | {r['role']} | {r['status']} | "
-             + " | ".join(_fmt(obj.get(n)) for n in names)
-             + f" | {_fmt(dd.get('nsp_accuracy'))} | {_fmt(mm.get('latency_ms_p90'))} | "
+             + " | ".join(_pm(r, n) if n in obj else "" for n in names)
+             + f" | {_metric(dd, 'nsp_accuracy')} | {_fmt(mm.get('latency_ms_p90'))} | "
              f"{_fmt(peak / 1e6 if peak else None)} | {r['screening']['params']:,} | "
              f"{_fmt(r['screening']['flops'] / 1e9)} | {_fmt(r['measure_s'], 3)} | {_fmt(r['distill_s'], 3)} | {note} |")
   L += ["", f"Hypervolume after each search trial: {', '.join(_fmt(float(h), 4) for h in hv_hist)}", "",
         "Profiles: `traces/<arch>/` (open with TensorBoard's profile plugin); trial runs: `trials/<arch>/` "
         "(losses.jsonl, tb/); search scalars: `tb/`.", ""]
-  with open(os.path.join(run_dir, "report.md"), "w") as f:
-    f.write("\n".join(L))
+  files.write_text(os.path.join(run_dir, "report.md"), "\n".join(L))
   return dict(trials=len(rows), status_counts=counts, hypervolume=float(hv_hist[-1]) if len(hv_hist) else 0.0,
               hypervolume_history=[float(h) for h in hv_hist],
-              pareto=[dict(arch=r["arch"], **r["objectives"]) for r, m in zip(ok, mask) if m],
-              baseline=dict(arch=baseline["arch"], **(baseline["objectives"] or {})) if baseline else None,
-              dominating_baseline=dominating,
+              pareto=[_with_se(r, names) for r, m in zip(ok, mask) if m],
+              baseline=_with_se(baseline, names) if baseline else None,
+              dominating_baseline=dominating, dominating_baseline_noise_blind=dominating_raw,
               finals=[dict(arch=f["arch"], status=f["status"], hf_dir=f["hf_dir"], checkpoint=f["checkpoint"],
-                           mlm_accuracy=(f["metrics"] or {}).get("mlm_accuracy")) for f in finals])
+                           mlm_accuracy=(f["metrics"] or {}).get("mlm_accuracy"),
+                           mlm_accuracy_se=(f["metrics"] or {}).get("mlm_accuracy_se")) for f in finals])
+
+
+def _with_se(row: dict, names) -> dict:
+  out = dict(arch=row["arch"], status=row["status"], **(row["objectives"] or {}))
+  out.update({f"{n}_se": se_of(row, n) for n in names if row["objectives"]})
+  return out

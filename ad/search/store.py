@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS trials (
   designer TEXT NOT NULL,
   status TEXT NOT NULL,
   objectives TEXT,               -- JSON {name: value}
+  objective_se TEXT,             -- JSON {name: standard error} (0 for exact values)
   measurement TEXT,              -- JSON: every field of profiling.harness.measure_arch
   distill TEXT,                  -- JSON: the metrics of ad.distill.trainer.distill
   screening TEXT,                -- JSON: closed-form params and FLOPs
@@ -51,7 +52,9 @@ CREATE TABLE IF NOT EXISTS finals (
   finished REAL
 );
 """
-_JSON_COLUMNS = ("objectives", "measurement", "distill", "screening", "metrics")
+_JSON_COLUMNS = ("objectives", "objective_se", "measurement", "distill", "screening", "metrics")
+# Columns added after the first schema: (table, column, type); added on open to an older store.
+_ADDED_COLUMNS = (("trials", "objective_se", "TEXT"),)
 
 
 def code_version() -> str:
@@ -78,6 +81,10 @@ class TrialStore:
     self.db.row_factory = sqlite3.Row
     with self.db:
       self.db.executescript(_SCHEMA)
+      for table, column, kind in _ADDED_COLUMNS:
+        have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+          self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
   def close(self) -> None:
     self.db.close()
@@ -105,16 +112,17 @@ class TrialStore:
       self.db.execute("UPDATE trials SET started = ?, code_version = ? WHERE id = ?",
                       (time.time(), code_version(), trial_id))
 
-  def finish_trial(self, trial_id: int, status: str, *, objectives: dict | None = None, measurement: dict | None = None,
-                   distill: dict | None = None, error: str | None = None, measure_s: float | None = None,
-                   distill_s: float | None = None) -> None:
+  def finish_trial(self, trial_id: int, status: str, *, objectives: dict | None = None,
+                   objective_se: dict | None = None, measurement: dict | None = None, distill: dict | None = None,
+                   error: str | None = None, measure_s: float | None = None, distill_s: float | None = None) -> None:
     if status not in STATUSES[1:]:
       raise ValueError(f"trial status {status!r}: expected one of {STATUSES[1:]}")
     with self.db:
       self.db.execute(
-          "UPDATE trials SET status = ?, objectives = ?, measurement = ?, distill = ?, error = ?, finished = ?, "
-          "measure_s = ?, distill_s = ? WHERE id = ?",
+          "UPDATE trials SET status = ?, objectives = ?, objective_se = ?, measurement = ?, distill = ?, error = ?, "
+          "finished = ?, measure_s = ?, distill_s = ? WHERE id = ?",
           (status, json.dumps(objectives) if objectives is not None else None,
+           json.dumps(objective_se) if objective_se is not None else None,
            json.dumps(measurement, default=str) if measurement is not None else None,
            json.dumps(distill, default=str) if distill is not None else None, error, time.time(), measure_s,
            distill_s, trial_id))

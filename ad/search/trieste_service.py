@@ -9,13 +9,22 @@ JSON reply per line on stdout ({"ok": true, ...} or {"ok": false, "error": "..."
    "seed": 0, "likelihood_variance": 1e-3}
         points: [N, D] the encoded feasible architectures (a DiscreteSearchSpace);
         reference: the reference point in the objectives' own units.
-  {"op": "update", "trials": [{"index": 3, "status": "ok", "values": [0.1, 5.2]},
+  {"op": "update", "trials": [{"index": 3, "status": "ok", "values": [0.1, 5.2], "noise": [0.004, 0.05]},
                               {"index": 7, "status": "failed"}]}
+        noise: each value's standard error in its own units (optional; null where unknown)
   {"op": "suggest", "count": 1, "pending": [12]}  -> {"ok": true, "indices": [...]}
+  {"op": "predict", "indices": [3, 7]}  -> the GPs' posterior mean and variance there, in the
+        objectives' own units (fitted on the current observations; a diagnostic and a test hook)
   {"op": "state"}  -> observations, failures, fixed-noise refits, hypervolume of the observed front
 
-Models: one GP per objective (trieste's build_gpr: Matern-5/2, priors, a trainable noise
-variance because flash-distilled accuracy is noisy) on standardized, minimized objectives.
+Models: one GP per objective on standardized, minimized objectives: trieste's build_gpr kernel
+(Matern-5/2 with its priors) and mean, and a heteroscedastic Gaussian likelihood: observation
+i's noise variance is its own squared standard error, standardized like the observations,
+plus a trainable floor (initial value `likelihood_variance`) for what the standard error does
+not capture (training noise of a flash distillation, model misfit). gpflow's GPR takes a
+likelihood whose variance is a function of the inputs; the known variances ride along as
+extra input columns that the kernel ignores (active_dims), zero for candidate points, whose
+latent predictions (what EHVI uses) involve no observation noise.
 Acquisition: Expected Hypervolume Improvement for one candidate; HIPPO (EHVI with a
 diversity penalty) for a batch; with a single objective (003 4.6's single-objective searches),
 Expected Improvement, one candidate at a time. Both are maximized by enumerating the discrete space,
@@ -37,6 +46,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the optimizer must never ta
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+import numpy as np  # noqa: E402
+
 from ad.search import pareto  # noqa: E402  (numpy only)
 
 
@@ -54,6 +65,35 @@ def _kept_loss_optimizer():
       return self._loss
 
   return KeptLossOptimizer
+
+
+def tf_constant(x):
+  import tensorflow as tf
+  return tf.constant(np.asarray(x, dtype=np.float64))
+
+
+@functools.lru_cache(maxsize=None)
+def _known_noise_class():
+  import gpflow
+  from gpflow.utilities import positive
+
+  class KnownNoisePlusFloor(gpflow.functions.Function):
+    """Observation noise variance: the input's column `col` (a known, standardized squared
+    standard error) plus a floor."""
+
+    def __init__(self, col: int, floor: float, trainable: bool):
+      super().__init__()
+      self.col = col
+      self.floor = gpflow.Parameter(floor, transform=positive(lower=1e-6), trainable=trainable)
+
+    def __call__(self, X):
+      return X[..., self.col:self.col + 1] + self.floor
+
+  return KnownNoisePlusFloor
+
+
+def KnownNoisePlusFloor(col: int, floor: float, trainable: bool):
+  return _known_noise_class()(col, floor, trainable)
 
 
 class Service:
@@ -75,6 +115,7 @@ class Service:
     self.seed = int(seed)
     self.likelihood_variance = float(likelihood_variance)
     self.values: dict[int, np.ndarray] = {}
+    self.noise: dict[int, np.ndarray] = {}  # standard errors in the objectives' units (0 where unknown)
     self.failed: set[int] = set()
     self.refits = 0  # suggestions that needed the fixed-noise refit (see suggest)
     self.kept = None  # models and acquisition kept across one-point suggestions (see _suggest_one)
@@ -91,7 +132,13 @@ class Service:
         v = np.asarray(t["values"], dtype=np.float64)
         if v.shape != self.signs.shape or not np.all(np.isfinite(v)):
           raise ValueError(f"update: trial {i} has values {t['values']}; expected {self.signs.size} finite numbers")
+        se = t.get("noise")
+        se = np.zeros_like(v) if se is None else np.asarray([np.nan if e is None else e for e in se], np.float64)
+        if se.shape != v.shape or np.any(se < 0):
+          raise ValueError(f"update: trial {i} has noise {t.get('noise')}; expected {self.signs.size} standard errors "
+                           ">= 0 (or null)")
         self.values[i] = v
+        self.noise[i] = np.nan_to_num(se, nan=0.0)
         self.failed.discard(i)
       else:
         self.failed.add(i)
@@ -100,17 +147,18 @@ class Service:
   def state(self):
     self._need_init()
     y = self._y_min()
+    import trieste
     return dict(observations=len(self.values), failed=len(self.failed), refits=self.refits,
+                trieste=trieste.__version__, numpy=np.__version__,
                 hypervolume=pareto.hypervolume(y, self.reference * self.signs) if len(y) else 0.0)
 
   def suggest(self, count, pending=()):
-    import gpflow
     import tensorflow as tf
     from trieste.acquisition.function import HIPPO, ExpectedHypervolumeImprovement, ExpectedImprovement
     from trieste.acquisition.rule import EfficientGlobalOptimization
     from trieste.ask_tell_optimization import AskTellOptimizer
     from trieste.data import Dataset
-    from trieste.models.gpflow import GaussianProcessRegression, build_gpr
+    from trieste.models.gpflow import GaussianProcessRegression
     from trieste.models.interfaces import TrainableModelStack
     from trieste.space import DiscreteSearchSpace
 
@@ -126,16 +174,8 @@ class Service:
     tf.random.set_seed(self.seed * 1_000_003 + len(self.values))
     np.random.seed((self.seed * 1_000_003 + len(self.values)) % 2**32)
 
-    idx = np.asarray(sorted(self.values))
-    x = self.points[idx]
-    y = self._y_min()
-    # Standardize each objective; EHVI is invariant to positive affine maps of the objectives
-    # as long as the reference point goes through the same map.
-    mu, sd = y.mean(0), y.std(0)
-    sd = np.where(sd > 1e-12, sd, 1.0)
-    yz = (y - mu) / sd
-    ref = (self.reference * self.signs - mu) / sd
-    space = DiscreteSearchSpace(tf.constant(self.points[free]))
+    x, yz, ref, mu, sd = self._standardized()
+    space = DiscreteSearchSpace(tf.constant(self._candidates(free)))
     data = Dataset(tf.constant(x), tf.constant(yz))
     if yz.shape[1] == 1 and count != 1:
       raise ValueError(f"suggest: count={count}; a single-objective search asks for one point at a time")
@@ -154,22 +194,7 @@ class Service:
       return EfficientGlobalOptimization(HIPPO(base_acquisition_function_builder=ehvi), num_query_points=count)
 
     def models(noise_floor: float | None):
-      out = []
-      for m in range(yz.shape[1]):
-        d = Dataset(data.query_points, data.observations[:, m:m + 1])
-        kernel = None
-        if np.ptp(yz[:, m]) < 1e-12:
-          # Every observation equal (e.g. the same accuracy twice): build_gpr would start the kernel
-          # variance at the empirical variance, 0, which gpflow cannot represent. Start it at the
-          # standardized scale instead.
-          kernel = gpflow.kernels.Matern52(variance=1.0, lengthscales=np.full(x.shape[1], 0.2 * np.sqrt(x.shape[1])))
-        if noise_floor is None:
-          gpr = build_gpr(d, space, likelihood_variance=self.likelihood_variance, trainable_likelihood=True,
-                          kernel=kernel)
-        else:
-          gpr = build_gpr(d, space, likelihood_variance=noise_floor, trainable_likelihood=False, kernel=kernel)
-        out.append((GaussianProcessRegression(gpr), 1))
-      return TrainableModelStack(*out)
+      return TrainableModelStack(*[(GaussianProcessRegression(g), 1) for g in self._gprs(x, yz, noise_floor)])
 
     try:
       q = AskTellOptimizer(space, data, models(None), rule(), fit_model=True).ask().numpy()  # [count, D]
@@ -181,7 +206,7 @@ class Service:
       q = AskTellOptimizer(space, data, models(1e-2), rule(), fit_model=True).ask().numpy()
     out = []
     for row in q:
-      i = int(free[np.argmin(np.abs(self.points[free] - row).sum(1))])
+      i = int(free[np.argmin(np.abs(self.points[free] - row[:self.points.shape[1]]).sum(1))])
       if i in out or i in taken:
         raise RuntimeError(f"suggest: trieste proposed point {row.tolist()} twice or outside the free points")
       out.append(i)
@@ -202,16 +227,12 @@ class Service:
     import tensorflow as tf
     from trieste.acquisition.function import ExpectedHypervolumeImprovement, ExpectedImprovement
     from trieste.data import Dataset
-    from trieste.models.gpflow import GaussianProcessRegression, build_gpr
+    from trieste.models.gpflow import GaussianProcessRegression
     from trieste.models.interfaces import TrainableModelStack
-    from trieste.space import DiscreteSearchSpace
 
     _KeptLossOptimizer = _kept_loss_optimizer()
-    space = DiscreteSearchSpace(tf.constant(self.points[free]))
     data = Dataset(tf.constant(x), tf.constant(yz))
-    columns = [Dataset(data.query_points, data.observations[:, m:m + 1]) for m in range(yz.shape[1])]
-    fresh = [build_gpr(d, space, likelihood_variance=self.likelihood_variance, trainable_likelihood=True)
-             for d in columns]
+    fresh = self._gprs(x, yz, None)
     if self.kept is None or len(self.kept["models"]) != yz.shape[1]:
       # num_kernel_samples=0: no random restarts of the hyperparameters (trieste would trace a new
       # loss function for them on every call); each fit starts from build_gpr's values instead.
@@ -231,8 +252,73 @@ class Service:
       self.kept["fn"] = self.kept["builder"].prepare_acquisition_function(stack, dataset=data)
     else:
       self.kept["fn"] = self.kept["builder"].update_acquisition_function(self.kept["fn"], stack, dataset=data)
-    values = self.kept["fn"](tf.constant(self.points)[:, None, :]).numpy()[:, 0]
+    values = self.kept["fn"](tf.constant(self._candidates(np.arange(len(self.points))))[:, None, :]).numpy()[:, 0]
     return int(free[np.argmax(values[free])])
+
+  def _standardized(self):
+    """(x [N, D + M] with the standardized noise variances appended, yz [N, M], reference, mu, sd).
+
+    Each objective is standardized; EHVI is invariant to positive affine maps of the objectives
+    as long as the reference point goes through the same map, and standard errors scale by 1/sd.
+    """
+    idx = np.asarray(sorted(self.values))
+    y = self._y_min()
+    mu, sd = y.mean(0), y.std(0)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    noise_var = np.stack([self.noise[i] for i in idx]) ** 2 / sd ** 2  # [N, M]
+    x = np.concatenate([self.points[idx], noise_var], axis=1)
+    return x, (y - mu) / sd, (self.reference * self.signs - mu) / sd, mu, sd
+
+  def _candidates(self, indices) -> np.ndarray:
+    """Candidate points in the GPs' input layout: the encoding plus zero noise columns."""
+    pts = self.points[np.asarray(indices, dtype=int)]
+    return np.concatenate([pts, np.zeros((len(pts), self.signs.size))], axis=1)
+
+  def _gprs(self, x, yz, noise_floor: float | None) -> list:
+    """One gpflow GPR per objective: build_gpr's kernel and mean over the encoding's D columns,
+    a likelihood whose variance is the point's known noise (column D + m) plus a floor that is
+    trainable (from `likelihood_variance`), or fixed at `noise_floor` for the singular-fit refit."""
+    import gpflow
+    from trieste.data import Dataset
+    from trieste.models.gpflow import build_gpr
+    from trieste.space import DiscreteSearchSpace
+    D = self.points.shape[1]
+    space = DiscreteSearchSpace(tf_constant(self.points))
+    out = []
+    for m in range(yz.shape[1]):
+      kernel = None
+      if np.ptp(yz[:, m]) < 1e-12:
+        # Every observation equal (e.g. the same accuracy twice): build_gpr would start the kernel
+        # variance at the empirical variance, 0, which gpflow cannot represent. Start it at the
+        # standardized scale instead.
+        kernel = gpflow.kernels.Matern52(variance=1.0, lengthscales=np.full(D, 0.2 * np.sqrt(D)))
+      base = build_gpr(Dataset(tf_constant(x[:, :D]), tf_constant(yz[:, m:m + 1])), space, kernel=kernel,
+                       likelihood_variance=self.likelihood_variance)
+      base.kernel.active_dims = slice(0, D)
+      floor = self.likelihood_variance if noise_floor is None else noise_floor
+      noise = KnownNoisePlusFloor(D + m, floor, trainable=noise_floor is None)
+      out.append(gpflow.models.GPR((tf_constant(x), tf_constant(yz[:, m:m + 1])), base.kernel, base.mean_function,
+                                   likelihood=gpflow.likelihoods.Gaussian(variance=noise)))
+    return out
+
+  def predict(self, indices):
+    """Posterior mean and variance of the latent objectives at `indices`, in the objectives' units."""
+    import gpflow
+    import tensorflow as tf
+    self._need_init()
+    if len(self.values) < 2:
+      raise ValueError(f"predict: the GPs need at least 2 observations, have {len(self.values)}")
+    x, yz, _, mu, sd = self._standardized()
+    tf.random.set_seed(self.seed * 1_000_003 + len(self.values))
+    q = tf.constant(self._candidates(indices))
+    means, variances = [], []
+    for m, g in enumerate(self._gprs(x, yz, None)):
+      gpflow.optimizers.Scipy().minimize(g.training_loss, g.trainable_variables)
+      f_mean, f_var = g.predict_f(q)
+      means.append(f_mean.numpy()[:, 0] * sd[m] + mu[m])
+      variances.append(f_var.numpy()[:, 0] * sd[m] ** 2)
+    signs = self.signs
+    return dict(mean=(np.stack(means, 1) * signs).tolist(), variance=np.stack(variances, 1).tolist())
 
   def _y_min(self):
     if not self.values:
@@ -245,12 +331,11 @@ class Service:
 
 
 def main() -> int:
-  global np
-  import numpy as np
   if "jax" in sys.modules:
     raise RuntimeError("the optimizer service imported jax; it must not")
   service = Service()
-  ops = dict(init=service.init, update=service.update, suggest=service.suggest, state=service.state)
+  ops = dict(init=service.init, update=service.update, suggest=service.suggest, state=service.state,
+             predict=service.predict)
   for line in sys.stdin:
     if not line.strip():
       continue

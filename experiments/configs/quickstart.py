@@ -27,7 +27,7 @@ def get_config():
   c.teacher = common.default_teacher(head_pool_batches=32, head_steps=100, eval_batches=20)
   c.distill = common.distillation(flash=dict(pretrain_steps=12, warmup_steps=2),
                                   regular=dict(pretrain_steps=240, warmup_steps=12), batch_size=8, lr=2e-3,
-                                  eval_batches=32, checkpoint_every=100)
+                                  checkpoint_every=100)
   c.constraints = ml_collections.ConfigDict(dict(max_params=0, max_flops=0.0, max_latency_ms=0.0))  # 0 = off
   c.search = common.search(num_initial=4, num_trials=12, measure_seq=128, latency_reference_ms=20.0)
   c.search.measure.update(max_reps=60, chunk=20)

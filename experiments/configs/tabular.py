@@ -22,7 +22,7 @@ def get_config():
   c = quickstart.get_config()  # same teacher (already prepared by `make search`), corpus, model
   c.distill = common.distillation(flash=dict(pretrain_steps=20, warmup_steps=2),
                                   regular=dict(pretrain_steps=400, warmup_steps=20), batch_size=8, lr=2e-3,
-                                  eval_batches=64, checkpoint_every=1000)
+                                  checkpoint_every=1000)
   c.search.measure.update(max_reps=30, chunk=10)
   c.table = ml_collections.ConfigDict(dict(fixed=dict(heads=4)))
   c.fidelity = ml_collections.ConfigDict(dict(count=10, curve_count=3, fractions=[0.0125, 0.025, 0.05, 0.1]))

@@ -40,7 +40,7 @@ def bo(cands, history, tmp_path_factory):
 
 def test_round_trip_runs_trieste_in_the_optimizer_environment(bo, history):
   state = bo.state()
-  assert bo.versions["trieste"] == "4.6.1" and bo.versions["numpy"].startswith("1.")
+  assert state["trieste"] == "4.6.1" and state["numpy"].startswith("1.")
   assert state["observations"] == 5 and state["failed"] == 1
   ok = [t for t in history if t["status"] == "ok"]
   expected = pareto.hypervolume(pareto.to_min([t["values"] for t in ok], DIRECTIONS),
@@ -93,3 +93,28 @@ def test_a_single_objective_search_uses_expected_improvement_one_point_at_a_time
       d.suggest(2)
   finally:
     d.close()
+
+
+def test_each_observation_enters_the_gp_with_its_own_noise(cands, history):
+  """The same observations, one of them given a standard error 100x larger: the accuracy GP's
+  posterior at that point is looser than at the others (with equal standard errors it is not),
+  and its mean follows that observation less; the latency GP, whose noise did not change, does
+  not single the point out."""
+  ok = [dict(t, noise=[0.002, 0.01]) for t in history if t["status"] == "ok"]
+  noisy = [dict(t) for t in ok]
+  noisy[2] = dict(noisy[2], noise=[0.2, 0.01])
+  posts = []
+  for trials in (ok, noisy):
+    d = designers.TriesteDesigner(cands, DIRECTIONS, REFERENCE, seed=0)
+    try:
+      d.update(trials)
+      posts.append(d.predict([t["arch"] for t in ok]))
+    finally:
+      d.close()
+  (m0, v0), (m1, v1) = [(np.asarray(p["mean"]), np.asarray(p["variance"])) for p in posts]
+  y = np.asarray([t["values"] for t in ok])
+  others = [0, 1, 3, 4]
+  assert v0[2, 0] < 1.5 * np.median(v0[others, 0]), v0[:, 0]  # equal noise: no point singled out
+  assert v1[2, 0] > 3 * np.median(v1[others, 0]), v1[:, 0]  # the noisy observation counts for less
+  assert abs(m1[2, 0] - y[2, 0]) > abs(m0[2, 0] - y[2, 0])
+  assert v1[2, 1] < 1.5 * np.median(v1[others, 1]), v1[:, 1]

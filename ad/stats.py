@@ -1,0 +1,69 @@
+"""Standard errors of the evaluation's ratios and of differences between two evaluations (numpy only).
+
+An evaluation score is a ratio over sequences: accuracy = sum_i c_i / sum_i n_i, with c_i the
+correct masked tokens and n_i the masked tokens of sequence i. Tokens of one sequence are not
+independent (one hard passage makes several misses), so the binomial standard error
+sqrt(p (1 - p) / N) understates the noise. The standard error reported everywhere is the
+sequence-level (cluster) one: the delta-method variance of the ratio estimator,
+
+  se^2 = m / (m - 1) * sum_i (c_i - p n_i)^2 / (sum_i n_i)^2,
+
+which is what a bootstrap over sequences estimates (tests check both against each other). The
+binomial one is kept beside it for reference. Two students scored on the same evaluation set
+are compared by the same formula applied to the per-sequence differences c_i^A - c_i^B (a
+paired test: the shared hard passages cancel).
+
+The optimizer service (numpy 1.x) never imports this; the report and the search do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def ratio(num, den) -> float:
+  """sum(num) / sum(den)."""
+  d = float(np.sum(den))
+  if d <= 0:
+    raise ValueError("ratio over an empty evaluation (no masked tokens or no sequences)")
+  return float(np.sum(num)) / d
+
+
+def ratio_se(num, den) -> float:
+  """Sequence-level standard error of sum(num) / sum(den); num, den: [m] per sequence."""
+  num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+  m = len(num)
+  if m < 2:
+    return float("nan")
+  p = ratio(num, den)
+  return math.sqrt(m / (m - 1) * float(np.sum((num - p * den) ** 2))) / float(np.sum(den))
+
+
+def binomial_se(p: float, n: int) -> float:
+  """sqrt(p (1 - p) / n): the standard error if every token were independent."""
+  return math.sqrt(max(p * (1 - p), 0.0) / n) if n > 0 else float("nan")
+
+
+def bootstrap_se(num, den, resamples: int = 1000, seed: int = 0) -> float:
+  """Bootstrap over sequences of sum(num) / sum(den) (the check of `ratio_se`)."""
+  num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+  rng = np.random.default_rng(seed)
+  idx = rng.integers(0, len(num), (resamples, len(num)))
+  return float(np.std(num[idx].sum(1) / den[idx].sum(1), ddof=1))
+
+
+def paired_difference(num_a, num_b, den) -> tuple[float, float]:
+  """(ratio_a - ratio_b, its standard error) for two scores on the same sequences."""
+  num_a, num_b = np.asarray(num_a, np.float64), np.asarray(num_b, np.float64)
+  if num_a.shape != num_b.shape or num_a.shape != np.shape(den):
+    raise ValueError(f"paired difference needs per-sequence counts of one evaluation set, got shapes "
+                     f"{num_a.shape}, {num_b.shape}, {np.shape(den)}")
+  d = num_a - num_b
+  return ratio(d, den), ratio_se(d, den)
+
+
+def difference_se(se_a: float, se_b: float) -> float:
+  """Standard error of a difference of two independent estimates."""
+  return math.sqrt(se_a ** 2 + se_b ** 2)

@@ -1,0 +1,70 @@
+"""The report's noise: error bars drawn from the store's standard errors, and "dominates the
+baseline" only beyond 2 standard errors of the difference (paired on the shared evaluation set)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ad.search import report
+from ad.search.store import TrialStore
+
+NAMES, DIRECTIONS = ["mlm_accuracy", "latency_ms"], ["max", "min"]
+
+
+def _row(arch, role, acc, acc_se, lat, lat_se, per_sequence=None, eval_set="E"):
+  return dict(arch=arch, role=role, status="ok", id=0, objectives=dict(mlm_accuracy=acc, latency_ms=lat),
+              objective_se=dict(mlm_accuracy=acc_se, latency_ms=lat_se),
+              distill=dict(eval_set=eval_set, per_sequence=per_sequence or {}))
+
+
+def test_dominance_beyond_noise_and_noise_blind_side_by_side():
+  base = _row("B", "baseline", 0.300, 0.002, 5.0, 0.05)
+  clear = _row("clear", "designer", 0.310, 0.002, 3.0, 0.05)  # +0.010 > 2 * sqrt(2) * 0.002
+  close = _row("close", "designer", 0.303, 0.002, 3.0, 0.05)  # +0.003: within the noise
+  slow = _row("slow", "designer", 0.320, 0.002, 4.95, 0.05)  # faster by less than the latency's noise
+  beyond, raw = report.dominating_baseline([clear, close, slow], base, NAMES, DIRECTIONS)
+  assert beyond == ["clear"] and raw == ["clear", "close", "slow"]
+
+
+def test_accuracy_margins_are_paired_on_the_shared_evaluation_set():
+  rng = np.random.default_rng(0)
+  masked = rng.integers(4, 10, 400)
+  a = rng.binomial(masked, rng.beta(2, 5, 400))
+  b = np.minimum(masked, a + rng.binomial(1, 0.2, 400))
+  per = lambda c: dict(masked=masked.tolist(), mlm_correct=c.tolist())
+  ra = _row("a", "designer", a.sum() / masked.sum(), 0.01, 3.0, 0.0, per(a))
+  rb = _row("b", "baseline", b.sum() / masked.sum(), 0.01, 3.0, 0.0, per(b))
+  paired = report.noise_margins(ra, rb, NAMES)[0]
+  assert paired < 2 * np.hypot(0.01, 0.01) * 0.5  # the shared difficulty cancels
+  other_set = dict(rb, distill=dict(rb["distill"], eval_set="F"))  # not comparable pairwise
+  assert report.noise_margins(ra, other_set, NAMES)[0] == pytest.approx(2 * np.hypot(0.01, 0.01))
+
+
+def test_pareto_plot_draws_two_standard_error_bars(tmp_path):
+  rows = [dict(_row("x", "designer", 0.31, 0.004, 3.0, 0.1), id=1),
+          dict(_row("y", "designer", 0.29, 0.003, 2.0, 0.2), id=2),
+          dict(_row("B", "baseline", 0.30, 0.005, 5.0, 0.3), id=3)]
+  drawn = report.plot(str(tmp_path / "p.png"), rows, NAMES, DIRECTIONS)
+  assert drawn["x_name"] == "latency_ms" and drawn["y_name"] == "mlm_accuracy"
+  got = {t["arch"]: (t["xerr"], t["yerr"]) for t in drawn["trials"]}
+  assert got == {"x": pytest.approx((0.2, 0.008)), "y": pytest.approx((0.4, 0.006))}
+  assert (drawn["baseline"]["xerr"], drawn["baseline"]["yerr"]) == pytest.approx((0.6, 0.01))
+  assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_report_and_summary_carry_the_standard_errors(tmp_path):
+  store = TrialStore(str(tmp_path))
+  store.set_meta("record", dict(designer="random", config=dict(
+      search=dict(objectives=[dict(name=n, direction=d, reference=r) for n, d, r in zip(NAMES, DIRECTIONS, [0, 20])],
+                  seed=0, measure=dict(batch=1, seq=64)), model=dict(num_blocks=3), teacher=dict(source=""))))
+  for arch, role, acc, lat in [("512_128_4_512_4", "baseline", 0.30, 5.0), ("256_64_2_384_2", "initial", 0.32, 2.0)]:
+    tid = store.start_trial(arch, role, role, 0, dict(params=1_000_000, flops=1e9), "wd")
+    store.finish_trial(tid, "ok", objectives=dict(mlm_accuracy=acc, latency_ms=lat),
+                       objective_se=dict(mlm_accuracy=0.003, latency_ms=0.05), distill=dict(eval_set="E"))
+  summary = report.write_report(str(tmp_path), store)
+  text = (tmp_path / "report.md").read_text()
+  assert "0.32 ± 0.003" in text and "beyond the noise" in text
+  assert summary["dominating_baseline"] == ["256_64_2_384_2"]
+  assert summary["pareto"][0]["mlm_accuracy_se"] == 0.003
+  json.dumps(summary)
