@@ -63,11 +63,11 @@ def arch_report(arch_name: str, cfg, blocks=None, seq=128, batch=1, dtype=None) 
 
   def encoder_fwd(state, ids):
     m = nnx.merge(graphdef, state)
-    out = m.encode(ids)
+    out = m.encode(ids, unroll=True)  # unrolled: XLA's cost analysis counts a loop body once
     return out["sequence_output"], out["pooled"]
 
   def pretrain_fwd(state, ids):
-    out = nnx.merge(graphdef, state)(ids)
+    out = nnx.merge(graphdef, state)(ids, unroll=True)
     return out["mlm_logits"], out["nsp_logits"]
 
   enc = compile_stats.compile_stats(encoder_fwd, state, ids)

@@ -77,9 +77,9 @@ def main(argv=None):
     return optax.apply_updates(s_state, updates), opt_state, loss
 
   mesh = sharding.make_mesh(jax.device_count(), 1)
-  s_sh = sharding.state_shardings(s_state, mesh)
+  s_sh = jax.tree.map(lambda _: sharding.NamedSharding(mesh, sharding.P()), s_state)  # one device here
   opt_state = tx.init(s_state)
-  opt_sh = sharding.state_shardings(opt_state, mesh)
+  opt_sh = jax.tree.map(lambda _: sharding.NamedSharding(mesh, sharding.P()), opt_state)
   ours = jax.jit(step, in_shardings=(s_sh, opt_sh, None, None), out_shardings=(s_sh, opt_sh, None))
   gb = sharding.global_batch(batch, mesh)
   s0, o0 = jax.device_put(s_state, s_sh), jax.device_put(opt_state, opt_sh)

@@ -41,3 +41,59 @@ def compile_stats(fn: Callable, *args, static_argnums=(), **kwargs) -> dict[str,
     )
     out["peak_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
   return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting compilations while code runs (jax.monitoring), for the trainer's wall-time split and
+# the tests' "a trial compiles a bounded number of programs" check.
+
+_EVENTS = {"/jax/core/compile/backend_compile_duration": "compile_s",
+           "/jax/core/compile/jaxpr_trace_duration": "trace_s",
+           "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s"}
+_COUNTS = {"/jax/compilation_cache/cache_hits": "cache_hits", "/jax/compilation_cache/cache_misses": "cache_misses"}
+_log: list[tuple[str, str, float]] = []  # (kind, function name, seconds), appended by the listeners
+_installed = False
+
+
+def _install() -> None:
+  global _installed
+  if _installed:
+    return
+  from jax import monitoring
+
+  def on_duration(event, duration, **kw):
+    if event in _EVENTS:
+      _log.append((_EVENTS[event], str(kw.get("fun_name", "")), float(duration)))
+
+  def on_event(event, **kw):
+    if event in _COUNTS:
+      _log.append((_COUNTS[event], "", 0.0))
+  monitoring.register_event_duration_secs_listener(on_duration)
+  monitoring.register_event_listener(on_event)
+  _installed = True
+
+
+class CompileLog:
+  """`with CompileLog() as c:` -> c.summary(): programs compiled (XLA backend compilations, persistent
+  cache hits included), seconds spent compiling / tracing / lowering, cache hits and misses, and
+  the compiled functions' names, for what ran inside the block (this process, all threads)."""
+
+  def __enter__(self):
+    _install()
+    self.start, self.end = len(_log), None
+    return self
+
+  def __exit__(self, *exc):
+    self.end = len(_log)
+    return False
+
+  def entries(self):
+    return _log[self.start:self.end if self.end is not None else len(_log)]
+
+  def summary(self) -> dict:
+    e = self.entries()
+    out = {k: sum(s for kind, _, s in e if kind == k) for k in ("compile_s", "trace_s", "lower_s")}
+    out["programs"] = sum(1 for kind, _, _ in e if kind == "compile_s")
+    out.update({k: sum(1 for kind, _, _ in e if kind == k) for k in ("cache_hits", "cache_misses")})
+    out["functions"] = sorted({name for kind, name, _ in e if kind == "compile_s"})
+    return out

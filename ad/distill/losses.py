@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from ad.models import layers, stack
+
 
 def gather_positions(x, positions):
   """x: [B, T, H], positions: [B, P] -> [B, P, H] (the masked positions' hidden states)."""
@@ -104,19 +106,22 @@ def pretraining_loss(s_mlm, t_mlm, s_nsp, batch, alpha: float, temperature: floa
 # Adapters and block mapping.
 
 class Adapters(nnx.Module):
-  """One dense H_s -> H_t per student block (003 section 3.3.2); identity where widths match.
+  """One dense H_s -> H_t per student block (003 section 3.3.2), stacked like the blocks;
+  identity where the widths match.
 
   They live beside the student, not inside it, so exported checkpoints never contain them.
   """
 
-  def __init__(self, num_blocks: int, student_hidden: int, teacher_hidden: int, rngs: nnx.Rngs):
+  def __init__(self, num_blocks: int, student_hidden: int, teacher_hidden: int, rngs: nnx.Rngs,
+               compute_dtype="float32"):
     self.identity = student_hidden == teacher_hidden
     if not self.identity:
-      self.dense = nnx.List([nnx.Linear(student_hidden, teacher_hidden, param_dtype=jnp.float32, rngs=rngs)
-                             for _ in range(num_blocks)])
+      self.dense = stack.stacked(num_blocks, lambda r: layers.Dense(student_hidden, teacher_hidden, compute_dtype, r),
+                                 rngs)
 
-  def __call__(self, k: int, h):
-    return h if self.identity else self.dense[k](h)
+  def __call__(self, k, h):
+    """Block k's adapter (k an int or a traced scalar): h [B, T, H_s] -> [B, T, H_t]."""
+    return h if self.identity else stack.at(self.dense, k)(h)
 
 
 def block_mapping(num_student_blocks: int, num_teacher_layers: int) -> list[int]:

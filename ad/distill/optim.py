@@ -12,6 +12,7 @@ import re
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -46,6 +47,48 @@ def warmup_linear_decay(lr: float, warmup: int, steps: int) -> optax.Schedule:
                                optax.linear_schedule(lr, 0.0, max(steps - warmup, 1))], [warmup])
 
 
-def decay_mask(tree):
-  """Weight decay on matrices only (not on biases, norms or the output bias)."""
-  return jax.tree.map(lambda x: getattr(x, "ndim", 0) >= 2, tree)
+def decay_mask_for(stacked):
+  """A weight-decay mask function for optax: matrices only (not biases, norms or output biases),
+  counting a stacked parameter's dimensions without its 'layers' axis."""
+  # `stacked` leads: under optax.multi_transform, another group's parameters arrive as MaskedNode.
+  return lambda params: jax.tree.map(lambda st, p: getattr(p, "ndim", 0) - int(bool(st)) >= 2, stacked, params)
+
+
+def stacked_leaves(module) -> dict:
+  """A pure tree like `nnx.state(module, nnx.Param).to_pure_dict()`: True where the parameter is
+  stacked on a leading 'layers' axis (ad/models/stack.py records it in the declared axes)."""
+  from flax import nnx
+  state = nnx.state(module, nnx.Param)
+  is_stacked = lambda v: (v.get_metadata().get("out_sharding") or (None,))[0] == "layers"
+  return jax.tree.map(is_stacked, state, is_leaf=lambda x: isinstance(x, nnx.Variable)).to_pure_dict()
+
+
+def _per_layer_norm(x, stacked: bool):
+  """||x|| per leaf, or per slice of the leading 'layers' axis (shape [K, 1, ...]) when stacked."""
+  x = x.astype(jnp.float32)
+  if stacked and x.ndim >= 1:
+    return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)), keepdims=True))
+  return jnp.sqrt(jnp.sum(jnp.square(x)))
+
+
+def scale_by_layerwise_trust_ratio(stacked) -> optax.GradientTransformation:
+  """LAMB's trust ratio ||p|| / ||u|| (1 where either is 0), one per layer's matrix: per
+  parameter, and per slice for parameters stacked on a 'layers' axis, so a stacked student
+  adapts exactly as one with separate block parameters would."""
+  def init(params):
+    del params
+    return optax.EmptyState()
+
+  def update(updates, state, params):
+    def one(u, p, st):
+      pn, un = _per_layer_norm(p, st), _per_layer_norm(u, st)
+      return u * jnp.where((pn > 0) & (un > 0), pn / jnp.maximum(un, 1e-30), 1.0).astype(u.dtype)
+    return jax.tree.map(one, updates, params, stacked), state
+  return optax.GradientTransformation(init, update)
+
+
+def lamb(schedule: optax.Schedule, weight_decay: float, stacked, eps: float = 1e-6) -> optax.GradientTransformation:
+  """optax.lamb's chain (Adam, decoupled weight decay on matrices, trust ratio, learning rate) with
+  the trust ratio per layer of stacked parameters. `stacked`: tree of bools like the parameters."""
+  return optax.chain(optax.scale_by_adam(eps=eps), optax.add_decayed_weights(weight_decay, mask=decay_mask_for(stacked)),
+                     scale_by_layerwise_trust_ratio(stacked), optax.scale_by_learning_rate(schedule))

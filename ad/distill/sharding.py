@@ -1,8 +1,9 @@
 """Mesh and logical-axis sharding for distillation (maxtext / flax lm1b style, small).
 
-Every parameter gets logical axis names from its path and shape; a short rule table maps
-logical names to mesh axes. A dimension that the mesh axis does not divide stays replicated,
-so any architecture of the design space runs on any mesh.
+Parameters declare logical axis names where they are made (ad/models/layers.param, and the
+'layers' axis that stacking prepends); `RULES` maps logical names to mesh axes. A dimension
+that its mesh axis does not divide stays replicated, so any architecture of the design space
+runs on any mesh. Optimizer states follow their parameters (optax.tree_map_params).
 
 Axis types are Auto (GSPMD propagation) on purpose: the student's einsums and the loss
 reductions would need a sharding annotation on every op under Explicit axes, and the
@@ -13,17 +14,15 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import optax
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-# logical name -> mesh axis
+# logical name -> mesh axis (names not listed: replicated)
 RULES = {
     "batch": "data",
     "vocab": "model",
     "mlp": "model",
-    "heads": None,
-    "embed": None,
-    "intra": None,
-    "length": None,
 }
 
 
@@ -56,48 +55,38 @@ def make_mesh(data: int, model: int, devices=None) -> jax.sharding.Mesh:
   return jax.make_mesh((data, model), ("data", "model"), axis_types=types, devices=devices)
 
 
-def logical_axes(path: tuple, shape: tuple) -> tuple:
-  """Logical axis names of one parameter, from its name (student, teacher or adapter)."""
-  name = "/".join(str(p) for p in path)
-  leaf = str(path[-1])
-  if leaf in ("word",):  # [V, E]
-    return ("vocab", "embed")
-  if leaf in ("mlm_extra",):  # [H - E, V]
-    return ("embed", "vocab")
-  if leaf == "mlm_bias":
-    return ("vocab",)
-  if "ffn" in name and leaf in ("w_in",):  # [F, Bn, I]
-    return (None, "intra", "mlp")
-  if "ffn" in name and leaf in ("b_in",):  # [F, I]
-    return (None, "mlp")
-  if "ffn" in name and leaf in ("w_out",):  # [F, I, Bn]
-    return (None, "mlp", "intra")
-  if "intermediate" in name and leaf == "kernel":  # teacher [H, I]
-    return ("embed", "mlp")
-  if "intermediate" in name and leaf == "bias":
-    return ("mlp",)
-  if path[-2:] and len(path) >= 2 and str(path[-2]) == "output" and leaf == "kernel":  # teacher [I, H]
-    return ("mlp", "embed")
-  return (None,) * len(shape)
-
-
-def spec_for(path: tuple, shape: tuple, mesh) -> P:
-  axes = []
-  for dim, name in zip(shape, logical_axes(path, shape)):
+def spec(axes, shape, mesh) -> P:
+  """Logical axis names (None: replicated) of one array -> its PartitionSpec on `mesh`."""
+  out = []
+  for dim, name in zip(shape, axes):
     mesh_axis = RULES.get(name) if name else None
     if mesh_axis is not None and dim % mesh.shape[mesh_axis] != 0:
       mesh_axis = None  # not divisible: replicate this dimension
-    axes.append(mesh_axis)
-  return P(*axes)
+    out.append(mesh_axis)
+  return P(*out)
 
 
-def state_shardings(state, mesh):
-  """A pytree of NamedShardings matching an NNX state (or any pytree of arrays with paths)."""
-  def one(path, x):
-    keys = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
-    keys = tuple(k for k in keys if k != "value")
-    return NamedSharding(mesh, spec_for(keys, np.shape(x), mesh))
-  return jax.tree_util.tree_map_with_path(one, state)
+def param_shardings(module: nnx.Module, mesh):
+  """NamedShardings for `nnx.state(module, nnx.Param).to_pure_dict()`, from the declared axes."""
+  state = nnx.state(module, nnx.Param)
+
+  def one(v):
+    axes = v.get_metadata().get("out_sharding") or (None,) * np.ndim(v.get_value())
+    return NamedSharding(mesh, spec(axes, np.shape(v.get_value()), mesh))
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable)).to_pure_dict()
+
+
+def opt_shardings(tx: optax.GradientTransformation, params, param_sh, mesh):
+  """Shardings of tx's state for `params`: parameter-shaped leaves follow their parameter, the
+  rest (step counts) are replicated."""
+  abstract = jax.eval_shape(tx.init, params)
+  replicated = NamedSharding(mesh, P())
+  return optax.tree_map_params(tx, lambda _, sh: sh, abstract, param_sh,
+                               transform_non_params=lambda _: replicated)
+
+
+def replicated_like(tree, mesh):
+  return jax.tree.map(lambda _: NamedSharding(mesh, P()), tree)
 
 
 def batch_sharding(mesh) -> NamedSharding:

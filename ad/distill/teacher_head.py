@@ -10,7 +10,7 @@ needs a teacher that predicts masked tokens, so `ad teacher prepare` runs:
 2. adaptation: continued MLM training of the whole model (encoder, embeddings, head) on the
    corpus's train split, masked-position logits only, AdamW with warm-up and linear decay,
    separate learning rates for the encoder and the head, in `adapt_dtype` (bf16 matmuls with
-   f32 accumulation, ad/models/precision.py); orbax checkpoints every `adapt_checkpoint_every`
+   f32 accumulation, ad/models/layers.py); orbax checkpoints every `adapt_checkpoint_every`
    steps, so a killed run resumes where it stopped;
 3. evaluation on the data config's held-out evaluation set (ad/distill/evaluation.py);
 4. save: orbax parameters + teacher.json + `hf/`, a Hugging Face BertForMaskedLM directory with
@@ -42,6 +42,7 @@ from flax import nnx
 
 from ad import files
 from ad.distill import evaluation, losses, optim
+from ad.distill.params import Rebuild, nonfinite
 from ad.models import hf, teacher as teacher_lib
 
 META_FILE = "teacher.json"
@@ -124,19 +125,19 @@ def adapt(model: teacher_lib.Bert, train_batches, *, steps: int, lr: float, head
   the batches already used. Returns dict(steps, resumed_from, train_s, last_loss).
   """
   from tqdm import tqdm
-  work = teacher_lib.Bert(dataclasses.replace(model.cfg, dtype=dtype), nnx.Rngs(0))
-  nnx.update(work, nnx.state(model, nnx.Param))
-  graphdef, params, rest = nnx.split(work, nnx.Param, ...)
+  work = with_compute_dtype(model, dtype)
+  model_of = Rebuild(work)
+  params = model_of.params
   groups = optim.labels(params, HEAD_RULES)
   adamw = lambda peak: optax.adamw(optim.warmup_linear_decay(peak, warmup_steps, steps), weight_decay=0.01,
-                                   mask=optim.decay_mask)
+                                   mask=optim.decay_mask_for(optim.stacked_leaves(work)))
   tx = optax.multi_transform({"encoder": adamw(lr), "head": adamw(head_lr)}, groups)
   opt_state = tx.init(params)
 
   @jax.jit
   def step(params, opt_state, b):
     def loss_fn(p):
-      m = nnx.merge(graphdef, p, rest)
+      m = model_of(p)
       h = m.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])["sequence_output"]
       logits = m.mlm_logits(losses.gather_positions(h, b["masked_positions"]))  # [B, P, V] f32
       w = b["masked_weights"]
@@ -175,14 +176,13 @@ def adapt(model: teacher_lib.Bert, train_batches, *, steps: int, lr: float, head
   finally:
     bar.close()
     mngr.close()
-  nnx.update(model, params)
+  nnx.update(model, nnx.state(model_of(params), nnx.Param))
   log(f"teacher adaptation: {steps - start} steps in {time.time() - t0:.0f}s, last loss {loss_v:.3f}")
   return dict(steps=steps, resumed_from=start, train_s=time.time() - t0, last_loss=loss_v)
 
 
 def _check_finite(params, where: str) -> None:
-  bad = [optim.path_str(p) for p, x in jax.tree_util.tree_leaves_with_path(params)
-         if not bool(jnp.all(jnp.isfinite(x)))]
+  bad = nonfinite(params)
   if bad:
     raise ValueError(f"{where}: non-finite values in {bad[:5]}; the checkpoint is damaged")
 
@@ -219,6 +219,22 @@ def load(prepared_dir: str) -> tuple[teacher_lib.Bert, dict]:
   _check_finite(params, params_dir)
   nnx.update(abstract, params)
   return abstract, meta
+
+
+_LOADED: dict[tuple, tuple] = {}
+
+
+def load_for_training(prepared_dir: str, dtype: str) -> tuple[teacher_lib.Bert, dict]:
+  """`load` in compute dtype `dtype`, kept in memory for the process: a search's trials share one
+  teacher instead of restoring and checking it again for each (keyed by directory and key)."""
+  meta = files.read_json(os.path.join(prepared_dir, META_FILE), "teacher.json") if os.path.isfile(
+      os.path.join(prepared_dir, META_FILE)) else {}
+  k = (os.path.realpath(prepared_dir), meta.get("key"), jnp.dtype(dtype).name)
+  if k not in _LOADED:
+    model, meta = load(prepared_dir)
+    _LOADED.clear()  # one teacher at a time
+    _LOADED[k] = (with_compute_dtype(model, dtype), meta)
+  return _LOADED[k]
 
 
 def settings_from_config(teacher_cfg) -> dict:

@@ -1,28 +1,35 @@
-"""Flash and regular distillation (003 section 3.3): one function, banner sections.
+"""Flash and regular distillation (003 section 3.3): `distill()` and the helpers it delegates to.
 
 Schedule: K progressive stages (stage k trains block k and its adapter on attention KL +
 feature MSE against the mapped teacher layer, blocks < k frozen; stage 0 also trains the
 embeddings, which feed block 0), then pre-training distillation of the whole student
-(MLM + MLM-KD + NSP, eq. 3) until the step budget. Flash and regular distillation are the
-same machinery with different step counts (config: distill.flash / distill.regular).
+(alpha MLM + (1 - alpha) MLM-KD + NSP, eq. 3) until the step budget. Flash and regular
+distillation are the same machinery with different step counts (distill.flash / .regular).
 
-Each stage has its own LAMB state (warm-up, then linear decay) over exactly the parameters
-it trains; frozen parameters are not differentiated at all, so they stay bit-for-bit equal.
-The progressive step of stage k is compiled once with k static: blocks after k and teacher
-layers after the mapped one are never run.
+Compiled programs, whatever K (one of each per run; the persistent cache serves re-runs):
+- one progressive step for all K stages. The stage k is data: the frozen blocks 0..k-1 and
+  teacher layers 0..m(k)-1 run forward in a while loop, block k and its adapter are indexed
+  dynamically from the stacked parameters, and which parameters move is a mask over the
+  parameter tree computed from k (STAGE_RULES);
+- one pre-training-distillation step (the blocks in a scan);
+- one optimizer initialization per optimizer (a stage starts with fresh LAMB moments and its
+  own warm-up and linear decay), one evaluation.
+Frozen parameters get an update of exactly zero, so they stay bit-for-bit equal.
 
-Resumable: orbax checkpoints every `checkpoint_every` steps and at stage boundaries hold the
-trainable parameters (student + adapters), the stage's optimizer state and the position; the
-data stream is deterministic for the seed, and a resumed run skips the batches already used.
-The frozen teacher is never checkpointed.
+Resumable: orbax checkpoints every `checkpoint_every` steps, at stage boundaries and on an
+interrupt hold the parameters (student + adapters), the stage's optimizer state and the
+position; the data stream is deterministic for the seed, and a resumed run skips the batches
+already used. The frozen teacher is never checkpointed. A workdir is locked while a run uses it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any, Callable
 
@@ -33,9 +40,17 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from ad.distill import evaluation, losses, sharding
+from ad import files, interrupt, multihost
+from ad.distill import evaluation, losses, optim, sharding
+from ad.distill.params import Rebuild, nonfinite, without
 
 RECIPES = ("autodistill", "mobilebert")
+PRETRAIN = "pretrain_distill"
+# Which parameters a progressive stage moves: the block and adapter slices of stage k, the
+# embeddings in stage 0 (the MobileBERT recipe also moves earlier ones, more slowly); never the
+# heads or the pooler. First match wins (optim.labels).
+STAGE_RULES = [(r"student/blocks/.*", "block"), (r"adapters/.*", "block"),
+               (r"student/embeddings/.*", "embeddings"), (r".*", "frozen")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +90,10 @@ class DistillConfig:
   def block_steps(self, num_blocks: int) -> int:
     return self.steps_per_block or max(1, round(self.progressive_ratio * self.pretrain_steps / num_blocks))
 
+  @property
+  def earlier_scale(self) -> float:
+    return self.earlier_blocks_lr_scale if self.recipe == "mobilebert" else 0.0
+
 
 def config_from(cfg_distill, schedule: str) -> DistillConfig:
   """distill section + one named schedule (distill.flash / distill.regular) -> DistillConfig."""
@@ -91,90 +110,194 @@ def config_from(cfg_distill, schedule: str) -> DistillConfig:
   return DistillConfig(**base)
 
 
-# ---------------------------------------------------------------------------------------------
-# Flat parameter dicts: {"student/blocks/0/query/kernel": array}. String keys keep optax,
-# orbax and the sharding rules simple, and make "which parameters train" a prefix test.
-
-def flatten(pure: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in pure.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(flatten(v, key + "/"))
-    else:
-      out[key] = v
-  return out
-
-
-def unflatten(flat: dict[str, Any]) -> dict:
-  out: dict = {}
-  for key, v in flat.items():
-    node = out
-    parts = [int(p) if p.isdigit() else p for p in key.split("/")]
-    for p in parts[:-1]:
-      node = node.setdefault(p, {})
-    node[parts[-1]] = v
-  return out
-
-
-def _params_of(module) -> dict:
-  return nnx.state(module, nnx.Param).to_pure_dict()
-
-
-def _merge(graphdef, abstract_state, pure):
-  state = jax.tree.map(lambda x: x, abstract_state)
-  nnx.replace_by_pure_dict(state, pure)
-  return nnx.merge(graphdef, state)
-
-
-def stage_trainable(stage: int, num_blocks: int, recipe_scale: float) -> Callable[[str], float]:
-  """key -> update scale for stage `stage` (0 = frozen). Stage num_blocks is pre-training distillation."""
-  def scale(key: str) -> float:
-    if stage == num_blocks:
-      return 1.0 if key.startswith("student/") else 0.0
-    if key.startswith(f"student/blocks/{stage}/") or key.startswith(f"adapters/dense/{stage}/"):
-      return 1.0
-    if stage == 0 and key.startswith("student/embeddings/"):
-      return 1.0
-    if recipe_scale > 0:
-      for j in range(stage):
-        if key.startswith(f"student/blocks/{j}/") or key.startswith(f"adapters/dense/{j}/"):
-          return recipe_scale
-      if key.startswith("student/embeddings/"):
-        return recipe_scale
-    return 0.0
-  return scale
-
-
-def make_optimizer(cfg: DistillConfig, steps: int, lr: float, scales: dict[str, float]):
-  """LAMB with linear warm-up to `lr` then linear decay to 0 over `steps`; `scales` multiplies
-  each parameter's update (the MobileBERT recipe's reduced rate for earlier blocks)."""
-  warmup = max(1, min(cfg.warmup_steps, steps - 1))
-  sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup),
-                                optax.linear_schedule(lr, 0.0, max(steps - warmup, 1))], [warmup])
-  tx = optax.lamb(sched, weight_decay=cfg.weight_decay,
-                  mask=lambda p: {k: np.ndim(v) >= 2 for k, v in p.items()})  # no decay on biases / norms
-  if any(v != 1.0 for v in scales.values()):
-    tx = optax.chain(tx, _scale_updates(scales))
-  return tx, sched
-
-
-def _scale_updates(scales: dict[str, float]) -> optax.GradientTransformation:
-  def init(params):
-    return optax.EmptyState()
-
-  def update(updates, state, params=None):
-    return {k: u * scales[k] for k, u in updates.items()}, state
-  return optax.GradientTransformation(init, update)
-
-
 class NonFiniteLossError(FloatingPointError):
   """A NaN or inf loss: names the step and stage."""
 
 
-def _stage_name(stage: int, num_blocks: int) -> str:
-  return "pretrain_distill" if stage == num_blocks else f"progressive_block_{stage}"
+# ---------------------------------------------------------------------------------------------
+# The stage plan.
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str  # progressive_block_<k> or pretrain_distill
+  block: int | None  # k for a progressive stage
+  start: int  # global steps [start, end)
+  end: int
+
+
+def stage_plan(dcfg: DistillConfig, num_blocks: int) -> list[Stage]:
+  out, g = [], 0
+  for k in range(num_blocks):
+    out.append(Stage(f"progressive_block_{k}", k, g, g + dcfg.block_steps(num_blocks)))
+    g = out[-1].end
+  out.append(Stage(PRETRAIN, None, g, g + dcfg.pretrain_steps))
+  return out
+
+
+def stage_at(plan: list[Stage], step: int) -> Stage:
+  return next(s for s in plan if s.start <= step < s.end)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run record, loss log, checkpoints.
+
+def check_run_record(workdir: str, record: dict, resume: bool) -> None:
+  """A workdir holds one run: refuse another without --resume, and a --resume of a different one."""
+  path = os.path.join(workdir, "run.json")
+  if os.path.exists(path):
+    old = files.read_json(path, "run record")
+    if not resume:
+      raise FileExistsError(f"{workdir} already holds a distillation run ({old.get('arch')}, {old.get('schedule')}); "
+                            "pass --resume to continue it or choose a new --workdir")
+    diff = sorted(k for k in record if json.dumps(record[k], sort_keys=True) != json.dumps(old.get(k), sort_keys=True))
+    if diff:
+      raise ValueError(f"{path}: cannot resume, the config differs in {diff}")
+  multihost.sync("ad_distill_run_record")  # every host has looked before the main host writes
+  if not os.path.exists(path) and multihost.is_main():
+    files.write_json(path, record)
+
+
+class LossLog:
+  """losses.jsonl: one JSON line per step, appended. On resume the lines of steps after the
+  checkpoint (about to be recomputed) are cut off by truncation, never by rewriting the file."""
+
+  def __init__(self, path: str, next_step: int, enabled: bool):
+    self.path, self.enabled = path, enabled
+    if enabled and os.path.exists(path):
+      keep = 0
+      with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+          if not line.strip():
+            break
+          try:
+            step = json.loads(line)["step"]
+          except (ValueError, KeyError):
+            raise files.BadFileError(f"{path}: line {n} is not a loss record (JSON with 'step'); the file is damaged "
+                                     "(delete it to keep the run, the checkpoints do not depend on it)") from None
+          if step >= next_step:
+            break
+          keep += len(line)
+      os.truncate(path, keep)
+
+  def append(self, rec: dict) -> None:
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+class Checkpoints:
+  """orbax checkpoints of (params, optimizer state, position) in `directory`."""
+
+  def __init__(self, directory: str, keep: int):
+    self.directory = directory
+    if multihost.is_main():  # what a killed save left behind
+      for stale in glob.glob(os.path.join(directory, "*.orbax-checkpoint-tmp*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    self.mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+  def latest(self) -> int | None:
+    return self.mngr.latest_step()
+
+  def save(self, step: int, params, opt_state, meta: dict) -> None:
+    self.mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                 opt=ocp.args.StandardSave(opt_state), meta=ocp.args.JsonSave(meta)),
+                   force=True)
+    self.mngr.wait_until_finished()
+
+  def restore(self, step: int, **abstract) -> dict:
+    """Restores the named items ('meta', or 'params'/'opt' given abstract targets with shardings);
+    a failure or a non-finite parameter is an error naming the checkpoint."""
+    where = os.path.join(self.directory, str(step))
+    args = {k: ocp.args.JsonRestore() if v is None else ocp.args.StandardRestore(v) for k, v in abstract.items()}
+    try:
+      out = self.mngr.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # orbax/tensorstore raise many types for a damaged or foreign checkpoint
+      raise files.BadFileError(f"{where}: cannot restore {sorted(abstract)} ({type(e).__name__}: {str(e)[:300]}); "
+                               "delete the damaged step directory to resume from an earlier one") from None
+    if "params" in out:
+      bad = nonfinite(out["params"])
+      if bad:
+        raise files.BadFileError(f"{where}: non-finite parameters {bad[:5]}; the checkpoint is damaged")
+    return out
+
+  def close(self) -> None:
+    self.mngr.close()
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+# ---------------------------------------------------------------------------------------------
+# The losses of the two step functions.
+
+def stage_mask(updates, labels, k, num_blocks: int, earlier_scale: float):
+  """Scales the updates of progressive stage k (k traced) by label (STAGE_RULES): stacked
+  block/adapter slice k by 1, earlier slices by `earlier_scale` (the MobileBERT recipe; 0
+  otherwise), the embeddings by 1 in stage 0 (else `earlier_scale`), everything else by 0."""
+  j = jnp.arange(num_blocks)
+  scales = {"block": (j == k).astype(jnp.float32) + (j < k).astype(jnp.float32) * earlier_scale,  # [K]
+            "embeddings": jnp.where(k == 0, 1.0, earlier_scale), "frozen": jnp.zeros(())}
+
+  def one(u, lab):
+    s = scales[lab]
+    return u * s.reshape(s.shape + (1,) * (u.ndim - s.ndim)).astype(u.dtype)
+  return jax.tree.map(one, updates, labels)
+
+
+def _progressive_loss(dcfg, num_blocks, mapping, student_of, adapters_of, teacher_of):
+  """loss(params, teacher_params, batch, k) of progressive stage k (eq. 1 + eq. 2)."""
+  earlier_trainable = dcfg.earlier_scale > 0
+
+  def loss_fn(params, t_params, b, k):
+    from ad.models import stack
+    from ad.models.student import mask_to_bias
+    mask_bias = mask_to_bias(b["attention_mask"])
+    s, a, t = student_of(params["student"]), adapters_of(params["adapters"]), teacher_of(t_params)
+    # Teacher: layers 0..m-1 in a loop, then layer m with its attention probabilities.
+    m = mapping[k]
+    th = stack.run_first(t.layers, lambda layer, h: layer(h, mask_bias)[0],
+                         t.embed(b["input_ids"], b["token_type_ids"]), m)
+    th, tp = jax.lax.stop_gradient(t.block(m)(th, mask_bias))
+    emb = s.embed(b["input_ids"], b["token_type_ids"])
+    if earlier_trainable:  # the MobileBERT recipe trains earlier blocks too: differentiate through all
+      step = lambda block, h: (lambda out: (out[0], out))(block(h, mask_bias))
+      _, (hs, ps) = stack.scan(s.blocks, step, emb)
+      sh, sp = jnp.take(hs, k, axis=0), jnp.take(ps, k, axis=0)
+    else:  # blocks < k are frozen: forward only (stopped parameters), then block k
+      frozen = student_of(jax.lax.stop_gradient(params["student"]))
+      prefix = stack.run_first(frozen.blocks, lambda block, h: block(h, mask_bias)[0], jax.lax.stop_gradient(emb), k)
+      sh, sp = s.block(k)(jnp.where(k == 0, emb, prefix), mask_bias)
+    mha = losses.attention_kl(tp, sp, b["attention_mask"])
+    adapted = a(k, sh)
+    if dcfg.recipe == "mobilebert":
+      # MobileBERT's weights (hidden MSE 100, attention 1, mean 5000, variance 5), over the layer count.
+      mse, mean_t, var_t = losses.mobilebert_feature_loss(th, adapted, b["attention_mask"])
+      total = (100 * mse + mha + 5000 * mean_t + 5 * var_t) / num_blocks
+      return total, dict(mha=mha, fm=mse, fm_mean=mean_t, fm_var=var_t)
+    fm = losses.feature_mse(th, adapted, b["attention_mask"])
+    return dcfg.mha_weight * mha + dcfg.fm_weight * fm, dict(mha=mha, fm=fm)
+  return loss_fn
+
+
+def _pretrain_loss(dcfg, student_of, teacher_of):
+  """loss(student_params, teacher_params, batch) of pre-training distillation (eq. 3)."""
+  def loss_fn(s_params, t_params, b):
+    s, t = student_of(s_params), teacher_of(t_params)
+    so = s.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
+    s_mlm = s.mlm_logits(losses.gather_positions(so["sequence_output"], b["masked_positions"]))
+    s_nsp = s.nsp_logits(so["pooled"])
+    to = t.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
+    t_mlm = jax.lax.stop_gradient(t.mlm_logits(losses.gather_positions(to["sequence_output"], b["masked_positions"])))
+    total, terms = losses.pretraining_loss(s_mlm, t_mlm, s_nsp, b, dcfg.alpha, dcfg.temperature)
+    w = b["masked_weights"]
+    terms["mlm_acc"] = ((jnp.argmax(s_mlm, -1) == b["masked_ids"]) * w).sum() / jnp.maximum(w.sum(), 1.0)
+    return total, terms
+  return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# distill()
 
 def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: Callable = print,
             progress: bool = True, save_student: bool = False, export_dir: str | None = None) -> dict:
@@ -183,303 +306,256 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   save_student: also write the final student alone (no adapters, no optimizer) as an orbax
   checkpoint in `workdir/student`; export_dir: also export it in HF MobileBERT format there.
   """
-  import tensorflow as tf  # TensorBoard summaries; ad.data has already hidden accelerators from TF
+  from profiling.compile_stats import CompileLog
+  workdir = os.path.abspath(workdir)
+  lock = files.DirectoryLock(workdir, "distillation workdir") if multihost.is_main() else None
+  with CompileLog() as compiles:
+    if lock:
+      lock.__enter__()
+    try:
+      metrics = _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, export_dir, compiles)
+    finally:
+      if lock:
+        lock.__exit__(None, None, None)
+  return metrics
+
+
+def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, export_dir, compiles) -> dict:
+  import tensorflow as tf  # TensorBoard summaries
   from tqdm import tqdm
 
   from ad.data import pretrain
   from ad.distill import teacher_head
   from ad.models import student as student_lib
+  from profiling.compile_stats import CompileLog
 
   t_start = time.time()
   dcfg = config_from(cfg.distill, schedule)
   data_cfg = pretrain.config_from_dict(cfg.data)
   scfg = student_lib.config_from_dict(arch, cfg.model)
   K = scfg.num_blocks
-  workdir = os.path.abspath(workdir)
+  is_main = multihost.is_main()
   os.makedirs(workdir, exist_ok=True)
-  is_main = jax.process_index() == 0  # one host writes logs and reports; orbax coordinates checkpoints
-
-  # ---- run record: a workdir holds one run; --resume must continue the same one ------------------
-  record = dict(arch=scfg.arch.name, schedule=schedule, distill=dataclasses.asdict(dcfg), data=repr(data_cfg),
-                model=repr(scfg), teacher=dict(cfg.teacher))
-  record_path = os.path.join(workdir, "run.json")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  existed = os.path.exists(record_path)
-  if existed:
-    with open(record_path) as f:
-      old = json.load(f)
-    if not resume:
-      raise FileExistsError(f"{workdir} already holds a distillation run ({old['arch']}, {old['schedule']}); "
-                            "pass --resume to continue it or choose a new --workdir")
-    diff = sorted(k for k in record if json.dumps(record[k], sort_keys=True) != json.dumps(old.get(k), sort_keys=True))
-    if diff:
-      raise ValueError(f"{record_path}: cannot resume, the config differs in {diff}")
-  if jax.process_count() > 1:  # every host has looked before the main host writes
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("ad_distill_run_record")
-  if not existed and is_main:
-    with open(record_path, "w") as f:
-      json.dump(record, f, indent=2)
+  check_run_record(workdir, dict(arch=scfg.arch.name, schedule=schedule, distill=dataclasses.asdict(dcfg),
+                                 data=repr(data_cfg), model=repr(scfg), teacher=dict(cfg.teacher)), resume)
 
   # ---- mesh ----------------------------------------------------------------------------------
-  n_dev = jax.device_count()
-  mesh_data = dcfg.mesh_data or n_dev // dcfg.mesh_model
+  mesh_data = dcfg.mesh_data or jax.device_count() // dcfg.mesh_model
   mesh = sharding.make_mesh(mesh_data, dcfg.mesh_model)
   if dcfg.batch_size % mesh_data:
     raise ValueError(f"distill.batch_size={dcfg.batch_size} is not divisible by the mesh's data axis ({mesh_data})")
-  per_host = dcfg.batch_size // jax.process_count()
 
-  # ---- teacher (frozen, never checkpointed here) ------------------------------------------------
+  # ---- teacher (frozen, never checkpointed here), in the student's compute dtype ------------------
   teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log, progress=progress)
-  teacher, teacher_meta = teacher_head.load(teacher_dir)
-  teacher = teacher_head.with_compute_dtype(teacher, scfg.dtype)  # runs in the student's compute dtype
+  teacher, teacher_meta = teacher_head.load_for_training(teacher_dir, scfg.dtype)
   L, Ht, _ = losses.teacher_dims(teacher)
-  mapping = losses.block_mapping(K, L)
+  mapping = jnp.asarray(losses.block_mapping(K, L), jnp.int32)
   if teacher.cfg.vocab_size != scfg.vocab_size:
     raise ValueError(f"teacher vocab {teacher.cfg.vocab_size} != student vocab {scfg.vocab_size} (config.model.vocab_size)")
 
-  # ---- data: per-host shard, deterministic for the seed ----------------------------------------
+  # ---- data: per-host shard, deterministic for the seed; the fixed evaluation set ---------------
   vocab = pretrain.load_vocab(data_cfg, teacher_meta["source_dir"])
   task = pretrain.make_task(data_cfg, vocab, min(scfg.max_positions, teacher.cfg.max_positions), scfg.vocab_size)
   eval_set = evaluation.build_eval_set(data_cfg, vocab, log=log)
   teacher_top1, teacher_scores = evaluation.teacher_reference(teacher_dir, teacher, eval_set, log=log)
+  plan = stage_plan(dcfg, K)
+  total_steps = plan[-1].end
+  per_host = dcfg.batch_size // jax.process_count()
 
-  def stream(split: str, batch_size: int, count: int, shard: bool):
-    where = (jax.process_index(), jax.process_count()) if shard else (0, 1)
-    if count * batch_size * data_cfg.seq_len <= pretrain.CACHE_MAX_TOKENS:  # small run: memoized in-process
-      return iter(pretrain.cached_batches(task, data_cfg, split, batch_size, count, *where))
-    return pretrain.batches(task, data_cfg, split, batch_size, *where)
+  def train_stream():
+    where = (jax.process_index(), jax.process_count())
+    if total_steps * per_host * data_cfg.seq_len <= pretrain.CACHE_MAX_TOKENS:  # small run: memoized in-process
+      return iter(pretrain.cached_batches(task, data_cfg, "train", per_host, total_steps, *where))
+    return pretrain.batches(task, data_cfg, "train", per_host, *where)
 
-  # ---- student, adapters -----------------------------------------------------------------------
-  student = student_lib.Student(scfg, nnx.Rngs(dcfg.seed))
-  losses.init_embeddings_from_teacher(student, teacher)
-  adapters = losses.Adapters(K, scfg.arch.hidden, Ht, nnx.Rngs(dcfg.seed + 1))
-  s_gd, s_state = nnx.split(student)
-  a_gd, a_state = nnx.split(adapters)
-  t_gd, t_state = nnx.split(teacher)
-  abstract = lambda st: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), st)
-  s_tmpl, a_tmpl = abstract(s_state), abstract(a_state)
-  params = {**flatten(_params_of(student), "student/"), **flatten(_params_of(adapters), "adapters/")}
-  # Zero-size parameters (mlm_extra when embedding == hidden) carry nothing to train or save.
-  empty = {k: v for k, v in params.items() if np.size(v) == 0}
-  params = {k: v for k, v in params.items() if k not in empty}
+  # ---- student, adapters, their parameter trees and shardings -------------------------------------
+  make_student = lambda: student_lib.Student(scfg, nnx.Rngs(dcfg.seed))
+  make_adapters = lambda: losses.Adapters(K, scfg.arch.hidden, Ht, nnx.Rngs(dcfg.seed + 1), scfg.dtype)
+  student_abs, adapters_abs = nnx.eval_shape(make_student), nnx.eval_shape(make_adapters)
+  student_of, adapters_of, teacher_of = Rebuild(student_abs), Rebuild(adapters_abs), Rebuild(teacher)
+  param_sh = dict(student=without(sharding.param_shardings(student_abs, mesh), student_of.empty),
+                  adapters=sharding.param_shardings(adapters_abs, mesh))
+  stacked = dict(student=without(optim.stacked_leaves(student_abs), student_of.empty),
+                 adapters=optim.stacked_leaves(adapters_abs))
+  # From host memory: every process holds the same teacher values, and device_put onto a mesh
+  # that spans other hosts' devices takes host arrays.
+  t_params = jax.device_put(jax.device_get(teacher_of.params), sharding.param_shardings(teacher, mesh))
 
-  # ---- shard -----------------------------------------------------------------------------------
-  # From host memory: every process holds the same initial values, and device_put onto a
-  # mesh that spans other hosts' devices takes host arrays.
-  param_sh = sharding.state_shardings(params, mesh)
-  params = jax.device_put(jax.device_get(params), param_sh)
-  t_state = jax.device_put(jax.device_get(t_state), sharding.state_shardings(t_state, mesh))
+  def init_params(t_params):  # one compiled program, made directly in its shardings (flax lm1b's way)
+    student, adapters = make_student(), make_adapters()
+    losses.init_embeddings_from_teacher(student, teacher_of(t_params))
+    return dict(student=without(nnx.state(student).to_pure_dict(), student_of.empty),
+                adapters=nnx.state(adapters).to_pure_dict())
+  params = jax.jit(init_params, out_shardings=param_sh)(t_params)
+  labels = optim.labels(params, STAGE_RULES)
 
-  def build(p: dict):
-    p = {**empty, **p}
-    s = _merge(s_gd, s_tmpl, unflatten({k[8:]: v for k, v in p.items() if k.startswith("student/")}))
-    a = _merge(a_gd, a_tmpl, unflatten({k[9:]: v for k, v in p.items() if k.startswith("adapters/")}))
-    return s, a
+  # ---- optimizers and the two step functions (each compiled once) ---------------------------------
+  prog_steps = dcfg.block_steps(K)
+  prog_lr = optim.warmup_linear_decay(dcfg.progressive_lr or dcfg.lr, dcfg.warmup_steps, prog_steps)
+  pre_lr = optim.warmup_linear_decay(dcfg.lr, dcfg.warmup_steps, dcfg.pretrain_steps)
+  tx_prog = optim.lamb(prog_lr, dcfg.weight_decay, stacked)
+  tx_pre = optim.lamb(pre_lr, dcfg.weight_decay, stacked["student"])
+  prog_opt_sh = sharding.opt_shardings(tx_prog, params, param_sh, mesh)
+  pre_opt_sh = sharding.opt_shardings(tx_pre, params["student"], param_sh["student"], mesh)
+  init_prog = jax.jit(tx_prog.init, out_shardings=prog_opt_sh)
+  init_pre = jax.jit(tx_pre.init, out_shardings=pre_opt_sh)
+  prog_loss = _progressive_loss(dcfg, K, mapping, student_of, adapters_of, teacher_of)
+  pre_loss = _pretrain_loss(dcfg, student_of, teacher_of)
 
-  # ---- steps -----------------------------------------------------------------------------------
-  def progressive_loss(k: int):
-    t_layer = mapping[k]
+  def progressive_step(params, opt_state, t_params, b, k):
+    (loss, terms), g = jax.value_and_grad(prog_loss, has_aux=True)(params, t_params, b, k)
+    updates, opt_state = tx_prog.update(g, opt_state, params)
+    updates = stage_mask(updates, labels, k, K, dcfg.earlier_scale)
+    return optax.apply_updates(params, updates), opt_state, loss, terms
 
-    def loss_fn(trainable, frozen, t_state, b):
-      s, a = build({**frozen, **trainable})
-      so = s.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"], num_blocks=k + 1)
-      to = jax.lax.stop_gradient(
-          nnx.merge(t_gd, t_state).encode(b["input_ids"], b["token_type_ids"], b["attention_mask"],
-                                          num_blocks=t_layer + 1))
-      mha = losses.attention_kl(to["attentions"][t_layer], so["attentions"][k], b["attention_mask"])
-      adapted = a(k, so["hidden_states"][k])
-      if dcfg.recipe == "mobilebert":
-        # MobileBERT's weights (hidden MSE 100, attention 1, mean 5000, variance 5), over the layer count.
-        mse, mean_t, var_t = losses.mobilebert_feature_loss(to["hidden_states"][t_layer], adapted, b["attention_mask"])
-        total = (100 * mse + mha + 5000 * mean_t + 5 * var_t) / K
-        return total, dict(mha=mha, fm=mse, fm_mean=mean_t, fm_var=var_t)
-      fm = losses.feature_mse(to["hidden_states"][t_layer], adapted, b["attention_mask"])
-      return dcfg.mha_weight * mha + dcfg.fm_weight * fm, dict(mha=mha, fm=fm)
-    return loss_fn
+  def pretrain_step(s_params, opt_state, t_params, b):
+    (loss, terms), g = jax.value_and_grad(pre_loss, has_aux=True)(s_params, t_params, b)
+    updates, opt_state = tx_pre.update(g, opt_state, s_params)
+    return optax.apply_updates(s_params, updates), opt_state, loss, terms
 
-  def pretrain_loss(trainable, frozen, t_state, b):
-    s, _ = build({**frozen, **trainable})
-    so = s.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-    s_mlm = s.mlm_logits(losses.gather_positions(so["sequence_output"], b["masked_positions"]))
-    s_nsp = s.nsp_logits(so["pooled"])
-    teacher_m = nnx.merge(t_gd, t_state)
-    to = teacher_m.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-    t_mlm = jax.lax.stop_gradient(teacher_m.mlm_logits(losses.gather_positions(to["sequence_output"], b["masked_positions"])))
-    total, terms = losses.pretraining_loss(s_mlm, t_mlm, s_nsp, b, dcfg.alpha, dcfg.temperature)
-    w = b["masked_weights"]
-    terms["mlm_acc"] = ((jnp.argmax(s_mlm, -1) == b["masked_ids"]) * w).sum() / jnp.maximum(w.sum(), 1.0)
-    return total, terms
-
-  step_fns: dict[str, Any] = {}
-
-  def make_stage(stage: int):
-    """(jitted step, tx, schedule, trainable keys) for one stage."""
-    scale_of = stage_trainable(stage, K, dcfg.earlier_blocks_lr_scale if dcfg.recipe == "mobilebert" else 0.0)
-    keys = sorted(k for k in params if scale_of(k) > 0)
-    scales = {k: scale_of(k) for k in keys}
-    steps = dcfg.pretrain_steps if stage == K else dcfg.block_steps(K)
-    lr = dcfg.lr if stage == K or not dcfg.progressive_lr else dcfg.progressive_lr
-    tx, sched = make_optimizer(dcfg, steps, lr, scales)
-    loss_fn = pretrain_loss if stage == K else progressive_loss(stage)
-    train_sh = {k: param_sh[k] for k in keys}
-    frozen_sh = {k: v for k, v in param_sh.items() if k not in scales}
-    opt_sh = sharding.state_shardings(jax.eval_shape(tx.init, {k: params[k] for k in keys}), mesh)
-
-    def step(trainable, frozen, opt_state, t_state, b):
-      (loss, terms), g = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, t_state, b)
-      updates, opt_state = tx.update(g, opt_state, trainable)
-      return optax.apply_updates(trainable, updates), opt_state, loss, terms
-
-    jitted = jax.jit(step, donate_argnums=(0, 2),
-                     in_shardings=(train_sh, frozen_sh, opt_sh, None, None),
-                     out_shardings=(train_sh, opt_sh, None, None))
-    step_fns[_stage_name(stage, K)] = jitted
-    return jitted, tx, sched, keys, opt_sh
+  prog_jit = jax.jit(progressive_step, donate_argnums=(0, 1),
+                     in_shardings=(param_sh, prog_opt_sh, None, None, None),
+                     out_shardings=(param_sh, prog_opt_sh, None, None))
+  pre_jit = jax.jit(pretrain_step, donate_argnums=(0, 1),
+                    in_shardings=(param_sh["student"], pre_opt_sh, None, None),
+                    out_shardings=(param_sh["student"], pre_opt_sh, None, None))
 
   # ---- checkpoints, logs -----------------------------------------------------------------------
-  stage_steps = [dcfg.block_steps(K)] * K + [dcfg.pretrain_steps]
-  bounds = np.cumsum([0] + stage_steps)  # stage s covers [bounds[s], bounds[s + 1])
-  total_steps = int(bounds[-1])
-  stage_of = lambda g: int(np.searchsorted(bounds, g, side="right") - 1)
-  mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=dcfg.keep_checkpoints, create=True))
-  losses_path = os.path.join(workdir, "losses.jsonl")
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), dcfg.keep_checkpoints)
   next_step, restored_opt = 0, None
-  if resume and mngr.latest_step() is not None:
-    last = mngr.latest_step()
-    meta = mngr.restore(last, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    next_step = int(meta["next_step"])
-    params = mngr.restore(last, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                                     params, param_sh))))["params"]
-    if next_step < total_steps and next_step > 0 and stage_of(next_step) == stage_of(next_step - 1):
+  if resume and ckpts.latest() is not None:
+    last = ckpts.latest()
+    next_step = int(ckpts.restore(last, meta=None)["meta"]["next_step"])
+    params = ckpts.restore(last, params=_abstract(params, param_sh))["params"]
+    if 0 < next_step < total_steps and stage_at(plan, next_step) == stage_at(plan, next_step - 1):
       restored_opt = last  # mid-stage: the saved optimizer state belongs to this stage
-    log(f"distill: resuming {scfg.arch.name} at step {next_step}/{total_steps} from {ckpt_dir}")
+    log(f"distill: resuming {scfg.arch.name} at step {next_step}/{total_steps} from {ckpts.directory}")
   elif resume:
-    log(f"distill: --resume given but {ckpt_dir} has no checkpoint; starting from step 0")
-  # Steps past the checkpoint are recomputed; drop their log lines.
-  history = []
-  if os.path.exists(losses_path):
-    with open(losses_path) as f:
-      history = [json.loads(l) for l in f if l.strip()]
-    history = [h for h in history if h["step"] < next_step]
-  if is_main:
-    with open(losses_path, "w") as f:
-      f.writelines(json.dumps(h) + "\n" for h in history)
-  train_iter = stream("train", per_host, total_steps, shard=True)
-  for _ in range(next_step):  # the data stream is deterministic: skip what was already used
-    next(train_iter)
-  writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+    log(f"distill: --resume given but {ckpts.directory} has no checkpoint; starting from step 0")
+  loss_log = LossLog(os.path.join(workdir, "losses.jsonl"), next_step, is_main)
+  train_iter = train_stream()
+  for i in range(next_step):  # the data stream is deterministic: skip what was already used
+    if next(train_iter, None) is None:
+      raise ValueError(f"{ckpts.directory}: the checkpoint is at step {next_step}, but the training stream of "
+                       f"data.sources={list(data_cfg.sources)} ends after {i} batches")
+  writer = tf.summary.create_file_writer(os.path.join(workdir, "tb")) if is_main else None
 
-  def save(g_next: int, opt_state) -> None:
-    mngr.save(g_next, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), opt=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(dict(next_step=g_next, stage=_stage_name(stage_of(min(g_next, total_steps - 1)), K),
-                                    arch=scfg.arch.name))), force=True)
-    mngr.wait_until_finished()
+  def save(g: int, opt_state) -> float:
+    t = time.time()
+    ckpts.save(g, params, opt_state, dict(next_step=g, stage=stage_at(plan, min(g, total_steps - 1)).name,
+                                          arch=scfg.arch.name))
+    return time.time() - t
 
   # ---- loop ------------------------------------------------------------------------------------
   bar = tqdm(total=total_steps, initial=next_step, disable=not (progress and is_main), dynamic_ncols=True,
-             desc=f"{scfg.arch.name}")
-  t_loop, tokens = time.time(), 0
-  setup_s = t_loop - t_start  # teacher, data pipeline, student init, sharding
-  g = next_step
-  try:
-    while g < total_steps:
-      stage = stage_of(g)
-      name = _stage_name(stage, K)
-      step_fn, tx, sched, keys, opt_sh = make_stage(stage)
-      trainable = {k: params[k] for k in keys}
-      frozen = {k: v for k, v in params.items() if k not in trainable}
-      if restored_opt is not None:
-        abstract_opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                    jax.eval_shape(tx.init, trainable), opt_sh)
-        opt_state = mngr.restore(restored_opt, args=ocp.args.Composite(opt=ocp.args.StandardRestore(abstract_opt)))["opt"]
-        restored_opt = None
-      else:
-        opt_state = jax.device_put(tx.init(trainable), opt_sh)
-      bar.set_description(f"{scfg.arch.name} {name} ({stage + 1}/{K + 1})")
-      end = int(bounds[stage + 1])
-      while g < end:
-        local = next(train_iter)
-        b = sharding.global_batch(local, mesh)
-        try:
-          trainable, opt_state, loss, terms = step_fn(trainable, frozen, opt_state, t_state, b)
-        except jax.errors.JaxRuntimeError as e:
-          if "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e):
-            raise MemoryError(f"architecture {scfg.arch.name} ({K} blocks, batch {dcfg.batch_size}, seq "
-                              f"{data_cfg.seq_len}) does not fit in device memory during {name}: {e}") from e
-          raise
-        loss_v = float(loss)
-        if not math.isfinite(loss_v):
-          raise NonFiniteLossError(f"non-finite loss {loss_v} at step {g} (stage {name}, step {g - bounds[stage]} of "
-                                   f"{stage_steps[stage]}) for {scfg.arch.name}; lower distill.lr or check the data")
-        rec = dict(step=g, stage=name, loss=loss_v, lr=float(sched(g - bounds[stage])),
-                   **{k: float(v) for k, v in terms.items()})
-        if is_main:
-          with open(losses_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        tokens += int(local["attention_mask"].sum()) * jax.process_count()
-        if is_main and (g % dcfg.log_every == 0 or g == end - 1):
-          with writer.as_default(step=g):
-            for k, v in rec.items():
-              if k not in ("step", "stage"):
-                tf.summary.scalar(f"{name}/{k}" if k not in ("loss", "lr") else k, v)
+             desc=scfg.arch.name)
+  t_loop, tokens, ckpt_s, g = time.time(), 0, 0.0, next_step
+  setup_s = t_loop - t_start  # teacher, data pipeline, evaluation set, student init, sharding
+  with CompileLog() as loop_compiles:
+    try:
+      while g < total_steps:
+        stage = stage_at(plan, g)
+        progressive = stage.block is not None
+        opt_sh = prog_opt_sh if progressive else pre_opt_sh
+        trainable = params if progressive else params["student"]
+        if restored_opt is not None:
+          abstract_opt = _abstract(jax.eval_shape(tx_prog.init if progressive else tx_pre.init, trainable), opt_sh)
+          opt_state = ckpts.restore(restored_opt, opt=abstract_opt)["opt"]
+          restored_opt = None
+        else:
+          opt_state = (init_prog if progressive else init_pre)(trainable)
+        bar.set_description(f"{scfg.arch.name} {stage.name} ({plan.index(stage) + 1}/{len(plan)})")
+        k = jnp.asarray(stage.block if progressive else 0, jnp.int32)
+        while g < stage.end:
+          local = next(train_iter)
+          b = sharding.global_batch(local, mesh)
+          try:
+            if progressive:
+              params, opt_state, loss, terms = prog_jit(params, opt_state, t_params, b, k)
+            else:
+              s_params, opt_state, loss, terms = pre_jit(params["student"], opt_state, t_params, b)
+              params = dict(params, student=s_params)
+          except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e):
+              raise MemoryError(f"architecture {scfg.arch.name} ({K} blocks, batch {dcfg.batch_size}, seq "
+                                f"{data_cfg.seq_len}) does not fit in device memory during {stage.name}: {e}") from e
+            raise
+          loss_v = float(loss)
+          if not math.isfinite(loss_v):
+            raise NonFiniteLossError(f"non-finite loss {loss_v} at step {g} (stage {stage.name}, step {g - stage.start} "
+                                     f"of {stage.end - stage.start}) for {scfg.arch.name}; lower distill.lr or check "
+                                     "the data")
+          lr = float((prog_lr if progressive else pre_lr)(g - stage.start))
+          rec = dict(step=g, stage=stage.name, loss=loss_v, lr=lr, **{n: float(v) for n, v in terms.items()})
+          loss_log.append(rec)
+          tokens += int(local["attention_mask"].sum()) * jax.process_count()
+          if writer is not None and (g % dcfg.log_every == 0 or g == stage.end - 1):
+            with writer.as_default(step=g):
+              for n, v in rec.items():
+                if n not in ("step", "stage"):
+                  tf.summary.scalar(f"{stage.name}/{n}" if n not in ("loss", "lr") else n, v)
           bar.set_postfix(loss=f"{loss_v:.4f}")
-        g += 1
-        bar.update(1)
-        params.update(trainable)
-        if g % dcfg.checkpoint_every == 0 or g == end:
-          save(g, opt_state)
-  finally:
-    bar.close()
-    writer.flush()
-  train_s = time.time() - t_loop
+          g += 1
+          bar.update(1)
+          saved = g % dcfg.checkpoint_every == 0 or g == stage.end
+          if saved:
+            ckpt_s += save(g, opt_state)
+          if interrupt.requested():  # Ctrl-C / SIGTERM: leave a checkpoint at this step, then stop
+            if not saved:
+              ckpt_s += save(g, opt_state)
+            interrupt.check(f"step {g} of {scfg.arch.name} (checkpoint saved; --resume continues)")
+    finally:
+      bar.close()
+      if writer is not None:
+        writer.flush()
+  loop_s = time.time() - t_loop
+  in_loop = loop_compiles.summary()
+  ckpts.close()
 
-  # ---- evaluation: held-out MLM and NSP accuracy (the search's accuracy objective) ---------------
-  t_eval = time.time()
-  if jax.process_count() > 1:  # every host evaluates the full parameters on its own
-    from jax.experimental import multihost_utils
-    host_params = multihost_utils.process_allgather(params, tiled=True)
-  else:
-    host_params = jax.device_get(params)
-  final_student, _ = build(host_params)
+  # ---- evaluation on the held-out set (the search's accuracy objective) ----------------------------
+  final_student = student_of(multihost.allgather(params["student"]))
   val = evaluation.evaluate(final_student, eval_set, teacher_top1, what=f"student {scfg.arch.name} in {workdir}")
-  if is_main:
+  if writer is not None:
     with writer.as_default(step=total_steps):
-      for k in ("mlm_accuracy", "mlm_cross_entropy", "teacher_agreement", "nsp_accuracy"):
-        tf.summary.scalar(f"eval/{k}", val[k])
+      for n in ("mlm_accuracy", "mlm_cross_entropy", "teacher_agreement", "nsp_accuracy"):
+        tf.summary.scalar(f"eval/{n}", val[n])
     writer.flush()
+  compile_in_loop_s = in_loop["compile_s"] + in_loop["trace_s"] + in_loop["lower_s"]
   metrics = dict(
-      arch=scfg.arch.name, num_blocks=K, schedule=schedule, steps=total_steps, steps_per_block=dcfg.block_steps(K),
-      pretrain_steps=dcfg.pretrain_steps, batch_size=dcfg.batch_size, seq_len=data_cfg.seq_len,
+      arch=scfg.arch.name, num_blocks=K, schedule=schedule, steps=total_steps, steps_per_block=prog_steps,
+      pretrain_steps=dcfg.pretrain_steps, batch_size=dcfg.batch_size, seq_len=data_cfg.seq_len, dtype=scfg.dtype,
       **val, teacher_mlm_accuracy=teacher_scores["mlm_accuracy"],
       teacher_mlm_accuracy_se=teacher_scores["mlm_accuracy_se"], resumed_from=next_step if resume else None,
-      setup_s=setup_s, train_s=train_s, wall_s=time.time() - t_start,
-      train_tokens_per_s=tokens / train_s if train_s > 0 and tokens else None,
+      # Wall-time split: setup (teacher, data, evaluation set, init), compiling inside the training
+      # loop, training steps proper, checkpoint writes, evaluation.
+      setup_s=setup_s, train_s=loop_s, train_steps_s=max(loop_s - compile_in_loop_s - ckpt_s, 0.0),
+      compile_in_loop_s=compile_in_loop_s, checkpoint_s=ckpt_s,
+      train_tokens_per_s=tokens / loop_s if loop_s > 0 and tokens else None,
       mesh=dict(data=mesh_data, model=dcfg.mesh_model), teacher_dir=teacher_dir,
-      compiles={k: fn._cache_size() for k, fn in step_fns.items()},
+      compiles={"progressive": prog_jit._cache_size(), PRETRAIN: pre_jit._cache_size()},
   )
   # ---- the student alone, ready for fine-tuning ---------------------------------------------------
   if save_student:
-    student_dir = os.path.join(workdir, "student")
-    if os.path.exists(student_dir):  # a resumed run that had already saved it
-      import shutil
-      if is_main:
-        shutil.rmtree(student_dir)
-      if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("ad_distill_student_dir")
-    student_params = unflatten({k[8:]: v for k, v in params.items() if k.startswith("student/")})
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(student_dir, student_params)
-    checkpointer.wait_until_finished()
-    metrics["student_checkpoint"] = student_dir
+    metrics["student_checkpoint"] = save_student_params(workdir, params["student"])
   if export_dir and is_main:
     from ad.models import hf
     metrics["hf_dir"] = hf.export_mobilebert(final_student, export_dir)
+  summary = compiles.summary()
+  metrics.update(programs_compiled=summary["programs"], compile_s=summary["compile_s"] + summary["trace_s"] +
+                 summary["lower_s"], compile_cache_hits=summary["cache_hits"], wall_s=time.time() - t_start)
+  metrics["eval_s"] = val["eval_s"]
   if is_main:
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-      json.dump(metrics, f, indent=2)
+    files.write_json(os.path.join(workdir, "metrics.json"), metrics)
   return metrics
 
+
+def save_student_params(workdir: str, student_params) -> str:
+  """The student's parameters alone (no adapters, no optimizer) as an orbax checkpoint."""
+  student_dir = os.path.join(workdir, "student")
+  if os.path.exists(student_dir):  # a resumed run that had already saved it
+    if multihost.is_main():
+      shutil.rmtree(student_dir)
+    multihost.sync("ad_distill_student_dir")
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(student_dir, student_params)
+  return student_dir

@@ -30,7 +30,7 @@ WEIGHTS_FILE = "model.safetensors"
 class Entry:
   hf_name: str
   path: tuple  # path in our flat Param state
-  index: int | None = None  # index into a stacked leading axis
+  index: tuple = ()  # indices into stacked leading axes: (layer,) or (layer, ffn)
   transpose: bool = False
 
 
@@ -84,12 +84,12 @@ def _norm_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # Name tables.
 
-def _linear(hf: str, path: tuple, index=None) -> list[Entry]:
+def _linear(hf: str, path: tuple, index: tuple = ()) -> list[Entry]:
   return [Entry(hf + ".weight", path + ("kernel",), index, True), Entry(hf + ".bias", path + ("bias",), index)]
 
 
-def _norm(hf: str, path: tuple) -> list[Entry]:
-  return [Entry(hf + ".weight", path + ("scale",)), Entry(hf + ".bias", path + ("bias",))]
+def _norm(hf: str, path: tuple, index: tuple = ()) -> list[Entry]:
+  return [Entry(hf + ".weight", path + ("scale",), index), Entry(hf + ".bias", path + ("bias",), index)]
 
 
 def bert_table(cfg: teacher_lib.BertConfig) -> list[Entry]:
@@ -97,15 +97,15 @@ def bert_table(cfg: teacher_lib.BertConfig) -> list[Entry]:
        Entry("embeddings.position_embeddings.weight", ("position",)),
        Entry("embeddings.token_type_embeddings.weight", ("token_type",))]
   t += _norm("embeddings.LayerNorm", ("emb_norm",))
-  for i in range(cfg.num_layers):
-    hf, p = f"encoder.layer.{i}.", ("layers", i)
+  for i in range(cfg.num_layers):  # stacked: path ("layers", ...), index (i,)
+    hf, p, ix = f"encoder.layer.{i}.", ("layers",), (i,)
     for n in ("query", "key", "value"):
-      t += _linear(hf + f"attention.self.{n}", p + (n,))
-    t += _linear(hf + "attention.output.dense", p + ("attn_out",))
-    t += _norm(hf + "attention.output.LayerNorm", p + ("attn_norm",))
-    t += _linear(hf + "intermediate.dense", p + ("intermediate",))
-    t += _linear(hf + "output.dense", p + ("output",))
-    t += _norm(hf + "output.LayerNorm", p + ("output_norm",))
+      t += _linear(hf + f"attention.self.{n}", p + (n,), ix)
+    t += _linear(hf + "attention.output.dense", p + ("attn_out",), ix)
+    t += _norm(hf + "attention.output.LayerNorm", p + ("attn_norm",), ix)
+    t += _linear(hf + "intermediate.dense", p + ("intermediate",), ix)
+    t += _linear(hf + "output.dense", p + ("output",), ix)
+    t += _norm(hf + "output.LayerNorm", p + ("output_norm",), ix)
   if cfg.has_pooler:
     t += _linear("pooler.dense", ("pooler",))
   if cfg.has_mlm_head:
@@ -125,26 +125,27 @@ def mobilebert_table(cfg: student_lib.StudentConfig) -> list[Entry]:
        Entry(e + "token_type_embeddings.weight", ("embeddings", "token_type"))]
   t += _linear(e + "embedding_transformation", ("embeddings", "transform"))
   t += _norm(e + "LayerNorm", ("embeddings", "norm"))
-  for i in range(cfg.num_blocks):
-    hf, p = f"mobilebert.encoder.layer.{i}.", ("blocks", i)
-    t += _linear(hf + "bottleneck.input.dense", p + ("input_bottleneck",))
-    t += _norm(hf + "bottleneck.input.LayerNorm", p + ("input_norm",))
-    t += _linear(hf + "bottleneck.attention.dense", p + ("qk_bottleneck",))
-    t += _norm(hf + "bottleneck.attention.LayerNorm", p + ("qk_norm",))
+  for i in range(cfg.num_blocks):  # stacked: path ("blocks", ...), index (i,) or (i, ffn)
+    hf, p, ix = f"mobilebert.encoder.layer.{i}.", ("blocks",), (i,)
+    t += _linear(hf + "bottleneck.input.dense", p + ("input_bottleneck",), ix)
+    t += _norm(hf + "bottleneck.input.LayerNorm", p + ("input_norm",), ix)
+    t += _linear(hf + "bottleneck.attention.dense", p + ("qk_bottleneck",), ix)
+    t += _norm(hf + "bottleneck.attention.LayerNorm", p + ("qk_norm",), ix)
     for n in ("query", "key", "value"):
-      t += _linear(hf + f"attention.self.{n}", p + (n,))
-    t += _linear(hf + "attention.output.dense", p + ("attn_out",))
-    t += _norm(hf + "attention.output.LayerNorm", p + ("attn_norm",))
+      t += _linear(hf + f"attention.self.{n}", p + (n,), ix)
+    t += _linear(hf + "attention.output.dense", p + ("attn_out",), ix)
+    t += _norm(hf + "attention.output.LayerNorm", p + ("attn_norm",), ix)
     # Our stacked FFN f < F-1 is HF's ffn.{f}; the last one is HF's intermediate/output pair.
     for f in range(F):
       up, down, ln = ((hf + f"ffn.{f}.intermediate.dense", hf + f"ffn.{f}.output.dense", hf + f"ffn.{f}.output.LayerNorm")
                       if f < F - 1 else (hf + "intermediate.dense", hf + "output.dense", hf + "output.LayerNorm"))
       ffn = p + ("ffn",)
-      t += [Entry(up + ".weight", ffn + ("w_in",), f, True), Entry(up + ".bias", ffn + ("b_in",), f),
-            Entry(down + ".weight", ffn + ("w_out",), f, True), Entry(down + ".bias", ffn + ("b_out",), f),
-            Entry(ln + ".weight", ffn + ("norm_scale",), f), Entry(ln + ".bias", ffn + ("norm_bias",), f)]
-    t += _linear(hf + "output.bottleneck.dense", p + ("output_bottleneck",))
-    t += _norm(hf + "output.bottleneck.LayerNorm", p + ("output_norm",))
+      fx = ix + (f,)
+      t += [Entry(up + ".weight", ffn + ("w_in",), fx, True), Entry(up + ".bias", ffn + ("b_in",), fx),
+            Entry(down + ".weight", ffn + ("w_out",), fx, True), Entry(down + ".bias", ffn + ("b_out",), fx),
+            Entry(ln + ".weight", ffn + ("norm_scale",), fx), Entry(ln + ".bias", ffn + ("norm_bias",), fx)]
+    t += _linear(hf + "output.bottleneck.dense", p + ("output_bottleneck",), ix)
+    t += _norm(hf + "output.bottleneck.LayerNorm", p + ("output_norm",), ix)
   t += _linear("mobilebert.pooler.dense", ("pooler",))
   t += _linear("cls.predictions.transform.dense", ("mlm_transform",))
   t += _norm("cls.predictions.transform.LayerNorm", ("mlm_norm",))
@@ -189,16 +190,16 @@ def assign(model: nnx.Module, tensors: dict[str, np.ndarray], table: list[Entry]
     x = np.asarray(tensors[e.hf_name], dtype=np.float32)
     if e.transpose:
       x = x.T
-    target = new[e.path] if e.index is None else new[e.path][e.index]
+    target = new[e.path][e.index] if e.index else new[e.path]
     if x.shape != target.shape:
       raise CheckpointError(
           f"{source}: shape mismatch for key {e.hf_name!r}: checkpoint has {tuple(tensors[e.hf_name].shape)}"
           f"{' (transposed ' + str(x.shape) + ')' if e.transpose else ''}, model expects {target.shape} "
-          f"at {'/'.join(map(str, e.path))}{'' if e.index is None else f'[{e.index}]'}")
-    if e.index is None:
-      new[e.path] = x
-    else:
+          f"at {'/'.join(map(str, e.path))}{list(e.index) if e.index else ''}")
+    if e.index:
       new[e.path][e.index] = x
+    else:
+      new[e.path] = x
     covered.add(e.path)
   uncovered = sorted("/".join(map(str, p)) for p in set(new) - covered)
   if uncovered:
@@ -212,7 +213,7 @@ def extract(model: nnx.Module, table: list[Entry]) -> dict[str, np.ndarray]:
   params = {p: np.asarray(v.get_value()) for p, v in _param_dict(model).items()}
   out = {}
   for e in table:
-    x = params[e.path] if e.index is None else params[e.path][e.index]
+    x = params[e.path][e.index] if e.index else params[e.path]
     out[e.hf_name] = np.ascontiguousarray(x.T if e.transpose else x, dtype=np.float32)
   return out
 

@@ -13,9 +13,12 @@ One block, for input x: [B, T, H] (hidden H, bottleneck Bn, heads A, intermediat
 embedding is MobileBERT's trigram embedding (embedding size E -> H). Heads: MLM (transform,
 then logits against [word embeddings | an extra V x (H - E) matrix]) and NSP (tanh pooler).
 
-The forward returns every block's attention probabilities and output: the targets of the
-layer-wise transfer (003 eq. 1 and 2). Parameter layout and numerics follow Hugging Face's
-MobileBertForPreTraining so that checkpoints convert both ways (hf.py).
+The K blocks are one module with stacked parameters (leading 'layers' axis, stack.py), run by
+one lax.scan. The forward returns every block's attention probabilities [K, B, A, T, T] and
+output [K, B, T, H]: the targets of the layer-wise transfer (003 eq. 1 and 2). Parameter
+numerics follow Hugging Face's MobileBertForPreTraining, so checkpoints convert both ways
+(hf.py, which indexes the stacked axis). Parameters declare their logical axes where they are
+made (layers.param); ad/distill/sharding.py maps them to the mesh.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ad.models import precision
+from ad.models import layers, stack
 from ad.space import Arch
 
-NORMS = ("no_norm", "layer_norm")
+NORMS = layers.NORMS
+apply_norm = layers.apply_norm
 IMPLS = ("xla", "pallas")
 
 
@@ -70,43 +74,22 @@ class StudentConfig:
     return jnp.dtype(self.dtype)
 
 
-def _dense(rngs, din, dout, cfg):
-  # f32 parameters, computed in cfg.dtype with f32 accumulation (precision.py); softmax and norm
+def _dense(rngs, din, dout, cfg, axes=None):
+  # f32 parameters, computed in cfg.dtype with f32 accumulation (layers.py); softmax and norm
   # statistics are explicitly f32.
-  return precision.Dense(din, dout, cfg.compute_dtype, rngs)
-
-
-def apply_norm(x, scale, bias, kind: str, eps: float):
-  """x: [..., D] -> [..., D]. NoNorm is an elementwise affine map; LayerNorm stats in f32."""
-  if kind == "no_norm":
-    return x * scale.astype(x.dtype) + bias.astype(x.dtype)
-  xf = x.astype(jnp.float32)
-  mean = xf.mean(-1, keepdims=True)
-  var = jnp.square(xf - mean).mean(-1, keepdims=True)
-  y = (xf - mean) * jax.lax.rsqrt(var + eps)
-  return (y * scale + bias).astype(x.dtype)
-
-
-class Norm(nnx.Module):
-  def __init__(self, dim: int, cfg: StudentConfig, kind: str | None = None):
-    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
-    self.kind, self.eps = kind or cfg.norm, cfg.layer_norm_eps
-
-  def __call__(self, x):
-    return apply_norm(x, self.scale[...], self.bias[...], self.kind, self.eps)
+  return layers.Dense(din, dout, cfg.compute_dtype, rngs, axes)
 
 
 class Embeddings(nnx.Module):
   def __init__(self, cfg: StudentConfig, rngs: nnx.Rngs):
-    init = nnx.initializers.truncated_normal(0.02)
+    init = lambda key, shape, dtype: layers.init_weight(key, shape)
     H, E = cfg.arch.hidden, cfg.embedding_size
-    self.word = nnx.Param(init(rngs.params(), (cfg.vocab_size, E), jnp.float32))
-    self.position = nnx.Param(init(rngs.params(), (cfg.max_positions, H), jnp.float32))
-    self.token_type = nnx.Param(init(rngs.params(), (cfg.type_vocab_size, H), jnp.float32))
+    self.word = layers.param(init(rngs.params(), (cfg.vocab_size, E), jnp.float32), ("vocab", "embed"))
+    self.position = layers.param(init(rngs.params(), (cfg.max_positions, H), jnp.float32))
+    self.token_type = layers.param(init(rngs.params(), (cfg.type_vocab_size, H), jnp.float32))
     in_dim = 3 * E if cfg.trigram_input else E
     self.transform = _dense(rngs, in_dim, H, cfg)
-    self.norm = Norm(H, cfg)
+    self.norm = layers.Norm(H, cfg.norm, cfg.layer_norm_eps)
     self.cfg = cfg
 
   def __call__(self, input_ids, token_type_ids):
@@ -146,13 +129,13 @@ class StackedFFN(nnx.Module):
 
   def __init__(self, cfg: StudentConfig, rngs: nnx.Rngs):
     F, Bn, I = cfg.arch.num_ffn, cfg.arch.bottleneck, cfg.arch.intermediate
-    init = nnx.initializers.truncated_normal(0.02)
-    self.w_in = nnx.Param(init(rngs.params(), (F, Bn, I), jnp.float32))
-    self.b_in = nnx.Param(jnp.zeros((F, I), jnp.float32))
-    self.w_out = nnx.Param(init(rngs.params(), (F, I, Bn), jnp.float32))
-    self.b_out = nnx.Param(jnp.zeros((F, Bn), jnp.float32))
-    self.norm_scale = nnx.Param(jnp.ones((F, Bn), jnp.float32))
-    self.norm_bias = nnx.Param(jnp.zeros((F, Bn), jnp.float32))
+    init = lambda key, shape, dtype: layers.init_weight(key, shape)
+    self.w_in = layers.param(init(rngs.params(), (F, Bn, I), jnp.float32), (None, "intra", "mlp"))
+    self.b_in = layers.param(jnp.zeros((F, I), jnp.float32), (None, "mlp"))
+    self.w_out = layers.param(init(rngs.params(), (F, I, Bn), jnp.float32), (None, "mlp", "intra"))
+    self.b_out = layers.param(jnp.zeros((F, Bn), jnp.float32))
+    self.norm_scale = layers.param(jnp.ones((F, Bn), jnp.float32))
+    self.norm_bias = layers.param(jnp.zeros((F, Bn), jnp.float32))
     self.cfg = cfg
 
   def __call__(self, h):
@@ -170,9 +153,9 @@ def stacked_ffn_reference(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *,
   """h: [B, T, Bn]; w_in: [F, Bn, I]; w_out: [F, I, Bn] -> [B, T, Bn]; matmuls accumulate in f32."""
   dtype = h.dtype
   for f in range(w_in.shape[0]):
-    u = precision.linear(h, w_in[f]).astype(jnp.float32) + b_in[f]
+    u = layers.linear(h, w_in[f]).astype(jnp.float32) + b_in[f]
     u = jax.nn.relu(u).astype(dtype)  # [B, T, I]
-    y = precision.linear(u, w_out[f]).astype(jnp.float32) + b_out[f]
+    y = layers.linear(u, w_out[f]).astype(jnp.float32) + b_out[f]
     h = apply_norm((y + h.astype(jnp.float32)).astype(dtype), norm_scale[f], norm_bias[f], norm, eps)
   return h
 
@@ -182,17 +165,17 @@ class Block(nnx.Module):
     a = cfg.arch
     H, Bn = a.hidden, a.bottleneck
     self.input_bottleneck = _dense(rngs, H, Bn, cfg)
-    self.input_norm = Norm(Bn, cfg)
+    self.input_norm = layers.Norm(Bn, cfg.norm, cfg.layer_norm_eps)
     self.qk_bottleneck = _dense(rngs, H, Bn, cfg)
-    self.qk_norm = Norm(Bn, cfg)
+    self.qk_norm = layers.Norm(Bn, cfg.norm, cfg.layer_norm_eps)
     self.query = _dense(rngs, Bn, Bn, cfg)
     self.key = _dense(rngs, Bn, Bn, cfg)
     self.value = _dense(rngs, H, Bn, cfg)
     self.attn_out = _dense(rngs, Bn, Bn, cfg)
-    self.attn_norm = Norm(Bn, cfg)
+    self.attn_norm = layers.Norm(Bn, cfg.norm, cfg.layer_norm_eps)
     self.ffn = StackedFFN(cfg, rngs)
     self.output_bottleneck = _dense(rngs, Bn, H, cfg)
-    self.output_norm = Norm(H, cfg)
+    self.output_norm = layers.Norm(H, cfg.norm, cfg.layer_norm_eps)
     self.cfg = cfg
 
   def __call__(self, x, mask_bias):
@@ -226,38 +209,45 @@ class Student(nnx.Module):
     H, E, V = cfg.arch.hidden, cfg.embedding_size, cfg.vocab_size
     self.cfg = cfg
     self.embeddings = Embeddings(cfg, rngs)
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_blocks)])
+    self.blocks = stack.stacked(cfg.num_blocks, lambda r: Block(cfg, r), rngs)  # [K, ...] parameters
     self.pooler = _dense(rngs, H, H, cfg)
     self.mlm_transform = _dense(rngs, H, H, cfg)
-    self.mlm_norm = Norm(H, cfg, kind="layer_norm")  # MobileBERT's MLM transform always uses LayerNorm
+    self.mlm_norm = layers.Norm(H, "layer_norm", cfg.layer_norm_eps)  # MobileBERT's MLM transform always uses LayerNorm
     # Logits are h @ [word^T ; extra^T]: the word embeddings cover the first E columns of h,
     # `mlm_extra` the remaining H - E (MobileBERT's decoder for embedding < hidden).
-    self.mlm_extra = nnx.Param(nnx.initializers.truncated_normal(0.02)(rngs.params(), (H - E, V), jnp.float32))
-    self.mlm_bias = nnx.Param(jnp.zeros((V,), jnp.float32))
+    self.mlm_extra = layers.param(layers.init_weight(rngs.params(), (H - E, V)),
+                                     ("embed", "vocab"))
+    self.mlm_bias = layers.param(jnp.zeros((V,), jnp.float32), ("vocab",))
     self.nsp = _dense(rngs, H, 2, cfg)
 
-  def encode(self, input_ids, token_type_ids=None, attention_mask=None, num_blocks: int | None = None) -> dict[str, Any]:
-    """input_ids: [B, T] -> dict(embeddings [B,T,H], hidden_states: K x [B,T,H],
-    attentions: K x [B,A,T,T], sequence_output [B,T,H], pooled [B,H]).
-
-    num_blocks runs only the first blocks (progressive transfer of block k needs k + 1).
-    """
+  def embed(self, input_ids, token_type_ids=None):
+    """input_ids: [B, T] -> [B, T, H]."""
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
+    with jax.named_scope("embeddings"):
+      return self.embeddings(input_ids, token_type_ids)
+
+  def block(self, k) -> "Block":
+    """Block k (an int or a traced scalar)."""
+    return stack.at(self.blocks, k)
+
+  def encode(self, input_ids, token_type_ids=None, attention_mask=None, num_blocks: int | None = None,
+             unroll: bool = False) -> dict[str, Any]:
+    """input_ids: [B, T] -> dict(embeddings [B,T,H], hidden_states [K,B,T,H], attentions [K,B,A,T,T],
+    sequence_output [B,T,H], pooled [B,H]).
+
+    num_blocks runs only the first blocks; unroll=True unrolls the block loop (stack.scan).
+    """
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     mask_bias = mask_to_bias(attention_mask)
-    with jax.named_scope("embeddings"):
-      h = self.embeddings(input_ids, token_type_ids)
-    emb = h
-    hidden_states, attentions = [], []
-    for i, block in enumerate(self.blocks):
-      if num_blocks is not None and i >= num_blocks:
-        break
-      with jax.named_scope(f"block_{i}"):
+    emb = self.embed(input_ids, token_type_ids)
+
+    def step(block, h):
+      with jax.named_scope("block"):
         h, probs = block(h, mask_bias)
-      hidden_states.append(h)
-      attentions.append(probs)
+      return h, (h, probs)
+    h, (hidden_states, attentions) = stack.scan(self.blocks, step, emb, num_blocks, unroll)
     with jax.named_scope("pooler"):
       pooled = jnp.tanh(self.pooler(h[:, 0]))
     return dict(embeddings=emb, hidden_states=hidden_states, attentions=attentions,
@@ -267,17 +257,17 @@ class Student(nnx.Module):
     """h: [..., H] -> [..., V] (f32)."""
     E = self.cfg.embedding_size
     t = self.mlm_norm(jax.nn.relu(self.mlm_transform(h)))
-    logits = precision.linear_transposed(t[..., :E], self.embeddings.word[...]).astype(jnp.float32)
+    logits = layers.linear_transposed(t[..., :E], self.embeddings.word[...]).astype(jnp.float32)
     if self.mlm_extra.shape[0]:
-      logits += precision.linear(t[..., E:], self.mlm_extra[...]).astype(jnp.float32)
+      logits += layers.linear(t[..., E:], self.mlm_extra[...]).astype(jnp.float32)
     return logits + self.mlm_bias[...]
 
   def nsp_logits(self, pooled):
     """pooled: [B, H] -> [B, 2] (f32)."""
     return self.nsp(pooled).astype(jnp.float32)
 
-  def __call__(self, input_ids, token_type_ids=None, attention_mask=None):
-    out = jax.named_call(self.encode, name="student")(input_ids, token_type_ids, attention_mask)
+  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, unroll: bool = False):
+    out = jax.named_call(self.encode, name="student")(input_ids, token_type_ids, attention_mask, unroll=unroll)
     out["mlm_logits"] = self.mlm_logits(out["sequence_output"])
     out["nsp_logits"] = self.nsp_logits(out["pooled"])
     return out

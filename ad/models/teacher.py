@@ -1,8 +1,8 @@
 """BERT teacher (Devlin et al. 2019) in Flax NNX, built from a Hugging Face config.
 
-Forward returns, per layer, the attention probabilities [B, A, T, T] and the hidden states
-[B, T, H], the same dict layout as the student (student.py), so distillation reads both
-the same way. MobileBERT / IB-BERT teachers are student.Student models loaded from their
+Forward returns, per layer, the attention probabilities [L, B, A, T, T] and the hidden states
+[L, B, T, H], the same dict layout as the student (student.py), so distillation reads both
+the same way. The L layers are one module with stacked parameters run by a scan (stack.py). MobileBERT / IB-BERT teachers are student.Student models loaded from their
 HF checkpoints (hf.load_teacher picks by config.json's model_type).
 
 The teacher is frozen during distillation and never checkpointed by the trainer.
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ad.models import precision
+from ad.models import layers, stack
 from ad.models.student import mask_to_bias
 
 ACTS = {
@@ -69,12 +69,12 @@ class BertConfig:
     return cls(**kw)
 
 
-def _dense(rngs, din, dout, cfg):
-  return precision.Dense(din, dout, cfg.compute_dtype, rngs)
+def _dense(rngs, din, dout, cfg, axes=None):
+  return layers.Dense(din, dout, cfg.compute_dtype, rngs, axes)
 
 
 def _ln(dim, cfg, rngs):
-  return nnx.LayerNorm(dim, epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
+  return layers.Norm(dim, "layer_norm", cfg.layer_norm_eps)
 
 
 class BertLayer(nnx.Module):
@@ -83,8 +83,8 @@ class BertLayer(nnx.Module):
     self.query, self.key, self.value = (_dense(rngs, H, H, cfg) for _ in range(3))
     self.attn_out = _dense(rngs, H, H, cfg)
     self.attn_norm = _ln(H, cfg, rngs)
-    self.intermediate = _dense(rngs, H, I, cfg)
-    self.output = _dense(rngs, I, H, cfg)
+    self.intermediate = _dense(rngs, H, I, cfg, ("embed", "mlp"))
+    self.output = _dense(rngs, I, H, cfg, ("mlp", "embed"))
     self.output_norm = _ln(H, cfg, rngs)
     self.cfg = cfg
 
@@ -107,44 +107,49 @@ class BertLayer(nnx.Module):
 
 class Bert(nnx.Module):
   def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
-    init = nnx.initializers.truncated_normal(0.02)
+    init = lambda key, shape, dtype: layers.init_weight(key, shape)
     H, V = cfg.hidden_size, cfg.vocab_size
     self.cfg = cfg
-    self.word = nnx.Param(init(rngs.params(), (V, H), jnp.float32))
-    self.position = nnx.Param(init(rngs.params(), (cfg.max_positions, H), jnp.float32))
-    self.token_type = nnx.Param(init(rngs.params(), (cfg.type_vocab_size, H), jnp.float32))
+    self.word = layers.param(init(rngs.params(), (V, H), jnp.float32), ("vocab", "embed"))
+    self.position = layers.param(init(rngs.params(), (cfg.max_positions, H), jnp.float32))
+    self.token_type = layers.param(init(rngs.params(), (cfg.type_vocab_size, H), jnp.float32))
     self.emb_norm = _ln(H, cfg, rngs)
-    self.layers = nnx.List([BertLayer(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.layers = stack.stacked(cfg.num_layers, lambda r: BertLayer(cfg, r), rngs)  # [L, ...] parameters
     if cfg.has_pooler:
       self.pooler = _dense(rngs, H, H, cfg)
     if cfg.has_mlm_head:
       self.mlm_transform = _dense(rngs, H, H, cfg)
       self.mlm_norm = _ln(H, cfg, rngs)
-      self.mlm_bias = nnx.Param(jnp.zeros((V,), jnp.float32))
+      self.mlm_bias = layers.param(jnp.zeros((V,), jnp.float32), ("vocab",))
     if cfg.has_nsp_head:
       self.nsp = _dense(rngs, H, 2, cfg)
 
-  def encode(self, input_ids, token_type_ids=None, attention_mask=None, num_blocks: int | None = None) -> dict[str, Any]:
-    """input_ids: [B, T] -> dict(embeddings, hidden_states: L x [B,T,H], attentions: L x [B,A,T,T],
-    sequence_output [B,T,H], pooled [B,H])."""
-    cfg = self.cfg
+  def embed(self, input_ids, token_type_ids=None):
+    """input_ids: [B, T] -> [B, T, H]."""
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    if attention_mask is None:
-      attention_mask = jnp.ones_like(input_ids)
     T = input_ids.shape[1]
     h = self.word[...][input_ids] + self.position[...][:T][None] + self.token_type[...][token_type_ids]
-    h = self.emb_norm(h.astype(cfg.compute_dtype))
-    emb = h
+    return self.emb_norm(h.astype(self.cfg.compute_dtype))
+
+  def block(self, k) -> BertLayer:
+    """Layer k (an int or a traced scalar); the name matches the student's for the trainer."""
+    return stack.at(self.layers, k)
+
+  def encode(self, input_ids, token_type_ids=None, attention_mask=None, num_blocks: int | None = None) -> dict[str, Any]:
+    """input_ids: [B, T] -> dict(embeddings, hidden_states [L,B,T,H], attentions [L,B,A,T,T],
+    sequence_output [B,T,H], pooled [B,H]). num_blocks runs only the first layers."""
+    cfg = self.cfg
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    emb = self.embed(input_ids, token_type_ids)
     mask_bias = mask_to_bias(attention_mask)
-    hidden_states, attentions = [], []
-    for i, layer in enumerate(self.layers):
-      if num_blocks is not None and i >= num_blocks:
-        break  # progressive transfer needs only the layers up to the mapped one
-      with jax.named_scope(f"layer_{i}"):
+
+    def step(layer, h):
+      with jax.named_scope("layer"):
         h, p = layer(h, mask_bias)
-      hidden_states.append(h)
-      attentions.append(p)
+      return h, (h, p)
+    h, (hidden_states, attentions) = stack.scan(self.layers, step, emb, num_blocks)
     pooled = jnp.tanh(self.pooler(h[:, 0])) if cfg.has_pooler else h[:, 0]
     return dict(embeddings=emb, hidden_states=hidden_states, attentions=attentions,
                 sequence_output=h, pooled=pooled)
@@ -154,7 +159,7 @@ class Bert(nnx.Module):
     if not self.cfg.has_mlm_head:
       raise ValueError("this teacher has no MLM head; run `ad teacher prepare` to fit one")
     t = self.mlm_norm(ACTS[self.cfg.hidden_act](self.mlm_transform(h)))
-    return precision.linear_transposed(t, self.word[...]).astype(jnp.float32) + self.mlm_bias[...]
+    return layers.linear_transposed(t, self.word[...]).astype(jnp.float32) + self.mlm_bias[...]
 
   def nsp_logits(self, pooled):
     if not self.cfg.has_nsp_head:

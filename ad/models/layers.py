@@ -1,4 +1,5 @@
-"""Mixed-precision dense layers shared by the student and the teacher.
+"""Layers shared by the student and the teacher: parameters with declared logical axes, mixed-
+precision dense layers, NoNorm / LayerNorm.
 
 Parameters are f32; a bf16 (or f16) model computes its dense layers on low-precision operands
 with an f32 accumulator and rounds the output to the compute dtype: what the TPU MXU and GPU
@@ -87,15 +88,65 @@ def linear_transposed(x, w):
   return jnp.einsum("...i,oi->...o", x, w.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
 
 
+def init_weight(key, shape, std: float = 0.02):
+  """Random f32 weights of standard deviation `std`, drawn uniformly on [-std sqrt 3, std sqrt 3].
+
+  BERT draws from a truncated normal of the same scale; the uniform draw compiles to a few bit
+  operations instead of erf/erf_inv chains (XLA:CPU spent 4 s compiling a student's
+  initialization with truncated normals), and training does not care which of the two it starts from."""
+  return jax.random.uniform(key, shape, jnp.float32, -std * 3 ** 0.5, std * 3 ** 0.5)
+
+
+def param(value, axes: tuple | None = None) -> nnx.Param:
+  """An f32 parameter with its logical axis names (e.g. ('embed', 'mlp'); None for a replicated
+  dimension) declared where it is made; ad/distill/sharding.py resolves them to mesh axes.
+  Every parameter carries them, so stacking (stack.py) records its 'layers' axis on all."""
+  axes = (None,) * value.ndim if axes is None else tuple(axes)
+  if len(axes) != value.ndim:
+    raise ValueError(f"logical axes {axes} for a parameter of shape {value.shape}")
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
 class Dense(nnx.Module):
   """y = x @ kernel + bias; kernel [din, dout] and bias [dout] f32 (nnx.Linear's names and layout,
-  so checkpoints and parameter paths are the same), computed in `compute_dtype`."""
+  so checkpoints and parameter paths are the same), computed in `compute_dtype`. `axes`: the
+  logical names of (din, dout), for sharding."""
 
-  def __init__(self, din: int, dout: int, compute_dtype, rngs: nnx.Rngs):
-    self.kernel = nnx.Param(nnx.initializers.truncated_normal(0.02)(rngs.params(), (din, dout), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((dout,), jnp.float32))
+  def __init__(self, din: int, dout: int, compute_dtype, rngs: nnx.Rngs, axes: tuple | None = None):
+    kernel = init_weight(rngs.params(), (din, dout))
+    self.kernel = param(kernel, axes)
+    self.bias = param(jnp.zeros((dout,), jnp.float32), None if axes is None else axes[1:])
     self.compute_dtype = jnp.dtype(compute_dtype)
 
   def __call__(self, x):
     """x: [..., din] -> [..., dout] in the compute dtype."""
     return linear(x.astype(self.compute_dtype), self.kernel[...], self.bias[...])
+
+
+NORMS = ("no_norm", "layer_norm")
+
+
+def apply_norm(x, scale, bias, kind: str, eps: float):
+  """x: [..., D] -> [..., D]. NoNorm (MobileBERT) is an elementwise affine map; LayerNorm's
+  statistics are computed in f32 whatever the compute dtype."""
+  if kind == "no_norm":
+    return x * scale.astype(x.dtype) + bias.astype(x.dtype)
+  xf = x.astype(jnp.float32)
+  mean = xf.mean(-1, keepdims=True)
+  var = jnp.square(xf - mean).mean(-1, keepdims=True)
+  y = (xf - mean) * jax.lax.rsqrt(var + eps)
+  return (y * scale + bias).astype(x.dtype)
+
+
+class Norm(nnx.Module):
+  """NoNorm or LayerNorm over the last axis: scale and bias [dim] (nnx.LayerNorm's names)."""
+
+  def __init__(self, dim: int, kind: str, eps: float):
+    if kind not in NORMS:
+      raise ValueError(f"norm {kind!r}: expected one of {NORMS}")
+    self.scale = param(jnp.ones((dim,), jnp.float32))
+    self.bias = param(jnp.zeros((dim,), jnp.float32))
+    self.kind, self.eps = kind, eps
+
+  def __call__(self, x):
+    return apply_norm(x, self.scale[...], self.bias[...], self.kind, self.eps)
