@@ -10,7 +10,10 @@ import sys
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--config", default=None,
-                 help="config file or name in experiments/configs/ (default: quickstart)")
+                 help="config name in experiments/configs/ (default: quickstart), or a path ending in .py; configs "
+                      "are Python and are executed: use only configs you trust")
+  p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
+                 help="do not use JAX's persistent compilation cache (default: on, in the user cache directory)")
   p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config field, e.g. --set model.num_blocks=4 (repeatable)")
 
@@ -287,16 +290,39 @@ def _service_error():
   return OptimizerServiceError
 
 
+def enable_compile_cache() -> str:
+  """JAX's persistent compilation cache in the user cache directory: a re-run, a resume and the
+  regular distillation of an already flash-distilled architecture load their programs instead of
+  compiling them again."""
+  import jax
+  from ad import files
+  path = os.path.join(files.cache_root(), "xla")
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)  # not the many trivial programs
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
+
+
 def main(argv=None) -> int:
+  from ad import files, interrupt
   argv = list(sys.argv[1:] if argv is None else argv)
   argv, dotted = _split_config_overrides(argv)
   args = build_parser().parse_args(argv)
   if hasattr(args, "overrides"):
     args.overrides = dotted + args.overrides
+  interrupt.install()  # Ctrl-C / SIGTERM stop at the next step or trial boundary
+  if getattr(args, "compile_cache", False) and os.environ.get("AD_COMPILE_CACHE", "1") != "0":
+    enable_compile_cache()
   try:
     return args.fn(args) or 0
+  except (interrupt.Interrupted, KeyboardInterrupt) as e:
+    where = f" ({e})" if isinstance(e, interrupt.Interrupted) else ""
+    again = ("run the same command again: it resumes" if args.command == "teacher"
+             else "run the same command with --resume to continue")
+    print(f"ad {args.command}: interrupted{where}; {again}", file=sys.stderr)
+    return 130
   except (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError, MemoryError,
-          _service_error()) as e:
+          files.LockedError, _service_error()) as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"ad {args.command}: error: {msg}", file=sys.stderr)
     return 2

@@ -19,26 +19,41 @@ DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "quickstart.py")
 
 
 def resolve(path: str | None) -> str:
-  """A path, or a bare name looked up in experiments/configs/ ('quickstart' -> .../quickstart.py)."""
+  """A bare name is a config of experiments/configs/ ('quickstart' -> .../quickstart.py), never a
+  file of that name in the working directory; anything with a '/' or ending in '.py' is a path
+  to a Python config file. Configs are Python and are executed: use only configs you trust."""
   if path is None:
     return DEFAULT_CONFIG
-  if os.path.isfile(path):
-    return path
-  cand = os.path.join(CONFIG_DIR, path if path.endswith(".py") else path + ".py")
-  if os.path.isfile(cand):
-    return cand
-  known = sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and not f.startswith("_"))
-  raise FileNotFoundError(f"config {path!r}: no such file, and not a name in experiments/configs/ (known: {known})")
+  known = sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and not f.startswith(("_", "common")))
+  if os.sep not in path and "/" not in path and not path.endswith(".py"):
+    cand = os.path.join(CONFIG_DIR, path + ".py")
+    if os.path.isfile(cand):
+      return cand
+    hint = f"; for the file in this directory pass --config ./{path}.py" if os.path.isfile(path + ".py") else ""
+    raise FileNotFoundError(f"config {path!r}: not a config name in experiments/configs/ (known: {known}){hint}")
+  if not path.endswith(".py"):
+    raise ValueError(f"config {path!r}: a config file must be a Python file ending in .py (names: {known})")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config {path!r}: no such file (config names: {known})")
+  return path
 
 
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   path = resolve(path)
   spec = importlib.util.spec_from_file_location(f"_ad_config_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ValueError(f"{path}, line {e.lineno}: the config is not valid Python ({e.msg})") from None
+  except Exception as e:
+    raise ValueError(f"{path}: running the config failed: {type(e).__name__}: {e}") from None
   if not hasattr(module, "get_config"):
     raise ValueError(f"{path}: a config file must define get_config() returning a ConfigDict")
-  cfg = module.get_config()
+  try:
+    cfg = module.get_config()
+  except Exception as e:
+    raise ValueError(f"{path}: get_config() failed: {type(e).__name__}: {e}") from None
   if not isinstance(cfg, ml_collections.ConfigDict):
     raise ValueError(f"{path}: get_config() returned {type(cfg).__name__}, expected ml_collections.ConfigDict")
   cfg.lock()
@@ -54,14 +69,23 @@ def apply_override(cfg: ml_collections.ConfigDict, item: str, source: str = "con
   key = key.strip().removeprefix("config.")
   parts = key.split(".")
   node = cfg
-  for p in parts[:-1]:
+  for i, p in enumerate(parts[:-1]):
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise ValueError(f"override {item!r}: {'.'.join(parts[:i])} is a value ({type(node).__name__}), not a section")
     if p not in node:
       raise KeyError(f"override {item!r}: {source} has no key {key!r} (no {p!r}; known: {sorted(node.keys())})")
     node = node[p]
   leaf = parts[-1]
+  if not isinstance(node, ml_collections.ConfigDict):
+    raise ValueError(f"override {item!r}: {'.'.join(parts[:-1])} is a value ({type(node).__name__}), not a section")
   if leaf not in node:
     raise KeyError(f"override {item!r}: {source} has no key {key!r} (known at this level: {sorted(node.keys())})")
-  node[leaf] = _parse_like(node[leaf], raw, key)
+  if isinstance(node[leaf], ml_collections.ConfigDict):
+    raise ValueError(f"override {item!r}: {key} is a section; set one of its fields ({sorted(node[leaf].keys())})")
+  try:
+    node[leaf] = _parse_like(node[leaf], raw, key)
+  except TypeError as e:  # ml_collections refuses a value of another type
+    raise ValueError(f"override {item!r}: {key} holds a {type(node[leaf]).__name__}; {e}") from None
 
 
 def _parse_like(current, raw: str, key: str):
@@ -78,6 +102,8 @@ def _parse_like(current, raw: str, key: str):
       val = [v.strip() for v in raw.split(",") if v.strip()]
     if not isinstance(val, (list, tuple)):
       val = [val]
+    if current and isinstance(current[0], dict) and not all(isinstance(v, dict) for v in val):
+      raise ValueError(f"override {key}={raw!r}: expected a list of dicts like {current[0]}")
     if current and isinstance(current[0], int):
       try:
         val = [int(v) for v in val]

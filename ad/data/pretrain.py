@@ -29,7 +29,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from ad.data import sources, vocab as vocab_lib
+from ad.data import sources, tf_setup, vocab as vocab_lib
 
 FEATURES = ("input_ids", "token_type_ids", "attention_mask", "masked_positions", "masked_ids", "masked_weights",
             "nsp_label")
@@ -218,6 +218,7 @@ def make_task(cfg: DataConfig, vocab: vocab_lib.WordPieceVocabulary, max_positio
               model_vocab_size: int | None = None) -> seqio.Task:
   """The seqio Task for `cfg`; checks seq_len against the model's positions and the vocab
   against the model's embedding rows."""
+  tf_setup.hide_accelerators_from_tf()
   if max_positions is not None and cfg.seq_len > max_positions:
     raise ValueError(f"data.seq_len={cfg.seq_len} exceeds the model's {max_positions} position embeddings")
   if model_vocab_size is not None and vocab.vocab_size != model_vocab_size:

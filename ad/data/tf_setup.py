@@ -5,7 +5,15 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+_done = False
+
+
 def hide_accelerators_from_tf() -> None:
+  """Idempotent; must run before TensorFlow initializes its devices (its first op)."""
+  global _done
+  if _done:
+    return
+  _done = True
   import tensorflow as tf
   for kind in ("GPU", "TPU"):
     try:

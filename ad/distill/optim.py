@@ -87,8 +87,10 @@ def scale_by_layerwise_trust_ratio(stacked) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
-def lamb(schedule: optax.Schedule, weight_decay: float, stacked, eps: float = 1e-6) -> optax.GradientTransformation:
-  """optax.lamb's chain (Adam, decoupled weight decay on matrices, trust ratio, learning rate) with
-  the trust ratio per layer of stacked parameters. `stacked`: tree of bools like the parameters."""
+def lamb_direction(weight_decay: float, stacked, eps: float = 1e-6) -> optax.GradientTransformation:
+  """optax.lamb's chain (Adam, decoupled weight decay on matrices, trust ratio) without the final
+  learning-rate scaling, with the trust ratio per layer of stacked parameters; `stacked`: tree of
+  bools like the parameters. The caller multiplies by -lr, passed to its step as data, so flash
+  and regular schedules of one architecture compile to the same program."""
   return optax.chain(optax.scale_by_adam(eps=eps), optax.add_decayed_weights(weight_decay, mask=decay_mask_for(stacked)),
-                     scale_by_layerwise_trust_ratio(stacked), optax.scale_by_learning_rate(schedule))
+                     scale_by_layerwise_trust_ratio(stacked))

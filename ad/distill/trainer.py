@@ -393,8 +393,8 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   prog_steps = dcfg.block_steps(K)
   prog_lr = optim.warmup_linear_decay(dcfg.progressive_lr or dcfg.lr, dcfg.warmup_steps, prog_steps)
   pre_lr = optim.warmup_linear_decay(dcfg.lr, dcfg.warmup_steps, dcfg.pretrain_steps)
-  tx_prog = optim.lamb(prog_lr, dcfg.weight_decay, stacked)
-  tx_pre = optim.lamb(pre_lr, dcfg.weight_decay, stacked["student"])
+  tx_prog = optim.lamb_direction(dcfg.weight_decay, stacked)
+  tx_pre = optim.lamb_direction(dcfg.weight_decay, stacked["student"])
   prog_opt_sh = sharding.opt_shardings(tx_prog, params, param_sh, mesh)
   pre_opt_sh = sharding.opt_shardings(tx_pre, params["student"], param_sh["student"], mesh)
   init_prog = jax.jit(tx_prog.init, out_shardings=prog_opt_sh)
@@ -402,22 +402,22 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   prog_loss = _progressive_loss(dcfg, K, mapping, student_of, adapters_of, teacher_of)
   pre_loss = _pretrain_loss(dcfg, student_of, teacher_of)
 
-  def progressive_step(params, opt_state, t_params, b, k):
+  def progressive_step(params, opt_state, t_params, b, k, lr):
     (loss, terms), g = jax.value_and_grad(prog_loss, has_aux=True)(params, t_params, b, k)
-    updates, opt_state = tx_prog.update(g, opt_state, params)
-    updates = stage_mask(updates, labels, k, K, dcfg.earlier_scale)
+    direction, opt_state = tx_prog.update(g, opt_state, params)
+    updates = stage_mask(jax.tree.map(lambda d: -lr * d, direction), labels, k, K, dcfg.earlier_scale)
     return optax.apply_updates(params, updates), opt_state, loss, terms
 
-  def pretrain_step(s_params, opt_state, t_params, b):
+  def pretrain_step(s_params, opt_state, t_params, b, lr):
     (loss, terms), g = jax.value_and_grad(pre_loss, has_aux=True)(s_params, t_params, b)
-    updates, opt_state = tx_pre.update(g, opt_state, s_params)
-    return optax.apply_updates(s_params, updates), opt_state, loss, terms
+    direction, opt_state = tx_pre.update(g, opt_state, s_params)
+    return optax.apply_updates(s_params, jax.tree.map(lambda d: -lr * d, direction)), opt_state, loss, terms
 
   prog_jit = jax.jit(progressive_step, donate_argnums=(0, 1),
-                     in_shardings=(param_sh, prog_opt_sh, None, None, None),
+                     in_shardings=(param_sh, prog_opt_sh, None, None, None, None),
                      out_shardings=(param_sh, prog_opt_sh, None, None))
   pre_jit = jax.jit(pretrain_step, donate_argnums=(0, 1),
-                    in_shardings=(param_sh["student"], pre_opt_sh, None, None),
+                    in_shardings=(param_sh["student"], pre_opt_sh, None, None, None),
                     out_shardings=(param_sh["student"], pre_opt_sh, None, None))
 
   # ---- checkpoints, logs -----------------------------------------------------------------------
@@ -466,14 +466,16 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
           opt_state = (init_prog if progressive else init_pre)(trainable)
         bar.set_description(f"{scfg.arch.name} {stage.name} ({plan.index(stage) + 1}/{len(plan)})")
         k = jnp.asarray(stage.block if progressive else 0, jnp.int32)
+        schedule = prog_lr if progressive else pre_lr
         while g < stage.end:
           local = next(train_iter)
           b = sharding.global_batch(local, mesh)
+          lr = float(schedule(g - stage.start))
           try:
             if progressive:
-              params, opt_state, loss, terms = prog_jit(params, opt_state, t_params, b, k)
+              params, opt_state, loss, terms = prog_jit(params, opt_state, t_params, b, k, jnp.float32(lr))
             else:
-              s_params, opt_state, loss, terms = pre_jit(params["student"], opt_state, t_params, b)
+              s_params, opt_state, loss, terms = pre_jit(params["student"], opt_state, t_params, b, jnp.float32(lr))
               params = dict(params, student=s_params)
           except jax.errors.JaxRuntimeError as e:
             if "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e):
@@ -485,7 +487,6 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
             raise NonFiniteLossError(f"non-finite loss {loss_v} at step {g} (stage {stage.name}, step {g - stage.start} "
                                      f"of {stage.end - stage.start}) for {scfg.arch.name}; lower distill.lr or check "
                                      "the data")
-          lr = float((prog_lr if progressive else pre_lr)(g - stage.start))
           rec = dict(step=g, stage=stage.name, loss=loss_v, lr=lr, **{n: float(v) for n, v in terms.items()})
           loss_log.append(rec)
           tokens += int(local["attention_mask"].sum()) * jax.process_count()

@@ -10,9 +10,10 @@
 
 Resumable: every trial is in the SQLite store before it runs and after it ends. `--resume`
 re-runs interrupted trials (their distillation resumes from its checkpoints), repeats no
-completed one, and asks the designer only for what is still missing. Multi-host: every
-process runs every trial on the global mesh; process 0 alone talks to the designer and
-writes the store, and broadcasts each architecture to the others.
+completed one, and asks the designer only for what is still missing. Ctrl-C / SIGTERM stop at
+the next step or trial boundary (ad/interrupt.py). Multi-host: every process runs every trial
+on the global mesh; process 0 alone talks to the designer and writes the store (a no-op writer
+elsewhere, ad/multihost.py), and broadcasts each architecture to the others.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ad import files, interrupt, multihost
 from ad import space as space_lib
 from ad.search import designers as designers_lib
 from ad.search import pareto, report as report_lib
@@ -88,39 +90,31 @@ def feasible_candidates(space: space_lib.DesignSpace, model_cfg, constraints, se
   return keep, pruned
 
 
-def _broadcast_arch(name: str | None) -> str:
-  """Process 0's architecture name (or comma-joined names) to every process (a fixed-size int array)."""
-  import jax
-  if jax.process_count() == 1:
-    return name
-  from jax.experimental import multihost_utils
-  buf = np.zeros(1024, dtype=np.int32)  # room for a comma-joined list of final architectures
-  if jax.process_index() == 0:
-    enc = name.encode()
-    if len(enc) > len(buf):
-      raise ValueError(f"cannot broadcast {len(enc)} bytes of architecture names (at most {len(buf)}): {name[:80]}...")
-    buf[:len(enc)] = np.frombuffer(enc, dtype=np.uint8)
-  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
-  return bytes(buf[buf > 0].astype(np.uint8)).decode()
+def measure(arch: space_lib.Arch, cfg, trace_dir: str) -> dict[str, Any]:
+  """The search's latency measurement of one architecture (config search.measure), on this backend.
+  The tabular benchmark calls it too, so both measure the same way."""
+  from profiling import harness
+  m = cfg.search.measure
+  return harness.measure_arch(arch, cfg.model, batch=m.batch, seq=m.seq, trace_dir=trace_dir,
+                              target_rel_ci=m.target_rel_ci, max_reps=m.max_reps, chunk=m.chunk,
+                              min_reps=min(20, m.max_reps))
 
 
 def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, names, log: Callable) -> dict[str, Any]:
   """Measures, checks the latency constraint, flash-distills; returns the trial's record fields.
 
   Raises on failure (the loop records the error); returns status 'infeasible' without training
-  when the measured latency breaks constraints.max_latency_ms.
+  when the measured latency breaks constraints.max_latency_ms. With several processes, process
+  0's measurement decides feasibility and every process follows it.
   """
   from ad.distill import trainer
-  from profiling import harness
-  m = cfg.search.measure
   t0 = time.time()
-  measurement = harness.measure_arch(arch, cfg.model, batch=m.batch, seq=m.seq, trace_dir=trace_dir,
-                                     target_rel_ci=m.target_rel_ci, max_reps=m.max_reps, chunk=m.chunk,
-                                     min_reps=min(20, m.max_reps))
+  measurement = measure(arch, cfg, trace_dir)
   measure_s = time.time() - t0
   out = dict(measurement=measurement, measure_s=measure_s, distill=None, distill_s=None)
   limit = cfg.constraints.max_latency_ms
-  if limit and measurement["latency_ms_median"] > limit:
+  verdict = "infeasible" if limit and measurement["latency_ms_median"] > limit else "ok"
+  if multihost.broadcast_str(verdict) == "infeasible":
     out.update(status="infeasible", error=f"latency {measurement['latency_ms_median']:.3f} ms > "
                                           f"constraints.max_latency_ms {limit}")
     return out
@@ -129,6 +123,17 @@ def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, name
     out["distill"] = trainer.distill(arch, cfg, "flash", workdir, resume=True, log=log, progress=False)
     out["distill_s"] = time.time() - t0
   out["status"] = "ok"
+  return out
+
+
+def trial_timings(r: dict, designer_s: float) -> dict[str, float]:
+  """A trial's wall-time split: designer, measurement, and the flash distillation's setup,
+  compilation, training steps, checkpoints and evaluation."""
+  d = r.get("distill") or {}
+  out = dict(designer_s=designer_s, measure_s=r.get("measure_s") or 0.0)
+  for k in ("setup_s", "compile_s", "train_steps_s", "checkpoint_s", "eval_s", "wall_s"):
+    out[f"distill_{k}"] = float(d.get(k) or 0.0)
+  out["total_s"] = out["designer_s"] + out["measure_s"] + out["distill_wall_s"]
   return out
 
 
@@ -167,80 +172,106 @@ def designer_trials(rows: list[dict], names) -> list[dict]:
   return out
 
 
-def run_search(cfg, run_dir: str, *, resume: bool = False, designer: str | None = None, log: Callable = print,
-               progress: bool = True) -> dict[str, Any]:
-  """Runs (or resumes) the search of `cfg` in `run_dir`; returns the summary written to summary.json."""
-  import jax
-  import tensorflow as tf  # TensorBoard scalars (ad.data hides accelerators from TF)
-  from tqdm import tqdm
-
-  from ad.data import tf_setup  # noqa: F401  (hide accelerators from TF before it initializes)
-
+def _validated(cfg, run_dir: str, designer: str | None):
+  """Everything a search needs, checked before anything is written (a bad config must leave no
+  search record behind): (designer, objective spec, space, feasible candidates, pruned)."""
   s = cfg.search
   designer = designer or s.designer
   if designer not in designers_lib.DESIGNERS:
     raise ValueError(f"designer {designer!r}: expected one of {designers_lib.DESIGNERS}")
   names, directions, reference = objective_spec(s)
-  ref_min = pareto.to_min([reference], directions)[0]
-  run_dir = os.path.abspath(run_dir)
-  is_main = jax.process_index() == 0
-  t_start = time.time()
-
-  # ---- run record: a run directory holds one search; --resume must continue the same one -------
-  store = TrialStore(run_dir) if is_main else None
-  record = dict(config=json.loads(cfg.to_json_best_effort()), designer=designer)
-  if is_main:
-    old = store.get_meta("record")
-    if old is not None and not resume:
-      raise FileExistsError(f"{run_dir} already holds a search ({len(store.trials())} trials); pass --resume to "
-                            "continue it or choose a new --run-dir")
-    if old is not None:
-      diff = sorted(k for k in set(record["config"]) | set(old["config"])
-                    if json.dumps(record["config"].get(k), sort_keys=True) != json.dumps(old["config"].get(k),
-                                                                                      sort_keys=True))
-      diff = [d for d in diff if d != "final"]  # the final distillation may change between runs
-      if diff or old["designer"] != designer:
-        raise ValueError(f"{store.path}: cannot resume, the config differs in {diff or ['designer']}")
-    store.set_meta("record", record)
-
-  # ---- the space, pruned by the constraints known before training --------------------------------
   space = space_lib.DesignSpace.from_config(cfg.space)
   feasible, pruned = feasible_candidates(space, cfg.model, cfg.constraints, s.measure.seq)
   cands = designers_lib.Candidates(feasible, space)
-  log(f"search: {len(cands)} feasible architectures of {len(space)} ({len(pruned)} pruned by constraints); "
-      f"designer {designer}, {s.num_initial} initial + {s.num_trials - s.num_initial} designed trials")
   if s.num_trials > len(cands) or s.num_initial < 0 or s.num_initial > s.num_trials:
     raise ValueError(f"search.num_trials={s.num_trials}, search.num_initial={s.num_initial}: need "
                      f"0 <= num_initial <= num_trials <= {len(cands)} feasible architectures")
-  des = designers_lib.make_designer(designer, cands, directions, reference, s.seed, s,
-                                    log_path=os.path.join(run_dir, "optimizer_service.log")) if is_main else None
+  if s.baseline_arch:
+    space_lib.Arch.parse(s.baseline_arch)
+  if cfg.final.choose not in report_lib.CHOICES:
+    raise ValueError(f"final.choose={cfg.final.choose!r}: expected one of {report_lib.CHOICES}")
+  from ad.distill import trainer
+  from ad.data import pretrain
+  from ad.models import student as student_lib
+  trainer.config_from(cfg.distill, "flash")
+  trainer.config_from(cfg.distill, cfg.final.schedule)
+  pretrain.config_from_dict(cfg.data)
+  student_lib.config_from_dict(feasible[0], cfg.model)
+  return designer, (names, directions, reference), space, cands, pruned
+
+
+def run_search(cfg, run_dir: str, *, resume: bool = False, designer: str | None = None, log: Callable = print,
+               progress: bool = True) -> dict[str, Any]:
+  """Runs (or resumes) the search of `cfg` in `run_dir`; returns the summary written to summary.json.
+
+  The run directory is locked while the search runs; a second process gets an error naming it."""
+  designer, spec, space, cands, pruned = _validated(cfg, run_dir, designer)
+  run_dir = os.path.abspath(run_dir)
+  lock = files.DirectoryLock(run_dir, "search run directory") if multihost.is_main() else None
+  if lock:
+    lock.__enter__()
+  try:
+    return _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log, progress)
+  finally:
+    if lock:
+      lock.__exit__(None, None, None)
+
+
+def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log, progress) -> dict[str, Any]:
+  import tensorflow as tf  # TensorBoard scalars
+  from tqdm import tqdm
+
+  from ad.data import tf_setup
+  from ad.distill import trainer
+  tf_setup.hide_accelerators_from_tf()  # before TF's first op (the TensorBoard writer below)
+
+  s = cfg.search
+  names, directions, reference = spec
+  ref_min = pareto.to_min([reference], directions)[0]
+  is_main = multihost.is_main()
+  t_start = time.time()
+
+  # ---- run record: a run directory holds one search; --resume must continue the same one -------
+  store = multihost.main_only(lambda: TrialStore(run_dir), dict(trials=list, finals=list))
+  record = dict(config=json.loads(cfg.to_json_best_effort()), designer=designer)
+  old = store.get_meta("record")
+  if old is not None and not resume:
+    raise FileExistsError(f"{run_dir} already holds a search ({len(store.trials())} trials); pass --resume to "
+                          "continue it or choose a new --run-dir")
+  if old is not None:
+    diff = sorted(k for k in set(record["config"]) | set(old["config"])
+                  if json.dumps(record["config"].get(k), sort_keys=True) != json.dumps(old["config"].get(k),
+                                                                                    sort_keys=True))
+    diff = [d for d in diff if d != "final"]  # the final distillation may change between runs
+    if diff or old["designer"] != designer:
+      raise ValueError(f"{store.path}: cannot resume, the config differs in {diff or ['designer']}")
+  store.set_meta("record", record)
+
+  log(f"search: {len(cands)} feasible architectures of {len(space)} ({len(pruned)} pruned by constraints); "
+      f"designer {designer}, {s.num_initial} initial + {s.num_trials - s.num_initial} designed trials")
+  des = (designers_lib.make_designer(designer, cands, directions, reference, s.seed, s,
+                                     log_path=os.path.join(run_dir, "optimizer_service.log")) if is_main else None)
   initial = designers_lib.initial_design(cands, s.num_initial, s.seed)
   writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb")) if is_main else None
 
-  def rows():
-    return store.trials() if is_main else []
-
-  def run_one(arch: space_lib.Arch, role: str, who: str, existing: dict | None) -> dict:
+  def run_one(arch: space_lib.Arch, role: str, who: str, existing: dict | None, designer_s: float) -> dict:
     """Evaluates one trial on every process; process 0 records it."""
     workdir = os.path.join(run_dir, "trials", arch.name)
     trace_dir = os.path.join(run_dir, "traces", arch.name)
     screen = screening(arch, cfg.model, s.measure.seq)
-    tid = None
-    if is_main:
-      if existing is None:
-        tid = store.start_trial(arch.name, role, who, s.seed, screen, workdir)
-      else:
-        tid = existing["id"]
-        store.restart_trial(tid)
+    if existing is None:
+      tid = store.start_trial(arch.name, role, who, s.seed, screen, workdir)
+    else:
+      tid = existing["id"]
+      store.restart_trial(tid)
     try:
       r = evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None)
-    except (KeyboardInterrupt, SystemExit):
-      raise
-    except Exception as e:  # NaN, OOM, anything: the trial fails, the search goes on
+    except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
+      raise  # the trial stays 'running': --resume runs it again from its checkpoints
+    except Exception as e:  # NaN, OOM, a damaged checkpoint, anything: the trial fails, the search goes on
       err = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
       log(f"search: trial {arch.name} failed: {type(e).__name__}: {str(e)[:300]}")
-      if is_main:
-        store.finish_trial(tid, "failed", error=err)
+      store.finish_trial(tid, "failed", error=err, timings=dict(designer_s=designer_s))
       return dict(status="failed")
     objectives, ses = (objective_values(names, r["distill"], r["measurement"], screen) if r["status"] == "ok"
                        else (None, None))
@@ -249,26 +280,27 @@ def run_search(cfg, run_dir: str, *, resume: bool = False, designer: str | None 
     if bad:  # a NaN objective must never reach the designer or the Pareto set
       status, error = "failed", f"non-finite objective(s) {', '.join(f'{n}={objectives[n]}' for n in bad)}"
       log(f"search: trial {arch.name} failed: {error}")
-    if is_main:
-      store.finish_trial(tid, status, objectives=objectives, objective_se=ses, measurement=r["measurement"],
-                         distill=r["distill"], error=error, measure_s=r["measure_s"], distill_s=r["distill_s"])
+    store.finish_trial(tid, status, objectives=objectives, objective_se=ses, measurement=r["measurement"],
+                       distill=r["distill"], error=error, measure_s=r["measure_s"], distill_s=r["distill_s"],
+                       timings=trial_timings(r, designer_s))
     return dict(status=status, objectives=objectives)
 
   def hv_now() -> float:
-    ok = [t for t in rows() if t["status"] == "ok" and t["role"] != "baseline"]
+    ok = [t for t in store.trials() if t["status"] == "ok" and t["role"] != "baseline"]
     return pareto.hypervolume(pareto.to_min([[t["objectives"][n] for n in names] for t in ok], directions),
                               ref_min) if ok else 0.0
 
   # ---- interrupted trials first, then the baseline, then the budget ------------------------------
-  done_designed = lambda: sum(1 for t in rows() if t["role"] != "baseline" and t["status"] != "running")
+  done_designed = lambda: sum(1 for t in store.trials() if t["role"] != "baseline" and t["status"] != "running")
   bar = tqdm(total=s.num_trials, initial=done_designed() if is_main else 0, disable=not (progress and is_main),
              dynamic_ncols=True, desc="search")
   try:
     while True:
+      interrupt.check("a trial boundary of the search (completed trials are in the store)")
       # What to run next is decided on process 0 and broadcast.
-      arch_name, role, who, existing = "", "", "", None
+      arch_name, role, who, existing, designer_s = "", "", "", None, 0.0
       if is_main:
-        current = rows()
+        current = store.trials()
         running = [t for t in current if t["status"] == "running"]
         by_name = {t["arch"] for t in current}
         if running:  # interrupted by a crash: run again, its distillation resumes from checkpoints
@@ -282,16 +314,18 @@ def run_search(cfg, run_dir: str, *, resume: bool = False, designer: str | None 
           if n_initial < s.num_initial and todo:
             arch_name, role, who = todo[0].name, "initial", "initial"
           else:
+            t0 = time.time()
             des.update(designer_trials(current, names))
             arch_name, role, who = des.suggest(1)[0].name, "designer", designer
-      arch_name = _broadcast_arch(arch_name or "-")
+            designer_s = time.time() - t0
+      arch_name = multihost.broadcast_str(arch_name or "-")
       if arch_name == "-":
         break
       arch = space_lib.Arch.parse(arch_name)
       bar.set_postfix_str(f"hv={hv_now():.4g} in flight: {arch.name} ({role})")
-      r = run_one(arch, role, who, existing)
+      r = run_one(arch, role, who, existing, designer_s)
       if is_main:
-        n = len(rows())
+        n = len(store.trials())
         with writer.as_default(step=n):
           if r["status"] == "ok":
             for k, v in r["objectives"].items():
@@ -306,40 +340,37 @@ def run_search(cfg, run_dir: str, *, resume: bool = False, designer: str | None 
     if des is not None and hasattr(des, "close"):
       des.close()
 
-  # ---- regular distillation of the chosen Pareto students ---------------------------------------
+  # ---- regular distillation of the chosen Pareto students, and of the baseline (like for like) ----
   if is_main:
     report_lib.write_report(run_dir, store)  # the search's report exists before the long final runs
-  chosen = report_lib.choose_finals(rows(), names, directions, cfg.final) if is_main else []
-  n_final = _broadcast_arch(",".join(a for a in chosen) or "-")
-  chosen = [] if n_final == "-" else n_final.split(",")
-  from ad.distill import trainer
+  chosen = report_lib.choose_finals(store.trials(), names, directions, cfg.final) if is_main else []
+  if is_main and cfg.final.include_baseline and s.baseline_arch and chosen:
+    chosen.append(s.baseline_arch)
+  chosen = [c for c in multihost.broadcast_str(",".join(chosen)).split(",") if c]
   for name in chosen:
-    done = {f["arch"]: f for f in store.finals()} if is_main else {}
+    interrupt.check("a final distillation boundary")
+    done = {f["arch"]: f for f in store.finals()}
     if name in done and done[name]["status"] == "ok":
       continue
     workdir = os.path.join(run_dir, "final", name)
-    if is_main:
-      store.start_final(name)
+    store.start_final(name)
     log(f"search: regular distillation of {name} into {workdir}")
     try:
       m = trainer.distill(name, cfg, cfg.final.schedule, workdir, resume=True, log=lambda msg: None,
                           progress=progress, save_student=True,
                           export_dir=os.path.join(workdir, "hf") if cfg.final.export_hf else None)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
       raise
     except Exception as e:
       log(f"search: final distillation of {name} failed: {type(e).__name__}: {str(e)[:300]}")
-      if is_main:
-        store.finish_final(name, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}")
+      store.finish_final(name, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}")
       continue
-    if is_main:
-      store.finish_final(name, "ok", metrics=m, checkpoint=m.get("student_checkpoint"), hf_dir=m.get("hf_dir"))
+    store.finish_final(name, "ok", metrics=m, checkpoint=m.get("student_checkpoint"), hf_dir=m.get("hf_dir"))
 
   summary = {}
   if is_main:
     summary = report_lib.write_report(run_dir, store)
     summary["wall_s_this_run"] = time.time() - t_start
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    files.write_json(os.path.join(run_dir, "summary.json"), summary)
     store.close()
   return summary

@@ -106,10 +106,44 @@ def dominating_baseline(ok: list[dict], baseline: dict | None, names, directions
   return beyond, raw
 
 
+def final_rows(finals: list[dict], rows: list[dict], names) -> list[dict]:
+  """Each successful final distillation as a trial-like row: the trained objectives (and their
+  standard errors and per-sequence counts) from the regular run, the measured ones from its trial."""
+  by_arch = {r["arch"]: r for r in rows}
+  out = []
+  for f in finals:
+    trial, m = by_arch.get(f["arch"]), f["metrics"] or {}
+    if f["status"] != "ok" or trial is None or trial["status"] != "ok":
+      continue
+    obj, se = dict(trial["objectives"]), dict(trial.get("objective_se") or {})
+    for n in names:
+      if n in m:
+        obj[n], se[n] = float(m[n]), float(m.get(f"{n}_se") or 0.0)
+    out.append(dict(trial, objectives=obj, objective_se=se, distill=m))
+  return out
+
+
+def time_split(rows: list[dict]) -> dict[str, float]:
+  """Mean seconds per trial of each part of a trial's wall time, over trials that trained."""
+  timed = [r["timings"] for r in rows if r.get("timings") and r["timings"].get("distill_wall_s")]
+  if not timed:
+    return {}
+  keys = ("designer_s", "measure_s", "distill_setup_s", "distill_compile_s", "distill_train_steps_s",
+          "distill_checkpoint_s", "distill_eval_s", "total_s")
+  out = {k: float(np.mean([t.get(k, 0.0) for t in timed])) for k in keys}
+  out["train_steps_share"] = float(np.mean([t["distill_train_steps_s"] / t["total_s"] for t in timed if t["total_s"]]))
+  out["trials"] = len(timed)
+  return out
+
+
 def _pm(row: dict, name: str) -> str:
   """'value ± se' of one objective of a trial."""
   se = se_of(row, name)
   return _fmt(row["objectives"][name]) + (f" ± {_fmt(se, 2)}" if se else "")
+
+
+def _rel(path: str | None, run_dir: str) -> str:
+  return "" if not path else os.path.relpath(path, run_dir)
 
 
 def _metric(metrics: dict, name: str) -> str:
@@ -216,13 +250,21 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
       L.append(f"| `{r['arch']}` | " + " | ".join(_pm(r, n) for n in names)
                + f" | {r['screening']['params']:,} | {r['id']} |")
   L += ["", "## Final distillation (regular schedule)", ""]
+  fin = final_rows(finals, rows, names)
+  base_final = next((f for f in fin if baseline and f["arch"] == baseline["arch"]), None)
+  fin_beyond, fin_raw = dominating_baseline([f for f in fin if f is not base_final], base_final, names, directions)
+  if base_final:
+    L += [f"After regular distillation, against the regular-distilled baseline `{base_final['arch']}` ("
+          + ", ".join(f"{n} {_pm(base_final, n)}" for n in names) + "): dominating it beyond the noise: "
+          f"**{', '.join(fin_beyond) or 'none'}**; noise-blind: {', '.join(fin_raw) or 'none'}.", ""]
   if finals:
     L += ["| arch | status | mlm_accuracy | teacher_agreement | nsp_accuracy | steps | orbax checkpoint | HF MobileBERT |",
           "|---|---|---|---|---|---|---|---|"]
     for f in finals:
       m = f["metrics"] or {}
       L.append(f"| `{f['arch']}` | {f['status']} | {_metric(m, 'mlm_accuracy')} | {_metric(m, 'teacher_agreement')} | "
-               f"{_metric(m, 'nsp_accuracy')} | {_fmt(m.get('steps'))} | {f['checkpoint'] or ''} | {f['hf_dir'] or ''} |")
+               f"{_metric(m, 'nsp_accuracy')} | {_fmt(m.get('steps'))} | {_rel(f['checkpoint'], run_dir)} | "
+               f"{_rel(f['hf_dir'], run_dir)} |")
       if f["error"]:
         L.append(f"\n    {f['error'].splitlines()[0]}\n")
   else:
@@ -240,6 +282,14 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
              + f" | {_metric(dd, 'nsp_accuracy')} | {_fmt(mm.get('latency_ms_p90'))} | "
              f"{_fmt(peak / 1e6 if peak else None)} | {r['screening']['params']:,} | "
              f"{_fmt(r['screening']['flops'] / 1e9)} | {_fmt(r['measure_s'], 3)} | {_fmt(r['distill_s'], 3)} | {note} |")
+  split = time_split(rows)
+  if split:
+    L += ["", "## Where a trial's time goes", "",
+          f"Mean over {split['trials']} trained trials, seconds: designer {_fmt(split['designer_s'], 3)}, measurement "
+          f"{_fmt(split['measure_s'], 3)}, distillation setup {_fmt(split['distill_setup_s'], 3)}, compilation "
+          f"{_fmt(split['distill_compile_s'], 3)}, training steps {_fmt(split['distill_train_steps_s'], 3)}, "
+          f"checkpoints {_fmt(split['distill_checkpoint_s'], 3)}, evaluation {_fmt(split['distill_eval_s'], 3)}; "
+          f"total {_fmt(split['total_s'], 3)}. Training steps are {100 * split['train_steps_share']:.0f}% of a trial."]
   L += ["", f"Hypervolume after each search trial: {', '.join(_fmt(float(h), 4) for h in hv_hist)}", "",
         "Profiles: `traces/<arch>/` (open with TensorBoard's profile plugin); trial runs: `trials/<arch>/` "
         "(losses.jsonl, tb/); search scalars: `tb/`.", ""]
@@ -249,6 +299,8 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
               pareto=[_with_se(r, names) for r, m in zip(ok, mask) if m],
               baseline=_with_se(baseline, names) if baseline else None,
               dominating_baseline=dominating, dominating_baseline_noise_blind=dominating_raw,
+              finals_dominating_baseline=fin_beyond, finals_dominating_baseline_noise_blind=fin_raw,
+              time_split=split,
               finals=[dict(arch=f["arch"], status=f["status"], hf_dir=f["hf_dir"], checkpoint=f["checkpoint"],
                            mlm_accuracy=(f["metrics"] or {}).get("mlm_accuracy"),
                            mlm_accuracy_se=(f["metrics"] or {}).get("mlm_accuracy_se")) for f in finals])

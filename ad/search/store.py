@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS trials (
   finished REAL,
   measure_s REAL,
   distill_s REAL,
-  workdir TEXT
+  workdir TEXT,                  -- relative to the run directory
+  timings TEXT                   -- JSON: the trial's wall-time split (designer, measure, compile, train, eval)
 );
 CREATE TABLE IF NOT EXISTS finals (
   arch TEXT PRIMARY KEY,
@@ -52,9 +53,9 @@ CREATE TABLE IF NOT EXISTS finals (
   finished REAL
 );
 """
-_JSON_COLUMNS = ("objectives", "objective_se", "measurement", "distill", "screening", "metrics")
+_JSON_COLUMNS = ("objectives", "objective_se", "measurement", "distill", "screening", "metrics", "timings")
 # Columns added after the first schema: (table, column, type); added on open to an older store.
-_ADDED_COLUMNS = (("trials", "objective_se", "TEXT"),)
+_ADDED_COLUMNS = (("trials", "objective_se", "TEXT"), ("trials", "timings", "TEXT"))
 
 
 def code_version() -> str:
@@ -70,29 +71,61 @@ def code_version() -> str:
     return "unknown"
 
 
+class StoreError(ValueError):
+  """The trial store is not readable as one: names the file (and the row)."""
+
+
 class TrialStore:
+  """Paths (a trial's workdir, its trace directory, a final's checkpoint and export) are stored
+  relative to the run directory and returned absolute, so a moved run directory stays readable."""
 
   def __init__(self, run_dir: str, create: bool = True):
-    self.path = os.path.join(run_dir, STORE_FILE)
+    self.run_dir = os.path.abspath(run_dir)
+    self.path = os.path.join(self.run_dir, STORE_FILE)
     if not create and not os.path.isfile(self.path):
       raise FileNotFoundError(f"{self.path}: no trial store there; is {run_dir} the run directory of an `ad search`?")
     os.makedirs(run_dir, exist_ok=True)
-    self.db = sqlite3.connect(self.path, timeout=60)
-    self.db.row_factory = sqlite3.Row
-    with self.db:
-      self.db.executescript(_SCHEMA)
-      for table, column, kind in _ADDED_COLUMNS:
-        have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
-        if column not in have:
-          self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    try:
+      self.db = sqlite3.connect(self.path, timeout=60)
+      self.db.row_factory = sqlite3.Row
+      with self.db:
+        self.db.executescript(_SCHEMA)
+        for table, column, kind in _ADDED_COLUMNS:
+          have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+          if column not in have:
+            self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    except sqlite3.DatabaseError as e:
+      raise StoreError(f"{self.path}: not a readable SQLite trial store ({e}); the file is damaged or is not a "
+                       "store: move it aside to start a new search in this directory") from None
 
   def close(self) -> None:
     self.db.close()
 
   # ---- meta ------------------------------------------------------------------------------------
   def get_meta(self, key: str, default=None):
-    row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return json.loads(row["value"]) if row else default
+    row = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+    if not row:
+      return default
+    try:
+      return json.loads(row[0]["value"])
+    except json.JSONDecodeError as e:
+      raise StoreError(f"{self.path}: meta row {key!r} is not valid JSON ({e.msg})") from None
+
+  def _query(self, sql: str, args=()) -> list:
+    try:
+      return self.db.execute(sql, args).fetchall()
+    except sqlite3.DatabaseError as e:
+      raise StoreError(f"{self.path}: reading the trial store failed ({e}); the file is damaged or truncated") from None
+
+  def rel(self, path: str | None) -> str | None:
+    """A path as stored: relative to the run directory when it lies inside it."""
+    if path is None:
+      return None
+    path = os.path.abspath(path)
+    return os.path.relpath(path, self.run_dir) if path.startswith(self.run_dir + os.sep) else path
+
+  def abs(self, path: str | None) -> str | None:
+    return None if path is None else os.path.normpath(os.path.join(self.run_dir, path))
 
   def set_meta(self, key: str, value) -> None:
     with self.db:
@@ -104,7 +137,7 @@ class TrialStore:
       cur = self.db.execute(
           "INSERT INTO trials (arch, role, designer, status, screening, seed, code_version, started, workdir) "
           "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-          (arch, role, designer, json.dumps(screening), seed, code_version(), time.time(), workdir))
+          (arch, role, designer, json.dumps(screening), seed, code_version(), time.time(), self.rel(workdir)))
     return int(cur.lastrowid)
 
   def restart_trial(self, trial_id: int) -> None:
@@ -114,22 +147,33 @@ class TrialStore:
 
   def finish_trial(self, trial_id: int, status: str, *, objectives: dict | None = None,
                    objective_se: dict | None = None, measurement: dict | None = None, distill: dict | None = None,
-                   error: str | None = None, measure_s: float | None = None, distill_s: float | None = None) -> None:
+                   error: str | None = None, measure_s: float | None = None, distill_s: float | None = None,
+                   timings: dict | None = None) -> None:
     if status not in STATUSES[1:]:
       raise ValueError(f"trial status {status!r}: expected one of {STATUSES[1:]}")
+    if measurement and measurement.get("trace_dir"):
+      measurement = dict(measurement, trace_dir=self.rel(measurement["trace_dir"]))
     with self.db:
       self.db.execute(
           "UPDATE trials SET status = ?, objectives = ?, objective_se = ?, measurement = ?, distill = ?, error = ?, "
-          "finished = ?, measure_s = ?, distill_s = ? WHERE id = ?",
+          "finished = ?, measure_s = ?, distill_s = ?, timings = ? WHERE id = ?",
           (status, json.dumps(objectives) if objectives is not None else None,
            json.dumps(objective_se) if objective_se is not None else None,
            json.dumps(measurement, default=str) if measurement is not None else None,
            json.dumps(distill, default=str) if distill is not None else None, error, time.time(), measure_s,
-           distill_s, trial_id))
+           distill_s, json.dumps(timings) if timings is not None else None, trial_id))
 
   def trials(self, status: str | None = None) -> list[dict[str, Any]]:
     q = "SELECT * FROM trials" + (" WHERE status = ?" if status else "") + " ORDER BY id"
-    return [_row(r) for r in self.db.execute(q, (status,) if status else ())]
+    rows = [self._row(r, "trials") for r in self._query(q, (status,) if status else ())]
+    for r in rows:
+      if r["status"] not in STATUSES:
+        raise StoreError(f"{self.path}: trial {r['id']} ({r['arch']}) has status {r['status']!r}, expected one of "
+                         f"{STATUSES}; was the store edited by hand or written by a newer version?")
+      r["workdir"] = self.abs(r["workdir"])
+      if r["measurement"] and r["measurement"].get("trace_dir"):
+        r["measurement"]["trace_dir"] = self.abs(r["measurement"]["trace_dir"])
+    return rows
 
   # ---- finals ----------------------------------------------------------------------------------
   def start_final(self, arch: str) -> None:
@@ -142,15 +186,22 @@ class TrialStore:
     with self.db:
       self.db.execute("UPDATE finals SET status = ?, metrics = ?, checkpoint = ?, hf_dir = ?, error = ?, finished = ? "
                       "WHERE arch = ?", (status, json.dumps(metrics, default=str) if metrics is not None else None,
-                                         checkpoint, hf_dir, error, time.time(), arch))
+                                         self.rel(checkpoint), self.rel(hf_dir), error, time.time(), arch))
 
   def finals(self) -> list[dict[str, Any]]:
-    return [_row(r) for r in self.db.execute("SELECT * FROM finals ORDER BY started")]
+    rows = [self._row(r, "finals") for r in self._query("SELECT * FROM finals ORDER BY started")]
+    for r in rows:
+      r["checkpoint"], r["hf_dir"] = self.abs(r["checkpoint"]), self.abs(r["hf_dir"])
+    return rows
 
-
-def _row(r: sqlite3.Row) -> dict[str, Any]:
-  d = dict(r)
-  for k in _JSON_COLUMNS:
-    if k in d and d[k] is not None:
-      d[k] = json.loads(d[k])
-  return d
+  def _row(self, r: sqlite3.Row, table: str) -> dict[str, Any]:
+    d = dict(r)
+    for k in _JSON_COLUMNS:
+      if k in d and d[k] is not None:
+        try:
+          d[k] = json.loads(d[k])
+        except json.JSONDecodeError as e:
+          which = f"trial {d.get('id')}" if table == "trials" else f"final {d.get('arch')}"
+          raise StoreError(f"{self.path}: {which}, column {k!r}, is not valid JSON ({e.msg}); the row is damaged") \
+              from None
+    return d

@@ -76,6 +76,8 @@ def search(num_initial: int, num_trials: int, measure_seq: int, latency_referenc
   return ml_collections.ConfigDict(base)
 
 
-def final(count: int, choose: str = "knee", schedule: str = "regular"):
-  """Which Pareto students get the full (regular) distillation, saved with orbax and exported to HF."""
-  return ml_collections.ConfigDict(dict(count=count, choose=choose, schedule=schedule, export_hf=True))
+def final(count: int, choose: str = "knee", schedule: str = "regular", include_baseline: bool = True):
+  """Which Pareto students get the full (regular) distillation, saved with orbax and exported to HF;
+  include_baseline: the baseline too, so the final comparison is like for like (003 Table 2)."""
+  return ml_collections.ConfigDict(dict(count=count, choose=choose, schedule=schedule, export_hf=True,
+                                        include_baseline=include_baseline))

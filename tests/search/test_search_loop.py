@@ -76,13 +76,17 @@ def test_kill_and_resume_loses_and_repeats_nothing_then_distills_and_exports_the
     assert (after["id"], after["finished"], after["objectives"]) == (r["id"], r["finished"], r["objectives"])
   for r in rows:
     m = json.loads(r["measurement"])
-    assert m["latency_ms_median"] > 0 and os.path.isdir(m["trace_dir"]) and json.loads(r["distill"])["steps"] == 3
+    assert not os.path.isabs(m["trace_dir"]) and not os.path.isabs(r["workdir"])  # a moved run dir stays readable
+    assert m["latency_ms_median"] > 0 and os.path.isdir(os.path.join(run_dir, m["trace_dir"]))
+    assert json.loads(r["distill"])["steps"] == 3
     assert r["seed"] == 0 and r["code_version"]
 
   summary = json.loads(done.stdout)
   assert summary["trials"] == 3 and summary["pareto"] and summary["hypervolume"] > 0
-  (final,) = summary["finals"]
+  final, base_final = summary["finals"]  # the knee, then the baseline (a like-for-like final comparison)
   assert final["status"] == "ok" and final["arch"] in {p["arch"] for p in summary["pareto"]}
+  assert base_final["arch"] == BASELINE and base_final["status"] == "ok" and final["mlm_accuracy_se"] > 0
+  assert summary["time_split"]["trials"] == 3 and 0 < summary["time_split"]["train_steps_share"] < 1
   assert os.path.isfile(os.path.join(final["hf_dir"], "model.safetensors"))
   assert os.path.isdir(final["checkpoint"])
   from ad.models import hf
