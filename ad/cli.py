@@ -42,13 +42,10 @@ def cmd_space(args) -> int:
 
 
 def arch_report(arch_name: str, cfg, blocks=None, seq=128, batch=1, dtype=None) -> dict:
-  """Parameter counts by part and forward FLOPs from XLA's cost analysis."""
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
+  """Parameter counts by part and forward FLOPs from XLA's cost analysis (the harness's forward)."""
   from ad import space as space_lib
   from ad.models import student as student_lib
-  from profiling import compile_stats
+  from profiling import harness
 
   arch = space_lib.Arch.parse(arch_name)
   if batch <= 0:
@@ -57,29 +54,17 @@ def arch_report(arch_name: str, cfg, blocks=None, seq=128, batch=1, dtype=None) 
   if not 0 < seq <= scfg.max_positions:
     raise ValueError(f"--seq {seq} is outside (0, {scfg.max_positions}] (the model's position embeddings)")
   counts = student_lib.param_counts(scfg)
-  model = student_lib.abstract_student(scfg)
-  real = student_lib.count_module_params(model)
+  real = student_lib.count_module_params(student_lib.abstract_student(scfg))
   if real != counts["total"]:
     raise AssertionError(f"closed-form parameter count {counts['total']} != module's {real} for {arch}")
-  graphdef, state = nnx.split(model)
-  ids = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
-
-  def encoder_fwd(state, ids):
-    m = nnx.merge(graphdef, state)
-    out = m.encode(ids, unroll=True)  # unrolled: XLA's cost analysis counts a loop body once
-    return out["sequence_output"], out["pooled"]
-
-  def pretrain_fwd(state, ids):
-    out = nnx.merge(graphdef, state)(ids, unroll=True)
-    return out["mlm_logits"], out["nsp_logits"]
-
-  enc = compile_stats.compile_stats(encoder_fwd, state, ids)
-  full = compile_stats.compile_stats(pretrain_fwd, state, ids)
+  kw = dict(num_blocks=scfg.num_blocks, batch=batch, seq=seq, dtype=scfg.dtype)
+  enc = harness.compile_only_arch(arch, cfg.model, **kw)
+  full = harness.compile_only_arch(arch, cfg.model, heads=True, **kw)
   return dict(
       arch=arch.name, num_blocks=scfg.num_blocks, batch=batch, seq=seq, dtype=scfg.dtype,
       params={k: int(v) for k, v in counts.items()},
       flops_encoder=enc["flops"], flops_pretraining_heads=full["flops"],
-      bytes_accessed_encoder=enc["bytes_accessed"], backend=jax.default_backend())
+      bytes_accessed_encoder=enc["bytes_accessed"], backend=enc["backend"])
 
 
 def cmd_arch(args) -> int:
@@ -118,7 +103,7 @@ def cmd_profile(args) -> int:
     r = harness.compile_only_arch(args.arch, cfg.model, **kw)
   else:
     r = harness.measure_arch(args.arch, cfg.model, trace_dir=args.trace_dir, target_rel_ci=args.target_ci,
-                             max_reps=args.max_reps, **kw)
+                             max_reps=args.max_reps, min_reps=min(args.min_reps, args.max_reps), **kw)
   if args.json:
     print(json.dumps(r, indent=2))
     return 0
@@ -238,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--trace-dir", default=None, help="where traces are kept (default: a new temp dir)")
   p.add_argument("--target-ci", type=float, default=0.02,
                  help="stop when the 95%% CI of the median is within this fraction of it")
-  p.add_argument("--max-reps", type=int, default=300)
+  p.add_argument("--max-reps", type=int, default=300, help="stop after this many executions even if not converged")
+  p.add_argument("--min-reps", type=int, default=20, help="at least this many executions (capped by --max-reps)")
   p.add_argument("--compile-only", action="store_true", help="FLOPs, bytes and memory without running")
   p.add_argument("--json", action="store_true")
   p.add_argument("--outside-space", action="store_true", help="allow architectures outside the design space")

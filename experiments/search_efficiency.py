@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from ad import space as space_lib
+from ad import files, space as space_lib
 from ad.search import designers as designers_lib
 from ad.search import pareto
 
@@ -168,9 +168,7 @@ def efficiency(problem: Problem, seeds: int, budget: int, num_initial: int, run_
           r = json.load(f)
       else:
         r = run_one(problem, name, seed, budget, num_initial, log_path=os.path.join(run_dir, "trieste.log"))
-        with open(path + ".tmp", "w") as f:
-          json.dump(r, f)
-        os.replace(path + ".tmp", path)
+        files.write_json(path, r)
       r.update(metrics(problem, r))
       runs.append(r)
       print(f"{problem.name} {name} seed {seed}: first {r['first']}, three {r['three']}, "
@@ -233,9 +231,7 @@ def objectives_study(problem: Problem, seeds: int, budget: int, num_initial: int
           r = json.load(f)
       else:
         r = run_one(sub, "bo", seed, budget, num_initial, log_path=os.path.join(run_dir, "trieste.log"))
-        with open(path + ".tmp", "w") as f:
-          json.dump(r, f)
-        os.replace(path + ".tmp", path)
+        files.write_json(path, r)
       idx = [problem.cands.index[n] for n in r["order"]]
       designed = idx[num_initial:]
       per_seed.append(dict(

@@ -29,7 +29,7 @@ import traceback
 
 import numpy as np
 
-from ad import configs
+from ad import configs, files
 from ad import space as space_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,13 +54,6 @@ def table_archs(cfg) -> list[space_lib.Arch]:
   return space_lib.DesignSpace.from_config(factors).archs()
 
 
-def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, default=str)
-  os.replace(tmp, path)  # a crash never leaves half a result behind
-
-
 def _arch_dir(run_dir: str, arch) -> str:
   d = os.path.join(run_dir, "archs", arch.name)
   os.makedirs(d, exist_ok=True)
@@ -73,8 +66,7 @@ def _record_error(d: str, what: str) -> None:
 
 
 def measure_phase(cfg, run_dir: str, archs) -> None:
-  from profiling import harness
-  m = cfg.search.measure
+  from ad.search import loop
   for i, arch in enumerate(archs):
     d = _arch_dir(run_dir, arch)
     out = os.path.join(d, "measure.json")
@@ -82,15 +74,13 @@ def measure_phase(cfg, run_dir: str, archs) -> None:
       continue
     t0 = time.time()
     try:
-      r = harness.measure_arch(arch, cfg.model, batch=m.batch, seq=m.seq, trace_dir=os.path.join(d, "trace"),
-                               target_rel_ci=m.target_rel_ci, max_reps=m.max_reps, chunk=m.chunk,
-                               min_reps=min(20, m.max_reps))
+      r = loop.measure(arch, cfg, os.path.join(d, "trace"))  # the search's own measurement
     except Exception:
       _record_error(d, "measure")
       print(f"[measure {i + 1}/{len(archs)}] {arch.name}: FAILED, see {d}/error.txt", flush=True)
       continue
     r["measure_s"] = time.time() - t0
-    _write_json(out, r)
+    files.write_json(out, r)
     print(f"[measure {i + 1}/{len(archs)}] {arch.name}: {r['latency_ms_median']:.3f} ms "
           f"({r['repetitions']} reps, {r['measure_s']:.1f} s)", flush=True)
 
@@ -112,7 +102,7 @@ def distill_phase(cfg, run_dir: str, archs, worker: int, workers: int) -> None:
       print(f"[worker {worker}: {i + 1}/{len(mine)}] {arch.name}: FAILED, see {d}/error.txt", flush=True)
       continue
     metrics["distill_s"] = time.time() - t0
-    _write_json(out, metrics)
+    files.write_json(out, metrics)
     shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)  # 130 MB each; the metrics stay
     print(f"[worker {worker}: {i + 1}/{len(mine)}] {arch.name}: MLM {metrics['mlm_accuracy']:.4f} "
           f"({metrics['distill_s']:.1f} s)", flush=True)
@@ -174,7 +164,7 @@ def export(cfg, run_dir: str, archs, out_dir: str, wall_s: float | None, command
                  dominating_baseline=dominating,
                  distill_s_total=float(sum(r["distill_wall_s"] for r in rows)),
                  measure_s_total=float(sum(r["measure_wall_s"] for r in rows)))
-  _write_json(os.path.join(out_dir, "tabular.json"), summary)
+  files.write_json(os.path.join(out_dir, "tabular.json"), summary)
   plot(rows, front, os.path.join(out_dir, "tabular.png"))
   return summary
 

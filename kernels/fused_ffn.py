@@ -78,7 +78,7 @@ def _layer(x, w_in, b_in, w_out, b_out, s, b, norm, eps, dtype):
 
 def _fwd_kernel(x_ref, w_in_ref, b_in_ref, w_out_ref, b_out_ref, s_ref, b_ref, o_ref, *, norm, eps):
   x = x_ref[...].astype(jnp.float32)  # [R, Bn]
-  for f in range(w_in_ref.shape[0]):  # F <= 4: unrolled, weights already on chip
+  for f in range(w_in_ref.shape[0]):  # the F layers (1-6 in Table 1), unrolled; weights already on chip
     x, _, _, _ = _layer(x, w_in_ref[f], b_in_ref[f], w_out_ref[f], b_out_ref[f], s_ref[f], b_ref[f], norm, eps,
                         x_ref.dtype)
   o_ref[...] = x.astype(o_ref.dtype)

@@ -97,3 +97,17 @@ class CompileLog:
     out.update({k: sum(1 for kind, _, _ in e if kind == k) for k in ("cache_hits", "cache_misses")})
     out["functions"] = sorted({name for kind, name, _ in e if kind == "compile_s"})
     return out
+
+
+def compile_concurrently(jobs: dict) -> dict:
+  """{name: (jitted function, args)} -> {name: compiled}, lowered and compiled in parallel threads.
+
+  XLA compiles one program on one core; a training run's programs are independent, so compiling
+  them side by side takes about the time of the longest instead of the sum (args may be
+  ShapeDtypeStructs with shardings)."""
+  from concurrent.futures import ThreadPoolExecutor
+  if not jobs:
+    return {}
+  with ThreadPoolExecutor(max_workers=len(jobs)) as ex:
+    futures = {name: ex.submit(lambda f=f, a=a: f.lower(*a).compile()) for name, (f, a) in jobs.items()}
+    return {name: fut.result() for name, fut in futures.items()}

@@ -91,17 +91,18 @@ def measure_fn(fn: Callable, args: tuple, *, name: str, batch: int, seq: int | N
   rounds = 0
   while True:
     round_dir = os.path.join(trace_dir, f"round_{rounds:03d}")
+    this_chunk = min(chunk, max_reps - len(device_ns))  # never past max_reps
     started = time.time()
     with jax.profiler.trace(round_dir):
-      for i in range(chunk):
+      for i in range(this_chunk):
         with jax.profiler.StepTraceAnnotation(tag, step_num=len(wall_ns)):
           s = time.perf_counter_ns()
           jax.block_until_ready(compiled(*args))
           wall_ns.append(time.perf_counter_ns() - s)
     ts = trace_lib.parse(trace_lib.newest_xplane(round_dir, after=started - 1), tag)
-    if len(ts.run_times_ns) != chunk:
+    if len(ts.run_times_ns) != this_chunk:
       raise RuntimeError(f"trace {round_dir}: found {len(ts.run_times_ns)} executions of module *{tag}*, "
-                         f"expected {chunk}; the trace parser does not understand this backend's planes")
+                         f"expected {this_chunk}; the trace parser does not understand this backend's planes")
     device_ns += ts.run_times_ns
     source = ts.source
     for k, v in ts.op_time_ns.items():
@@ -143,8 +144,12 @@ def measure_fn(fn: Callable, args: tuple, *, name: str, batch: int, seq: int | N
   return result
 
 
-def student_forward(arch, model_cfg=None, *, num_blocks=None, batch=1, seq=128, dtype=None, seed=0):
-  """(fn, args, StudentConfig) for a student's inference forward: ids [B, T] -> (seq_out, pooled)."""
+def student_forward(arch, model_cfg=None, *, num_blocks=None, batch=1, seq=128, dtype=None, seed=0, heads=False,
+                    abstract=False):
+  """(fn, args, StudentConfig) for a student's inference forward: ids [B, T] -> (seq_out, pooled), or
+  with heads=True -> (MLM logits [B, T, V], NSP logits [B, 2]). The one inference forward of the
+  project: `ad profile`, the search's measurement and `ad arch` all use it. abstract=True: the
+  arguments are ShapeDtypeStructs (compile-only analysis, nothing allocated)."""
   from flax import nnx
   from ad.models import student as student_lib
   cfg = student_lib.config_from_dict(arch, model_cfg, num_blocks=num_blocks, dtype=dtype)
@@ -152,13 +157,20 @@ def student_forward(arch, model_cfg=None, *, num_blocks=None, batch=1, seq=128, 
     raise ValueError(f"batch must be positive, got {batch}")
   if not 0 < seq <= cfg.max_positions:
     raise ValueError(f"seq {seq} is outside (0, {cfg.max_positions}] (the model's position embeddings)")
-  model = student_lib.Student(cfg, nnx.Rngs(seed))
-  graphdef, state = nnx.split(model)
-  ids = jax.random.randint(jax.random.key(seed), (batch, seq), 0, cfg.vocab_size, jnp.int32)
+  if abstract:
+    graphdef, state = nnx.split(student_lib.abstract_student(cfg))
+    ids = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
+  else:
+    graphdef, state = nnx.split(student_lib.Student(cfg, nnx.Rngs(seed)))
+    ids = jax.random.randint(jax.random.key(seed), (batch, seq), 0, cfg.vocab_size, jnp.int32)
 
   def forward(state, ids):
     # Unrolled blocks: what a served model runs, and what XLA's cost analysis counts in full.
-    out = nnx.merge(graphdef, state).encode(ids, unroll=True)
+    model = nnx.merge(graphdef, state)
+    if heads:
+      out = model(ids, unroll=True)
+      return out["mlm_logits"], out["nsp_logits"]
+    out = model.encode(ids, unroll=True)
     return out["sequence_output"], out["pooled"]
 
   return forward, (state, ids), cfg
@@ -174,11 +186,13 @@ def measure_arch(arch, model_cfg=None, *, num_blocks=None, batch=1, seq=128, dty
   return r
 
 
-def compile_only_arch(arch, model_cfg=None, *, num_blocks=None, batch=1, seq=128, dtype=None) -> dict[str, Any]:
-  """FLOPs, bytes and memory of a student's inference forward without running it (screening)."""
-  fn, args, cfg = student_forward(arch, model_cfg, num_blocks=num_blocks, batch=batch, seq=seq, dtype=dtype)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
-  s = compile_stats.compile_stats(fn, *abstract)
+def compile_only_arch(arch, model_cfg=None, *, num_blocks=None, batch=1, seq=128, dtype=None,
+                      heads=False) -> dict[str, Any]:
+  """FLOPs, bytes and memory of a student's inference forward (with the MLM and NSP heads if
+  `heads`) without running it or allocating its parameters (screening, `ad arch`)."""
+  fn, args, cfg = student_forward(arch, model_cfg, num_blocks=num_blocks, batch=batch, seq=seq, dtype=dtype,
+                                  heads=heads, abstract=True)
+  s = compile_stats.compile_stats(fn, *args)
   s.pop("compiled")
   s.update(arch=cfg.arch.name, num_blocks=cfg.num_blocks, batch=batch, seq=seq, dtype=cfg.dtype,
            backend=jax.default_backend())

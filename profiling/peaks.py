@@ -32,9 +32,6 @@ class Peaks:
   source: str  # 'tpu_info', 'gpu_table', 'cpu_calibration'
   dtype: str
 
-  def as_dict(self):
-    return dataclasses.asdict(self)
-
 
 # Dense peaks (FLOP/s for bf16 and tf32 tensor cores, fp32 CUDA cores) and HBM bytes/s.
 # Keys are matched as substrings of jax's device_kind, most specific first.

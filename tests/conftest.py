@@ -1,7 +1,9 @@
 """Test-wide settings: CPU only, 8 fake CPU devices for sharding tests, a private cache
 directory, and no network: a socket to anything but the loopback interface is an error."""
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 
@@ -11,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Caches (prepared teachers, evaluation sets, CPU peaks, compiled programs) go to a directory of
 # this test session's own, never the user's ~/.cache.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ad_test_cache_")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
   os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()

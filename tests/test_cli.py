@@ -32,7 +32,7 @@ def test_arch_json_reports_parts_and_flops(capsys):
     (["arch", "512_128_4_512_8"], "num_ffn=8 is outside the design space"),
     (["arch", "512_128_4_512_4", "--seq", "600"], r"--seq 600 is outside \(0, 512\]"),
     (["arch", "512_128_4_512_4", "--batch", "0"], "--batch must be positive"),
-    (["space", "--config", "no_such_config"], "config 'no_such_config': no such file"),
+    (["space", "--config", "no_such_config"], "config .no_such_config.: not a config name"),
     (["space", "--config.model.num_blockz=3"], "has no key 'model.num_blockz'"),
     (["space", "--config.model.num_blocks=three"], "expected an integer"),
 ])

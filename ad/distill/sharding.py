@@ -89,6 +89,17 @@ def replicated_like(tree, mesh):
   return jax.tree.map(lambda _: NamedSharding(mesh, P()), tree)
 
 
+def abstract_batch(batch_size: int, seq_len: int, max_predictions: int, mesh) -> dict:
+  """ShapeDtypeStructs of one global pre-training batch (ad/data/pretrain.py FEATURES), sharded
+  like `global_batch` makes them: for compiling ahead of the data."""
+  sh = batch_sharding(mesh)
+  spec = dict(input_ids=((seq_len,), np.int32), token_type_ids=((seq_len,), np.int32),
+              attention_mask=((seq_len,), np.int32), masked_positions=((max_predictions,), np.int32),
+              masked_ids=((max_predictions,), np.int32), masked_weights=((max_predictions,), np.float32),
+              nsp_label=((), np.int32))
+  return {k: jax.ShapeDtypeStruct((batch_size,) + shape, dtype, sharding=sh) for k, (shape, dtype) in spec.items()}
+
+
 def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 

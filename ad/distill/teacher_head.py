@@ -40,7 +40,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from ad import files
+from ad import files, interrupt
 from ad.distill import evaluation, losses, optim
 from ad.distill.params import Rebuild, nonfinite
 from ad.models import hf, teacher as teacher_lib
@@ -170,9 +170,10 @@ def adapt(model: teacher_lib.Bert, train_batches, *, steps: int, lr: float, head
       acc_ema = float(acc) if acc_ema is None else 0.9 * acc_ema + 0.1 * float(acc)
       bar.update(1)
       bar.set_postfix(loss=f"{loss_v:.3f}", acc=f"{acc_ema:.3f}")
-      if (s + 1) % checkpoint_every == 0 or s + 1 == steps:
+      if (s + 1) % checkpoint_every == 0 or s + 1 == steps or interrupt.requested():
         mngr.save(s + 1, args=ocp.args.StandardSave(dict(params=params, opt=opt_state)), force=True)
         mngr.wait_until_finished()
+      interrupt.check(f"teacher adaptation step {s + 1} (checkpoint saved; running the command again resumes)")
   finally:
     bar.close()
     mngr.close()
@@ -342,7 +343,9 @@ def _prepare_into(work: str, source_dir: str, data_cfg, s: dict, vocab, *, log, 
   if not had_head:
     cfg = dataclasses.replace(teacher.cfg, has_mlm_head=True)
     if os.path.isdir(adapt_dir):  # resuming: the adaptation checkpoint holds the fitted head already
-      teacher = _with_config(teacher, cfg)
+      with_head = teacher_lib.Bert(cfg, nnx.Rngs(0))  # the head's values come from the checkpoint
+      nnx.update(with_head, nnx.state(teacher, nnx.Param))
+      teacher = with_head
     else:
       t = time.time()
       teacher = fit_mlm_head(teacher, train(s["batch_size"]), pool_batches=s["head_pool_batches"],
@@ -384,7 +387,8 @@ def with_compute_dtype(model: teacher_lib.Bert, dtype: str) -> teacher_lib.Bert:
 
 
 def _with_config(model: teacher_lib.Bert, cfg: teacher_lib.BertConfig) -> teacher_lib.Bert:
-  """`model`'s parameters in a model of config `cfg` (new parameters keep their initialization)."""
-  out = teacher_lib.Bert(cfg, nnx.Rngs(0))
+  """`model`'s parameters in a model of config `cfg`, which must have the same parameters (built
+  abstractly: nothing is initialized only to be overwritten)."""
+  out = nnx.eval_shape(lambda: teacher_lib.Bert(cfg, nnx.Rngs(0)))
   nnx.update(out, nnx.state(model, nnx.Param))
   return out

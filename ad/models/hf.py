@@ -59,7 +59,11 @@ def read_tensors(ckpt_dir: str) -> dict[str, np.ndarray]:
     bins = [f for f in os.listdir(ckpt_dir) if f.endswith((".bin", ".pt", ".pth"))] if os.path.isdir(ckpt_dir) else []
     hint = f" (found {bins}: pickled weights are not loaded; convert them to safetensors)" if bins else ""
     raise CheckpointError(f"{path}: not found{hint}")
-  return dict(load_file(path))
+  try:
+    return dict(load_file(path))
+  except Exception as e:  # safetensors raises SafetensorError (truncated, bad header) and OSError
+    raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); the file is "
+                          "truncated or damaged: copy or export it again") from None
 
 
 def _strip_prefix(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:

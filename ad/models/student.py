@@ -36,6 +36,7 @@ from ad.space import Arch
 NORMS = layers.NORMS
 apply_norm = layers.apply_norm
 IMPLS = ("xla", "pallas")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,8 @@ class StudentConfig:
       raise ValueError(
           f"StudentConfig.embedding_size={self.embedding_size} exceeds hidden={self.arch.hidden}: the MLM "
           "decoder appends a V x (hidden - embedding) matrix to the word embeddings, so embedding <= hidden")
-    jnp.dtype(self.dtype)  # raises on a bad dtype name
+    if self.dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"StudentConfig.dtype={self.dtype!r} (model.dtype / --dtype): expected one of {COMPUTE_DTYPES}")
 
   @property
   def compute_dtype(self):

@@ -45,7 +45,13 @@ SCREENED = ("params", "flops")
 def objective_spec(search_cfg) -> tuple[list[str], list[str], list[float]]:
   """(names, directions, reference point) from config.search.objectives, checked."""
   names, directions, reference = [], [], []
-  for i, o in enumerate(search_cfg.objectives):
+  objectives = search_cfg.objectives
+  if isinstance(objectives, (str, bytes)) or not hasattr(objectives, "__len__"):
+    raise ValueError(f"search.objectives={objectives!r}: expected a list of dicts with name, direction, reference")
+  for i, o in enumerate(objectives):
+    if not hasattr(o, "keys") or not {"name", "direction", "reference"} <= set(o.keys()):
+      raise ValueError(f"search.objectives[{i}]={o!r}: expected a dict with keys name, direction and reference, e.g. "
+                       "dict(name='mlm_accuracy', direction='max', reference=0.0)")
     name, direction = o["name"], o["direction"]
     if name not in TRAINED + tuple(MEASURED) + SCREENED:
       raise ValueError(f"search.objectives[{i}].name={name!r}: expected one of "
@@ -131,7 +137,7 @@ def trial_timings(r: dict, designer_s: float) -> dict[str, float]:
   compilation, training steps, checkpoints and evaluation."""
   d = r.get("distill") or {}
   out = dict(designer_s=designer_s, measure_s=r.get("measure_s") or 0.0)
-  for k in ("setup_s", "compile_s", "train_steps_s", "checkpoint_s", "eval_s", "wall_s"):
+  for k in ("setup_s", "compile_wall_s", "train_steps_s", "checkpoint_s", "eval_s", "wall_s"):
     out[f"distill_{k}"] = float(d.get(k) or 0.0)
   out["total_s"] = out["designer_s"] + out["measure_s"] + out["distill_wall_s"]
   return out

@@ -10,6 +10,7 @@ their own table. `ad report RUN_DIR` needs nothing but this file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -166,10 +167,18 @@ class TrialStore:
   def trials(self, status: str | None = None) -> list[dict[str, Any]]:
     q = "SELECT * FROM trials" + (" WHERE status = ?" if status else "") + " ORDER BY id"
     rows = [self._row(r, "trials") for r in self._query(q, (status,) if status else ())]
+    record = self.get_meta("record") or {}
+    names = [o.get("name") for o in record.get("config", {}).get("search", {}).get("objectives", [])]
     for r in rows:
       if r["status"] not in STATUSES:
         raise StoreError(f"{self.path}: trial {r['id']} ({r['arch']}) has status {r['status']!r}, expected one of "
                          f"{STATUSES}; was the store edited by hand or written by a newer version?")
+      if r["status"] == "ok":
+        obj = r["objectives"] or {}
+        bad = [n for n in names if not isinstance(obj.get(n), (int, float)) or not math.isfinite(obj[n])]
+        if bad:
+          raise StoreError(f"{self.path}: trial {r['id']} ({r['arch']}) is 'ok' but its objectives {obj} lack a finite "
+                           f"value for {bad}; the row is damaged")
       r["workdir"] = self.abs(r["workdir"])
       if r["measurement"] and r["measurement"].get("trace_dir"):
         r["measurement"]["trace_dir"] = self.abs(r["measurement"]["trace_dir"])
