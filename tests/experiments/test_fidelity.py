@@ -67,3 +67,15 @@ def test_collect_analyse_and_plot_from_the_run_files(tmp_path):
   assert (tmp_path / "fidelity_steps.png").stat().st_size > 0 and (tmp_path / "fidelity_shift.png").stat().st_size > 0
   (tmp_path / archs[0] / "flash_0.1.json").unlink()
   assert fidelity.collect(cfg, archs, {a: 1.0 for a in archs}, str(tmp_path))[2] == [f"{archs[0]}/flash_0.1"]
+
+
+def test_workers_get_whole_students_the_baseline_first_and_every_run_once():
+  cfg = configs.load_config("fidelity")
+  archs = ["128_64_4_384_2", "256_64_4_384_2", "384_64_4_384_2", space_lib.MOBILEBERT.name]
+  shares = [fidelity.job_list(cfg, archs, k, 2) for k in range(2)]
+  assert shares[0][0] == (space_lib.MOBILEBERT.name, "regular")
+  every = sorted(j for share in shares for j in share)
+  assert every == sorted((a, t) for a in archs for t in fidelity.tags(cfg))
+  for share in shares:  # a worker finishes one student's runs before it starts the next student's
+    students = [a for a, _ in share]
+    assert students == sorted(students, key=students.index)
