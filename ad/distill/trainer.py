@@ -16,8 +16,8 @@ Compiled programs, whatever K (one of each per run; the persistent cache serves 
   own warm-up and linear decay), one evaluation.
 Frozen parameters get an update of exactly zero, so they stay bit-for-bit equal.
 
-Resumable: orbax checkpoints every `checkpoint_every` steps, at stage boundaries and on an
-interrupt hold the parameters (student + adapters), the stage's optimizer state and the
+Resumable: orbax checkpoints every `checkpoint_every` steps, at the end and on an interrupt
+hold the parameters (student + adapters), the stage's optimizer state and the
 position; the data stream is deterministic for the seed, and a resumed run skips the batches
 already used. The frozen teacher is never checkpointed. A workdir is locked while a run uses it.
 """
