@@ -447,15 +447,16 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   # ---- compile what the remaining stages need, side by side (ahead of time, on abstract values) ----
   batch_abs = sharding.abstract_batch(per_host * jax.process_count(), data_cfg.seq_len, data_cfg.max_predictions, mesh)
   scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)
+  # The optimizer states' shapes and shardings: for compiling here and for restoring a checkpoint below.
+  prog_opt_abs = _abstract(jax.eval_shape(tx_prog.init, params_abs), prog_opt_sh)
+  pre_opt_abs = _abstract(jax.eval_shape(tx_pre.init, params_abs["student"]), pre_opt_sh)
   jobs = {}
   if params is None:
     jobs["init"] = (init_jit, (t_params,))
   if next_step < plan[-1].start:
-    jobs["progressive"] = (prog_jit, (params_abs, _abstract(jax.eval_shape(tx_prog.init, params_abs), prog_opt_sh),
-                                      t_params, batch_abs, scalar(jnp.int32), scalar(jnp.float32)))
-  s_abs = params_abs["student"]
-  jobs[PRETRAIN] = (pre_jit, (s_abs, _abstract(jax.eval_shape(tx_pre.init, s_abs), pre_opt_sh), t_params, batch_abs,
-                              scalar(jnp.float32)))
+    jobs["progressive"] = (prog_jit, (params_abs, prog_opt_abs, t_params, batch_abs, scalar(jnp.int32),
+                                      scalar(jnp.float32)))
+  jobs[PRETRAIN] = (pre_jit, (params_abs["student"], pre_opt_abs, t_params, batch_abs, scalar(jnp.float32)))
   t_compile = time.time()
   compiled = compile_concurrently(jobs)
   compile_wall_s = time.time() - t_compile
@@ -478,11 +479,9 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
       while g < total_steps:
         stage = stage_at(plan, g)
         progressive = stage.block is not None
-        opt_sh = prog_opt_sh if progressive else pre_opt_sh
         trainable = params if progressive else params["student"]
         if restored_opt is not None:
-          abstract_opt = _abstract(jax.eval_shape(tx_prog.init if progressive else tx_pre.init, trainable), opt_sh)
-          opt_state = ckpts.restore(restored_opt, opt=abstract_opt)["opt"]
+          opt_state = ckpts.restore(restored_opt, opt=prog_opt_abs if progressive else pre_opt_abs)["opt"]
           restored_opt = None
         else:
           opt_state = (init_prog if progressive else init_pre)(trainable)
