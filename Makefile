@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 OPT := .venv-opt
 
-.PHONY: setup search demo experiments test bench clean
+.PHONY: setup search demo experiments test bench device-check clean
 
 setup: $(VENV)/.stamp $(OPT)/.stamp
 
@@ -52,6 +52,12 @@ experiments: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q --durations=25 tests
+
+# On a GPU/TPU machine (JAX's accelerator build in .venv): kernels compiled, kernel benchmark, profiles
+# from device traces, the student with fused kernels, a few bf16 distillation steps; report.json in
+# runs/device_check (BUILD.md records the results). On CPU it says there is nothing to check.
+device-check: setup
+	$(VENV)/bin/python -m profiling.device_check --out runs/device_check
 
 clean:
 	rm -rf $(VENV) $(OPT)

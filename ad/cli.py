@@ -103,7 +103,8 @@ def cmd_profile(args) -> int:
     r = harness.compile_only_arch(args.arch, cfg.model, **kw)
   else:
     r = harness.measure_arch(args.arch, cfg.model, trace_dir=args.trace_dir, target_rel_ci=args.target_ci,
-                             max_reps=args.max_reps, min_reps=min(args.min_reps, args.max_reps), **kw)
+                             max_reps=args.max_reps, min_reps=min(args.min_reps, args.max_reps),
+                             recalibrate=args.recalibrate, **kw)
   if args.json:
     print(json.dumps(r, indent=2))
     return 0
@@ -122,7 +123,8 @@ def cmd_profile(args) -> int:
   print(f"  {r['flops'] / 1e9:.3f} GFLOP, {r['bytes_accessed'] / 1e6:.1f} MB accessed"
         f"{' (undercounted: loops or Pallas grids)' if r['flops_undercounted'] else ''}; "
         f"FLOPS util {100 * r['flops_utilization']:.1f}%, bandwidth util {100 * r['bandwidth_utilization']:.1f}% "
-        f"(peaks from {r['peak_source']}); peak memory {r['peak_memory_bytes'] / 1e6:.1f} MB")
+        f"(peaks from {r['peak_source']}: {r['peak_flops_per_s'] / 1e9:.0f} GFLOP/s, "
+        f"{r['peak_bytes_per_s'] / 1e9:.0f} GB/s); peak memory {r['peak_memory_bytes'] / 1e6:.1f} MB")
   print("  top ops:")
   for op in r["top_ops"][:5]:
     print(f"    {100 * op['share']:5.1f}%  {op['time_us'] / op['count']:9.1f} us x{op['count']:<4d} {op['name']}  {op['scope']}")
@@ -226,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-reps", type=int, default=300, help="stop after this many executions even if not converged")
   p.add_argument("--min-reps", type=int, default=20, help="at least this many executions (capped by --max-reps)")
   p.add_argument("--compile-only", action="store_true", help="FLOPs, bytes and memory without running")
+  p.add_argument("--recalibrate", action="store_true",
+                 help="measure the CPU peaks afresh (replacing the cached calibration) before computing utilizations")
   p.add_argument("--json", action="store_true")
   p.add_argument("--outside-space", action="store_true", help="allow architectures outside the design space")
   _add_config_args(p)

@@ -46,12 +46,17 @@ class BlockSizes:
 
 
 def attention_reference(q, k, v, mask_bias):
-  """q, k, v: [B, T, A, D]; mask_bias [B, 1, 1, T] -> (out [B, T, A, D], probs [B, A, T, T] f32).
+  """q, k, v: [B, T, A, D]; mask_bias [B, 1, 1, T] additive -> (out [B, T, A, D], probs [B, A, T, T] f32).
 
-  The model's XLA path (softmax in f32), so the kernel is checked against what it replaces.
+  The model's XLA path (softmax in f32 whatever the compute dtype), so the kernel is checked
+  against what it replaces. Inference uses only `out`: XLA drops the unused probabilities.
   """
-  from ad.models.student import attention_reference as ref
-  return ref(q, k, v, mask_bias)
+  scale = q.shape[-1] ** -0.5
+  s = jnp.einsum("btad,bsad->bats", q, k, preferred_element_type=jnp.float32) * scale
+  s = s + mask_bias
+  p = jax.nn.softmax(s, axis=-1)  # [B, A, T, S] f32
+  out = jnp.einsum("bats,bsad->btad", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return out.astype(q.dtype), p
 
 
 # ---- kernels: refs carry a leading [1, 1] (batch, head) block ------------------------------------

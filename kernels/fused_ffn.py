@@ -13,19 +13,22 @@ written per row block ([num_blocks, ...] partials, summed by XLA) so no two grid
 the same output: safe on TPU cores and GPU programs that run in parallel.
 
 Shapes: h [B, T, Bn]; w_in [F, Bn, I]; b_in [F, I]; w_out [F, I, Bn]; b_out, scale, bias
-[F, Bn]. When the weights do not fit `BlockSizes.max_weight_bytes` the jnp reference runs
-instead (same numbers, XLA fusion only).
+[F, Bn]. When the weights do not fit `BlockSizes.max_weight_bytes` the reference (below, the
+model's own XLA path) runs instead, with a warning; `ImplementationLog` records which ran.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+
+from ad.models import layers
 
 NORMS = ("no_norm", "layer_norm")
 
@@ -37,9 +40,35 @@ class BlockSizes:
 
 
 def stacked_ffn_reference(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm="no_norm", eps=1e-12):
-  """h: [B, T, Bn] -> [B, T, Bn]; matmuls accumulate in f32 (the model's XLA path)."""
-  from ad.models.student import stacked_ffn_reference as ref  # one reference: the model's own
-  return ref(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, norm=norm, eps=eps)
+  """h: [B, T, Bn]; w_in: [F, Bn, I]; w_out: [F, I, Bn] -> [B, T, Bn]; matmuls accumulate in f32.
+
+  The model's XLA path (ad/models/student.py StackedFFN), and what the kernel is checked against.
+  Each w[f] is a separate array when the inference path passes per-FFN weights (a list), so it
+  indexes without copying (ad/models/stack.py)."""
+  dtype = h.dtype
+  for f in range(len(w_in)):
+    u = layers.linear(h, w_in[f]).astype(jnp.float32) + b_in[f]
+    u = jax.nn.relu(u).astype(dtype)  # [B, T, I]
+    y = layers.linear(u, w_out[f]).astype(jnp.float32) + b_out[f]
+    h = layers.apply_norm((y + h.astype(jnp.float32)).astype(dtype), norm_scale[f], norm_bias[f], norm, eps)
+  return h
+
+
+# Which implementation each traced call chose ("pallas", or "xla" when the weights do not fit on
+# chip): the latency harness reads it so a report never calls an XLA fallback a fused kernel.
+_chosen: list[str] = []
+
+
+class ImplementationLog:
+  """`with ImplementationLog() as log:` -> log.chosen: the implementations traced in the block."""
+
+  def __enter__(self):
+    self._start = len(_chosen)
+    return self
+
+  def __exit__(self, *exc):
+    self.chosen = sorted(set(_chosen[self._start:]))
+    return False
 
 
 def _norm_fwd(z, s, b, norm: str, eps: float):
@@ -186,10 +215,12 @@ def _ffn_bwd(norm, eps, rows, interpret, backend, res, dy):
 _ffn.defvjp(_ffn_fwd, _ffn_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("norm", "eps", "block_sizes", "interpret"))
 def stacked_ffn(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm: str = "no_norm", eps: float = 1e-12,
                 block_sizes: BlockSizes | None = None, interpret=None):
-  """The F FFNs of a block in one kernel. h: [B, T, Bn] -> [B, T, Bn] (h's dtype)."""
+  """The F FFNs of a block in one kernel. h: [B, T, Bn] -> [B, T, Bn] (h's dtype).
+
+  When the weights do not fit `block_sizes.max_weight_bytes` the XLA reference runs instead, with
+  a warning, and the choice is logged (ImplementationLog)."""
   if h.ndim != 3:
     raise ValueError(f"fused_ffn.stacked_ffn: h must be [B, T, Bn], got shape {h.shape}")
   B, T, Bn = h.shape
@@ -204,17 +235,30 @@ def stacked_ffn(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm: str
     raise ValueError(f"fused_ffn.stacked_ffn: norm={norm!r}, expected one of {NORMS}")
   blocks = block_sizes or BlockSizes()
   weights = (w_in, b_in, w_out, b_out, norm_scale, norm_bias)
-  if 2 * sum(w.size * w.dtype.itemsize for w in weights) > blocks.max_weight_bytes:
-    return stacked_ffn_reference(h, *weights, norm=norm, eps=eps)  # weights do not fit on chip: XLA path
+  weight_bytes = 2 * sum(w.size * w.dtype.itemsize for w in weights)  # double-buffered
+  if weight_bytes > blocks.max_weight_bytes:
+    warnings.warn(f"fused_ffn.stacked_ffn: the {F} FFNs' weights ({weight_bytes / 2**20:.1f} MiB double-buffered) "
+                  f"exceed BlockSizes.max_weight_bytes={blocks.max_weight_bytes / 2**20:.1f} MiB; running the XLA "
+                  "reference instead of the fused kernel", stacklevel=2)
+    _chosen.append("xla")
+    return stacked_ffn_reference(h, *weights, norm=norm, eps=eps)
+  _chosen.append("pallas")
+  return _stacked_ffn_fused(h, *weights, norm=norm, eps=float(eps), block_sizes=blocks, interpret=interpret)
+
+
+@functools.partial(jax.jit, static_argnames=("norm", "eps", "block_sizes", "interpret"))
+def _stacked_ffn_fused(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm, eps, block_sizes, interpret):
+  B, T, Bn = h.shape
+  weights = (w_in, b_in, w_out, b_out, norm_scale, norm_bias)
   backend = jax.default_backend()
   if interpret is None:
     interpret = backend not in ("tpu", "gpu")
   N = B * T
-  rows = min(blocks.block_rows, N)
+  rows = min(block_sizes.block_rows, N)
   rows = max(8, rows - rows % 8)  # sublane multiple
   x = h.reshape(N, Bn)
   pad = (-N) % rows
   if pad:  # zero rows: their outputs are dropped and their gradients are zero
     x = jnp.pad(x, ((0, pad), (0, 0)))
-  out = _ffn(x, *weights, norm, float(eps), rows, interpret, "interpret" if interpret else backend)
+  out = _ffn(x, *weights, norm, eps, rows, interpret, "interpret" if interpret else backend)
   return out[:N].reshape(B, T, Bn)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ad.models import layers, stack
+from kernels import fused_attention, fused_ffn
 from ad.space import Arch
 
 NORMS = layers.NORMS
@@ -109,19 +110,6 @@ class Embeddings(nnx.Module):
     return self.norm(h)
 
 
-def attention_reference(q, k, v, mask_bias):
-  """q, k, v: [B, T, A, D]; mask_bias: [B, 1, 1, T] additive -> (out [B, T, A, D], probs [B, A, T, T]).
-
-  Softmax in f32 whatever the compute dtype.
-  """
-  scale = q.shape[-1] ** -0.5
-  s = jnp.einsum("btad,bsad->bats", q, k, preferred_element_type=jnp.float32) * scale
-  s = s + mask_bias
-  p = jax.nn.softmax(s, axis=-1)  # [B, A, T, S] f32
-  out = jnp.einsum("bats,bsad->btad", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-  return out.astype(q.dtype), p
-
-
 class StackedFFN(nnx.Module):
   """F FFNs of one block with their weights stacked on a leading [F] axis.
 
@@ -132,34 +120,23 @@ class StackedFFN(nnx.Module):
   def __init__(self, cfg: StudentConfig, rngs: nnx.Rngs):
     F, Bn, I = cfg.arch.num_ffn, cfg.arch.bottleneck, cfg.arch.intermediate
     init = lambda key, shape, dtype: layers.init_weight(key, shape)
-    self.w_in = layers.param(init(rngs.params(), (F, Bn, I), jnp.float32), (None, "intra", "mlp"))
-    self.b_in = layers.param(jnp.zeros((F, I), jnp.float32), (None, "mlp"))
-    self.w_out = layers.param(init(rngs.params(), (F, I, Bn), jnp.float32), (None, "mlp", "intra"))
-    self.b_out = layers.param(jnp.zeros((F, Bn), jnp.float32))
-    self.norm_scale = layers.param(jnp.ones((F, Bn), jnp.float32))
-    self.norm_bias = layers.param(jnp.zeros((F, Bn), jnp.float32))
+    stacked = lambda value, *axes: layers.param(value, ("ffn_layers",) + axes)  # stack.STACK_AXES
+    self.w_in = stacked(init(rngs.params(), (F, Bn, I), jnp.float32), "intra", "mlp")
+    self.b_in = stacked(jnp.zeros((F, I), jnp.float32), "mlp")
+    self.w_out = stacked(init(rngs.params(), (F, I, Bn), jnp.float32), "mlp", "intra")
+    self.b_out = stacked(jnp.zeros((F, Bn), jnp.float32), None)
+    self.norm_scale = stacked(jnp.ones((F, Bn), jnp.float32), None)
+    self.norm_bias = stacked(jnp.zeros((F, Bn), jnp.float32), None)
     self.cfg = cfg
 
   def __call__(self, h):
     """h: [B, T, Bn] -> [B, T, Bn]."""
     cfg = self.cfg
     if cfg.ffn_impl == "pallas":
-      from kernels import fused_ffn  # local import: kernels/ depends on this module's reference
       return fused_ffn.stacked_ffn(h, self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...],
                                    self.norm_scale[...], self.norm_bias[...], norm=cfg.norm, eps=cfg.layer_norm_eps)
-    return stacked_ffn_reference(h, self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...],
+    return fused_ffn.stacked_ffn_reference(h, self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...],
                                  self.norm_scale[...], self.norm_bias[...], norm=cfg.norm, eps=cfg.layer_norm_eps)
-
-
-def stacked_ffn_reference(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm="no_norm", eps=1e-12):
-  """h: [B, T, Bn]; w_in: [F, Bn, I]; w_out: [F, I, Bn] -> [B, T, Bn]; matmuls accumulate in f32."""
-  dtype = h.dtype
-  for f in range(w_in.shape[0]):
-    u = layers.linear(h, w_in[f]).astype(jnp.float32) + b_in[f]
-    u = jax.nn.relu(u).astype(dtype)  # [B, T, I]
-    y = layers.linear(u, w_out[f]).astype(jnp.float32) + b_out[f]
-    h = apply_norm((y + h.astype(jnp.float32)).astype(dtype), norm_scale[f], norm_bias[f], norm, eps)
-  return h
 
 
 class Block(nnx.Module):
@@ -191,10 +168,9 @@ class Block(nnx.Module):
       split = lambda t: t.reshape(B, T, a.heads, a.head_dim)  # [B, T, A, D]
       q, k, v = split(self.query(qk)), split(self.key(qk)), split(self.value(x))
       if cfg.attention_impl == "pallas":
-        from kernels import fused_attention
         ctx, probs = fused_attention.mha(q, k, v, mask_bias, return_probs=True)
       else:
-        ctx, probs = attention_reference(q, k, v, mask_bias)
+        ctx, probs = fused_attention.attention_reference(q, k, v, mask_bias)
       ctx = ctx.reshape(B, T, a.bottleneck)
       h = self.attn_norm(self.attn_out(ctx) + layer_input)  # [B, T, Bn]
     with jax.named_scope("ffn"):

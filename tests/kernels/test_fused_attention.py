@@ -29,41 +29,56 @@ def _tol(dtype, D):
   return TOL[dtype] * max(1.0, np.sqrt(D / 16))
 
 
-@pytest.mark.parametrize("shape,dtype", [(SHAPES[0], jnp.float32), (SHAPES[1], jnp.float32), (SHAPES[2], jnp.float32),
-                                         (SHAPES[1], jnp.bfloat16)])
-def test_forward_matches_reference(shape, dtype):
-  q, k, v, bias = _inputs(*shape, dtype)
-  out, probs = fa.mha(q, k, v, bias, return_probs=True, block_sizes=BLOCKS, interpret=True)
-  ref_out, ref_probs = fa.attention_reference(q, k, v, bias)
-  assert out.dtype == dtype and out.shape == q.shape and probs.shape == ref_probs.shape
-  tol = _tol(dtype, shape[3])
-  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref_out, np.float32), atol=tol, rtol=tol)
-  np.testing.assert_allclose(np.asarray(probs), np.asarray(ref_probs), atol=tol, rtol=tol)
-  alone, none = fa.mha(q, k, v, bias, block_sizes=BLOCKS, interpret=True)
-  assert none is None
-  np.testing.assert_array_equal(np.asarray(alone), np.asarray(out))
+class TestFusedAttention:
+  """Compiled on a GPU/TPU (skipped elsewhere); TestFusedAttentionInterpret runs the same cases in interpret mode."""
+
+  INTERPRET = False
+
+  @pytest.fixture(autouse=True)
+  def _needs_accelerator(self):
+    if not self.INTERPRET and jax.default_backend() not in ("gpu", "tpu"):
+      pytest.skip("compiled Pallas kernels need a GPU or TPU; the interpret-mode subclass runs here")
+
+  @pytest.mark.parametrize("shape,dtype", [(SHAPES[0], jnp.float32), (SHAPES[1], jnp.float32), (SHAPES[2], jnp.float32),
+                                           (SHAPES[1], jnp.bfloat16)])
+  def test_forward_matches_reference(self, shape, dtype):
+    q, k, v, bias = _inputs(*shape, dtype)
+    out, probs = fa.mha(q, k, v, bias, return_probs=True, block_sizes=BLOCKS, interpret=self.INTERPRET)
+    ref_out, ref_probs = fa.attention_reference(q, k, v, bias)
+    assert out.dtype == dtype and out.shape == q.shape and probs.shape == ref_probs.shape
+    tol = _tol(dtype, shape[3])
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref_out, np.float32), atol=tol, rtol=tol)
+    np.testing.assert_allclose(np.asarray(probs), np.asarray(ref_probs), atol=tol, rtol=tol)
+    alone, none = fa.mha(q, k, v, bias, block_sizes=BLOCKS, interpret=self.INTERPRET)
+    assert none is None
+    np.testing.assert_array_equal(np.asarray(alone), np.asarray(out))
+
+  @pytest.mark.parametrize("shape,dtype", [(SHAPES[1], jnp.float32), (SHAPES[2], jnp.bfloat16)])
+  def test_gradients_through_output_and_probabilities_match_reference(self, shape, dtype):
+    """The loss uses both outputs, as distillation does (context downstream, probabilities in the KL)."""
+    q, k, v, bias = _inputs(*shape, dtype)
+    B, T, A, D, _ = shape
+    w_out = jax.random.normal(jax.random.key(1), (B, T, A, D))
+    w_p = jax.random.normal(jax.random.key(2), (B, A, T, T))
+
+    def loss(f):
+      def value(q, k, v):
+        out, probs = f(q, k, v)
+        return jnp.sum(out.astype(jnp.float32) * w_out) + jnp.sum(probs * w_p)
+      return value
+    ours = jax.grad(loss(lambda q, k, v: fa.mha(q, k, v, bias, return_probs=True, block_sizes=BLOCKS,
+                                                interpret=self.INTERPRET)), argnums=(0, 1, 2))(q, k, v)
+    ref = jax.grad(loss(lambda q, k, v: fa.attention_reference(q, k, v, bias)), argnums=(0, 1, 2))(q, k, v)
+    for name, a, b in zip("qkv", ours, ref):
+      a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+      scale = np.abs(b).max()
+      assert np.abs(a - b).max() <= 4 * _tol(dtype, D) * scale, f"d{name}: max error {np.abs(a - b).max()} vs {scale}"
 
 
-@pytest.mark.parametrize("shape,dtype", [(SHAPES[1], jnp.float32), (SHAPES[2], jnp.bfloat16)])
-def test_gradients_through_output_and_probabilities_match_reference(shape, dtype):
-  """The loss uses both outputs, as distillation does (context downstream, probabilities in the KL)."""
-  q, k, v, bias = _inputs(*shape, dtype)
-  B, T, A, D, _ = shape
-  w_out = jax.random.normal(jax.random.key(1), (B, T, A, D))
-  w_p = jax.random.normal(jax.random.key(2), (B, A, T, T))
+class TestFusedAttentionInterpret(TestFusedAttention):
+  """The same cases in Pallas interpret mode: runs on every backend, CPU included."""
 
-  def loss(f):
-    def value(q, k, v):
-      out, probs = f(q, k, v)
-      return jnp.sum(out.astype(jnp.float32) * w_out) + jnp.sum(probs * w_p)
-    return value
-  ours = jax.grad(loss(lambda q, k, v: fa.mha(q, k, v, bias, return_probs=True, block_sizes=BLOCKS,
-                                              interpret=True)), argnums=(0, 1, 2))(q, k, v)
-  ref = jax.grad(loss(lambda q, k, v: fa.attention_reference(q, k, v, bias)), argnums=(0, 1, 2))(q, k, v)
-  for name, a, b in zip("qkv", ours, ref):
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    scale = np.abs(b).max()
-    assert np.abs(a - b).max() <= 4 * _tol(dtype, D) * scale, f"d{name}: max error {np.abs(a - b).max()} vs {scale}"
+  INTERPRET = True
 
 
 def test_tpu_interpret_mode_small_shape():

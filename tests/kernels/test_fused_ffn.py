@@ -28,31 +28,46 @@ def _tol(dtype, contraction):
   return TOL[dtype] * max(1.0, np.sqrt(contraction / 64))
 
 
-@pytest.mark.parametrize("shape,dtype,norm", [(SHAPES[0], jnp.float32, "no_norm"), (SHAPES[1], jnp.float32, "layer_norm"),
-                                              (SHAPES[2], jnp.float32, "no_norm"), (SHAPES[2], jnp.bfloat16, "no_norm"),
-                                              (SHAPES[1], jnp.bfloat16, "layer_norm")])
-def test_forward_matches_reference(shape, dtype, norm):
-  h, weights = _inputs(*shape, dtype)
-  out = ff.stacked_ffn(h, *weights, norm=norm, block_sizes=BLOCKS, interpret=True)
-  ref = ff.stacked_ffn_reference(h, *weights, norm=norm)
-  assert out.dtype == dtype and out.shape == h.shape
-  tol = _tol(dtype, shape[3]) * shape[4]
-  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), atol=tol, rtol=tol)
+class TestFusedFFN:
+  """Compiled on a GPU/TPU (skipped elsewhere); TestFusedFFNInterpret runs the same cases in interpret mode."""
+
+  INTERPRET = False
+
+  @pytest.fixture(autouse=True)
+  def _needs_accelerator(self):
+    if not self.INTERPRET and jax.default_backend() not in ("gpu", "tpu"):
+      pytest.skip("compiled Pallas kernels need a GPU or TPU; the interpret-mode subclass runs here")
+
+  @pytest.mark.parametrize("shape,dtype,norm", [(SHAPES[0], jnp.float32, "no_norm"), (SHAPES[1], jnp.float32, "layer_norm"),
+                                                (SHAPES[2], jnp.float32, "no_norm"), (SHAPES[2], jnp.bfloat16, "no_norm"),
+                                                (SHAPES[1], jnp.bfloat16, "layer_norm")])
+  def test_forward_matches_reference(self, shape, dtype, norm):
+    h, weights = _inputs(*shape, dtype)
+    out = ff.stacked_ffn(h, *weights, norm=norm, block_sizes=BLOCKS, interpret=self.INTERPRET)
+    ref = ff.stacked_ffn_reference(h, *weights, norm=norm)
+    assert out.dtype == dtype and out.shape == h.shape
+    tol = _tol(dtype, shape[3]) * shape[4]
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), atol=tol, rtol=tol)
+
+  @pytest.mark.parametrize("shape,norm", [(SHAPES[1], "no_norm"), (SHAPES[2], "layer_norm")])
+  def test_gradients_match_reference(self, shape, norm):
+    h, weights = _inputs(*shape, jnp.float32)
+    w = jax.random.normal(jax.random.key(3), h.shape)
+    loss = lambda f: (lambda h, *ws: jnp.sum(f(h, *ws) * w))
+    fused = loss(lambda h, *ws: ff.stacked_ffn(h, *ws, norm=norm, block_sizes=BLOCKS, interpret=self.INTERPRET))
+    ref = loss(lambda h, *ws: ff.stacked_ffn_reference(h, *ws, norm=norm))
+    ours = jax.grad(fused, argnums=tuple(range(7)))(h, *weights)
+    theirs = jax.grad(ref, argnums=tuple(range(7)))(h, *weights)
+    for name, a, b in zip(["h", "w_in", "b_in", "w_out", "b_out", "norm_scale", "norm_bias"], ours, theirs):
+      scale = float(jnp.abs(b).max())
+      err = float(jnp.abs(a - b).max())
+      assert err <= 1e-5 * max(scale, 1.0) * shape[4], f"d{name}: max error {err} (scale {scale})"
 
 
-@pytest.mark.parametrize("shape,norm", [(SHAPES[1], "no_norm"), (SHAPES[2], "layer_norm")])
-def test_gradients_match_reference(shape, norm):
-  h, weights = _inputs(*shape, jnp.float32)
-  w = jax.random.normal(jax.random.key(3), h.shape)
-  loss = lambda f: (lambda h, *ws: jnp.sum(f(h, *ws) * w))
-  fused = loss(lambda h, *ws: ff.stacked_ffn(h, *ws, norm=norm, block_sizes=BLOCKS, interpret=True))
-  ref = loss(lambda h, *ws: ff.stacked_ffn_reference(h, *ws, norm=norm))
-  ours = jax.grad(fused, argnums=tuple(range(7)))(h, *weights)
-  theirs = jax.grad(ref, argnums=tuple(range(7)))(h, *weights)
-  for name, a, b in zip(["h", "w_in", "b_in", "w_out", "b_out", "norm_scale", "norm_bias"], ours, theirs):
-    scale = float(jnp.abs(b).max())
-    err = float(jnp.abs(a - b).max())
-    assert err <= 1e-5 * max(scale, 1.0) * shape[4], f"d{name}: max error {err} (scale {scale})"
+class TestFusedFFNInterpret(TestFusedFFN):
+  """The same cases in Pallas interpret mode: runs on every backend, CPU included."""
+
+  INTERPRET = True
 
 
 def test_tpu_interpret_mode_small_shape():
@@ -68,7 +83,12 @@ def test_tpu_interpret_mode_small_shape():
 def test_weights_too_large_for_chip_use_the_xla_path_and_bad_shapes_are_errors():
   h, weights = _inputs(1, 16, 32, 64, 2, jnp.float32)
   small = ff.BlockSizes(block_rows=16, max_weight_bytes=1024)
-  out = ff.stacked_ffn(h, *weights, block_sizes=small, interpret=True)
+  with pytest.warns(UserWarning, match="exceed BlockSizes.max_weight_bytes"), ff.ImplementationLog() as log:
+    out = ff.stacked_ffn(h, *weights, block_sizes=small, interpret=True)
+  assert log.chosen == ["xla"]  # the harness reports this, never a fused kernel that did not run
+  with ff.ImplementationLog() as log:
+    ff.stacked_ffn(h, *weights, block_sizes=BLOCKS, interpret=True)
+  assert log.chosen == ["pallas"]
   np.testing.assert_allclose(np.asarray(out), np.asarray(ff.stacked_ffn_reference(h, *weights)), atol=1e-6, rtol=1e-6)
   with pytest.raises(ValueError, match=r"w_out must be \(2, 64, 32\)"):
     ff.stacked_ffn(h, weights[0], weights[1], weights[0], *weights[3:], interpret=True)

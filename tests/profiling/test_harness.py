@@ -25,8 +25,50 @@ def test_measure_fn_utilizations_in_unit_interval(tmp_path):
   assert 10 <= r["repetitions"] <= 30 and r["repetitions"] % 10 == 0
   assert r["latency_ms_median"] <= r["latency_ms_p90"]
   assert r["wall_ms_median"] >= r["latency_ms_median"]
-  assert r["peak_source"] == "cpu_calibration"
+  assert r["peak_source"].startswith("cpu_calibration")
   assert list((tmp_path / "round_000").rglob("*.xplane.pb")), "the trace must be kept for TensorBoard"
+
+
+def _slices_of_block_parameters(hlo: str) -> int:
+  """Slices of the blocks' entry parameters in the optimized HLO (directly, or of a fusion operand
+  that is one): on XLA:CPU a slice of a stacked weight is a copy of it on every call."""
+  import re
+  bodies = dict(re.findall(r"^(%\S+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
+  entry = hlo[hlo.index("ENTRY"):]
+  params = {p for p in re.findall(r"(%\S+) = \S+ parameter\(", entry) if "blocks" in p}
+  count = 0
+  for line in entry.splitlines():
+    m = re.match(r"\s*(?:ROOT )?\S+ = \S+ (\w[\w-]*)\(([^)]*)\)(.*)", line)
+    if not m:
+      continue
+    op, operands = m.group(1), [o.strip() for o in re.sub(r"/\*.*?\*/", "", m.group(2)).split(",")]
+    if op in ("slice", "dynamic-slice") and operands[0] in params:
+      count += 1
+    callee = re.search(r"calls=(%[^,\s]+)", m.group(3))
+    if op == "fusion" and callee:
+      body = bodies.get(callee.group(1), "")
+      index = {name: int(k) for name, k in re.findall(r"(%\S+) = \S+ parameter\((\d+)\)", body)}
+      for sliced in re.findall(r"= \S+ (?:dynamic-)?slice\((%[^,)\s]+)", body):
+        if sliced in index and operands[index[sliced]] in params:
+          count += 1
+  return count
+
+
+def test_inference_forward_never_copies_stacked_weights():
+  """The stacked [K, F, ...] parameters reach the inference program as per-layer arrays
+  (ad/models/stack.py), so no call slices (copies) weights; the outputs equal the model's."""
+  import jax
+  from flax import nnx
+  from ad.models import student as student_lib
+  fn, (params, ids), cfg = harness.student_forward("128_64_2_128_2", num_blocks=3, dtype="float32")
+  options = harness.inference_compiler_options("float32")
+  fast = jax.jit(fn).lower(params, ids).compile(options or None)
+  graphdef, state = nnx.split(student_lib.Student(cfg, nnx.Rngs(0)))  # the same parameters, stacked
+  stacked = lambda state, ids: nnx.merge(graphdef, state).encode(ids, unroll=True)["sequence_output"]
+  slow = jax.jit(stacked).lower(state, ids).compile(options or None)
+  assert _slices_of_block_parameters(slow.as_text()) >= 3 * 6  # the detector sees the stacked program's copies
+  assert _slices_of_block_parameters(fast.as_text()) == 0
+  np.testing.assert_array_equal(np.asarray(fast(params, ids)[0]), np.asarray(slow(state, ids)))
 
 
 def test_profile_json_has_every_field(capsys, tmp_path):

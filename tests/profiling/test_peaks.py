@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -28,14 +32,83 @@ def test_tpu_peaks_from_pallas_chip_info():
     peaks.tpu_peaks("TPU v99", "bfloat16")
 
 
-def test_cpu_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
-  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+class FakeLoad:
+  """A load probe that reports a fixed share of the CPU used by other processes."""
+
+  def __init__(self, fraction):
+    self.fraction = fraction
+
+  def __call__(self):
+    return self
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+def _quick_calibration(monkeypatch, other_load):
   calls = []
   real = peaks.calibrate_cpu
-  monkeypatch.setattr(peaks, "calibrate_cpu", lambda dtype: calls.append(dtype) or real(dtype, quick=True))
+  monkeypatch.setattr(peaks, "calibrate_cpu",
+                      lambda dtype: calls.append(dtype) or real(dtype, quick=True, load_probe=FakeLoad(other_load)))
+  return calls
+
+
+def test_cpu_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  calls = _quick_calibration(monkeypatch, other_load=0.0)
   first = peaks.cpu_peaks("float32")
   second = peaks.cpu_peaks("float32")
   assert calls == ["float32"]
   assert first == second and first.flops_per_s > 1e9 and first.bytes_per_s > 1e8
   files = list((tmp_path / "autodistill-jax").glob("cpu_peaks_*.json"))
-  assert len(files) == 1 and json.loads(files[0].read_text())["identity"]["dtype"] == "float32"
+  saved = json.loads(files[0].read_text())
+  assert len(files) == 1 and saved["identity"]["dtype"] == "float32"
+  # The best of each size's repetitions, the peak the best size.
+  sizes = saved["calibration"]["matmul"]
+  assert len(sizes) == 2 and all(len(v["flops_per_s_each"]) == 3 for v in sizes.values())
+  assert saved["calibration"]["flops_per_s"] == max(v["best_flops_per_s"] for v in sizes.values())
+  assert peaks.cpu_peaks("float32", refresh=True) and calls == ["float32", "float32"]  # --recalibrate
+
+
+def test_a_calibration_under_load_is_used_once_and_not_cached(tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  calls = _quick_calibration(monkeypatch, other_load=0.6)
+  p = peaks.cpu_peaks("float32", log=lambda *a: None)
+  assert p.source == "cpu_calibration_under_load"
+  assert not list(tmp_path.rglob("cpu_peaks_*.json"))
+  peaks.cpu_peaks("float32", log=lambda *a: None)
+  assert calls == ["float32", "float32"]  # measured again, not read from a cache
+
+
+def test_other_load_sees_a_busy_process():
+  busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+  try:
+    time.sleep(0.3)
+    with peaks.OtherLoad() as load:
+      time.sleep(1.0)
+  finally:
+    busy.kill()
+    busy.wait()
+  # One spinning process holds one core: 1 / cpu_count of the machine, less scheduling noise.
+  assert load.fraction is not None and load.fraction > 0.5 / os.cpu_count()
+  with peaks.OtherLoad() as own:
+    sum(i * i for i in range(2_000_000))  # this process's own work does not count
+  assert own.fraction < 0.5 / os.cpu_count() + 0.2
+
+
+def test_a_measurement_faster_than_the_peak_raises_it_and_utilization_stays_at_most_1(tmp_path, monkeypatch):
+  import jax.numpy as jnp
+  from profiling import harness
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  _quick_calibration(monkeypatch, other_load=0.0)
+  too_low = peaks.Peaks("cpu", 1.0, 1.0, "cpu_calibration", "float32")  # 1 FLOP/s: any run beats it
+  a = jnp.ones((128, 128), jnp.float32)
+  r = harness.measure_fn(lambda x: x @ x, (a,), name="mm", batch=1, trace_dir=str(tmp_path / "t"), min_reps=5,
+                         max_reps=5, chunk=5, peaks=too_low)
+  assert r["peak_source"] == "cpu_calibration_raised" and r["peak_flops_per_s"] > 1e6
+  assert 0 < r["flops_utilization"] <= 1 and 0 < r["bandwidth_utilization"] <= 1
+  saved = json.loads(next(tmp_path.rglob("cpu_peaks_*.json")).read_text())["calibration"]
+  assert saved["flops_per_s"] == r["peak_flops_per_s"]
