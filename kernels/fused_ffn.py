@@ -40,18 +40,30 @@ class BlockSizes:
 
 
 def stacked_ffn_reference(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm="no_norm", eps=1e-12):
-  """h: [B, T, Bn]; w_in: [F, Bn, I]; w_out: [F, I, Bn] -> [B, T, Bn]; matmuls accumulate in f32.
+  """h: [B, T, Bn]; w_in: [F, Bn, I]; w_out: [F, I, Bn] -> [B, T, Bn]; matmuls accumulate in f32;
+  eps: a float or one per FFN (per_ffn_eps).
 
   The model's XLA path (ad/models/student.py StackedFFN), and what the kernel is checked against.
   Each w[f] is a separate array when the inference path passes per-FFN weights (a list), so it
   indexes without copying (ad/models/stack.py)."""
   dtype = h.dtype
+  eps = per_ffn_eps(eps, len(w_in))
   for f in range(len(w_in)):
     u = layers.linear(h, w_in[f]).astype(jnp.float32) + b_in[f]
     u = jax.nn.relu(u).astype(dtype)  # [B, T, I]
     y = layers.linear(u, w_out[f]).astype(jnp.float32) + b_out[f]
-    h = layers.apply_norm((y + h.astype(jnp.float32)).astype(dtype), norm_scale[f], norm_bias[f], norm, eps)
+    h = layers.apply_norm((y + h.astype(jnp.float32)).astype(dtype), norm_scale[f], norm_bias[f], norm, eps[f])
   return h
+
+
+def per_ffn_eps(eps, F: int) -> tuple[float, ...]:
+  """LayerNorm epsilon of each of the F FFNs: one float for all, or a sequence of F (transformers'
+  MobileBERT gives the last FFN a different one, ad/models/student.py)."""
+  if isinstance(eps, (tuple, list)):
+    if len(eps) != F:
+      raise ValueError(f"fused_ffn: eps has {len(eps)} values for {F} FFNs")
+    return tuple(float(e) for e in eps)
+  return (float(eps),) * F
 
 
 # Which implementation each traced call chose ("pallas", or "xla" when the weights do not fit on
@@ -108,7 +120,7 @@ def _layer(x, w_in, b_in, w_out, b_out, s, b, norm, eps, dtype):
 def _fwd_kernel(x_ref, w_in_ref, b_in_ref, w_out_ref, b_out_ref, s_ref, b_ref, o_ref, *, norm, eps):
   x = x_ref[...].astype(jnp.float32)  # [R, Bn]
   for f in range(w_in_ref.shape[0]):  # the F layers (1-6 in Table 1), unrolled; weights already on chip
-    x, _, _, _ = _layer(x, w_in_ref[f], b_in_ref[f], w_out_ref[f], b_out_ref[f], s_ref[f], b_ref[f], norm, eps,
+    x, _, _, _ = _layer(x, w_in_ref[f], b_in_ref[f], w_out_ref[f], b_out_ref[f], s_ref[f], b_ref[f], norm, eps[f],
                         x_ref.dtype)
   o_ref[...] = x.astype(o_ref.dtype)
 
@@ -120,7 +132,7 @@ def _bwd_kernel(x_ref, dy_ref, w_in_ref, b_in_ref, w_out_ref, b_out_ref, s_ref, 
   x = x_ref[...].astype(jnp.float32)
   saved = []
   for f in range(F):  # recompute, keeping each layer's input on chip
-    out, u, z, ns = _layer(x, w_in_ref[f], b_in_ref[f], w_out_ref[f], b_out_ref[f], s_ref[f], b_ref[f], norm, eps,
+    out, u, z, ns = _layer(x, w_in_ref[f], b_in_ref[f], w_out_ref[f], b_out_ref[f], s_ref[f], b_ref[f], norm, eps[f],
                            dtype)
     saved.append((x, u, z, ns))
     x = out
@@ -215,7 +227,7 @@ def _ffn_bwd(norm, eps, rows, interpret, backend, res, dy):
 _ffn.defvjp(_ffn_fwd, _ffn_bwd)
 
 
-def stacked_ffn(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm: str = "no_norm", eps: float = 1e-12,
+def stacked_ffn(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm: str = "no_norm", eps=1e-12,
                 block_sizes: BlockSizes | None = None, interpret=None):
   """The F FFNs of a block in one kernel. h: [B, T, Bn] -> [B, T, Bn] (h's dtype).
 
@@ -243,7 +255,7 @@ def stacked_ffn(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm: str
     _chosen.append("xla")
     return stacked_ffn_reference(h, *weights, norm=norm, eps=eps)
   _chosen.append("pallas")
-  return _stacked_ffn_fused(h, *weights, norm=norm, eps=float(eps), block_sizes=blocks, interpret=interpret)
+  return _stacked_ffn_fused(h, *weights, norm=norm, eps=per_ffn_eps(eps, F), block_sizes=blocks, interpret=interpret)
 
 
 @functools.partial(jax.jit, static_argnames=("norm", "eps", "block_sizes", "interpret"))

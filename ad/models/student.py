@@ -35,6 +35,10 @@ from kernels import fused_attention, fused_ffn
 from ad.space import Arch
 
 NORMS = layers.NORMS
+# transformers' MobileBERT builds two of its LayerNorms without config.layer_norm_eps, so they
+# use torch's default: the embeddings' and the last FFN's (MobileBertOutput). The student does
+# the same, so a layer_norm checkpoint computes the same numbers on both sides.
+TORCH_DEFAULT_LAYER_NORM_EPS = 1e-5
 apply_norm = layers.apply_norm
 IMPLS = ("xla", "pallas")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -92,7 +96,7 @@ class Embeddings(nnx.Module):
     self.token_type = layers.param(init(rngs.params(), (cfg.type_vocab_size, H), jnp.float32))
     in_dim = 3 * E if cfg.trigram_input else E
     self.transform = _dense(rngs, in_dim, H, cfg)
-    self.norm = layers.Norm(H, cfg.norm, cfg.layer_norm_eps)
+    self.norm = layers.Norm(H, cfg.norm, TORCH_DEFAULT_LAYER_NORM_EPS)
     self.cfg = cfg
 
   def __call__(self, input_ids, token_type_ids):
@@ -132,11 +136,13 @@ class StackedFFN(nnx.Module):
   def __call__(self, h):
     """h: [B, T, Bn] -> [B, T, Bn]."""
     cfg = self.cfg
+    F = cfg.arch.num_ffn
+    eps = (cfg.layer_norm_eps,) * (F - 1) + (TORCH_DEFAULT_LAYER_NORM_EPS,)  # the last is MobileBertOutput's
     if cfg.ffn_impl == "pallas":
       return fused_ffn.stacked_ffn(h, self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...],
-                                   self.norm_scale[...], self.norm_bias[...], norm=cfg.norm, eps=cfg.layer_norm_eps)
+                                   self.norm_scale[...], self.norm_bias[...], norm=cfg.norm, eps=eps)
     return fused_ffn.stacked_ffn_reference(h, self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...],
-                                 self.norm_scale[...], self.norm_bias[...], norm=cfg.norm, eps=cfg.layer_norm_eps)
+                                           self.norm_scale[...], self.norm_bias[...], norm=cfg.norm, eps=eps)
 
 
 class Block(nnx.Module):
