@@ -1,4 +1,4 @@
-"""The `ad` command: space, arch, profile, teacher, distill, search, report (one subcommand per stage)."""
+"""The `ad` command: space, arch, profile, teacher, distill, export, search, report (one subcommand per stage)."""
 
 from __future__ import annotations
 
@@ -167,9 +167,21 @@ def cmd_distill(args) -> int:
   cfg = configs.load_config(args.config, args.overrides)
   if not args.outside_space:
     space_lib.DesignSpace.from_config(cfg.space).check(args.arch)
+  # The student alone is always saved (workdir/student), so `ad export WORKDIR` works on any finished run.
   metrics = trainer.distill(args.arch, cfg, args.schedule, args.workdir, resume=args.resume,
-                            log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress)
+                            log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress,
+                            save_student=True, export_dir=args.export)
   print(json.dumps(metrics, indent=2))
+  return 0
+
+
+def cmd_export(args) -> int:
+  from ad import export
+  if os.path.exists(args.out) and os.listdir(args.out) and not args.force:
+    raise FileExistsError(f"--out {args.out} exists and is not empty; choose another or pass --force to overwrite "
+                          "the files an export writes there")
+  for d in export.export_path(args.path, args.out, log=lambda m: print(m, file=sys.stderr)):
+    print(d)
   return 0
 
 
@@ -257,8 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
   p.add_argument("--no-progress", action="store_true")
   p.add_argument("--outside-space", action="store_true")
+  p.add_argument("--export", default=None, metavar="DIR",
+                 help="also export the final student as a complete Hugging Face directory (weights, config, "
+                      "tokenizer, model card)")
   _add_config_args(p)
   p.set_defaults(fn=cmd_distill)
+
+  p = sub.add_parser("export", help="a finished distillation workdir (or every final of a search run directory) "
+                                    "-> complete Hugging Face model directories")
+  p.add_argument("path", help="an `ad distill --workdir`, a search's final/<arch>, or a search --run-dir")
+  p.add_argument("--out", required=True, help="the HF directory (for a run directory: one subdirectory per final)")
+  p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+  p.set_defaults(fn=cmd_export)
 
   p = sub.add_parser("search", help="multi-objective architecture search with flash distillation (the main job)")
   p.add_argument("--run-dir", required=True, help="trial store, report.md, pareto.png, traces, trial and final runs")

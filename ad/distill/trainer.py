@@ -40,7 +40,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from ad import files, interrupt, multihost
+from ad import export, files, interrupt, multihost
 from ad.distill import evaluation, losses, optim, sharding
 from ad.distill.params import Rebuild, nonfinite, without
 from profiling.compile_stats import compile_concurrently
@@ -301,11 +301,13 @@ def _pretrain_loss(dcfg, student_of, teacher_of):
 # distill()
 
 def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: Callable = print,
-            progress: bool = True, save_student: bool = False, export_dir: str | None = None) -> dict:
+            progress: bool = True, save_student: bool = False, export_dir: str | None = None,
+            card_latency: dict | None = None) -> dict:
   """Flash- or regular-distills `arch` per `cfg` (a loaded experiment ConfigDict); returns metrics.
 
   save_student: also write the final student alone (no adapters, no optimizer) as an orbax
-  checkpoint in `workdir/student`; export_dir: also export it in HF MobileBERT format there.
+  checkpoint in `workdir/student`; export_dir: also export it there as a complete Hugging Face
+  directory (ad/export.py; card_latency: the measured latency for its model card).
   """
   from profiling.compile_stats import CompileLog
   workdir = os.path.abspath(workdir)
@@ -314,14 +316,16 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
     if lock:
       lock.__enter__()
     try:
-      metrics = _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, export_dir, compiles)
+      metrics = _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, export_dir, compiles,
+                         card_latency)
     finally:
       if lock:
         lock.__exit__(None, None, None)
   return metrics
 
 
-def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, export_dir, compiles) -> dict:
+def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, export_dir, compiles,
+             card_latency) -> dict:
   import tensorflow as tf  # TensorBoard summaries
   from tqdm import tqdm
 
@@ -357,6 +361,7 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   # ---- data: per-host shard, deterministic for the seed; the fixed evaluation set ---------------
   vocab = pretrain.load_vocab(data_cfg, teacher_meta["source_dir"])
   task = pretrain.make_task(data_cfg, vocab, min(scfg.max_positions, teacher.cfg.max_positions), scfg.vocab_size)
+  student_info = export.write_student_info(workdir, scfg, vocab, data_cfg, teacher_dir, schedule) if is_main else None
   eval_set = evaluation.build_eval_set(data_cfg, vocab, log=log)
   teacher_top1, teacher_scores = evaluation.teacher_reference(teacher_dir, teacher, eval_set, log=log)
   plan = stage_plan(dcfg, K)
@@ -562,9 +567,9 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   # ---- the student alone, ready for fine-tuning ---------------------------------------------------
   if save_student:
     metrics["student_checkpoint"] = save_student_params(workdir, params["student"])
-  if export_dir and is_main:
-    from ad.models import hf
-    metrics["hf_dir"] = hf.export_mobilebert(final_student, export_dir)
+  if export_dir and is_main:  # a complete HF directory: weights, config, tokenizer, model card
+    metrics["hf_dir"] = export.export_student(final_student, export_dir, student_info, workdir, metrics,
+                                              latency=card_latency)
   summary = compiles.summary()
   metrics.update(programs_compiled=summary["programs"], compile_cache_hits=summary["cache_hits"],
                  compile_cpu_s=summary["compile_s"] + summary["trace_s"] + summary["lower_s"], wall_s=time.time() - t_start)

@@ -361,10 +361,17 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
     workdir = os.path.join(run_dir, "final", name)
     store.start_final(name)
     log(f"search: regular distillation of {name} into {workdir}")
+    measured = [t for t in store.trials("ok") if t["arch"] == name]  # its latency, for the model card
+    card_latency = None
+    if measured and "latency_ms" in (measured[-1]["objectives"] or {}):
+      m = measured[-1]["measurement"] or {}
+      card_latency = dict(latency_ms=measured[-1]["objectives"]["latency_ms"], batch=m.get("batch"), seq=m.get("seq"),
+                          blocks=m.get("num_blocks"), device=m.get("device_kind"))
     try:
       m = trainer.distill(name, cfg, cfg.final.schedule, workdir, resume=True, log=lambda msg: None,
                           progress=progress, save_student=True,
-                          export_dir=os.path.join(workdir, "hf") if cfg.final.export_hf else None)
+                          export_dir=os.path.join(workdir, "hf") if cfg.final.export_hf else None,
+                          card_latency=card_latency)
     except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
       raise
     except Exception as e:

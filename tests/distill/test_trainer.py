@@ -19,9 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ARCH = "128_64_2_384_2"
 
 
-def _run(workdir, teacher, resume=False, **extra):
+def _run(workdir, teacher, resume=False, export_dir=None, **extra):
   cfg = configs.load_config("quickstart", distill_overrides(teacher, **extra))
-  return trainer.distill(ARCH, cfg, "flash", str(workdir), resume=resume, log=lambda *_: None, progress=False)
+  return trainer.distill(ARCH, cfg, "flash", str(workdir), resume=resume, log=lambda *_: None, progress=False,
+                         save_student=export_dir is not None, export_dir=export_dir)
 
 
 def _losses(workdir):
@@ -41,7 +42,8 @@ def _params(workdir, step):
 def reference(tmp_path_factory, tiny_teacher):
   """One uninterrupted single-device run, every step checkpointed and kept."""
   wd = tmp_path_factory.mktemp("ref")
-  m = _run(wd, tiny_teacher, **{"distill.mesh_data": 1, "distill.checkpoint_every": 1, "distill.keep_checkpoints": 20})
+  m = _run(wd, tiny_teacher, export_dir=str(wd / "hf"),
+           **{"distill.mesh_data": 1, "distill.checkpoint_every": 1, "distill.keep_checkpoints": 20})
   return wd, m
 
 
@@ -165,3 +167,40 @@ def test_the_number_of_compiled_programs_does_not_grow_with_the_block_count(tmp_
                                                   "distill.flash.steps_per_block": 1})
     got[k] = (m["programs_compiled"], m["compiled_steps"])
   assert got[1] == got[3], got
+
+
+def test_exports_are_complete_hf_models(reference, tmp_path, capsys):
+  """`ad distill --export` and `ad export WORKDIR` write the same complete HF directory: a
+  fill-mask pipeline and AutoTokenizer work on it, a sequence classifier loads from it and
+  trains a step with transformers' Trainer, and its model card states the held-out scores."""
+  import torch
+  import transformers
+  wd, m = reference
+  out = tmp_path / "exported"
+  assert cli.main(["export", str(wd), "--out", str(out)]) == 0
+  for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+               "README.md"):
+    assert (out / name).read_bytes() == (wd / "hf" / name).read_bytes(), name
+  card = (out / "README.md").read_text()
+  assert f"{m['mlm_accuracy']:.4f} +- {m['mlm_accuracy_se']:.4f}" in card and ARCH in card
+  fill = transformers.pipeline("fill-mask", model=str(out))
+  guesses = fill("the capital of france is [MASK] .")
+  assert len(guesses) == 5 and all("token_str" in g for g in guesses)
+  tok = transformers.AutoTokenizer.from_pretrained(str(out))
+  assert tok("Hello world")["input_ids"][0] == tok.cls_token_id
+  clf = transformers.AutoModelForSequenceClassification.from_pretrained(str(out), num_labels=2)
+  texts, labels = ["a fine film", "a dull film", "great acting", "boring plot"], [1, 0, 1, 0]
+  enc = tok(texts, padding=True)
+  data = [dict(input_ids=enc["input_ids"][i], attention_mask=enc["attention_mask"][i], labels=labels[i])
+          for i in range(4)]
+  args = transformers.TrainingArguments(output_dir=str(tmp_path / "trainer"), max_steps=1, per_device_train_batch_size=4,
+                                        report_to=[], use_cpu=True, save_strategy="no", logging_steps=1)
+  before = [p.detach().clone() for p in clf.classifier.parameters()]
+  result = transformers.Trainer(model=clf, args=args, train_dataset=data).train()
+  assert result.global_step == 1 and np.isfinite(result.training_loss)
+  assert any(not torch.equal(a, b) for a, b in zip(before, clf.classifier.parameters()))
+  # Bad input names the path and says what was expected.
+  assert cli.main(["export", str(tmp_path / "trainer"), "--out", str(tmp_path / "x")]) == 2
+  assert "neither a distillation workdir" in capsys.readouterr().err
+  assert cli.main(["export", str(wd), "--out", str(out)]) == 2
+  assert "--force" in capsys.readouterr().err
