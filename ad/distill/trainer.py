@@ -70,6 +70,7 @@ class DistillConfig:
   fm_weight: float = 1.0
   recipe: str = "autodistill"
   earlier_blocks_lr_scale: float = 0.0  # mobilebert recipe: earlier blocks keep training at this scale
+  warmup_max_fraction: float = 0.1  # a stage's warm-up is at most this share of its steps (stage_warmup)
   checkpoint_every: int = 50
   keep_checkpoints: int = 2
   log_every: int = 10
@@ -87,6 +88,14 @@ class DistillConfig:
       raise ValueError(f"distill.alpha={self.alpha}: eq. 3 needs 0 <= alpha <= 1")
     if self.temperature <= 0:
       raise ValueError(f"distill.temperature={self.temperature} must be positive")
+    if not 0 < self.warmup_max_fraction <= 1:
+      raise ValueError(f"distill.warmup_max_fraction={self.warmup_max_fraction}: expected a share in (0, 1]")
+
+  def stage_warmup(self, stage_steps: int) -> int:
+    """Warm-up steps of a stage of `stage_steps`: warmup_steps, capped at warmup_max_fraction of the
+    stage (and below its length), so every stage's learning rate peaks and then decays: at paper
+    scale a 500-step progressive stage with warmup_steps=500 would otherwise only ever ramp up."""
+    return max(1, min(self.warmup_steps, int(self.warmup_max_fraction * stage_steps), stage_steps - 1))
 
   def block_steps(self, num_blocks: int) -> int:
     return self.steps_per_block or max(1, round(self.progressive_ratio * self.pretrain_steps / num_blocks))
@@ -133,6 +142,14 @@ def stage_plan(dcfg: DistillConfig, num_blocks: int) -> list[Stage]:
     g = out[-1].end
   out.append(Stage(PRETRAIN, None, g, g + dcfg.pretrain_steps))
   return out
+
+
+def stage_schedules(dcfg: DistillConfig, num_blocks: int):
+  """(progressive, pre-training) learning-rate schedules, each over its own stage's steps:
+  warm-up (DistillConfig.stage_warmup), then linear decay to 0 at the stage's end."""
+  prog_steps = dcfg.block_steps(num_blocks)
+  return (optim.warmup_linear_decay(dcfg.progressive_lr or dcfg.lr, dcfg.stage_warmup(prog_steps), prog_steps),
+          optim.warmup_linear_decay(dcfg.lr, dcfg.stage_warmup(dcfg.pretrain_steps), dcfg.pretrain_steps))
 
 
 def stage_at(plan: list[Stage], step: int) -> Stage:
@@ -400,8 +417,7 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
 
   # ---- optimizers and the two step functions (each compiled once) ---------------------------------
   prog_steps = dcfg.block_steps(K)
-  prog_lr = optim.warmup_linear_decay(dcfg.progressive_lr or dcfg.lr, dcfg.warmup_steps, prog_steps)
-  pre_lr = optim.warmup_linear_decay(dcfg.lr, dcfg.warmup_steps, dcfg.pretrain_steps)
+  prog_lr, pre_lr = stage_schedules(dcfg, K)
   tx_prog = optim.lamb_direction(dcfg.weight_decay, stacked)
   tx_pre = optim.lamb_direction(dcfg.weight_decay, stacked["student"])
   prog_opt_sh = sharding.opt_shardings(tx_prog, params_abs, param_sh, mesh)

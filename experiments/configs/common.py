@@ -47,7 +47,7 @@ def distillation(flash: dict, regular: dict, **kw):
   steps_per_block=0 derives it as progressive_ratio * pretrain_steps / num_blocks (003: 0.48).
   """
   base = dict(batch_size=16, lr=1e-3, progressive_lr=0.0, weight_decay=0.01, alpha=0.5, temperature=1.0,
-              mha_weight=1.0, fm_weight=1.0, recipe="autodistill", earlier_blocks_lr_scale=0.0,
+              mha_weight=1.0, fm_weight=1.0, recipe="autodistill", earlier_blocks_lr_scale=0.0, warmup_max_fraction=0.1,
               progressive_ratio=0.48, checkpoint_every=50, keep_checkpoints=2, log_every=10,
               mesh_data=0, mesh_model=1, seed=0)
   base.update(kw)

@@ -28,7 +28,8 @@ def get_config():
   c.teacher = common.default_teacher()
   c.distill = common.distillation(flash=dict(steps_per_block=8, pretrain_steps=50, warmup_steps=5),
                                   regular=dict(steps_per_block=24, pretrain_steps=150, warmup_steps=15), batch_size=16,
-                                  lr=8e-3, checkpoint_every=100)
+                                  lr=8e-3, checkpoint_every=100,
+                                  warmup_max_fraction=1.0)  # short stages tuned and measured with this warm-up
   c.constraints = ml_collections.ConfigDict(dict(max_params=0, max_flops=0.0, max_latency_ms=0.0))  # 0 = off
   c.search = common.search(num_initial=4, num_trials=12, measure_seq=128, latency_reference_ms=20.0)
   c.search.measure.update(max_reps=40, chunk=20)

@@ -26,7 +26,8 @@ def get_config():
   c.data = common.pretraining_data(seq_len=32, max_predictions=5)
   c.distill = common.distillation(flash=dict(pretrain_steps=20, warmup_steps=2),
                                   regular=dict(pretrain_steps=400, warmup_steps=20), batch_size=8, lr=2e-3,
-                                  checkpoint_every=1000)
+                                  checkpoint_every=1000,
+                                  warmup_max_fraction=1.0)  # short stages tuned and measured with this warm-up
   c.search.measure.update(max_reps=30, chunk=10)
   c.table = ml_collections.ConfigDict(dict(fixed=dict(heads=4)))
   return c

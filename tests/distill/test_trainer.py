@@ -204,3 +204,24 @@ def test_exports_are_complete_hf_models(reference, tmp_path, capsys):
   assert "neither a distillation workdir" in capsys.readouterr().err
   assert cli.main(["export", str(wd), "--out", str(out)]) == 2
   assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("schedule", ["flash", "regular"])
+def test_paper_table1_stages_warm_up_then_decay(schedule, capsys):
+  """Each stage's learning rate peaks early and decays to 0 by its end (a 500-step stage with 500
+  warm-up steps once only ramped up); printed for the record."""
+  cfg = configs.load_config("paper_table1")
+  dcfg = trainer.config_from(cfg.distill, schedule)
+  K = cfg.model.num_blocks
+  prog, pre = trainer.stage_schedules(dcfg, K)
+  for name, sched, steps in (("progressive stage", prog, dcfg.block_steps(K)), ("pre-training", pre,
+                                                                                 dcfg.pretrain_steps)):
+    warm = dcfg.stage_warmup(steps)
+    lrs = np.asarray([float(sched(i)) for i in range(0, steps + 1, max(1, steps // 1000))])
+    print(f"paper_table1 {schedule} {name}: {steps} steps, warm-up {warm}, peak {lrs.max():.2e} at step "
+          f"{int(np.argmax(lrs)) * max(1, steps // 1000)}, lr at the end {float(sched(steps)):.1e}")
+    assert 1 <= warm <= 0.1 * steps
+    assert float(sched(warm)) == pytest.approx(dcfg.lr) and float(sched(steps)) == pytest.approx(0.0, abs=1e-12)
+    assert float(sched(steps // 2)) < dcfg.lr  # decaying in the second half, not still ramping
+  out = capsys.readouterr().out
+  assert "progressive stage" in out and "pre-training" in out
