@@ -39,9 +39,10 @@ class BlockSizes:
   max_weight_bytes: int = 8 * 2**20  # the F FFNs' weights, double-buffered, must fit VMEM/SMEM (v5e: 16 MiB scoped)
 
 
-def stacked_ffn_reference(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm="no_norm", eps=1e-12):
+def stacked_ffn_reference(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm="no_norm", eps=1e-12,
+                          act=jax.nn.relu):
   """h: [B, T, Bn]; w_in: [F, Bn, I]; w_out: [F, I, Bn] -> [B, T, Bn]; matmuls accumulate in f32;
-  eps: a float or one per FFN (per_ffn_eps).
+  eps: a float or one per FFN (per_ffn_eps); act: the activation (the fused kernel's is relu).
 
   The model's XLA path (ad/models/student.py StackedFFN), and what the kernel is checked against.
   Each w[f] is a separate array when the inference path passes per-FFN weights (a list), so it
@@ -50,7 +51,7 @@ def stacked_ffn_reference(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *,
   eps = per_ffn_eps(eps, len(w_in))
   for f in range(len(w_in)):
     u = layers.linear(h, w_in[f]).astype(jnp.float32) + b_in[f]
-    u = jax.nn.relu(u).astype(dtype)  # [B, T, I]
+    u = act(u).astype(dtype)  # [B, T, I]
     y = layers.linear(u, w_out[f]).astype(jnp.float32) + b_out[f]
     h = layers.apply_norm((y + h.astype(jnp.float32)).astype(dtype), norm_scale[f], norm_bias[f], norm, eps[f])
   return h

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import time
 
 import jax
@@ -204,8 +205,10 @@ def cpu_peaks(dtype: str = "float32", refresh: bool = False, log=None) -> Peaks:
   source = "cpu_calibration"
   if cal["other_load"] is not None and cal["other_load"] > MAX_OTHER_LOAD:
     source = "cpu_calibration_under_load"
-    (log or print)(f"CPU peak calibration: other processes used {cal['other_load']:.0%} of the CPU meanwhile "
-                   f"(over {MAX_OTHER_LOAD:.0%}); using it for this run only, not caching it")
+    # To stderr: stdout may carry a command's JSON (ad profile --json, ad search's summary).
+    (log or (lambda m: print(m, file=sys.stderr)))(
+        f"CPU peak calibration: other processes used {cal['other_load']:.0%} of the CPU meanwhile (over "
+        f"{MAX_OTHER_LOAD:.0%}); using it for this run only, not caching it")
   else:
     _write_calibration(path, ident, cal)
   return Peaks(ident["cpu"] or "cpu", cal["flops_per_s"], cal["bytes_per_s"], source, dtype)

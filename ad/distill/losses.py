@@ -125,14 +125,17 @@ class Adapters(nnx.Module):
 
 
 def block_mapping(num_student_blocks: int, num_teacher_layers: int) -> list[int]:
-  """Uniform mapping: student block k (0-based) learns from teacher layer ceil((k+1) * L / K) - 1,
-  so the last block always learns from the last layer."""
+  """Student block k (0-based) learns from teacher layer ceil((k+1) * L / K) - 1: the layer at the
+  same relative depth, so the last block always learns from the last layer.
+
+  K <= L: a uniform subset of the layers (K=3, L=6: layers 1, 3, 5). K > L (a student deeper than
+  its teacher, e.g. 24 blocks from the 6-layer MiniLM): each teacher layer supervises a contiguous
+  group of ceil(K / L) or floor(K / L) blocks (24 from 6: blocks 0-3 from layer 0, ..., 20-23 from
+  layer 5); within a group the later blocks learn to keep the layer's representation, and
+  pre-training distillation, which has no layer targets, trains the whole stack afterwards."""
   k, l = num_student_blocks, num_teacher_layers
   if k <= 0 or l <= 0:
     raise ValueError(f"block mapping needs positive counts, got student={k} teacher={l}")
-  if k > l:
-    raise ValueError(f"the student has {k} blocks but the teacher only {l} layers: uniform layer-wise transfer "
-                     f"needs student blocks <= teacher layers; use at most {l} blocks or a deeper teacher")
   return [-(-(i + 1) * l // k) - 1 for i in range(k)]
 
 

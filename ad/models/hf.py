@@ -133,8 +133,9 @@ def mobilebert_table(cfg: student_lib.StudentConfig) -> list[Entry]:
     hf, p, ix = f"mobilebert.encoder.layer.{i}.", ("blocks",), (i,)
     t += _linear(hf + "bottleneck.input.dense", p + ("input_bottleneck",), ix)
     t += _norm(hf + "bottleneck.input.LayerNorm", p + ("input_norm",), ix)
-    t += _linear(hf + "bottleneck.attention.dense", p + ("qk_bottleneck",), ix)
-    t += _norm(hf + "bottleneck.attention.LayerNorm", p + ("qk_norm",), ix)
+    if cfg.key_query_shared_bottleneck:
+      t += _linear(hf + "bottleneck.attention.dense", p + ("qk_bottleneck",), ix)
+      t += _norm(hf + "bottleneck.attention.LayerNorm", p + ("qk_norm",), ix)
     for n in ("query", "key", "value"):
       t += _linear(hf + f"attention.self.{n}", p + (n,), ix)
     t += _linear(hf + "attention.output.dense", p + ("attn_out",), ix)
@@ -150,7 +151,8 @@ def mobilebert_table(cfg: student_lib.StudentConfig) -> list[Entry]:
             Entry(ln + ".weight", ffn + ("norm_scale",), fx), Entry(ln + ".bias", ffn + ("norm_bias",), fx)]
     t += _linear(hf + "output.bottleneck.dense", p + ("output_bottleneck",), ix)
     t += _norm(hf + "output.bottleneck.LayerNorm", p + ("output_norm",), ix)
-  t += _linear("mobilebert.pooler.dense", ("pooler",))
+  if cfg.classifier_activation:
+    t += _linear("mobilebert.pooler.dense", ("pooler",))
   t += _linear("cls.predictions.transform.dense", ("mlm_transform",))
   t += _norm("cls.predictions.transform.LayerNorm", ("mlm_norm",))
   t.append(Entry("cls.predictions.dense.weight", ("mlm_extra",)))  # [H - E, V], same layout as ours
@@ -229,19 +231,35 @@ def student_config_from_hf(hf: dict, source: str = CONFIG_FILE, **overrides) -> 
   """HF MobileBertConfig dict -> StudentConfig; rejects MobileBERT variants our template lacks."""
   if hf.get("model_type") != "mobilebert":
     raise CheckpointError(f"{source}: model_type={hf.get('model_type')!r}, expected 'mobilebert'")
-  need = dict(use_bottleneck=True, use_bottleneck_attention=False, key_query_shared_bottleneck=True,
-              classifier_activation=True)
-  for k, v in need.items():
-    if hf.get(k, v) != v:
-      raise CheckpointError(f"{source}: {k}={hf.get(k)!r} is not supported (the 003 Fig. 2 template needs {v})")
-  if hf.get("hidden_act", "relu") != "relu":
-    raise CheckpointError(f"{source}: hidden_act={hf.get('hidden_act')!r}; the student uses relu (MobileBERT's)")
+  if not hf.get("use_bottleneck", True):
+    raise CheckpointError(f"{source}: use_bottleneck=False is not supported: the student template is MobileBERT's "
+                          "bottleneck block (003 Fig. 2); use a BERT teacher loader for a model without bottlenecks")
+  act = hf.get("hidden_act", "relu")
+  if act not in student_lib.ACTIVATIONS:
+    raise CheckpointError(f"{source}: hidden_act={act!r} is not supported; expected one of "
+                          f"{sorted(student_lib.ACTIVATIONS)}")
+  norm = hf.get("normalization_type", "no_norm")
+  if norm not in student_lib.NORMS:
+    raise CheckpointError(f"{source}: normalization_type={norm!r}; expected one of {list(student_lib.NORMS)}")
+  bn = hf.get("intra_bottleneck_size", 128)
+  if hf.get("true_hidden_size", bn) != bn:
+    raise CheckpointError(f"{source}: true_hidden_size={hf['true_hidden_size']} differs from intra_bottleneck_size="
+                          f"{bn}; with bottlenecks transformers sets them equal")
+  if hf["hidden_size"] < hf.get("embedding_size", 128):
+    raise CheckpointError(f"{source}: embedding_size={hf.get('embedding_size')} exceeds hidden_size="
+                          f"{hf['hidden_size']}")
+  if not (hf.get("use_bottleneck_attention", False) or hf.get("key_query_shared_bottleneck", True)):
+    raise CheckpointError(f"{source}: key_query_shared_bottleneck=False with use_bottleneck_attention=False is not "
+                          "supported (queries and keys from the wide input need hidden_size == intra_bottleneck_size)")
+  options = dict(key_query_shared_bottleneck=bool(hf.get("key_query_shared_bottleneck", True)),
+                 use_bottleneck_attention=bool(hf.get("use_bottleneck_attention", False)), hidden_act=act,
+                 classifier_activation=bool(hf.get("classifier_activation", True)))
   arch = Arch(hf["hidden_size"], hf.get("intra_bottleneck_size", 128), hf["num_attention_heads"],
               hf["intermediate_size"], hf.get("num_feedforward_networks", 4))
   kw = dict(arch=arch, num_blocks=hf["num_hidden_layers"], vocab_size=hf["vocab_size"],
             embedding_size=hf.get("embedding_size", 128), max_positions=hf.get("max_position_embeddings", 512),
-            type_vocab_size=hf.get("type_vocab_size", 2), norm=hf.get("normalization_type", "no_norm"),
-            layer_norm_eps=hf.get("layer_norm_eps", 1e-12), trigram_input=hf.get("trigram_input", True))
+            type_vocab_size=hf.get("type_vocab_size", 2), norm=norm,
+            layer_norm_eps=hf.get("layer_norm_eps", 1e-12), trigram_input=hf.get("trigram_input", True), **options)
   kw.update(overrides)
   return student_lib.StudentConfig(**kw)
 
@@ -252,12 +270,14 @@ def student_config_to_hf(cfg: student_lib.StudentConfig) -> dict:
       "architectures": ["MobileBertForPreTraining"], "model_type": "mobilebert",
       "vocab_size": cfg.vocab_size, "hidden_size": a.hidden, "embedding_size": cfg.embedding_size,
       "num_hidden_layers": cfg.num_blocks, "num_attention_heads": a.heads, "intermediate_size": a.intermediate,
-      "hidden_act": "relu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.1,
+      "hidden_act": cfg.hidden_act, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.1,
       "max_position_embeddings": cfg.max_positions, "type_vocab_size": cfg.type_vocab_size,
       "initializer_range": 0.02, "layer_norm_eps": cfg.layer_norm_eps, "pad_token_id": 0,
       "trigram_input": cfg.trigram_input, "use_bottleneck": True, "intra_bottleneck_size": a.bottleneck,
-      "use_bottleneck_attention": False, "key_query_shared_bottleneck": True,
-      "num_feedforward_networks": a.num_ffn, "normalization_type": cfg.norm, "classifier_activation": True,
+      "use_bottleneck_attention": cfg.use_bottleneck_attention,
+      "key_query_shared_bottleneck": cfg.key_query_shared_bottleneck, "true_hidden_size": a.bottleneck,
+      "num_feedforward_networks": a.num_ffn, "normalization_type": cfg.norm,
+      "classifier_activation": cfg.classifier_activation,
       "tie_word_embeddings": True,
   }
 

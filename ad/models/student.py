@@ -9,7 +9,9 @@ One block, for input x: [B, T, H] (hidden H, bottleneck Bn, heads A, intermediat
   F times:  h = norm(relu(h @ W1) @ W2 + h)  (the F-th FFN is MobileBERT's intermediate/output)
   out         = norm(h @ W_out + x)          [B, T, H]  output bottleneck, residual to block input
 
-`norm` is MobileBERT's NoNorm (x * gamma + beta) or LayerNorm, by config. The input
+`norm` is MobileBERT's NoNorm (x * gamma + beta) or LayerNorm, by config. The other options of
+the MobileBERT family (IB-BERT's bottleneck attention, where q, k and v all come from the input
+bottleneck; the activation; the pooler's tanh) follow transformers' MobileBertConfig names. The input
 embedding is MobileBERT's trigram embedding (embedding size E -> H). Heads: MLM (transform,
 then logits against [word embeddings | an extra V x (H - E) matrix]) and NSP (tanh pooler).
 
@@ -31,8 +33,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ad.models import layers, stack
-from kernels import fused_attention, fused_ffn
 from ad.space import Arch
+from kernels import fused_attention, fused_ffn
 
 NORMS = layers.NORMS
 # transformers' MobileBERT builds two of its LayerNorms without config.layer_norm_eps, so they
@@ -41,6 +43,9 @@ NORMS = layers.NORMS
 TORCH_DEFAULT_LAYER_NORM_EPS = 1e-5
 apply_norm = layers.apply_norm
 IMPLS = ("xla", "pallas")
+# transformers' ACT2FN names: "gelu" is the exact (erf) GELU, "gelu_new" the tanh approximation.
+ACTIVATIONS = {"relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+               "gelu_new": lambda x: jax.nn.gelu(x, approximate=True)}
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -58,6 +63,11 @@ class StudentConfig:
   dtype: str = "float32"  # compute dtype; parameters stay f32
   attention_impl: str = "xla"
   ffn_impl: str = "xla"
+  # MobileBERT-family options (transformers' MobileBertConfig names; defaults: MobileBERT's, 003 Fig. 2).
+  key_query_shared_bottleneck: bool = True  # queries and keys from their own shared bottleneck of x
+  use_bottleneck_attention: bool = False  # queries, keys and values all from the input bottleneck (IB-BERT)
+  hidden_act: str = "relu"  # the FFNs' and the MLM transform's activation
+  classifier_activation: bool = True  # pooled = tanh(dense(first token)); False: the first token as it is
 
   def __post_init__(self):
     if isinstance(self.arch, str):
@@ -73,6 +83,13 @@ class StudentConfig:
       raise ValueError(
           f"StudentConfig.embedding_size={self.embedding_size} exceeds hidden={self.arch.hidden}: the MLM "
           "decoder appends a V x (hidden - embedding) matrix to the word embeddings, so embedding <= hidden")
+    if self.hidden_act not in ACTIVATIONS:
+      raise ValueError(f"StudentConfig.hidden_act={self.hidden_act!r}: expected one of {sorted(ACTIVATIONS)}")
+    if not (self.use_bottleneck_attention or self.key_query_shared_bottleneck):
+      raise ValueError("StudentConfig: key_query_shared_bottleneck=False needs use_bottleneck_attention=True (queries "
+                       "and keys from the wide input would need hidden == bottleneck, which the template does not use)")
+    if self.hidden_act != "relu" and self.ffn_impl == "pallas":
+      raise ValueError(f"StudentConfig: ffn_impl='pallas' fuses relu FFNs only, not hidden_act={self.hidden_act!r}")
     if self.dtype not in COMPUTE_DTYPES:
       raise ValueError(f"StudentConfig.dtype={self.dtype!r} (model.dtype / --dtype): expected one of {COMPUTE_DTYPES}")
 
@@ -142,7 +159,8 @@ class StackedFFN(nnx.Module):
       return fused_ffn.stacked_ffn(h, self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...],
                                    self.norm_scale[...], self.norm_bias[...], norm=cfg.norm, eps=eps)
     return fused_ffn.stacked_ffn_reference(h, self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...],
-                                           self.norm_scale[...], self.norm_bias[...], norm=cfg.norm, eps=eps)
+                                           self.norm_scale[...], self.norm_bias[...], norm=cfg.norm, eps=eps,
+                                           act=ACTIVATIONS[cfg.hidden_act])
 
 
 class Block(nnx.Module):
@@ -151,11 +169,12 @@ class Block(nnx.Module):
     H, Bn = a.hidden, a.bottleneck
     self.input_bottleneck = _dense(rngs, H, Bn, cfg)
     self.input_norm = layers.Norm(Bn, cfg.norm, cfg.layer_norm_eps)
-    self.qk_bottleneck = _dense(rngs, H, Bn, cfg)
-    self.qk_norm = layers.Norm(Bn, cfg.norm, cfg.layer_norm_eps)
+    if cfg.key_query_shared_bottleneck:  # (unused, as in transformers, under use_bottleneck_attention)
+      self.qk_bottleneck = _dense(rngs, H, Bn, cfg)
+      self.qk_norm = layers.Norm(Bn, cfg.norm, cfg.layer_norm_eps)
     self.query = _dense(rngs, Bn, Bn, cfg)
     self.key = _dense(rngs, Bn, Bn, cfg)
-    self.value = _dense(rngs, H, Bn, cfg)
+    self.value = _dense(rngs, Bn if cfg.use_bottleneck_attention else H, Bn, cfg)
     self.attn_out = _dense(rngs, Bn, Bn, cfg)
     self.attn_norm = layers.Norm(Bn, cfg.norm, cfg.layer_norm_eps)
     self.ffn = StackedFFN(cfg, rngs)
@@ -169,10 +188,13 @@ class Block(nnx.Module):
     B, T, _ = x.shape
     with jax.named_scope("bottleneck"):
       layer_input = self.input_norm(self.input_bottleneck(x))  # [B, T, Bn]
-      qk = self.qk_norm(self.qk_bottleneck(x))  # [B, T, Bn]
+      if cfg.use_bottleneck_attention:
+        qk, v_in = layer_input, layer_input
+      else:
+        qk, v_in = self.qk_norm(self.qk_bottleneck(x)), x  # [B, T, Bn], [B, T, H]
     with jax.named_scope("attention"):
       split = lambda t: t.reshape(B, T, a.heads, a.head_dim)  # [B, T, A, D]
-      q, k, v = split(self.query(qk)), split(self.key(qk)), split(self.value(x))
+      q, k, v = split(self.query(qk)), split(self.key(qk)), split(self.value(v_in))
       if cfg.attention_impl == "pallas":
         ctx, probs = fused_attention.mha(q, k, v, mask_bias, return_probs=True)
       else:
@@ -194,7 +216,8 @@ class Student(nnx.Module):
     self.cfg = cfg
     self.embeddings = Embeddings(cfg, rngs)
     self.blocks = stack.stacked(cfg.num_blocks, lambda r: Block(cfg, r), rngs)  # [K, ...] parameters
-    self.pooler = _dense(rngs, H, H, cfg)
+    if cfg.classifier_activation:
+      self.pooler = _dense(rngs, H, H, cfg)
     self.mlm_transform = _dense(rngs, H, H, cfg)
     self.mlm_norm = layers.Norm(H, "layer_norm", cfg.layer_norm_eps)  # MobileBERT's MLM transform always uses LayerNorm
     # Logits are h @ [word^T ; extra^T]: the word embeddings cover the first E columns of h,
@@ -233,14 +256,14 @@ class Student(nnx.Module):
       return h, (h, probs)
     h, (hidden_states, attentions) = stack.scan(self.blocks, step, emb, num_blocks, unroll)
     with jax.named_scope("pooler"):
-      pooled = jnp.tanh(self.pooler(h[:, 0]))
+      pooled = jnp.tanh(self.pooler(h[:, 0])) if self.cfg.classifier_activation else h[:, 0]
     return dict(embeddings=emb, hidden_states=hidden_states, attentions=attentions,
                 sequence_output=h, pooled=pooled)
 
   def mlm_logits(self, h):
     """h: [..., H] -> [..., V] (f32)."""
     E = self.cfg.embedding_size
-    t = self.mlm_norm(jax.nn.relu(self.mlm_transform(h)))
+    t = self.mlm_norm(ACTIVATIONS[self.cfg.hidden_act](self.mlm_transform(h)))
     logits = layers.linear_transposed(t[..., :E], self.embeddings.word[...]).astype(jnp.float32)
     if self.mlm_extra.shape[0]:
       logits += layers.linear(t[..., E:], self.mlm_extra[...]).astype(jnp.float32)
@@ -274,13 +297,14 @@ def param_counts(cfg: StudentConfig) -> dict[str, int]:
   norm = lambda d: 2 * d
   emb_in = 3 * E if cfg.trigram_input else E
   embeddings = V * E + cfg.max_positions * H + cfg.type_vocab_size * H + lin(emb_in, H) + norm(H)
-  block = (2 * (lin(H, Bn) + norm(Bn))  # input and shared query/key bottlenecks
-           + 2 * lin(Bn, Bn) + lin(H, Bn)  # query, key, value
+  qk_bottlenecks = 2 if cfg.key_query_shared_bottleneck else 1
+  block = (qk_bottlenecks * (lin(H, Bn) + norm(Bn))  # input and shared query/key bottlenecks
+           + 2 * lin(Bn, Bn) + lin(Bn if cfg.use_bottleneck_attention else H, Bn)  # query, key, value
            + lin(Bn, Bn) + norm(Bn)  # attention output
            + F * (lin(Bn, I) + lin(I, Bn) + norm(Bn))  # stacked FFNs
            + lin(Bn, H) + norm(H))  # output bottleneck
   encoder = cfg.num_blocks * block
-  pooler = lin(H, H)
+  pooler = lin(H, H) if cfg.classifier_activation else 0
   mlm_head = lin(H, H) + norm(H) + V  # transform + norm + output bias (decoder tied to word embeddings)
   nsp_head = lin(H, 2)
   mlm_extra = V * (H - E)

@@ -4,7 +4,9 @@ Command:  ad space --config paper_table1 ; ad arch 512_128_4_512_4 --config pape
           ad search --config paper_table1 --run-dir RUN   (on a TPU pod: one process per host)
 Machine:  any for space/arch; the search at this scale targets a TPU pod (see BUILD.md) and
           has not been run (no accelerator here). The teacher should be an IB-BERT-sized
-          checkpoint (`--set teacher.source=DIR`), not the packaged MiniLM.
+          checkpoint (`--set teacher.source=DIR`); with the packaged 6-layer MiniLM each teacher
+          layer supervises a group of 4 consecutive student blocks (ad/distill/losses.py
+          block_mapping). Each stage warms up for at most 10% of its steps (distill.warmup_max_fraction).
 Expected: 576 architectures per block; MobileBERT 25.1M parameters counted the paper's way.
           The paper's search: about 300 trials to find 7 students that beat MobileBERT in
           both accuracy and TPUv4i latency (003 section 4.2).

@@ -67,8 +67,18 @@ def test_block_mapping_uniform_and_errors():
   assert losses.block_mapping(2, 6) == [2, 5]
   assert losses.block_mapping(6, 6) == list(range(6))
   assert losses.block_mapping(24, 24)[-1] == 23 and losses.block_mapping(4, 12) == [2, 5, 8, 11]
-  with pytest.raises(ValueError, match="student has 8 blocks but the teacher only 6 layers"):
-    losses.block_mapping(8, 6)
+  with pytest.raises(ValueError, match="positive counts"):
+    losses.block_mapping(0, 6)
+
+
+@pytest.mark.parametrize("K,L", [(24, 6), (8, 6), (7, 3), (6, 6)])
+def test_students_deeper_than_the_teacher_map_contiguous_groups(K, L):
+  m = losses.block_mapping(K, L)
+  assert m[-1] == L - 1 and m == sorted(m) and set(m) == set(range(L))  # monotone, every layer used
+  sizes = [m.count(j) for j in range(L)]
+  assert max(sizes) - min(sizes) <= 1 and sum(sizes) == K  # groups of floor(K/L) or ceil(K/L) blocks
+  if K == 24:
+    assert m == [j for j in range(6) for _ in range(4)]
 
 
 def test_resample_identity_and_linear_ramp():
