@@ -105,7 +105,8 @@ def load_student(workdir: str):
   info_path = os.path.join(workdir, STUDENT_INFO)
   if not os.path.isfile(info_path):
     raise FileNotFoundError(f"{workdir}: no {STUDENT_INFO}; expected a distillation workdir made by `ad distill` "
-                            "or a search's final/<arch> (or a search run directory)")
+                            "or a search's final/<arch> (or a search run directory). Workdirs written before "
+                            "`ad export` existed lack it; their final/<arch>/hf holds the weights and config")
   info = files.read_json(info_path, "student record")
   ckpt = os.path.join(workdir, STUDENT_DIR)
   if not os.path.isdir(ckpt):
