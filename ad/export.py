@@ -148,6 +148,15 @@ def export_path(path: str, out: str, log=print) -> list[str]:
   return done
 
 
+def card_latency(trial: dict) -> dict | None:
+  """The latency record a model card states, from a search trial's row (None if it has none)."""
+  lat, m = (trial.get("objectives") or {}).get("latency_ms"), trial.get("measurement") or {}
+  if lat is None:
+    return None
+  return dict(latency_ms=lat, batch=m.get("batch"), seq=m.get("seq"), blocks=m.get("num_blocks"),
+              device=m.get("device_kind"))
+
+
 def _search_latencies(run_dir: str) -> dict:
   """arch -> latency record from a search's trial store (empty when it has none)."""
   from ad.search import store as store_lib
@@ -158,10 +167,5 @@ def _search_latencies(run_dir: str) -> dict:
     trials = store.trials("ok")
   finally:
     store.close()
-  out = {}
-  for t in trials:
-    lat, m = (t.get("objectives") or {}).get("latency_ms"), t.get("measurement") or {}
-    if lat is not None:
-      out[t["arch"]] = dict(latency_ms=lat, batch=m.get("batch"), seq=m.get("seq"), blocks=m.get("num_blocks"),
-                            device=m.get("device_kind"))
-  return out
+  latencies = {t["arch"]: card_latency(t) for t in trials}
+  return {arch: lat for arch, lat in latencies.items() if lat is not None}

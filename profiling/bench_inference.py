@@ -64,8 +64,9 @@ def bench_arch(arch: str, *, blocks: int, batch: int, seq: int, rounds: int, cal
   impls["ad f32"] = lambda: jax.block_until_ready(run32(ids))
   impls["ad bf16"] = lambda: jax.block_until_ready(run16(ids))
 
-  from ad.models import student as student_lib
-  student = student_lib.Student(cfg, nnx.Rngs(0))  # the parameters student_forward made (seed 0)
+  from ad.models import stack, student as student_lib
+  # The very parameters timed above, stacked back into a model for the export to transformers.
+  student = nnx.merge(nnx.graphdef(student_lib.abstract_student(cfg)), stack.restack(state))
   with tempfile.TemporaryDirectory() as tmp:
     ref = _hf_model(student, tmp)
   t_ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)

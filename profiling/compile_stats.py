@@ -24,7 +24,7 @@ def compile_stats(fn: Callable, *args, static_argnums=(), compiler_options: dict
   """fn and abstract (jax.ShapeDtypeStruct) or concrete args -> FLOPs, bytes, memory, compiled.
   compiler_options: XLA options for this compilation only (e.g. harness.inference_compiler_options)."""
   lowered = jax.jit(fn, static_argnums=static_argnums).lower(*args, **kwargs)
-  compiled = lowered.compile(compiler_options) if compiler_options else lowered.compile()
+  compiled = lowered.compile(compiler_options or None)
   cost = _first(compiled.cost_analysis())
   hlo = compiled.as_text() or ""
   mem = compiled.memory_analysis()

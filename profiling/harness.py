@@ -206,8 +206,7 @@ def inference_callable(fn, params, ids, dtype: str):
   """ids -> outputs: `fn` from student_forward compiled once (for the shape of `ids`, with
   inference_compiler_options), its parameters bound."""
   lowered = jax.jit(fn).lower(params, ids)
-  options = inference_compiler_options(dtype)
-  compiled = lowered.compile(options) if options else lowered.compile()
+  compiled = lowered.compile(inference_compiler_options(dtype) or None)
   return lambda ids: compiled(params, ids)
 
 

@@ -178,12 +178,14 @@ def _cpu_cache_path(ident: dict) -> str:
   return os.path.join(_cache_dir(), f"cpu_peaks_{key}.json")
 
 
-def _write_calibration(path: str, ident: dict, cal: dict) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + f".{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(dict(identity=ident, calibration=cal, measured_at=time.time()), f, indent=1)
-  os.replace(tmp, path)
+def _cache_unless_loaded(ident: dict, cal: dict) -> bool:
+  """Caches `cal` unless other processes used more than MAX_OTHER_LOAD of the machine while it
+  was measured; returns whether it was cached."""
+  if cal["other_load"] is not None and cal["other_load"] > MAX_OTHER_LOAD:
+    return False
+  from ad import files
+  files.write_json(_cpu_cache_path(ident), dict(identity=ident, calibration=cal, measured_at=time.time()))
+  return True
 
 
 def cpu_peaks(dtype: str = "float32", refresh: bool = False, log=None) -> Peaks:
@@ -202,16 +204,13 @@ def cpu_peaks(dtype: str = "float32", refresh: bool = False, log=None) -> Peaks:
     except (OSError, KeyError, json.JSONDecodeError):
       pass  # a damaged cache is re-measured, not trusted
   cal = calibrate_cpu(dtype)
-  source = "cpu_calibration"
-  if cal["other_load"] is not None and cal["other_load"] > MAX_OTHER_LOAD:
-    source = "cpu_calibration_under_load"
-    # To stderr: stdout may carry a command's JSON (ad profile --json, ad search's summary).
-    (log or (lambda m: print(m, file=sys.stderr)))(
-        f"CPU peak calibration: other processes used {cal['other_load']:.0%} of the CPU meanwhile (over "
-        f"{MAX_OTHER_LOAD:.0%}); using it for this run only, not caching it")
-  else:
-    _write_calibration(path, ident, cal)
-  return Peaks(ident["cpu"] or "cpu", cal["flops_per_s"], cal["bytes_per_s"], source, dtype)
+  if _cache_unless_loaded(ident, cal):
+    return Peaks(ident["cpu"] or "cpu", cal["flops_per_s"], cal["bytes_per_s"], "cpu_calibration", dtype)
+  # To stderr: stdout may carry a command's JSON (ad profile --json, ad search's summary).
+  (log or (lambda m: print(m, file=sys.stderr)))(
+      f"CPU peak calibration: other processes used {cal['other_load']:.0%} of the CPU meanwhile (over "
+      f"{MAX_OTHER_LOAD:.0%}); using it for this run only, not caching it")
+  return Peaks(ident["cpu"] or "cpu", cal["flops_per_s"], cal["bytes_per_s"], "cpu_calibration_under_load", dtype)
 
 
 def raise_cpu_peak(dtype: str, observed_flops_per_s: float, observed_bytes_per_s: float = 0.0) -> Peaks:
@@ -223,8 +222,7 @@ def raise_cpu_peak(dtype: str, observed_flops_per_s: float, observed_bytes_per_s
   cal["flops_per_s"] = max(cal["flops_per_s"], observed_flops_per_s)
   cal["bytes_per_s"] = max(cal["bytes_per_s"], observed_bytes_per_s)
   cal["raised_by_measurement"] = dict(flops_per_s=observed_flops_per_s, bytes_per_s=observed_bytes_per_s)
-  if cal["other_load"] is None or cal["other_load"] <= MAX_OTHER_LOAD:
-    _write_calibration(_cpu_cache_path(ident), ident, cal)
+  _cache_unless_loaded(ident, cal)
   return Peaks(ident["cpu"] or "cpu", cal["flops_per_s"], cal["bytes_per_s"], "cpu_calibration_raised", dtype)
 
 

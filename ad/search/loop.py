@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ad import files, interrupt, multihost
+from ad import export, files, interrupt, multihost
 from ad import space as space_lib
 from ad.search import designers as designers_lib
 from ad.search import pareto, report as report_lib
@@ -362,16 +362,11 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
     store.start_final(name)
     log(f"search: regular distillation of {name} into {workdir}")
     measured = [t for t in store.trials("ok") if t["arch"] == name]  # its latency, for the model card
-    card_latency = None
-    if measured and "latency_ms" in (measured[-1]["objectives"] or {}):
-      m = measured[-1]["measurement"] or {}
-      card_latency = dict(latency_ms=measured[-1]["objectives"]["latency_ms"], batch=m.get("batch"), seq=m.get("seq"),
-                          blocks=m.get("num_blocks"), device=m.get("device_kind"))
     try:
       m = trainer.distill(name, cfg, cfg.final.schedule, workdir, resume=True, log=lambda msg: None,
                           progress=progress, save_student=True,
                           export_dir=os.path.join(workdir, "hf") if cfg.final.export_hf else None,
-                          card_latency=card_latency)
+                          card_latency=export.card_latency(measured[-1]) if measured else None)
     except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
       raise
     except Exception as e:

@@ -8,6 +8,7 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from kernels import fused_attention as fa
+from tests.kernels.modes import CompiledOrInterpreted
 
 # (B, T, A, D, padded): head counts 1-8 and head sizes of the design space (bottleneck / heads).
 SHAPES = [(1, 32, 1, 16, False), (2, 64, 4, 24, True), (1, 32, 8, 20, True)]
@@ -29,15 +30,8 @@ def _tol(dtype, D):
   return TOL[dtype] * max(1.0, np.sqrt(D / 16))
 
 
-class TestFusedAttention:
+class TestFusedAttention(CompiledOrInterpreted):
   """Compiled on a GPU/TPU (skipped elsewhere); TestFusedAttentionInterpret runs the same cases in interpret mode."""
-
-  INTERPRET = False
-
-  @pytest.fixture(autouse=True)
-  def _needs_accelerator(self):
-    if not self.INTERPRET and jax.default_backend() not in ("gpu", "tpu"):
-      pytest.skip("compiled Pallas kernels need a GPU or TPU; the interpret-mode subclass runs here")
 
   @pytest.mark.parametrize("shape,dtype", [(SHAPES[0], jnp.float32), (SHAPES[1], jnp.float32), (SHAPES[2], jnp.float32),
                                            (SHAPES[1], jnp.bfloat16)])

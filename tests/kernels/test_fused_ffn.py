@@ -7,6 +7,7 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from kernels import fused_ffn as ff
+from tests.kernels.modes import CompiledOrInterpreted
 
 # (B, T, Bn, I, F): F FFNs of the design space (2, 4, 6 in Table 1; 1 and 3 for odd counts);
 # B * T = 40 is not a multiple of the row block, so padding is exercised.
@@ -28,15 +29,8 @@ def _tol(dtype, contraction):
   return TOL[dtype] * max(1.0, np.sqrt(contraction / 64))
 
 
-class TestFusedFFN:
+class TestFusedFFN(CompiledOrInterpreted):
   """Compiled on a GPU/TPU (skipped elsewhere); TestFusedFFNInterpret runs the same cases in interpret mode."""
-
-  INTERPRET = False
-
-  @pytest.fixture(autouse=True)
-  def _needs_accelerator(self):
-    if not self.INTERPRET and jax.default_backend() not in ("gpu", "tpu"):
-      pytest.skip("compiled Pallas kernels need a GPU or TPU; the interpret-mode subclass runs here")
 
   @pytest.mark.parametrize("shape,dtype,norm", [(SHAPES[0], jnp.float32, "no_norm"), (SHAPES[1], jnp.float32, "layer_norm"),
                                                 (SHAPES[2], jnp.float32, "no_norm"), (SHAPES[2], jnp.bfloat16, "no_norm"),

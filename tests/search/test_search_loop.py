@@ -88,6 +88,10 @@ def test_kill_and_resume_loses_and_repeats_nothing_then_distills_and_exports_the
   assert base_final["arch"] == BASELINE and base_final["status"] == "ok" and final["mlm_accuracy_se"] > 0
   assert summary["time_split"]["trials"] == 3 and 0 < summary["time_split"]["train_steps_share"] < 1
   assert os.path.isfile(os.path.join(final["hf_dir"], "model.safetensors"))
+  with open(os.path.join(final["hf_dir"], "README.md")) as f:  # the model card states the measured latency
+    card = f.read()
+  lat = json.loads(next(r for r in rows if r["arch"] == final["arch"])["objectives"])["latency_ms"]
+  assert f"{lat:.3f} ms" in card and final["arch"] in card
   assert os.path.isdir(final["checkpoint"])
   from ad.models import hf
   exported = hf.load_mobilebert(final["hf_dir"])
