@@ -20,6 +20,13 @@ if "xla_force_host_platform_device_count" not in flags:
 
 import pytest  # noqa: E402
 
+from ad.cli import enable_compile_cache  # noqa: E402
+
+# In-process runs share JAX's persistent compilation cache with the `ad` subprocesses the tests
+# start (the same directory under this session's XDG_CACHE_HOME), as a user's runs share theirs:
+# a program compiled by one test is loaded by the next that needs it.
+enable_compile_cache()
+
 _LOOPBACK = ("127.", "::1", "localhost", "0.0.0.0")
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -81,3 +88,20 @@ def distill_overrides(teacher_dir: str, **extra) -> list[str]:
   base.update({f"teacher.{k}": v for k, v in TINY_TEACHER.items()})
   base.update(extra)
   return [f"{k}={v}" for k, v in base.items()]
+
+
+def write_tiny_mobilebert(out_dir, **options) -> str:
+  """A small MobileBERT-family checkpoint written by transformers itself (random weights, seed 0),
+  with the packaged teacher's vocab.txt: an IB-BERT-style teacher or a baseline checkpoint.
+  `options` override MobileBertConfig fields."""
+  import shutil
+  import torch
+  import transformers
+  from ad.models import hf
+  torch.manual_seed(0)
+  config = transformers.MobileBertConfig(**dict(
+      vocab_size=30522, hidden_size=64, embedding_size=32, intra_bottleneck_size=32, true_hidden_size=32,
+      num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, num_feedforward_networks=1, **options))
+  transformers.MobileBertForPreTraining(config).save_pretrained(out_dir)
+  shutil.copy(os.path.join(hf.minilm_dir(), "vocab.txt"), out_dir)
+  return str(out_dir)

@@ -4,15 +4,19 @@ Pipeline, per split:
   source (Python, seqio.FunctionDataSource): documents -> sentences -> sentence pairs
       {text_a, text_b, nsp_label, example_id}; nsp_label 0 = B follows A, 1 = B is a random
       span of another document (Hugging Face's convention), drawn 50/50. Training pairs are
-      re-drawn each epoch (a new pairing per pass, like BERT's dupe_factor); validation is one
-      fixed pass.
+      re-drawn each epoch (a new pairing per pass, like BERT's dupe_factor) and shuffled within
+      consecutive windows of `shuffle_window` pairs; validation is one fixed pass, unshuffled.
+      The training stream is index-addressable: split "train[N:]" (TFDS's slicing syntax)
+      starts at global example N without tokenizing anything before it, so a resumed run
+      starts where it stopped instead of replaying its batches.
   preprocessors (TF, inside seqio):
       tokenize_pair   WordPiece both segments (ad/data/vocab.py)
       pack_and_mask   truncate longest-first to seq_len - 3, [CLS] A [SEP] B [SEP], token types,
                       attention mask, padding; mask 15% of the non-special tokens (at most
                       max_predictions): 80% [MASK], 10% a random ordinary token, 10% unchanged.
-  seqio shards the examples per host (ShardInfo) and shuffles with the given seed, so runs
-  are deterministic and hosts read disjoint data.
+  seqio shards the examples per host (ShardInfo: host h of n reads examples h, h + n, ...);
+  shuffling is the source's (seqio's buffer shuffle would make position N depend on everything
+  before it), so runs are deterministic for the seed and hosts read disjoint data.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import atexit
 import dataclasses
 import functools
 import hashlib
+import itertools
 import os
 import random
+import re
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -45,6 +51,7 @@ class DataConfig:
   mask_rate: float = 0.15
   validation_percent: float = 2.0
   short_seq_prob: float = 0.1  # BERT: sometimes use a shorter target length
+  shuffle_window: int = 1024  # training pairs are shuffled within windows of this many
   seed: int = 0
   # The held-out evaluation set (ad/distill/evaluation.py): the first validation pairs that hold
   # at least this many masked tokens, the same for every trial, final and teacher.
@@ -59,6 +66,8 @@ class DataConfig:
       raise ValueError(f"data.max_predictions={self.max_predictions}: expected 1..seq_len ({self.seq_len})")
     if not 0 < self.validation_percent < 100:
       raise ValueError(f"data.validation_percent={self.validation_percent}: expected (0, 100)")
+    if self.shuffle_window <= 0:
+      raise ValueError(f"data.shuffle_window={self.shuffle_window}: expected a positive count of pairs")
     if self.eval_masked_tokens <= 0:
       raise ValueError(f"data.eval_masked_tokens={self.eval_masked_tokens}: expected a positive count")
 
@@ -125,27 +134,81 @@ def _documents(source_specs: tuple[str, ...], split: str, validation_percent: fl
   return tuple(tuple(sources.sentences(text)) for _, text in docs)
 
 
+def _target_words(cfg: DataConfig) -> int:
+  return max(4, int((cfg.seq_len - 3) / 1.3))  # ~1.3 WordPieces per English word
+
+
+def _epoch_pairs(cfg: DataConfig, docs, base: int, split: str, epoch: int) -> Iterator[tuple[str, str, int]]:
+  """One epoch's pairs in stream order: training shuffles them within windows of
+  cfg.shuffle_window (each window's permutation seeded by its own index)."""
+  pairs = sentence_pairs(docs, random.Random(_stable_seed(base, split, epoch)), _target_words(cfg), cfg.short_seq_prob)
+  if split != "train":
+    yield from pairs
+    return
+  window = 0
+  while chunk := list(itertools.islice(pairs, cfg.shuffle_window)):
+    random.Random(_stable_seed(base, split, epoch, "window", window)).shuffle(chunk)
+    yield from chunk
+    window += 1
+
+
+_EPOCH_LENGTHS: dict[tuple, int] = {}
+
+
+def _epoch_length(cfg: DataConfig, docs, base: int, split: str, epoch: int) -> int:
+  """Pairs in one training epoch (a pass in Python, no tokenizing), memoized per process."""
+  key = (cfg.sources, cfg.validation_percent, cfg.seq_len, cfg.short_seq_prob, base, split, epoch)
+  if key not in _EPOCH_LENGTHS:
+    _EPOCH_LENGTHS[key] = sum(1 for _ in sentence_pairs(docs, random.Random(_stable_seed(base, split, epoch)),
+                                                          _target_words(cfg), cfg.short_seq_prob))
+  return _EPOCH_LENGTHS[key]
+
+
+def parse_split(split: str) -> tuple[str, int]:
+  """"train" -> ("train", 0); "train[N:]" -> ("train", N): the stream from global example N."""
+  m = re.fullmatch(r"(\w+)(?:\[(\d+):\])?", split)
+  if not m:
+    raise ValueError(f"split {split!r}: expected 'train', 'validation' or 'train[N:]' (start at example N)")
+  name, start = m.group(1), int(m.group(2) or 0)
+  if name not in ("train", "validation") or (start and name != "train"):
+    raise ValueError(f"split {split!r}: expected 'train', 'validation' or 'train[N:]' (start at example N)")
+  return name, start
+
+
+def pair_examples(cfg: DataConfig, split: str, seed: int | None = None) -> Iterator[dict]:
+  """The source stream of `split` (parse_split): {text_a, text_b, nsp_label, example_id}, where
+  example_id is the example's global position. Training repeats forever with a new pairing
+  each epoch; skipping to example N costs one Python pairing pass per epoch before N (memoized),
+  never a tokenization."""
+  name, start = parse_split(split)
+  docs = _documents(cfg.sources, name, cfg.validation_percent)
+  base = cfg.seed if seed is None else seed
+  epoch, example_id = 0, 0
+  if start and not any(len(d) >= 2 for d in docs):
+    raise ValueError(f"data.sources={list(cfg.sources)}: the {name} split has no document of two sentences")
+  while start and example_id + _epoch_length(cfg, docs, base, name, epoch) <= start:
+    example_id += _epoch_length(cfg, docs, base, name, epoch)
+    epoch += 1
+  while True:
+    pairs = _epoch_pairs(cfg, docs, base, name, epoch)
+    if example_id < start:
+      pairs = itertools.islice(pairs, start - example_id, None)
+      example_id = start
+    for a, b, label in pairs:
+      yield dict(text_a=a, text_b=b, nsp_label=np.int32(label), example_id=np.int64(example_id))
+      example_id += 1
+    epoch += 1
+    if name != "train":
+      return
+
+
 def _pair_dataset_fn(cfg: DataConfig):
-  target_words = max(4, int((cfg.seq_len - 3) / 1.3))  # ~1.3 WordPieces per English word
-
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-    docs = _documents(cfg.sources, split, cfg.validation_percent)
-    base = cfg.seed if seed is None else seed
-
-    def gen():
-      epoch, example_id = 0, 0
-      while True:
-        rng = random.Random(_stable_seed(base, split, epoch))
-        for a, b, label in sentence_pairs(docs, rng, target_words, cfg.short_seq_prob):
-          yield dict(text_a=a, text_b=b, nsp_label=np.int32(label), example_id=np.int64(example_id))
-          example_id += 1
-        epoch += 1
-        if split != "train":
-          return
-
+    del shuffle_files  # the source shuffles the training split itself (module docstring)
+    parse_split(split)  # a bad split is an error here, not inside a tf.data generator
     sig = dict(text_a=tf.TensorSpec([], tf.string), text_b=tf.TensorSpec([], tf.string),
                nsp_label=tf.TensorSpec([], tf.int32), example_id=tf.TensorSpec([], tf.int64))
-    return tf.data.Dataset.from_generator(gen, output_signature=sig)
+    return tf.data.Dataset.from_generator(lambda: pair_examples(cfg, split, seed), output_signature=sig)
 
   return dataset_fn
 
@@ -250,17 +313,23 @@ def load_vocab(cfg: DataConfig, teacher_dir: str | None = None) -> vocab_lib.Wor
 
 def batches(task: seqio.Task, cfg: DataConfig, split: str, batch_size: int, shard_index: int = 0,
             num_shards: int = 1, num_epochs: int | None = None, seed: int | None = None,
-            drop_remainder: bool = True) -> Iterator[dict]:
+            drop_remainder: bool = True, start_batch: int = 0) -> Iterator[dict]:
   """Per-host batches of numpy arrays: {feature: [batch_size, ...]}. Training repeats forever
   (num_epochs=None) with new pairs and masks each pass; validation is one fixed pass (its last,
-  partial batch is kept with drop_remainder=False)."""
+  partial batch is kept with drop_remainder=False). start_batch=n gives the stream from this
+  host's batch n on (a resumed run), the same arrays as batch n of the full stream, without
+  reading batches 0..n-1."""
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
   if not 0 <= shard_index < num_shards:
     raise ValueError(f"shard_index={shard_index} outside [0, {num_shards})")
+  if start_batch < 0 or (start_batch and split != "train"):
+    raise ValueError(f"start_batch={start_batch}: expected 0, or a positive batch index of the train split")
   train = split == "train"
+  if start_batch:  # host h of n reads global examples h, h + n, ...: batch n starts at n * batch * shards
+    split = f"train[{start_batch * batch_size * num_shards}:]"
   ds = task.get_dataset(
-      sequence_length={k: cfg.seq_len for k in FEATURES}, split=split, shuffle=train,
+      sequence_length={k: cfg.seq_len for k in FEATURES}, split=split, shuffle=False,
       seed=cfg.seed if seed is None else seed, shard_info=seqio.ShardInfo(shard_index, num_shards),
       num_epochs=1 if not train else num_epochs, use_cached=False, trim_output_features=False)
   ds = ds.map(lambda ex: {k: ex[k] for k in FEATURES})

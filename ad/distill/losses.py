@@ -158,6 +158,13 @@ def resample(x, size: int, axis: int = -1):
   return xlo * (1 - frac.reshape(shape)) + xhi * frac.reshape(shape)
 
 
+def teacher_layers(teacher):
+  """The stacked layers the progressive stages map onto: a BERT teacher's `layers`, a
+  MobileBERT/IB-BERT (Student) teacher's `blocks`; each is called as layer(h, mask_bias) ->
+  (h, attention probabilities)."""
+  return teacher.layers if hasattr(teacher, "layers") else teacher.blocks
+
+
 def teacher_dims(teacher) -> tuple[int, int, int]:
   """(layers, hidden, heads) of a BERT teacher or a MobileBERT/IB-BERT (Student) teacher."""
   c = teacher.cfg

@@ -16,7 +16,11 @@ needs a teacher that predicts masked tokens, so `ad teacher prepare` runs:
 4. save: orbax parameters + teacher.json + `hf/`, a Hugging Face BertForMaskedLM directory with
    the tokenizer (`transformers.pipeline("fill-mask", model=DIR/hf)` works on it).
 
-A checkpoint that already has an MLM head skips 1 and, unless `adapt_headed`, 2.
+A checkpoint that already has an MLM head skips 1 and, unless `adapt_headed`, 2. MobileBERT and
+IB-BERT checkpoints (HF model_type "mobilebert", e.g. the paper's IB-BERT teacher or MobileBERT
+itself) carry their own MLM and NSP heads: they are evaluated and saved as they are (adaptation
+is implemented for BERT teachers), and the trainer distils from them through the same
+interface (ad/distill/losses.py teacher_layers/teacher_dims).
 
 Cache: the result is keyed by a content hash of the source checkpoint (weights and config),
 the settings, the data config and the vocabulary; the key and its parts are stored in
@@ -32,6 +36,7 @@ import math
 import os
 import shutil
 import time
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +48,9 @@ from flax import nnx
 from ad import files, interrupt
 from ad.distill import evaluation, losses, optim
 from ad.distill.params import Rebuild, nonfinite
-from ad.models import hf, teacher as teacher_lib
+from ad.models import hf, student as student_lib, teacher as teacher_lib
+
+Teacher = teacher_lib.Bert | student_lib.Student  # BERT, or MobileBERT/IB-BERT (a Student of the teacher's shape)
 
 META_FILE = "teacher.json"
 PARAMS_DIR = "params"
@@ -117,12 +124,13 @@ def fit_mlm_head(teacher: teacher_lib.Bert, train_batches, *, pool_batches: int,
   return with_head
 
 
-def adapt(model: teacher_lib.Bert, train_batches, *, steps: int, lr: float, head_lr: float, warmup_steps: int,
-          dtype: str, ckpt_dir: str, checkpoint_every: int = 50, log=print, progress: bool = True) -> dict:
+def adapt(model: teacher_lib.Bert, train_batches: Callable[[int], Iterator[dict]], *, steps: int, lr: float,
+          head_lr: float, warmup_steps: int, dtype: str, ckpt_dir: str, checkpoint_every: int = 50, log=print, progress: bool = True) -> dict:
   """Continued MLM training of every parameter of `model` (in place); resumes from `ckpt_dir`.
 
-  `train_batches` must be the deterministic training stream from its start: a resumed run skips
-  the batches already used. Returns dict(steps, resumed_from, train_s, last_loss).
+  `train_batches(n)` gives the deterministic training stream from batch n on: a resumed run
+  continues it without reading the batches already used. Returns dict(steps, resumed_from,
+  train_s, last_loss).
   """
   from tqdm import tqdm
   work = with_compute_dtype(model, dtype)
@@ -156,9 +164,7 @@ def adapt(model: teacher_lib.Bert, train_batches, *, steps: int, lr: float, head
     params, opt_state = restored["params"], restored["opt"]
     _check_finite(params, f"{ckpt_dir} step {start}")
     log(f"teacher adaptation: resuming at step {start}/{steps} from {ckpt_dir}")
-  it = iter(train_batches)
-  for _ in range(start):  # deterministic stream: skip what the interrupted run used
-    next(it)
+  it = iter(train_batches(start))
   bar = tqdm(total=steps, initial=start, desc="teacher MLM adaptation", disable=not progress, dynamic_ncols=True)
   t0, loss_v, acc_ema = time.time(), float("nan"), None
   try:
@@ -193,18 +199,25 @@ def save_params(model, path: str) -> None:
     ckptr.save(os.path.abspath(path), nnx.state(model, nnx.Param))
 
 
-def load(prepared_dir: str) -> tuple[teacher_lib.Bert, dict]:
+def load(prepared_dir: str) -> tuple[Teacher, dict]:
   """A prepared teacher (orbax parameters + teacher.json); its parameters are checked finite."""
   meta_path = os.path.join(prepared_dir, META_FILE)
   if not os.path.isfile(meta_path):
     raise FileNotFoundError(f"{meta_path}: not a prepared teacher; `ad teacher prepare` writes one (to the cache by "
                             "default, or to a new or empty --out directory)")
   meta = files.read_json(meta_path, "teacher.json")
+  family = meta.get("family", "bert")
   try:
-    cfg = teacher_lib.BertConfig(**meta["config"])
+    if family == "mobilebert":
+      cfg = hf.student_config_from_hf(meta["config"], f"{meta_path} 'config'")
+      abstract = nnx.eval_shape(lambda: student_lib.Student(cfg, nnx.Rngs(0)))
+    elif family == "bert":
+      cfg = teacher_lib.BertConfig(**meta["config"])
+      abstract = nnx.eval_shape(lambda: teacher_lib.Bert(cfg, nnx.Rngs(0)))
+    else:
+      raise files.BadFileError(f"{meta_path}: family={family!r}, expected 'bert' or 'mobilebert'")
   except (KeyError, TypeError) as e:
     raise files.BadFileError(f"{meta_path}: 'config' is missing or has unexpected fields ({e})") from None
-  abstract = nnx.eval_shape(lambda: teacher_lib.Bert(cfg, nnx.Rngs(0)))
   # Restore onto this process's first device: the checkpoint's own device ids need not exist
   # here (another host, or another device count); callers reshard onto their mesh.
   local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -225,7 +238,7 @@ def load(prepared_dir: str) -> tuple[teacher_lib.Bert, dict]:
 _LOADED: dict[tuple, tuple] = {}
 
 
-def load_for_training(prepared_dir: str, dtype: str) -> tuple[teacher_lib.Bert, dict]:
+def load_for_training(prepared_dir: str, dtype: str) -> tuple[Teacher, dict]:
   """`load` in compute dtype `dtype`, kept in memory for the process: a search's trials share one
   teacher instead of restoring and checking it again for each (keyed by directory and key)."""
   meta = files.read_json(os.path.join(prepared_dir, META_FILE), "teacher.json") if os.path.isfile(
@@ -332,11 +345,11 @@ def _prepare_into(work: str, source_dir: str, data_cfg, s: dict, vocab, *, log, 
   from ad.data import pretrain
   t0 = time.time()
   teacher = hf.load_teacher(source_dir, dtype=s["adapt_dtype"])  # head fit and adaptation in adapt_dtype
-  if not isinstance(teacher, teacher_lib.Bert):
-    raise ValueError(f"{source_dir}: `ad teacher prepare` prepares BERT teachers; MobileBERT checkpoints carry their "
-                     "own MLM/NSP heads and load directly")
+  if isinstance(teacher, student_lib.Student):
+    return _prepare_mobilebert_into(work, source_dir, data_cfg, s, vocab, teacher, t0, log=log)
   task = pretrain.make_task(data_cfg, vocab, teacher.cfg.max_positions, teacher.cfg.vocab_size)
-  train = lambda batch_size: pretrain.batches(task, data_cfg, "train", batch_size, seed=data_cfg.seed + s["seed"])
+  train = lambda batch_size, start=0: pretrain.batches(task, data_cfg, "train", batch_size,
+                                                       seed=data_cfg.seed + s["seed"], start_batch=start)
   had_head = teacher.cfg.has_mlm_head
   adapt_dir = os.path.join(work, "adapt")
   timings = {}
@@ -354,7 +367,7 @@ def _prepare_into(work: str, source_dir: str, data_cfg, s: dict, vocab, *, log, 
       timings["head_fit_s"] = time.time() - t
   adapted = None
   if s["adapt_steps"] > 0 and (not had_head or s["adapt_headed"]):
-    adapted = adapt(teacher, train(s["adapt_batch_size"]), steps=s["adapt_steps"], lr=s["adapt_lr"],
+    adapted = adapt(teacher, lambda start: train(s["adapt_batch_size"], start), steps=s["adapt_steps"], lr=s["adapt_lr"],
                     head_lr=s["adapt_head_lr"], warmup_steps=s["adapt_warmup_steps"], dtype=s["adapt_dtype"],
                     ckpt_dir=adapt_dir, log=log, progress=progress)
     timings["adapt_s"] = adapted["train_s"]
@@ -374,21 +387,43 @@ def _prepare_into(work: str, source_dir: str, data_cfg, s: dict, vocab, *, log, 
   hf.write_tokenizer(hf_dir, vocab.vocab_file, vocab.lower_case, teacher.cfg.max_positions)
   shutil.rmtree(adapt_dir, ignore_errors=True)  # optimizer state: not needed once the teacher is whole
   cfg = dataclasses.replace(teacher.cfg, dtype="float32")  # parameters are f32; users pick the compute dtype
-  return dict(source_dir=os.path.abspath(source_dir), vocab_file=vocab.vocab_file, head_fitted=not had_head,
+  return dict(source_dir=os.path.abspath(source_dir), vocab_file=vocab.vocab_file, family="bert",
+              head_fitted=not had_head,
               adaptation=adapted, settings=s, data=repr(data_cfg), validation=scores, timings=timings,
               prepare_s=time.time() - t0, config=dataclasses.asdict(cfg))
 
 
-def with_compute_dtype(model: teacher_lib.Bert, dtype: str) -> teacher_lib.Bert:
+def _prepare_mobilebert_into(work: str, source_dir: str, data_cfg, s: dict, vocab, teacher: student_lib.Student,
+                             t0: float, *, log) -> dict:
+  """A MobileBERT/IB-BERT teacher as it is: evaluated and saved (no head fit, no adaptation)."""
+  if s["adapt_headed"]:
+    raise ValueError(f"{source_dir} is a MobileBERT-family checkpoint; teacher.adapt_headed=True (or --adapt) "
+                     "adapts BERT teachers only: set it False to use the checkpoint as it is")
+  log(f"teacher: {source_dir} is a MobileBERT-family checkpoint with its own MLM/NSP heads; used as it is")
+  es = evaluation.build_eval_set(data_cfg, vocab, log=log)
+  t = time.time()
+  _, scores = evaluation.teacher_reference(work, teacher, es, log=lambda *_: None)
+  timings = dict(eval_s=time.time() - t)
+  save_params(teacher, os.path.join(work, PARAMS_DIR))
+  hf_dir = os.path.join(work, HF_DIR)
+  hf.export_mobilebert(teacher, hf_dir)
+  hf.write_tokenizer(hf_dir, vocab.vocab_file, vocab.lower_case, teacher.cfg.max_positions)
+  cfg = dataclasses.replace(teacher.cfg, dtype="float32")
+  return dict(source_dir=os.path.abspath(source_dir), vocab_file=vocab.vocab_file, family="mobilebert",
+              head_fitted=False, adaptation=None, settings=s, data=repr(data_cfg), validation=scores,
+              timings=timings, prepare_s=time.time() - t0, config=hf.student_config_to_hf(cfg))
+
+
+def with_compute_dtype(model: Teacher, dtype: str) -> Teacher:
   """The same parameters, computed in `dtype` (parameters stay f32)."""
   if jnp.dtype(model.cfg.dtype) == jnp.dtype(dtype):
     return model
   return _with_config(model, dataclasses.replace(model.cfg, dtype=dtype))
 
 
-def _with_config(model: teacher_lib.Bert, cfg: teacher_lib.BertConfig) -> teacher_lib.Bert:
+def _with_config(model: Teacher, cfg) -> Teacher:
   """`model`'s parameters in a model of config `cfg`, which must have the same parameters (built
   abstractly: nothing is initialized only to be overwritten)."""
-  out = nnx.eval_shape(lambda: teacher_lib.Bert(cfg, nnx.Rngs(0)))
+  out = nnx.eval_shape(lambda: type(model)(cfg, nnx.Rngs(0)))
   nnx.update(out, nnx.state(model, nnx.Param))
   return out

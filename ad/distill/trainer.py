@@ -18,8 +18,8 @@ Frozen parameters get an update of exactly zero, so they stay bit-for-bit equal.
 
 Resumable: orbax checkpoints every `checkpoint_every` steps, at the end and on an interrupt
 hold the parameters (student + adapters), the stage's optimizer state and the
-position; the data stream is deterministic for the seed, and a resumed run skips the batches
-already used. The frozen teacher is never checkpointed. A workdir is locked while a run uses it.
+position; the data stream is deterministic for the seed and index-addressable, so a resumed run
+starts reading at its step instead of replaying the batches already used. The frozen teacher is never checkpointed. A workdir is locked while a run uses it.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ def _progressive_loss(dcfg, num_blocks, mapping, student_of, adapters_of, teache
     s, a, t = student_of(params["student"]), adapters_of(params["adapters"]), teacher_of(t_params)
     # Teacher: layers 0..m-1 in a loop, then layer m with its attention probabilities.
     m = mapping[k]
-    th = stack.run_first(t.layers, lambda layer, h: layer(h, mask_bias)[0],
+    th = stack.run_first(losses.teacher_layers(t), lambda layer, h: layer(h, mask_bias)[0],
                          t.embed(b["input_ids"], b["token_type_ids"]), m)
     th, tp = jax.lax.stop_gradient(t.block(m)(th, mask_bias))
     emb = s.embed(b["input_ids"], b["token_type_ids"])
@@ -385,11 +385,13 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   total_steps = plan[-1].end
   per_host = dcfg.batch_size // jax.process_count()
 
-  def train_stream():
+  def train_stream(start: int):
+    """The training batches from step `start` on: a resumed run continues the stream without
+    reading what it already used (the stream is index-addressable, ad/data/pretrain.py)."""
     where = (jax.process_index(), jax.process_count())
     if total_steps * per_host * data_cfg.seq_len <= pretrain.CACHE_MAX_TOKENS:  # small run: memoized in-process
-      return iter(pretrain.cached_batches(task, data_cfg, "train", per_host, total_steps, *where))
-    return pretrain.batches(task, data_cfg, "train", per_host, *where)
+      return iter(pretrain.cached_batches(task, data_cfg, "train", per_host, total_steps, *where)[start:])
+    return pretrain.batches(task, data_cfg, "train", per_host, *where, start_batch=start)
 
   # ---- student, adapters, their parameter trees and shardings -------------------------------------
   # RngBitGenerator keys: the initialization compiles in a fraction of threefry's time on CPU.
@@ -458,11 +460,7 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   elif resume:
     log(f"distill: --resume given but {ckpts.directory} has no checkpoint; starting from step 0")
   loss_log = LossLog(os.path.join(workdir, "losses.jsonl"), next_step, is_main)
-  train_iter = train_stream()
-  for i in range(next_step):  # the data stream is deterministic: skip what was already used
-    if next(train_iter, None) is None:
-      raise ValueError(f"{ckpts.directory}: the checkpoint is at step {next_step}, but the training stream of "
-                       f"data.sources={list(data_cfg.sources)} ends after {i} batches")
+  train_iter = train_stream(next_step)
   writer = tf.summary.create_file_writer(os.path.join(workdir, "tb")) if is_main else None
 
   # ---- compile what the remaining stages need, side by side (ahead of time, on abstract values) ----
@@ -542,7 +540,7 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
           bar.set_postfix(loss=f"{loss_v:.4f}")
           g += 1
           bar.update(1)
-          saved = g % dcfg.checkpoint_every == 0 or g == total_steps  # a resume replays at most checkpoint_every
+          saved = g % dcfg.checkpoint_every == 0 or g == total_steps  # a resume repeats at most checkpoint_every
           if saved:
             ckpt_s += save(g, opt_state)
           if interrupt.requested():  # Ctrl-C / SIGTERM: leave a checkpoint at this step, then stop

@@ -1,7 +1,8 @@
 """`ad search`: the AutoDistill loop (003 Fig. 1) over the trial store.
 
   prune the space by the constraints computable without training (params, FLOPs)
-  -> evaluate the MobileBERT-shaped baseline the same way as every trial
+  -> evaluate the MobileBERT-shaped baseline the same way as every trial, and a baseline
+     checkpoint if given (search.baseline_checkpoint: measured the same way, scored as it is)
   -> initial design (shared by every designer for the seed), then the designer's suggestions;
      per trial: measure on this backend (profiling/harness.py, traces kept), check the latency
      constraint, flash-distill (ad/distill/trainer.py), record objectives
@@ -18,6 +19,7 @@ elsewhere, ad/multihost.py), and broadcasts each architecture to the others.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -74,7 +76,13 @@ def screening(arch: space_lib.Arch, model_cfg, seq: int) -> dict[str, Any]:
   profiling/proxy_correlation measured to rank latency well on CPU.
   """
   from ad.models import student as student_lib
-  cfg = student_lib.config_from_dict(arch, model_cfg)
+  return screening_of(student_lib.config_from_dict(arch, model_cfg), seq)
+
+
+def screening_of(cfg, seq: int) -> dict[str, Any]:
+  """`screening` of a StudentConfig."""
+  from ad.models import student as student_lib
+  arch = cfg.arch
   counts = student_lib.param_counts(cfg)
   weights = counts["encoder"]  # biases and norms add a negligible 2*T*(...) each
   flops = 2 * weights * seq + 4 * seq * seq * arch.bottleneck * cfg.num_blocks
@@ -96,12 +104,14 @@ def feasible_candidates(space: space_lib.DesignSpace, model_cfg, constraints, se
   return keep, pruned
 
 
-def measure(arch: space_lib.Arch, cfg, trace_dir: str) -> dict[str, Any]:
+def measure(arch: space_lib.Arch, cfg, trace_dir: str, model_cfg=None) -> dict[str, Any]:
   """The search's latency measurement of one architecture (config search.measure), on this backend.
-  The tabular benchmark calls it too, so both measure the same way."""
+  The tabular benchmark calls it too, so both measure the same way. model_cfg: the model section
+  to build it with (default: the config's)."""
   from profiling import harness
   m = cfg.search.measure
-  return harness.measure_arch(arch, cfg.model, batch=m.batch, seq=m.seq, trace_dir=trace_dir,
+  return harness.measure_arch(arch, cfg.model if model_cfg is None else model_cfg, batch=m.batch, seq=m.seq,
+                              trace_dir=trace_dir,
                               target_rel_ci=m.target_rel_ci, max_reps=m.max_reps, chunk=m.chunk,
                               min_reps=min(20, m.max_reps))
 
@@ -130,6 +140,55 @@ def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, name
     out["distill_s"] = time.time() - t0
   out["status"] = "ok"
   return out
+
+
+def checkpoint_model_cfg(path: str, cfg) -> tuple[Any, dict]:
+  """(StudentConfig, model section) of a MobileBERT-family HF checkpoint directory: its own shape
+  and options, computed like the search's students (config.model's dtype and kernels)."""
+  from ad.models import hf
+  scfg = hf.student_config_from_hf(hf.read_config(path), os.path.join(path, hf.CONFIG_FILE))
+  section = {f.name: getattr(scfg, f.name) for f in dataclasses.fields(scfg) if f.name != "arch"}
+  section.update({k: cfg.model[k] for k in ("dtype", "attention_impl", "ffn_impl") if k in cfg.model})
+  return scfg, section
+
+
+def check_baseline_checkpoint(path: str, cfg) -> None:
+  """search.baseline_checkpoint must be a MobileBERT-family HF directory tokenizing like the data."""
+  from ad.data import pretrain
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"search.baseline_checkpoint={path!r}: no such directory (expected a Hugging Face "
+                            "MobileBERT-family checkpoint: config.json, model.safetensors, vocab.txt)")
+  checkpoint_model_cfg(path, cfg)
+  vocab_file = os.path.join(path, "vocab.txt")
+  data_vocab = pretrain.load_vocab(pretrain.config_from_dict(cfg.data), cfg.teacher.source or None).vocab_file
+  if not os.path.isfile(vocab_file):
+    raise FileNotFoundError(f"search.baseline_checkpoint: {vocab_file} is missing; it is needed to check the "
+                            f"checkpoint tokenizes like the evaluation data ({data_vocab})")
+  if files.sha256_file(vocab_file) != files.sha256_file(data_vocab):
+    raise ValueError(f"search.baseline_checkpoint: {vocab_file} differs from the evaluation data's vocabulary "
+                     f"{data_vocab}; its scores on the held-out set would mean nothing")
+
+
+def evaluate_checkpoint(path: str, cfg, trace_dir: str, log: Callable) -> dict[str, Any]:
+  """A baseline checkpoint, as it is (no distillation): measured like a trial (its own shape, this
+  backend, search.measure) and scored on the held-out evaluation set with its standard errors,
+  teacher agreement against the search's teacher."""
+  from ad.data import pretrain
+  from ad.distill import evaluation, teacher_head
+  from ad.models import hf
+  scfg, section = checkpoint_model_cfg(path, cfg)
+  t0 = time.time()
+  measurement = measure(scfg.arch, cfg, trace_dir, model_cfg=section)
+  measure_s = time.time() - t0
+  t0 = time.time()
+  data_cfg = pretrain.config_from_dict(cfg.data)
+  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log, progress=False)
+  teacher, meta = teacher_head.load_for_training(teacher_dir, section["dtype"])
+  es = evaluation.build_eval_set(data_cfg, pretrain.load_vocab(data_cfg, meta["source_dir"]), log=log)
+  top1, _ = evaluation.teacher_reference(teacher_dir, teacher, es, log=log)
+  scores = evaluation.evaluate(hf.load_mobilebert(path, dtype=section["dtype"]), es, top1, what=path)
+  scores.update(checkpoint=os.path.abspath(path), num_blocks=scfg.num_blocks)
+  return dict(status="ok", measurement=measurement, measure_s=measure_s, distill=scores, distill_s=time.time() - t0)
 
 
 def trial_timings(r: dict, designer_s: float) -> dict[str, float]:
@@ -167,7 +226,7 @@ def designer_trials(rows: list[dict], names) -> list[dict]:
   """Store rows -> the designer's view (arch, status, values and standard errors in objective order)."""
   out = []
   for r in rows:
-    if r["status"] == "running":
+    if r["status"] == "running" or r["role"] == report_lib.CHECKPOINT_ROLE:  # not a student of the space
       continue
     t = dict(arch=space_lib.Arch.parse(r["arch"]), status=r["status"])
     if r["status"] == "ok":
@@ -194,6 +253,8 @@ def _validated(cfg, run_dir: str, designer: str | None):
                      f"0 <= num_initial <= num_trials <= {len(cands)} feasible architectures")
   if s.baseline_arch:
     space_lib.Arch.parse(s.baseline_arch)
+  if s.get("baseline_checkpoint"):
+    check_baseline_checkpoint(s.baseline_checkpoint, cfg)
   if cfg.final.choose not in report_lib.CHOICES:
     raise ValueError(f"final.choose={cfg.final.choose!r}: expected one of {report_lib.CHOICES}")
   from ad.distill import trainer
@@ -260,23 +321,34 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
   initial = designers_lib.initial_design(cands, s.num_initial, s.seed)
   writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb")) if is_main else None
 
-  def run_one(arch: space_lib.Arch, role: str, who: str, existing: dict | None, designer_s: float) -> dict:
-    """Evaluates one trial on every process; process 0 records it."""
-    workdir = os.path.join(run_dir, "trials", arch.name)
-    trace_dir = os.path.join(run_dir, "traces", arch.name)
-    screen = screening(arch, cfg.model, s.measure.seq)
+  ckpt_path = s.get("baseline_checkpoint") or ""
+  ckpt_name = report_lib.checkpoint_name(ckpt_path) if ckpt_path else None
+
+  def run_one(name: str, role: str, who: str, existing: dict | None, designer_s: float) -> dict:
+    """Evaluates one trial (a student of the space, or the baseline checkpoint) on every process;
+    process 0 records it."""
+    trace_dir = os.path.join(run_dir, "traces", name.replace(":", "_"))
+    if name == ckpt_name:
+      workdir = os.path.abspath(ckpt_path)
+      screen = screening_of(checkpoint_model_cfg(ckpt_path, cfg)[0], s.measure.seq)
+      evaluate = lambda: evaluate_checkpoint(ckpt_path, cfg, trace_dir, log=lambda m: None)
+    else:
+      arch = space_lib.Arch.parse(name)
+      workdir = os.path.join(run_dir, "trials", arch.name)
+      screen = screening(arch, cfg.model, s.measure.seq)
+      evaluate = lambda: evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None)
     if existing is None:
-      tid = store.start_trial(arch.name, role, who, s.seed, screen, workdir)
+      tid = store.start_trial(name, role, who, s.seed, screen, workdir)
     else:
       tid = existing["id"]
       store.restart_trial(tid)
     try:
-      r = evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None)
+      r = evaluate()
     except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
       raise  # the trial stays 'running': --resume runs it again from its checkpoints
     except Exception as e:  # NaN, OOM, a damaged checkpoint, anything: the trial fails, the search goes on
       err = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
-      log(f"search: trial {arch.name} failed: {type(e).__name__}: {str(e)[:300]}")
+      log(f"search: trial {name} failed: {type(e).__name__}: {str(e)[:300]}")
       store.finish_trial(tid, "failed", error=err, timings=dict(designer_s=designer_s))
       return dict(status="failed")
     objectives, ses = (objective_values(names, r["distill"], r["measurement"], screen) if r["status"] == "ok"
@@ -285,19 +357,20 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
     bad = [n for n, v in (objectives or {}).items() if not np.isfinite(v)]
     if bad:  # a NaN objective must never reach the designer or the Pareto set
       status, error = "failed", f"non-finite objective(s) {', '.join(f'{n}={objectives[n]}' for n in bad)}"
-      log(f"search: trial {arch.name} failed: {error}")
+      log(f"search: trial {name} failed: {error}")
     store.finish_trial(tid, status, objectives=objectives, objective_se=ses, measurement=r["measurement"],
                        distill=r["distill"], error=error, measure_s=r["measure_s"], distill_s=r["distill_s"],
                        timings=trial_timings(r, designer_s))
     return dict(status=status, objectives=objectives)
 
   def hv_now() -> float:
-    ok = [t for t in store.trials() if t["status"] == "ok" and t["role"] != "baseline"]
+    ok = [t for t in store.trials() if t["status"] == "ok" and t["role"] not in report_lib.BASELINE_ROLES]
     return pareto.hypervolume(pareto.to_min([[t["objectives"][n] for n in names] for t in ok], directions),
                               ref_min) if ok else 0.0
 
-  # ---- interrupted trials first, then the baseline, then the budget ------------------------------
-  done_designed = lambda: sum(1 for t in store.trials() if t["role"] != "baseline" and t["status"] != "running")
+  # ---- interrupted trials first, then the baselines, then the budget -----------------------------
+  done_designed = lambda: sum(1 for t in store.trials()
+                              if t["role"] not in report_lib.BASELINE_ROLES and t["status"] != "running")
   bar = tqdm(total=s.num_trials, initial=done_designed() if is_main else 0, disable=not (progress and is_main),
              dynamic_ncols=True, desc="search")
   try:
@@ -314,6 +387,8 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
           arch_name, role, who = existing["arch"], existing["role"], existing["designer"]
         elif s.baseline_arch and s.baseline_arch not in by_name:
           arch_name, role, who = s.baseline_arch, "baseline", "baseline"
+        elif ckpt_name and ckpt_name not in by_name:
+          arch_name, role, who = ckpt_name, report_lib.CHECKPOINT_ROLE, "checkpoint"
         elif done_designed() < s.num_trials:
           n_initial = sum(1 for t in current if t["role"] == "initial")
           todo = [a for a in initial if a.name not in by_name]
@@ -327,9 +402,8 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
       arch_name = multihost.broadcast_str(arch_name or "-")
       if arch_name == "-":
         break
-      arch = space_lib.Arch.parse(arch_name)
-      bar.set_postfix_str(f"hv={hv_now():.4g} in flight: {arch.name} ({role})")
-      r = run_one(arch, role, who, existing, designer_s)
+      bar.set_postfix_str(f"hv={hv_now():.4g} in flight: {arch_name} ({role})")
+      r = run_one(arch_name, role, who, existing, designer_s)
       if is_main:
         n = len(store.trials())
         with writer.as_default(step=n):
@@ -338,9 +412,9 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
               tf.summary.scalar(f"trial/{k}", v)
           tf.summary.scalar("search/hypervolume", hv_now())
         writer.flush()
-        if role != "baseline":
+        if role not in report_lib.BASELINE_ROLES:
           bar.update(1)
-        bar.set_postfix_str(f"hv={hv_now():.4g} last: {arch.name} {r['status']}")
+        bar.set_postfix_str(f"hv={hv_now():.4g} last: {arch_name} {r['status']}")
   finally:
     bar.close()
     if des is not None and hasattr(des, "close"):

@@ -2,8 +2,8 @@
 
 Writes RUN_DIR/report.md (the objectives with their standard errors, the Pareto set, the
 hypervolume, every trial, the final distillations) and RUN_DIR/pareto.png (the first two
-objectives: every trial with a 2-standard-error bar on each axis, the Pareto front, and the
-MobileBERT-shaped baseline marked). Returns a summary dict.
+objectives: every trial with a 2-standard-error bar on each axis, the Pareto front, the
+MobileBERT-shaped baseline and the baseline checkpoint marked). Returns a summary dict.
 
 "Dominates the baseline" means better by more than 2 standard errors of the difference in
 every objective (`noise_margins`): for scores of the shared evaluation set, the paired standard
@@ -28,6 +28,15 @@ from ad.search.store import TrialStore
 PAIRED = {"mlm_accuracy": "mlm_correct", "mlm_cross_entropy": "mlm_ce", "teacher_agreement": "teacher_agree"}
 
 CHOICES = ("knee", "spread", "accuracy", "latency")
+# Rows evaluated beside the search, never part of its front: the MobileBERT-shaped baseline
+# (flash-distilled like a trial) and search.baseline_checkpoint (a trained checkpoint, as it is).
+CHECKPOINT_ROLE = "checkpoint"
+BASELINE_ROLES = ("baseline", CHECKPOINT_ROLE)
+
+
+def checkpoint_name(path: str) -> str:
+  """The store's name of the baseline checkpoint at `path`."""
+  return "checkpoint:" + os.path.basename(os.path.normpath(path))
 
 
 def _spec(store: TrialStore):
@@ -39,8 +48,8 @@ def _spec(store: TrialStore):
 
 
 def front(rows: list[dict], names, directions) -> tuple[list[dict], np.ndarray]:
-  """The 'ok' search trials (baseline excluded) and the Pareto mask over them."""
-  ok = [r for r in rows if r["status"] == "ok" and r["role"] != "baseline"]
+  """The 'ok' search trials (baselines excluded) and the Pareto mask over them."""
+  ok = [r for r in rows if r["status"] == "ok" and r["role"] not in BASELINE_ROLES]
   if not ok:
     return [], np.zeros(0, dtype=bool)
   return ok, pareto.pareto_mask(pareto.to_min([[r["objectives"][n] for n in names] for r in ok], directions))
@@ -194,6 +203,11 @@ def plot(path: str, rows: list[dict], names, directions) -> dict:
       ax.scatter([bx], [by], marker="*", s=220, c="C1", edgecolors="k",
                  label=f"baseline {r['arch']} (MobileBERT-shaped)", zorder=4)
       drawn["baseline"] = dict(arch=r["arch"], x=bx, y=by, xerr=bxe, yerr=bye)
+    if r["role"] == CHECKPOINT_ROLE and r["status"] == "ok":
+      bx, by, bxe, bye = r["objectives"][xn], r["objectives"][yn], 2 * se_of(r, xn), 2 * se_of(r, yn)
+      ax.errorbar([bx], [by], xerr=[bxe], yerr=[bye], fmt="none", ecolor="C2", elinewidth=1.0, capsize=3, zorder=3)
+      ax.scatter([bx], [by], marker="D", s=90, c="C2", edgecolors="k", label=f"{r['arch']} (as it is)", zorder=4)
+      drawn["checkpoint"] = dict(arch=r["arch"], x=bx, y=by, xerr=bxe, yerr=bye)
   ax.set_xlabel(f"{xn} ({'lower' if directions[names.index(xn)] == 'min' else 'higher'} is better)")
   ax.set_ylabel(f"{yn} ({'lower' if directions[names.index(yn)] == 'min' else 'higher'} is better)")
   ax.grid(alpha=0.3)
@@ -222,6 +236,8 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
   hv_hist = pareto.hypervolume_history(y, ref_min) if ok else np.zeros(0)
   baseline = next((r for r in rows if r["role"] == "baseline"), None)
   dominating, dominating_raw = dominating_baseline(ok, baseline, names, directions)
+  checkpoint = next((r for r in rows if r["role"] == CHECKPOINT_ROLE), None)
+  over_checkpoint, over_checkpoint_raw = dominating_baseline(ok, checkpoint, names, directions)
   plot(os.path.join(run_dir, "pareto.png"), rows, names, directions)
 
   cfg = record["config"]
@@ -242,6 +258,12 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
           f"Trials that dominate it beyond the noise (better by more than 2 standard errors of the difference in "
           f"every objective): **{', '.join(dominating) or 'none'}**. Noise-blind Pareto dominance (for comparison): "
           f"{', '.join(dominating_raw) or 'none'}.", ""]
+  if checkpoint:
+    L += [f"Baseline checkpoint `{checkpoint['arch']}` ({checkpoint['workdir']}; "
+          f"{checkpoint['screening']['num_blocks']} blocks; scored as it is, no distillation): "
+          + (", ".join(f"{n} {_pm(checkpoint, n)}" for n in names) if checkpoint["status"] == "ok"
+             else checkpoint["status"]) + f". Trials that dominate it beyond the noise: "
+          f"**{', '.join(over_checkpoint) or 'none'}**; noise-blind: {', '.join(over_checkpoint_raw) or 'none'}.", ""]
   L += ["![Pareto front](pareto.png)", "", "Values are given as value ± one standard error; the plot's bars are 2 SE.",
         "", "## Pareto set", "",
         "| arch | " + " | ".join(names) + " | params | trial |", "|---|" + "---|" * (len(names) + 2)]
@@ -257,6 +279,11 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
     L += [f"After regular distillation, against the regular-distilled baseline `{base_final['arch']}` ("
           + ", ".join(f"{n} {_pm(base_final, n)}" for n in names) + "): dominating it beyond the noise: "
           f"**{', '.join(fin_beyond) or 'none'}**; noise-blind: {', '.join(fin_raw) or 'none'}.", ""]
+  fin_over_ckpt, fin_over_ckpt_raw = dominating_baseline([f for f in fin if f is not base_final], checkpoint, names,
+                                                         directions)
+  if checkpoint and fin:
+    L += [f"Against the baseline checkpoint `{checkpoint['arch']}`: finals dominating it beyond the noise: "
+          f"**{', '.join(fin_over_ckpt) or 'none'}**; noise-blind: {', '.join(fin_over_ckpt_raw) or 'none'}.", ""]
   if finals:
     L += ["| arch | status | mlm_accuracy | teacher_agreement | nsp_accuracy | steps | orbax checkpoint | HF MobileBERT |",
           "|---|---|---|---|---|---|---|---|"]
@@ -298,6 +325,8 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
               hypervolume_history=[float(h) for h in hv_hist],
               pareto=[_with_se(r, names) for r, m in zip(ok, mask) if m],
               baseline=_with_se(baseline, names) if baseline else None,
+              checkpoint=_with_se(checkpoint, names) if checkpoint else None,
+              dominating_checkpoint=over_checkpoint, finals_dominating_checkpoint=fin_over_ckpt,
               dominating_baseline=dominating, dominating_baseline_noise_blind=dominating_raw,
               finals_dominating_baseline=fin_beyond, finals_dominating_baseline_noise_blind=fin_raw,
               time_split=split,

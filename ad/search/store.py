@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trials (
   id INTEGER PRIMARY KEY,
   arch TEXT NOT NULL UNIQUE,
-  role TEXT NOT NULL,            -- baseline | initial | designer
+  role TEXT NOT NULL,            -- baseline | checkpoint | initial | designer
   designer TEXT NOT NULL,
   status TEXT NOT NULL,
   objectives TEXT,               -- JSON {name: value}

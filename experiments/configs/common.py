@@ -66,6 +66,9 @@ def search(num_initial: int, num_trials: int, measure_seq: int, latency_referenc
   base = dict(
       designer="bo", seed=0, num_initial=num_initial, num_trials=num_trials,
       baseline_arch="512_128_4_512_4",  # MobileBERT's block shape (003 Table 2), evaluated like every trial
+      # An HF MobileBERT-family directory (e.g. google/mobilebert-uncased, downloaded by the user):
+      # measured like every trial and scored as it is on the held-out set, marked in the report.
+      baseline_checkpoint="",
       objectives=[dict(name="mlm_accuracy", direction="max", reference=0.0),
                   dict(name="latency_ms", direction="min", reference=latency_reference_ms)],
       measure=dict(batch=1, seq=measure_seq, target_rel_ci=0.05, max_reps=100, chunk=10),  # chunk: runs per trace

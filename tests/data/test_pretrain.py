@@ -87,6 +87,47 @@ def test_deterministic_for_a_seed_and_different_across_seeds(task):
   assert not np.array_equal(a["input_ids"], c["input_ids"])
 
 
+def test_a_stream_started_at_batch_n_is_the_full_streams_batches_from_n(task):
+  """What a resumed run reads: on each of 2 hosts, the stream from batch 3 is batches 3.. of the
+  full stream, bit for bit."""
+  for host in range(2):
+    full = list(itertools.islice(pretrain.batches(task, CFG, "train", 4, host, 2), 6))
+    later = list(itertools.islice(pretrain.batches(task, CFG, "train", 4, host, 2, start_batch=3), 3))
+    for a, b in zip(full[3:], later, strict=True):
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_starting_late_in_the_stream_reads_nothing_before_the_start(task, monkeypatch):
+  """A source started just before an epoch boundary gives the full stream's pairs across it; a
+  stream started at batch 1000 (example 8,000 over 2 hosts) never produces an example before it."""
+  epoch0 = pretrain._epoch_length(CFG, pretrain._documents(CFG.sources, "train", CFG.validation_percent), CFG.seed,
+                                  "train", 0)
+  start = epoch0 - 2  # the first pairs straddle epochs 0 and 1
+  full = list(itertools.islice(pretrain.pair_examples(CFG, "train"), start, start + 4))
+  assert [e["example_id"] for e in full] == list(range(start, start + 4))
+  later = list(itertools.islice(pretrain.pair_examples(CFG, f"train[{start}:]"), 4))
+  assert [(e["text_a"], e["text_b"], e["example_id"]) for e in later] == [(e["text_a"], e["text_b"], e["example_id"])
+                                                                          for e in full]
+  produced = []
+  real = pretrain.pair_examples
+
+  def counting(cfg, split, seed=None):
+    for e in real(cfg, split, seed):
+      produced.append(int(e["example_id"]))
+      yield e
+
+  monkeypatch.setattr(pretrain, "pair_examples", counting)
+  next(pretrain.batches(task, CFG, "train", 4, 0, 2, start_batch=1000))
+  assert produced and min(produced) == 8000
+
+
+def test_a_bad_split_is_named():
+  for bad in ("train[5]", "test", "validation[3:]"):
+    with pytest.raises(ValueError, match=r"split .*train\[N:\]"):
+      pretrain.parse_split(bad)
+
+
 def test_host_shards_are_disjoint_and_cover_the_split(task):
   full = {row.tobytes() for b in pretrain.batches(task, CFG, "validation", 1) for row in b["input_ids"]}
   shards = [{row.tobytes() for b in pretrain.batches(task, CFG, "validation", 1, shard_index=i, num_shards=2)

@@ -81,7 +81,7 @@ def test_adaptation_improves_held_out_accuracy_beyond_its_standard_error(tmp_pat
   teacher = teacher_head.fit_mlm_head(teacher, pretrain.batches(task, data, "train", 16), pool_batches=4,
                                       steps=30, positions_per_step=64, lr=5e-3, log=lambda *_: None)
   before = evaluation.evaluate(teacher, es)
-  teacher_head.adapt(teacher, pretrain.batches(task, data, "train", 16), steps=40, lr=3e-4, head_lr=1e-3,
+  teacher_head.adapt(teacher, lambda start: pretrain.batches(task, data, "train", 16, start_batch=start), steps=40, lr=3e-4, head_lr=1e-3,
                      warmup_steps=4, dtype="bfloat16", ckpt_dir=str(tmp_path / "adapt"), checkpoint_every=100,
                      log=lambda *_: None, progress=False)
   after = evaluation.evaluate(teacher, es)
@@ -139,13 +139,17 @@ def test_a_killed_adaptation_resumes_where_it_stopped(tmp_path, tiny_teacher):
   model, _ = teacher_head.load(tiny_teacher)
   data = tiny_data_config()
   task = pretrain.make_task(data, pretrain.load_vocab(data))
-  stream = lambda: pretrain.batches(task, data, "train", 8)
+  starts = []
+
+  def stream(start):
+    starts.append(start)
+    return pretrain.batches(task, data, "train", 8, start_batch=start)
 
   class Killed(Exception):
     pass
 
-  def dies_after(n):
-    for i, b in enumerate(stream()):
+  def dies_after(n, start):
+    for i, b in enumerate(stream(start)):
       if i == n:
         raise Killed()
       yield b
@@ -153,12 +157,13 @@ def test_a_killed_adaptation_resumes_where_it_stopped(tmp_path, tiny_teacher):
   kw = dict(steps=4, lr=1e-4, head_lr=1e-3, warmup_steps=1, dtype="float32", checkpoint_every=2,
             log=lambda *_: None, progress=False)
   full, _ = teacher_head.load(tiny_teacher)
-  teacher_head.adapt(full, stream(), ckpt_dir=str(tmp_path / "full"), **kw)
+  teacher_head.adapt(full, stream, ckpt_dir=str(tmp_path / "full"), **kw)
   with pytest.raises(Killed):
-    teacher_head.adapt(model, dies_after(3), ckpt_dir=str(tmp_path / "killed"), **kw)
+    teacher_head.adapt(model, lambda start: dies_after(3, start), ckpt_dir=str(tmp_path / "killed"), **kw)
   resumed, _ = teacher_head.load(tiny_teacher)
-  r = teacher_head.adapt(resumed, stream(), ckpt_dir=str(tmp_path / "killed"), **kw)
+  r = teacher_head.adapt(resumed, stream, ckpt_dir=str(tmp_path / "killed"), **kw)
   assert r["resumed_from"] == 2
+  assert starts == [0, 0, 2], "the resumed run must read the stream from batch 2, not replay it"
   for name in ("word", "mlm_bias"):
     np.testing.assert_array_equal(np.asarray(getattr(resumed, name)[...]), np.asarray(getattr(full, name)[...]))
   np.testing.assert_array_equal(np.asarray(resumed.layers.query.kernel[...]), np.asarray(full.layers.query.kernel[...]))

@@ -12,7 +12,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from ad import cli, configs
-from ad.distill import trainer
+from ad.data import pretrain
+from ad.distill import losses, teacher_head, trainer
 from tests.conftest import distill_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -94,7 +95,7 @@ def test_sharded_losses_match_one_device(reference, tmp_path, tiny_teacher, data
     assert b["loss"] == pytest.approx(a["loss"], abs=1e-5, rel=1e-5), (a, b)
 
 
-def test_kill_and_resume_gives_the_same_run(reference, tmp_path, tiny_teacher):
+def test_kill_and_resume_gives_the_same_run(reference, tmp_path, tiny_teacher, monkeypatch):
   ref_wd, ref_m = reference
   args = [sys.executable, "-m", "ad.cli", "distill", "--arch", ARCH, "--workdir", str(tmp_path), "--no-progress",
           "--config", "quickstart"] + [f"--set={o}" for o in distill_overrides(
@@ -112,6 +113,9 @@ def test_kill_and_resume_gives_the_same_run(reference, tmp_path, tiny_teacher):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (tmp_path / "metrics.json").exists()
+  # The resumed run streams (as a paper-scale run does) from its step; the reference read the
+  # in-memory copy of the same stream: the batches must be the same.
+  monkeypatch.setattr(pretrain, "CACHE_MAX_TOKENS", 0)
   m = _run(tmp_path, tiny_teacher, resume=True, **{"distill.mesh_data": 1, "distill.checkpoint_every": 1})
   assert m["resumed_from"] >= 3
   ref, got = _losses(ref_wd), _losses(tmp_path)
@@ -122,6 +126,34 @@ def test_kill_and_resume_gives_the_same_run(reference, tmp_path, tiny_teacher):
   for k in final_ref:
     np.testing.assert_allclose(final[k], final_ref[k], rtol=1e-6, atol=1e-7, err_msg=k)
   assert m["mlm_accuracy"] == pytest.approx(ref_m["mlm_accuracy"])
+
+
+def test_an_ib_bert_checkpoint_is_prepared_as_it_is_and_teaches(tmp_path):
+  """An IB-BERT-style MobileBERT checkpoint (separate query/key bottlenecks, bottleneck attention,
+  GELU, LayerNorm; written by transformers) is prepared without adaptation, keeps its own heads
+  (its held-out score is transformers' own), and distils a student through the trainer."""
+  from ad.distill import evaluation
+  from ad.models import hf
+  from tests.conftest import tiny_data_config, write_tiny_mobilebert
+  src = write_tiny_mobilebert(tmp_path / "ib_bert", use_bottleneck_attention=True, key_query_shared_bottleneck=False,
+                              hidden_act="gelu", normalization_type="layer_norm", classifier_activation=False)
+  prepared = tmp_path / "prepared"
+  m = _run(tmp_path / "wd", str(prepared), **{"teacher.source": src})
+  model, meta = teacher_head.load(str(prepared))
+  assert meta["family"] == "mobilebert" and meta["adaptation"] is None and not meta["head_fitted"]
+  assert losses.teacher_dims(model) == (3, 64, 2)
+  es = evaluation.build_eval_set(tiny_data_config(), pretrain.load_vocab(tiny_data_config()), log=lambda *_: None)
+  direct = evaluation.evaluate(hf.load_mobilebert(src), es)  # random weights: compare cross-entropies
+  assert meta["validation"]["mlm_cross_entropy"] == pytest.approx(direct["mlm_cross_entropy"], rel=1e-5)
+  assert m["teacher_mlm_accuracy"] == meta["validation"]["mlm_accuracy"]
+  assert m["teacher_dir"] == str(prepared) and np.isfinite(m["mlm_accuracy"])
+  steps = _losses(tmp_path / "wd")
+  assert len(steps) == m["steps"] and all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in steps)
+  with pytest.raises(ValueError, match="adapt_headed"):
+    teacher_head.prepare(src, str(tmp_path / "adapted"), tiny_data_config(),
+                         dict(teacher_head.settings_from_config(configs.load_config(
+                             "quickstart", distill_overrides(str(prepared))).teacher), adapt_headed=True),
+                         log=lambda *_: None, progress=False)
 
 
 def test_nan_loss_stops_with_step_and_stage(tmp_path, tiny_teacher):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ad import cli, configs
+from ad import cli, configs, space
 from ad.search import loop, report, store as store_lib
 from tests.conftest import distill_overrides
 
@@ -147,6 +147,39 @@ def test_latency_constraint_marks_trials_infeasible_without_training(tmp_path, t
   (row,) = store_lib.TrialStore(str(tmp_path), create=False).trials()
   assert row["status"] == "infeasible" and "constraints.max_latency_ms" in row["error"]
   assert row["distill"] is None and not os.path.exists(tmp_path / "trials" / row["arch"])
+
+
+def test_a_baseline_checkpoint_is_measured_and_scored_as_it_is_and_marked(tmp_path, tiny_teacher):
+  """search.baseline_checkpoint: a MobileBERT-family HF directory (written by transformers) is
+  measured at its own depth, scored on the held-out set without training, kept out of the
+  designer's observations and the front, and named in the report; a bad one is refused up front."""
+  from ad.distill import evaluation
+  from ad.data import pretrain
+  from ad.models import hf
+  from tests.conftest import tiny_data_config, write_tiny_mobilebert
+  ckpt = write_tiny_mobilebert(tmp_path / "mobilebert_tiny")
+  cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{
+      "search.designer": "random", "search.num_initial": 1, "search.num_trials": 1, "search.baseline_arch": "",
+      "search.baseline_checkpoint": ckpt, "constraints.max_latency_ms": 1e-6}))
+  summary = loop.run_search(cfg, str(tmp_path / "run"), log=lambda *_: None, progress=False)
+  rows = store_lib.TrialStore(str(tmp_path / "run"), create=False).trials()
+  (row,) = [r for r in rows if r["role"] == "checkpoint"]
+  assert row["arch"] == "checkpoint:mobilebert_tiny" and row["status"] == "ok"
+  assert row["measurement"]["num_blocks"] == 3 and row["objectives"]["latency_ms"] > 0
+  es = evaluation.build_eval_set(tiny_data_config(), pretrain.load_vocab(tiny_data_config()), log=lambda *_: None)
+  direct = evaluation.evaluate(hf.load_mobilebert(ckpt), es)
+  assert row["objectives"]["mlm_accuracy"] == pytest.approx(direct["mlm_accuracy"])
+  assert row["objective_se"]["mlm_accuracy"] == pytest.approx(direct["mlm_accuracy_se"])
+  assert [t["arch"] for t in loop.designer_trials(rows, ["mlm_accuracy", "latency_ms"])] == [
+      space.Arch.parse(r["arch"]) for r in rows if r["role"] != "checkpoint"]
+  assert summary["checkpoint"]["arch"] == row["arch"] and "checkpoint:mobilebert_tiny" not in str(summary["pareto"])
+  assert "Baseline checkpoint `checkpoint:mobilebert_tiny`" in (tmp_path / "run" / "report.md").read_text()
+  for bad, match in ((str(tmp_path / "none"), "no such directory"), (tiny_teacher + "/hf", "model_type='bert'")):
+    with cfg.unlocked():
+      cfg.search.baseline_checkpoint = bad
+    with pytest.raises(Exception, match=match):
+      loop.run_search(cfg, str(tmp_path / "bad"), log=lambda *_: None, progress=False)
+  assert not (tmp_path / "bad").exists()
 
 
 def test_objective_and_choice_errors_name_the_key(tiny_teacher):
