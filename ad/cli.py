@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -185,6 +186,24 @@ def cmd_export(args) -> int:
   return 0
 
 
+def cmd_finetune(args) -> int:
+  from ad import configs
+  from ad.finetune import trainer as finetune_lib
+  cfg = configs.load_config(args.config, args.overrides)
+  fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
+  flags = dict(epochs=args.epochs, tfds_data_dir=args.tfds_data_dir)
+  fcfg = dataclasses.replace(fcfg, **{k: v for k, v in flags.items() if v is not None})
+  results = []
+  for task in args.task:
+    for ckpt in finetune_lib.checkpoints_of(args.checkpoint):
+      name = os.path.basename(os.path.normpath(ckpt))
+      workdir = os.path.join(args.workdir or os.path.join("runs", "finetune"), f"{name}_{task}")
+      results.append(finetune_lib.finetune(ckpt, task, fcfg, workdir, log=lambda m: print(m, file=sys.stderr),
+                                           progress=not args.no_progress))
+  print(json.dumps([{k: v for k, v in r.items() if k != "history"} for r in results], indent=2))
+  return 0
+
+
 def cmd_search(args) -> int:
   from ad import configs
   from ad.distill import sharding
@@ -281,6 +300,21 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="the HF directory (for a run directory: one subdirectory per final)")
   p.add_argument("--force", action="store_true", help="write into a non-empty --out")
   p.set_defaults(fn=cmd_export)
+
+  p = sub.add_parser("finetune", help="fine-tune a student, teacher or baseline checkpoint on a downstream task")
+  p.add_argument("--checkpoint", required=True,
+                 help="a distillation workdir, a search run directory (its finals), a prepared teacher, or a Hugging "
+                      "Face BERT/MobileBERT directory with vocab.txt")
+  p.add_argument("--task", action="append", required=True,
+                 help="rotten_tomatoes (offline) or glue_cola, glue_sst2, glue_mrpc, glue_qqp, glue_stsb, glue_mnli, "
+                      "glue_qnli, glue_rte, glue_wnli (a prepared TFDS data dir); repeatable")
+  p.add_argument("--workdir", default=None,
+                 help="results go to WORKDIR/<checkpoint name>_<task> (default: runs/finetune)")
+  p.add_argument("--epochs", type=int, default=None, help="default: config finetune.epochs")
+  p.add_argument("--tfds-data-dir", default=None, help="where prepared GLUE TFDS datasets are (finetune.tfds_data_dir)")
+  p.add_argument("--no-progress", action="store_true")
+  _add_config_args(p)
+  p.set_defaults(fn=cmd_finetune)
 
   p = sub.add_parser("search", help="multi-objective architecture search with flash distillation (the main job)")
   p.add_argument("--run-dir", required=True, help="trial store, report.md, pareto.png, traces, trial and final runs")

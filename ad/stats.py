@@ -1,4 +1,5 @@
-"""Standard errors of the evaluation's ratios and of differences between two evaluations (numpy only).
+"""Standard errors of the evaluation's ratios and of differences between two evaluations, and the
+downstream-task metrics with their bootstrap noise (numpy; scipy for Spearman).
 
 An evaluation score is a ratio over sequences: accuracy = sum_i c_i / sum_i n_i, with c_i the
 correct masked tokens and n_i the masked tokens of sequence i. Tokens of one sequence are not
@@ -67,3 +68,43 @@ def paired_difference(num_a, num_b, den) -> tuple[float, float]:
 def difference_se(se_a: float, se_b: float) -> float:
   """Standard error of a difference of two independent estimates."""
   return math.sqrt(se_a ** 2 + se_b ** 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Downstream-task metrics (fine-tuning), each with its noise over examples.
+
+def task_metric(name: str, labels, predictions) -> float:
+  """accuracy | matthews (CoLA) | f1 (of class 1: MRPC, QQP) | spearman (STS-B; predictions are
+  scores) over examples."""
+  y, p = np.asarray(labels), np.asarray(predictions)
+  if len(y) == 0 or y.shape != p.shape:
+    raise ValueError(f"task metric {name}: need labels and predictions of one non-empty shape, got {y.shape}, "
+                     f"{p.shape}")
+  if name == "accuracy":
+    return float(np.mean(y == p))
+  if name == "spearman":
+    from scipy.stats import spearmanr
+    r = spearmanr(y, p).statistic
+    return float(r) if np.isfinite(r) else 0.0
+  tp, fp = float(np.sum((p == 1) & (y == 1))), float(np.sum((p == 1) & (y != 1)))
+  fn, tn = float(np.sum((p != 1) & (y == 1))), float(np.sum((p != 1) & (y != 1)))
+  if name == "f1":
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+  if name == "matthews":
+    den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return (tp * tn - fp * fn) / den if den else 0.0
+  raise ValueError(f"task metric {name!r}: expected accuracy, matthews, f1 or spearman")
+
+
+def task_metric_with_noise(name: str, labels, predictions, resamples: int = 1000, seed: int = 0) -> dict:
+  """The metric, its bootstrap standard error and 95% percentile interval over examples (for
+  accuracy the bootstrap matches the binomial sqrt(p (1 - p) / n), reported beside it)."""
+  y, p = np.asarray(labels), np.asarray(predictions)
+  value = task_metric(name, y, p)
+  idx = np.random.default_rng(seed).integers(0, len(y), (resamples, len(y)))
+  boot = np.asarray([task_metric(name, y[i], p[i]) for i in idx])
+  lo, hi = np.percentile(boot, [2.5, 97.5])
+  out = dict(metric=name, value=value, se=float(np.std(boot, ddof=1)), ci95=[float(lo), float(hi)], examples=len(y))
+  if name == "accuracy":
+    out["binomial_se"] = binomial_se(value, len(y))
+  return out

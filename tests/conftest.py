@@ -99,9 +99,9 @@ def write_tiny_mobilebert(out_dir, **options) -> str:
   import transformers
   from ad.models import hf
   torch.manual_seed(0)
-  config = transformers.MobileBertConfig(**dict(
+  config = transformers.MobileBertConfig(**{**dict(
       vocab_size=30522, hidden_size=64, embedding_size=32, intra_bottleneck_size=32, true_hidden_size=32,
-      num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, num_feedforward_networks=1, **options))
+      num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, num_feedforward_networks=1), **options})
   transformers.MobileBertForPreTraining(config).save_pretrained(out_dir)
   shutil.copy(os.path.join(hf.minilm_dir(), "vocab.txt"), out_dir)
   return str(out_dir)

@@ -197,8 +197,8 @@ def test_sigint_stops_at_a_step_with_a_checkpoint_and_resume_reuses_compiled_pro
   args = [sys.executable, "-m", "ad.cli", "distill", "--arch", "128_64_2_384_2", "--workdir", str(wd), "--no-progress",
           "--config", "quickstart"] + [f"--set={o}" for o in distill_overrides(
               tiny_teacher, **{"distill.mesh_data": 1, "distill.checkpoint_every": 100,
-                               "distill.flash.pretrain_steps": 40})]
-  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+                               "distill.flash.pretrain_steps": 20})]
+  env = dict(os.environ, PYTHONPATH=ROOT)  # the test session's devices and cache: tests/distill compiled these programs
   proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
@@ -210,12 +210,12 @@ def test_sigint_stops_at_a_step_with_a_checkpoint_and_resume_reuses_compiled_pro
   assert proc.returncode == 130, err[-3000:]
   assert "interrupted" in err and "--resume" in err and "Traceback" not in err
   steps = [json.loads(l)["step"] for l in (wd / "losses.jsonl").read_text().splitlines()]
-  assert str(len(steps)) in os.listdir(wd / "checkpoints") and len(steps) < 44
+  assert str(len(steps)) in os.listdir(wd / "checkpoints") and len(steps) < 24
   done = subprocess.run(args + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
   assert done.returncode == 0, done.stderr[-3000:]
   m = json.loads(done.stdout)
   assert m["resumed_from"] == len(steps)
-  assert [json.loads(l)["step"] for l in (wd / "losses.jsonl").read_text().splitlines()] == list(range(44))
+  assert [json.loads(l)["step"] for l in (wd / "losses.jsonl").read_text().splitlines()] == list(range(24))
   assert m["compile_cache_hits"] >= 2, m  # the progressive and pre-training steps, at least
 
 

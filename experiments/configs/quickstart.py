@@ -34,4 +34,5 @@ def get_config():
   c.search = common.search(num_initial=4, num_trials=12, measure_seq=128, latency_reference_ms=20.0)
   c.search.measure.update(max_reps=40, chunk=20)
   c.final = common.final(count=1, choose="knee")
+  c.finetune = common.finetune(seq_len=64, epochs=2, dtype="bfloat16")  # sentences of ~30 WordPieces; bf16 as distilled
   return c

@@ -138,7 +138,7 @@ def test_an_ib_bert_checkpoint_is_prepared_as_it_is_and_teaches(tmp_path):
   src = write_tiny_mobilebert(tmp_path / "ib_bert", use_bottleneck_attention=True, key_query_shared_bottleneck=False,
                               hidden_act="gelu", normalization_type="layer_norm", classifier_activation=False)
   prepared = tmp_path / "prepared"
-  m = _run(tmp_path / "wd", str(prepared), **{"teacher.source": src})
+  m = _run(tmp_path / "wd", str(prepared), **{"teacher.source": src, "distill.mesh_data": 1})
   model, meta = teacher_head.load(str(prepared))
   assert meta["family"] == "mobilebert" and meta["adaptation"] is None and not meta["head_fitted"]
   assert losses.teacher_dims(model) == (3, 64, 2)

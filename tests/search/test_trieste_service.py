@@ -103,14 +103,17 @@ def test_each_observation_enters_the_gp_with_its_own_noise(cands, history):
   ok = [dict(t, noise=[0.002, 0.01]) for t in history if t["status"] == "ok"]
   noisy = [dict(t) for t in ok]
   noisy[2] = dict(noisy[2], noise=[0.2, 0.01])
-  posts = []
-  for trials in (ok, noisy):
+  from concurrent.futures import ThreadPoolExecutor
+
+  def posterior(trials):  # one service each, started side by side
     d = designers.TriesteDesigner(cands, DIRECTIONS, REFERENCE, seed=0)
     try:
       d.update(trials)
-      posts.append(d.predict([t["arch"] for t in ok]))
+      return d.predict([t["arch"] for t in ok])
     finally:
       d.close()
+  with ThreadPoolExecutor(2) as pool:
+    posts = list(pool.map(posterior, (ok, noisy)))
   (m0, v0), (m1, v1) = [(np.asarray(p["mean"]), np.asarray(p["variance"])) for p in posts]
   y = np.asarray([t["values"] for t in ok])
   others = [0, 1, 3, 4]

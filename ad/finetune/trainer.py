@@ -1,0 +1,295 @@
+"""`ad finetune`: a student, a teacher or a baseline checkpoint fine-tuned on a task, in JAX with
+the project's own models (003 Tables 3-4).
+
+Model: the checkpoint's encoder, its pooled output (MobileBERT's / BERT's pooler where the
+checkpoint has one, else the first token), dropout, and a new linear head (classes, or one
+output for regression). Training: AdamW (decoupled weight decay on matrices only), linear
+warm-up over `warmup_fraction` of the steps then linear decay, `epochs` passes in an order drawn
+from the seed; the validation split is scored `evals_per_epoch` times per epoch, the best
+parameters are kept, and training stops after `patience` scorings without improvement. The
+test split is scored once, with the best parameters: the task's metric with a bootstrap
+standard error and 95% interval over examples. A run writes `result.json` and TensorBoard
+scalars (`tb/`) in its workdir; it is minutes long and restarts from the beginning (no resume).
+
+What can be fine-tuned (`load_backbone`): a distillation workdir (`student.json` + `student/`,
+e.g. a search's `final/<arch>`), a prepared teacher (`teacher.json`; its `hf/`), or a Hugging
+Face BERT or MobileBERT-family directory with `vocab.txt` (an export, or a downloaded
+checkpoint). A search run directory stands for its finished finals (`checkpoints_of`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ad import files, stats
+from ad.finetune import tasks as tasks_lib
+
+RESULT_FILE = "result.json"
+LOG_EVERY = 5  # steps between logged training losses
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+  epochs: int = 3
+  batch_size: int = 32
+  lr: float = 1e-4
+  warmup_fraction: float = 0.1
+  weight_decay: float = 0.01
+  dropout: float = 0.1
+  seq_len: int = 128
+  evals_per_epoch: int = 2
+  patience: int = 3  # validation scorings without improvement before stopping
+  dtype: str = "float32"  # compute dtype; parameters stay f32
+  seed: int = 0
+  max_train_examples: int = 0  # 0 = the whole train split (quick checks use fewer)
+  max_eval_examples: int = 0  # 0 = the whole validation and test splits
+  tfds_data_dir: str = ""  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets (GLUE tasks only)
+
+  def __post_init__(self):
+    positive = ("epochs", "batch_size", "seq_len", "evals_per_epoch", "patience")
+    for k in positive:
+      if getattr(self, k) <= 0:
+        raise ValueError(f"finetune.{k}={getattr(self, k)}: expected a positive integer")
+    if not self.lr > 0:
+      raise ValueError(f"finetune.lr={self.lr}: expected a positive learning rate")
+    if not 0 <= self.warmup_fraction < 1 or not 0 <= self.dropout < 1:
+      raise ValueError(f"finetune.warmup_fraction={self.warmup_fraction}, finetune.dropout={self.dropout}: "
+                       "expected fractions in [0, 1)")
+    if self.seq_len < 8:
+      raise ValueError(f"finetune.seq_len={self.seq_len}: need at least 8 tokens")
+
+
+def config_from_dict(d) -> FinetuneConfig:
+  d = dict(d or {})
+  fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+  unknown = sorted(set(d) - fields)
+  if unknown:
+    raise ValueError(f"config.finetune has unknown keys {unknown}; known: {sorted(fields)}")
+  return FinetuneConfig(**d)
+
+
+# ---------------------------------------------------------------------------------------------
+# What is fine-tuned.
+
+@dataclasses.dataclass
+class Backbone:
+  model: Any  # ad.models.student.Student or ad.models.teacher.Bert
+  vocab_file: str
+  lower_case: bool
+  kind: str  # student | teacher | hf
+  source: str
+  name: str
+
+
+def _lower_case_of(hf_dir: str) -> bool:
+  path = os.path.join(hf_dir, "tokenizer_config.json")
+  return bool(files.read_json(path, "tokenizer config").get("do_lower_case", True)) if os.path.isfile(path) else True
+
+
+def load_backbone(path: str) -> Backbone:
+  """The model and tokenizer of a checkpoint (module docstring); a clear error for anything else."""
+  from ad import export
+  from ad.distill import teacher_head
+  from ad.models import hf
+  path = os.path.abspath(path)
+  name = os.path.basename(os.path.normpath(path))
+  if os.path.isfile(os.path.join(path, export.STUDENT_INFO)):
+    model, info, _ = export.load_student(path)
+    return Backbone(model, os.path.join(path, info["vocab_file"]), info["lower_case"], "student", path, name)
+  if os.path.isfile(os.path.join(path, teacher_head.META_FILE)):
+    hf_dir = os.path.join(path, teacher_head.HF_DIR)
+    model = hf.load_teacher(hf_dir)
+    return Backbone(model, os.path.join(hf_dir, "vocab.txt"), _lower_case_of(hf_dir), "teacher", path, name)
+  if os.path.isfile(os.path.join(path, hf.CONFIG_FILE)):
+    vocab = os.path.join(path, "vocab.txt")
+    if not os.path.isfile(vocab):
+      raise FileNotFoundError(f"{path}: a Hugging Face checkpoint without vocab.txt; fine-tuning needs its tokenizer")
+    return Backbone(hf.load_teacher(path), vocab, _lower_case_of(path), "hf", path, name)
+  raise FileNotFoundError(
+      f"{path}: not a student or teacher checkpoint; expected a distillation workdir ({export.STUDENT_INFO} and "
+      f"student/), a search run directory (final/<arch>), a prepared teacher ({teacher_head.META_FILE}) or a "
+      "Hugging Face BERT/MobileBERT directory (config.json, model.safetensors, vocab.txt)")
+
+
+def checkpoints_of(path: str) -> list[str]:
+  """A search run directory -> its finished finals' workdirs; anything else -> [path]."""
+  from ad import export
+  from ad.search import store as store_lib
+  finals = os.path.join(path, "final")
+  if os.path.isfile(os.path.join(path, store_lib.STORE_FILE)) and os.path.isdir(finals):
+    done = [os.path.join(finals, a) for a in sorted(os.listdir(finals))
+            if os.path.isdir(os.path.join(finals, a, export.STUDENT_DIR))]
+    if not done:
+      raise FileNotFoundError(f"{finals}: no finished final student to fine-tune")
+    return done
+  return [path]
+
+
+def pooled_size(model) -> int:
+  c = model.cfg
+  return c.arch.hidden if hasattr(c, "arch") else c.hidden_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning.
+
+def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str, log: Callable = print,
+             progress: bool = True) -> dict:
+  """Fine-tunes `checkpoint` on `task_name`; returns (and writes to workdir/result.json) the result."""
+  import tensorflow as tf  # TensorBoard summaries
+  from tqdm import tqdm
+
+  from ad.data import vocab as vocab_lib
+  from ad.distill import optim, teacher_head
+  from ad.distill.params import Rebuild, nonfinite, without
+  t_start = time.time()
+  spec = tasks_lib.get(task_name)
+  tasks_lib.check_data(spec, fcfg.tfds_data_dir or None)
+  bb = load_backbone(checkpoint)
+  max_positions = bb.model.cfg.max_positions
+  if fcfg.seq_len > max_positions:
+    raise ValueError(f"finetune.seq_len={fcfg.seq_len} exceeds {checkpoint}'s {max_positions} positions")
+  vocab = vocab_lib.WordPieceVocabulary(bb.vocab_file, lower_case=bb.lower_case)
+  if vocab.vocab_size != bb.model.cfg.vocab_size:
+    raise ValueError(f"{bb.vocab_file} has {vocab.vocab_size} tokens but {checkpoint}'s embedding has "
+                     f"{bb.model.cfg.vocab_size} rows")
+  task = tasks_lib.make_task(spec, vocab, fcfg.seq_len, fcfg.tfds_data_dir or None)
+  data = {s: tasks_lib.examples(task, s) for s in tasks_lib.SPLITS}
+  for split, cap in (("train", fcfg.max_train_examples), ("validation", fcfg.max_eval_examples),
+                     ("test", fcfg.max_eval_examples)):
+    if cap:
+      data[split] = {k: v[:cap] for k, v in data[split].items()}
+  n_train = len(data["train"]["label"])
+  if n_train < fcfg.batch_size:
+    raise ValueError(f"task {spec.name}: {n_train} training examples, fewer than finetune.batch_size="
+                     f"{fcfg.batch_size}")
+  steps_per_epoch = n_train // fcfg.batch_size
+  total_steps = steps_per_epoch * fcfg.epochs
+  eval_every = max(1, steps_per_epoch // fcfg.evals_per_epoch)
+
+  backbone = teacher_head.with_compute_dtype(bb.model, fcfg.dtype)
+  rebuild = Rebuild(backbone)
+  H, C = pooled_size(backbone), spec.num_labels
+  key = jax.random.key(fcfg.seed)
+  head = dict(kernel=0.02 * jax.random.normal(jax.random.fold_in(key, 0), (H, C), jnp.float32),
+              bias=jnp.zeros((C,), jnp.float32))
+  params = dict(backbone=rebuild.params, head=head)
+  stacked = without(optim.stacked_leaves(backbone), rebuild.empty)  # zero-size parameters are not trained
+  decay = dict(backbone=optim.decay_mask_for(stacked)(rebuild.params),
+               head=dict(kernel=True, bias=False))
+  schedule = optim.warmup_linear_decay(fcfg.lr, int(fcfg.warmup_fraction * total_steps), total_steps)
+  tx = optax.adamw(schedule, weight_decay=fcfg.weight_decay, mask=decay)
+
+  def logits_fn(p, b, dropout_key):
+    pooled = rebuild(p["backbone"]).encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])["pooled"]
+    pooled = pooled.astype(jnp.float32)
+    if dropout_key is not None and fcfg.dropout > 0:
+      keep = jax.random.bernoulli(dropout_key, 1 - fcfg.dropout, pooled.shape)
+      pooled = jnp.where(keep, pooled / (1 - fcfg.dropout), 0.0)
+    return pooled @ p["head"]["kernel"] + p["head"]["bias"]
+
+  def loss_fn(p, b, dropout_key):
+    logits = logits_fn(p, b, dropout_key)
+    if spec.regression:
+      return jnp.mean(jnp.square(logits[:, 0] - b["label"]))
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, b["label"]))
+
+  @jax.jit
+  def train_step(p, opt_state, b, step):
+    loss, g = jax.value_and_grad(loss_fn)(p, b, jax.random.fold_in(jax.random.fold_in(key, 1), step))
+    updates, opt_state = tx.update(g, opt_state, p)
+    return optax.apply_updates(p, updates), opt_state, loss
+
+  @jax.jit
+  def predict_step(p, b):
+    logits = logits_fn(p, b, None)
+    return logits[:, 0] if spec.regression else jnp.argmax(logits, -1)
+
+  eval_batch = 2 * fcfg.batch_size
+
+  def predict(p, split: str) -> np.ndarray:
+    d = data[split]
+    n = len(d["label"])
+    out = []
+    for i in range(0, n, eval_batch):  # the last batch padded to the same shape: one compiled program
+      b = {k: v[i:i + eval_batch] for k, v in d.items() if k != "label"}
+      pad = eval_batch - len(b["input_ids"])
+      b = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in b.items()}
+      out.append(np.asarray(predict_step(p, b))[:eval_batch - pad])
+    return np.concatenate(out)
+
+  def score(p, split: str) -> float:
+    return stats.task_metric(spec.metric, data[split]["label"], predict(p, split))
+
+  os.makedirs(workdir, exist_ok=True)
+  writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+  opt_state = tx.init(params)
+  best = dict(value=-math.inf, step=0, params=jax.device_get(params))
+  history, train_losses, stale, step, stopped_early = [], [], 0, 0, False
+  log(f"finetune: {bb.name} ({bb.kind}) on {spec.name}: {n_train} train / {len(data['validation']['label'])} "
+      f"validation / {len(data['test']['label'])} test examples, {total_steps} steps of batch {fcfg.batch_size}")
+  bar = tqdm(total=total_steps, disable=not progress, dynamic_ncols=True, desc=f"{bb.name} {spec.name}")
+  t_train = time.time()
+  try:
+    for epoch in range(fcfg.epochs):
+      for b in tasks_lib.epoch_batches(data["train"], fcfg.batch_size, fcfg.seed, epoch):
+        params, opt_state, loss = train_step(params, opt_state, b, np.int32(step))
+        step += 1
+        bar.update(1)
+        if step % LOG_EVERY == 0 or step == 1:
+          loss_v = float(loss)
+          if not math.isfinite(loss_v):
+            raise FloatingPointError(f"finetune: non-finite loss {loss_v} at step {step} on {spec.name}; lower "
+                                     "finetune.lr")
+          bar.set_postfix(loss=f"{loss_v:.4f}")
+          train_losses.append(dict(step=step, loss=loss_v))
+          with writer.as_default(step=step):
+            tf.summary.scalar("train/loss", loss_v)
+            tf.summary.scalar("train/lr", float(schedule(step)))
+        if step % eval_every == 0 or step == total_steps:
+          value = score(params, "validation")
+          history.append(dict(step=step, epoch=epoch, validation=value))
+          with writer.as_default(step=step):
+            tf.summary.scalar(f"validation/{spec.metric}", value)
+          if value > best["value"]:
+            best, stale = dict(value=value, step=step, params=jax.device_get(params)), 0
+          else:
+            stale += 1
+          if stale >= fcfg.patience:
+            stopped_early = True
+            break
+      if stopped_early:
+        break
+  finally:
+    bar.close()
+  train_s = time.time() - t_train
+  bad = nonfinite(best["params"])
+  if bad:
+    raise FloatingPointError(f"finetune: non-finite parameters {bad[:3]} after training on {spec.name}")
+  test = stats.task_metric_with_noise(spec.metric, data["test"]["label"], predict(best["params"], "test"),
+                                      seed=fcfg.seed)
+  with writer.as_default(step=step):
+    tf.summary.scalar(f"test/{spec.metric}", test["value"])
+  writer.flush()
+  n_params = int(sum(np.size(x) for x in jax.tree.leaves(rebuild.params)))
+  result = dict(
+      task=spec.name, metric=spec.metric, checkpoint=bb.source, name=bb.name, kind=bb.kind,
+      arch=getattr(getattr(backbone.cfg, "arch", None), "name", None), encoder_params=n_params,
+      test=test, validation_best=best["value"], best_step=best["step"], steps=step, total_steps=total_steps,
+      stopped_early=stopped_early, history=history, train_losses=train_losses,
+      examples={s: int(len(data[s]["label"])) for s in tasks_lib.SPLITS},
+      config=dataclasses.asdict(fcfg), train_s=train_s, wall_s=time.time() - t_start,
+      backend=jax.default_backend())
+  files.write_json(os.path.join(workdir, RESULT_FILE), result)
+  log(f"finetune: {bb.name} on {spec.name}: test {spec.metric} {test['value']:.4f} +- {test['se']:.4f} "
+      f"(95% [{test['ci95'][0]:.4f}, {test['ci95'][1]:.4f}], {test['examples']} examples) in {result['wall_s']:.0f}s")
+  return result
