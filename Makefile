@@ -49,6 +49,7 @@ experiments: setup
 	$(VENV)/bin/python -m experiments.search_efficiency --problem table
 	$(VENV)/bin/python -m experiments.search_efficiency --study objectives --seeds 3
 	$(VENV)/bin/python -m experiments.fidelity
+	$(VENV)/bin/python -m experiments.downstream
 
 test: setup
 	$(VENV)/bin/python -m pytest -q --durations=25 tests

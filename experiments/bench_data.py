@@ -37,11 +37,14 @@ def main(argv=None):
   print(f"first batch after {t1 - t0:.1f}s; then {ex / (t2 - t1):.0f} examples/s, {n_tok / (t2 - t1):.0f} "
         f"non-pad tokens/s (batch {args.batch}, seq {args.seq}, {args.batches} batches)")
   for start in args.start_batches:
-    t = time.perf_counter()
-    next(pretrain.batches(task, cfg, "train", args.batch, start_batch=start))
-    print(f"stream started at batch {start:,} (example {start * args.batch:,}): first batch after "
-          f"{time.perf_counter() - t:.2f}s; replaying to it at the rate above would take "
-          f"{start * args.batch / (ex / (t2 - t1)):.0f}s")
+    # Twice: first counting the epochs before the start, then with their lengths known, as a
+    # resumed run knows them from its checkpoint.
+    for how in ("epoch lengths counted", "epoch lengths known"):
+      t = time.perf_counter()
+      next(pretrain.batches(task, cfg, "train", args.batch, start_batch=start))
+      print(f"stream started at batch {start:,} (example {start * args.batch:,}), {how}: first batch after "
+            f"{time.perf_counter() - t:.2f}s; replaying to it at the rate above would take "
+            f"{start * args.batch / (ex / (t2 - t1)):.0f}s", flush=True)
 
 
 if __name__ == "__main__":

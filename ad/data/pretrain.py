@@ -155,9 +155,30 @@ def _epoch_pairs(cfg: DataConfig, docs, base: int, split: str, epoch: int) -> It
 _EPOCH_LENGTHS: dict[tuple, int] = {}
 
 
+def _length_key(cfg: DataConfig, base: int, split: str, epoch: int) -> tuple:
+  return (cfg.sources, cfg.validation_percent, cfg.seq_len, cfg.short_seq_prob, base, split, epoch)
+
+
+def epoch_lengths(cfg: DataConfig, seed: int | None = None) -> list[int]:
+  """The training epochs' lengths known to this process (from epoch 0, consecutive): what a
+  checkpoint keeps so that a resumed run skips to its position without counting epochs again."""
+  base = cfg.seed if seed is None else seed
+  out = []
+  while (n := _EPOCH_LENGTHS.get(_length_key(cfg, base, "train", len(out)))) is not None:
+    out.append(n)
+  return out
+
+
+def remember_epoch_lengths(cfg: DataConfig, lengths, seed: int | None = None) -> None:
+  """Epoch lengths from a checkpoint (epoch_lengths of the run that wrote it)."""
+  base = cfg.seed if seed is None else seed
+  for epoch, n in enumerate(lengths):
+    _EPOCH_LENGTHS[_length_key(cfg, base, "train", epoch)] = int(n)
+
+
 def _epoch_length(cfg: DataConfig, docs, base: int, split: str, epoch: int) -> int:
   """Pairs in one training epoch (a pass in Python, no tokenizing), memoized per process."""
-  key = (cfg.sources, cfg.validation_percent, cfg.seq_len, cfg.short_seq_prob, base, split, epoch)
+  key = _length_key(cfg, base, split, epoch)
   if key not in _EPOCH_LENGTHS:
     _EPOCH_LENGTHS[key] = sum(1 for _ in sentence_pairs(docs, random.Random(_stable_seed(base, split, epoch)),
                                                           _target_words(cfg), cfg.short_seq_prob))
@@ -178,8 +199,9 @@ def parse_split(split: str) -> tuple[str, int]:
 def pair_examples(cfg: DataConfig, split: str, seed: int | None = None) -> Iterator[dict]:
   """The source stream of `split` (parse_split): {text_a, text_b, nsp_label, example_id}, where
   example_id is the example's global position. Training repeats forever with a new pairing
-  each epoch; skipping to example N costs one Python pairing pass per epoch before N (memoized),
-  never a tokenization."""
+  each epoch; skipping to example N needs the lengths of the epochs before N: known ones (read
+  to their end in this process, or given by remember_epoch_lengths from a checkpoint) are free,
+  others cost one Python pairing pass each; nothing is ever tokenized to skip."""
   name, start = parse_split(split)
   docs = _documents(cfg.sources, name, cfg.validation_percent)
   base = cfg.seed if seed is None else seed
@@ -190,6 +212,7 @@ def pair_examples(cfg: DataConfig, split: str, seed: int | None = None) -> Itera
     example_id += _epoch_length(cfg, docs, base, name, epoch)
     epoch += 1
   while True:
+    epoch_start = example_id
     pairs = _epoch_pairs(cfg, docs, base, name, epoch)
     if example_id < start:
       pairs = itertools.islice(pairs, start - example_id, None)
@@ -197,6 +220,7 @@ def pair_examples(cfg: DataConfig, split: str, seed: int | None = None) -> Itera
     for a, b, label in pairs:
       yield dict(text_a=a, text_b=b, nsp_label=np.int32(label), example_id=np.int64(example_id))
       example_id += 1
+    _EPOCH_LENGTHS.setdefault(_length_key(cfg, base, name, epoch), example_id - epoch_start)  # read to its end
     epoch += 1
     if name != "train":
       return

@@ -452,7 +452,9 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   next_step, restored_opt, params = 0, None, None
   if resume and ckpts.latest() is not None:
     last = ckpts.latest()
-    next_step = int(ckpts.restore(last, meta=None)["meta"]["next_step"])
+    meta = ckpts.restore(last, meta=None)["meta"]
+    next_step = int(meta["next_step"])
+    pretrain.remember_epoch_lengths(data_cfg, meta.get("data_epoch_lengths", []))  # skip to the step for free
     params = ckpts.restore(last, params=params_abs)["params"]
     if 0 < next_step < total_steps and stage_at(plan, next_step) == stage_at(plan, next_step - 1):
       restored_opt = last  # mid-stage: the saved optimizer state belongs to this stage
@@ -485,7 +487,7 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   def save(g: int, opt_state) -> float:
     t = time.time()
     ckpts.save(g, params, opt_state, dict(next_step=g, stage=stage_at(plan, min(g, total_steps - 1)).name,
-                                          arch=scfg.arch.name))
+                                          arch=scfg.arch.name, data_epoch_lengths=pretrain.epoch_lengths(data_cfg)))
     return time.time() - t
 
   # ---- loop ------------------------------------------------------------------------------------

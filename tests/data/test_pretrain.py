@@ -122,6 +122,26 @@ def test_starting_late_in_the_stream_reads_nothing_before_the_start(task, monkey
   assert produced and min(produced) == 8000
 
 
+def test_a_checkpoints_epoch_lengths_let_a_resume_skip_without_counting_epochs(monkeypatch):
+  """Epoch lengths are learnt as epochs are read (and kept in checkpoints); given them, starting 3
+  epochs in touches only the epoch it starts in (counted, then paired), whatever the position."""
+  cfg = pretrain.DataConfig(**{**CFG.__dict__, "seed": 7})  # a stream no other test reads
+  docs = pretrain._documents(cfg.sources, "train", cfg.validation_percent)
+  lengths = [sum(1 for _ in pretrain._epoch_pairs(cfg, docs, 7, "train", e)) for e in range(3)]
+  stream = pretrain.pair_examples(cfg, "train")
+  for _ in range(sum(lengths) + 1):  # read epochs 0-2 to their end
+    next(stream)
+  assert pretrain.epoch_lengths(cfg)[:3] == lengths
+  for e in range(3):
+    del pretrain._EPOCH_LENGTHS[pretrain._length_key(cfg, 7, "train", e)]  # a new process...
+  pretrain.remember_epoch_lengths(cfg, lengths)  # ...given the checkpoint's lengths
+  calls = []
+  real = pretrain.sentence_pairs
+  monkeypatch.setattr(pretrain, "sentence_pairs", lambda *a: (calls.append(1), real(*a))[1])
+  first = next(pretrain.pair_examples(cfg, f"train[{sum(lengths) + 5}:]"))
+  assert first["example_id"] == sum(lengths) + 5 and len(calls) == 2  # epoch 3 alone: counted, then paired
+
+
 def test_a_bad_split_is_named():
   for bad in ("train[5]", "test", "validation[3:]"):
     with pytest.raises(ValueError, match=r"split .*train\[N:\]"):
