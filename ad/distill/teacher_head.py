@@ -125,7 +125,8 @@ def fit_mlm_head(teacher: teacher_lib.Bert, train_batches, *, pool_batches: int,
 
 
 def adapt(model: teacher_lib.Bert, train_batches: Callable[[int], Iterator[dict]], *, steps: int, lr: float,
-          head_lr: float, warmup_steps: int, dtype: str, ckpt_dir: str, checkpoint_every: int = 50, log=print, progress: bool = True) -> dict:
+          head_lr: float, warmup_steps: int, dtype: str, ckpt_dir: str, checkpoint_every: int = 50, log=print,
+          progress: bool = True) -> dict:
   """Continued MLM training of every parameter of `model` (in place); resumes from `ckpt_dir`.
 
   `train_batches(n)` gives the deterministic training stream from batch n on: a resumed run
