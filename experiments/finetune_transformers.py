@@ -52,7 +52,7 @@ def main(argv=None) -> int:
       output_dir=os.path.join(args.workdir, os.path.basename(os.path.normpath(args.hf_dir))),
       per_device_train_batch_size=fcfg.batch_size, per_device_eval_batch_size=2 * fcfg.batch_size,
       num_train_epochs=fcfg.epochs, learning_rate=fcfg.lr, weight_decay=fcfg.weight_decay,
-      warmup_ratio=fcfg.warmup_fraction, lr_scheduler_type="linear", eval_strategy="steps", eval_steps=eval_every,
+      warmup_steps=int(fcfg.warmup_fraction * steps_per_epoch * fcfg.epochs), lr_scheduler_type="linear", eval_strategy="steps", eval_steps=eval_every,
       save_strategy="steps", save_steps=eval_every, load_best_model_at_end=True, metric_for_best_model="accuracy",
       save_total_limit=1, logging_steps=50, report_to=[], use_cpu=True, disable_tqdm=True, seed=fcfg.seed,
       dataloader_drop_last=True, bf16=fcfg.dtype == "bfloat16")
@@ -60,6 +60,7 @@ def main(argv=None) -> int:
   t = transformers.Trainer(model=model, args=targs, train_dataset=train, eval_dataset=val, compute_metrics=metrics,
                            callbacks=[transformers.EarlyStoppingCallback(early_stopping_patience=fcfg.patience)])
   t.train()
+  t.args.dataloader_drop_last = False  # training drops the last partial batch (as `ad finetune` does); scoring not
   pred = t.predict(test)
   labels = np.asarray([ex["labels"] for ex in test])
   result = dict(checkpoint=os.path.abspath(args.hf_dir), task="rotten_tomatoes", path="transformers Trainer",
