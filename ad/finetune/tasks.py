@@ -121,13 +121,18 @@ def _tfds_splits(spec: TaskSpec) -> dict[str, str]:
   return {"train": "train[:95%]", "validation": "train[95%:]", "test": spec.tfds_test_split}
 
 
+def resolve_tfds_dir(tfds_data_dir: str | None) -> str:
+  """The TFDS data dir GLUE tasks read: the given one, else $TFDS_DATA_DIR, else TFDS's default."""
+  return os.path.expanduser(tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
+
+
 def check_data(spec: TaskSpec, tfds_data_dir: str | None) -> None:
   """A clear error, before anything runs, when a task's data is not where it is looked for."""
   if not spec.tfds_name:
     rotten_tomatoes()
     return
   import tensorflow_datasets as tfds
-  data_dir = os.path.expanduser(tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
+  data_dir = resolve_tfds_dir(tfds_data_dir)
   try:
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir, try_gcs=False)
     prepared = builder.is_prepared()
@@ -143,8 +148,8 @@ def check_data(spec: TaskSpec, tfds_data_dir: str | None) -> None:
 
 def _source(spec: TaskSpec, tfds_data_dir: str | None) -> seqio.DataSource:
   if spec.tfds_name:
-    data_dir = os.path.expanduser(tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
-    return seqio.TfdsDataSource(tfds_name=spec.tfds_name, tfds_data_dir=data_dir, splits=_tfds_splits(spec))
+    return seqio.TfdsDataSource(tfds_name=spec.tfds_name, tfds_data_dir=resolve_tfds_dir(tfds_data_dir),
+                                splits=_tfds_splits(spec))
 
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     del shuffle_files, seed  # shuffled by `batches`

@@ -90,11 +90,6 @@ class Backbone:
   name: str
 
 
-def _lower_case_of(hf_dir: str) -> bool:
-  path = os.path.join(hf_dir, "tokenizer_config.json")
-  return bool(files.read_json(path, "tokenizer config").get("do_lower_case", True)) if os.path.isfile(path) else True
-
-
 def load_backbone(path: str) -> Backbone:
   """The model and tokenizer of a checkpoint (module docstring); a clear error for anything else."""
   from ad import export
@@ -108,12 +103,12 @@ def load_backbone(path: str) -> Backbone:
   if os.path.isfile(os.path.join(path, teacher_head.META_FILE)):
     hf_dir = os.path.join(path, teacher_head.HF_DIR)
     model = hf.load_teacher(hf_dir)
-    return Backbone(model, os.path.join(hf_dir, "vocab.txt"), _lower_case_of(hf_dir), "teacher", path, name)
+    return Backbone(model, os.path.join(hf_dir, "vocab.txt"), hf.read_lower_case(hf_dir), "teacher", path, name)
   if os.path.isfile(os.path.join(path, hf.CONFIG_FILE)):
     vocab = os.path.join(path, "vocab.txt")
     if not os.path.isfile(vocab):
       raise FileNotFoundError(f"{path}: a Hugging Face checkpoint without vocab.txt; fine-tuning needs its tokenizer")
-    return Backbone(hf.load_teacher(path), vocab, _lower_case_of(path), "hf", path, name)
+    return Backbone(hf.load_teacher(path), vocab, hf.read_lower_case(path), "hf", path, name)
   raise FileNotFoundError(
       f"{path}: not a student or teacher checkpoint; expected a distillation workdir ({export.STUDENT_INFO} and "
       f"student/), a search run directory (final/<arch>), a prepared teacher ({teacher_head.META_FILE}) or a "

