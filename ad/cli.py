@@ -191,7 +191,7 @@ def cmd_finetune(args) -> int:
   from ad.finetune import trainer as finetune_lib
   cfg = configs.load_config(args.config, args.overrides)
   fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
-  flags = dict(epochs=args.epochs, tfds_data_dir=args.tfds_data_dir)
+  flags = dict(epochs=args.epochs, tfds_data_dir=args.tfds_data_dir, squad_dir=args.squad_dir)
   fcfg = dataclasses.replace(fcfg, **{k: v for k, v in flags.items() if v is not None})
   results = []
   for task in args.task:
@@ -307,11 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
                       "Face BERT/MobileBERT directory with vocab.txt")
   p.add_argument("--task", action="append", required=True,
                  help="rotten_tomatoes (offline) or glue_cola, glue_sst2, glue_mrpc, glue_qqp, glue_stsb, glue_mnli, "
-                      "glue_qnli, glue_rte, glue_wnli (a prepared TFDS data dir); repeatable")
+                      "glue_qnli, glue_rte, glue_wnli, squad_v1 (a prepared TFDS data dir, or --squad-dir); repeatable")
   p.add_argument("--workdir", default=None,
                  help="results go to WORKDIR/<checkpoint name>_<task> (default: runs/finetune)")
   p.add_argument("--epochs", type=int, default=None, help="default: config finetune.epochs")
-  p.add_argument("--tfds-data-dir", default=None, help="where prepared GLUE TFDS datasets are (finetune.tfds_data_dir)")
+  p.add_argument("--tfds-data-dir", default=None,
+                 help="where prepared GLUE/SQuAD TFDS datasets are (finetune.tfds_data_dir)")
+  p.add_argument("--squad-dir", default=None,
+                 help="the official train-v1.1.json and dev-v1.1.json for squad_v1 (finetune.squad_dir)")
   p.add_argument("--no-progress", action="store_true")
   _add_config_args(p)
   p.set_defaults(fn=cmd_finetune)

@@ -108,3 +108,16 @@ def task_metric_with_noise(name: str, labels, predictions, resamples: int = 1000
   if name == "accuracy":
     out["binomial_se"] = binomial_se(value, len(y))
   return out
+
+
+def mean_with_noise(name: str, values, resamples: int = 1000, seed: int = 0) -> dict:
+  """The mean of per-example scores (SQuAD's exact match or F1) with its bootstrap standard error
+  and 95% percentile interval over examples (task_metric_with_noise's layout)."""
+  v = np.asarray(values, np.float64)
+  if v.ndim != 1 or len(v) == 0:
+    raise ValueError(f"{name}: need a non-empty 1-D array of per-example scores, got shape {v.shape}")
+  idx = np.random.default_rng(seed).integers(0, len(v), (resamples, len(v)))
+  boot = v[idx].mean(axis=1)
+  lo, hi = np.percentile(boot, [2.5, 97.5])
+  return dict(metric=name, value=float(v.mean()), se=float(np.std(boot, ddof=1)), ci95=[float(lo), float(hi)],
+              examples=len(v))

@@ -12,8 +12,12 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Caches (prepared teachers, evaluation sets, CPU peaks, compiled programs) go to a directory of
 # this test session's own, never the user's ~/.cache.
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ad_test_cache_")
-atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+# pytest-xdist workers inherit the directory from the controlling process (AD_TEST_CACHE_HOME),
+# so all of a session's workers share one compilation cache; the process that made it removes it.
+if "AD_TEST_CACHE_HOME" not in os.environ:
+  os.environ["AD_TEST_CACHE_HOME"] = tempfile.mkdtemp(prefix="ad_test_cache_")
+  atexit.register(shutil.rmtree, os.environ["AD_TEST_CACHE_HOME"], ignore_errors=True)
+os.environ["XDG_CACHE_HOME"] = os.environ["AD_TEST_CACHE_HOME"]
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
   os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()

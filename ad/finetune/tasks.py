@@ -19,8 +19,12 @@ score reported, once, with the best validation checkpoint).
   train, `validation` = its last 5% (early stopping), `test` = TFDS's validation split (the
   dev set the papers report; `validation_matched` for MNLI).
 
+- `squad_v1`: SQuAD v1.1 extractive question answering (a span head; ad/finetune/squad.py),
+  from the official JSON files in `finetune.squad_dir` or from TFDS `squad/v1.1` in a prepared
+  TFDS data dir. Same split rule as GLUE: 95/5 of train, the dev set as `test`.
+
 Metrics: accuracy (SST-2, QNLI, RTE, WNLI, MNLI, rotten tomatoes), Matthews correlation (CoLA),
-F1 (MRPC, QQP), Spearman correlation (STS-B). SQuAD needs a span head and is not here yet.
+F1 (MRPC, QQP), Spearman correlation (STS-B), SQuAD's token F1 (reported with exact match).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import tensorflow as tf
 from ad.data import pretrain, sources, tf_setup, vocab as vocab_lib
 
 SPLITS = ("train", "validation", "test")
-METRICS = ("accuracy", "matthews", "f1", "spearman")
+METRICS = ("accuracy", "matthews", "f1", "spearman", "squad_f1")
 ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 
 
@@ -53,6 +57,7 @@ class TaskSpec:
   metric: str
   tfds_name: str = ""  # '' = a packaged source
   tfds_test_split: str = "validation"
+  kind: str = "classify"  # classify (pooled output -> classes or a score) | span (per-token start/end)
 
   @property
   def regression(self) -> bool:
@@ -74,6 +79,7 @@ TASKS = {t.name: t for t in (
     _glue("qnli", ["question", "sentence"], 2, "accuracy"),
     _glue("rte", ["sentence1", "sentence2"], 2, "accuracy"),
     _glue("wnli", ["sentence1", "sentence2"], 2, "accuracy"),
+    TaskSpec("squad_v1", ("question", "context"), 2, "squad_f1", "squad/v1.1:3.0.0", kind="span"),
 )}
 
 
@@ -126,10 +132,17 @@ def resolve_tfds_dir(tfds_data_dir: str | None) -> str:
   return os.path.expanduser(tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
 
 
-def check_data(spec: TaskSpec, tfds_data_dir: str | None) -> None:
+def check_data(spec: TaskSpec, tfds_data_dir: str | None, squad_dir: str | None = None) -> None:
   """A clear error, before anything runs, when a task's data is not where it is looked for."""
   if not spec.tfds_name:
     rotten_tomatoes()
+    return
+  if spec.kind == "span" and squad_dir:
+    from ad.finetune import squad
+    missing = [f for f in (squad.TRAIN_FILE, squad.DEV_FILE) if not os.path.isfile(os.path.join(squad_dir, f))]
+    if missing:
+      raise TaskDataError(f"task {spec.name}: finetune.squad_dir={squad_dir} lacks {missing}; expected the official "
+                          f"SQuAD v1.1 files {squad.TRAIN_FILE} and {squad.DEV_FILE} there")
     return
   import tensorflow_datasets as tfds
   data_dir = resolve_tfds_dir(tfds_data_dir)
@@ -143,10 +156,14 @@ def check_data(spec: TaskSpec, tfds_data_dir: str | None) -> None:
         f"task {spec.name}: TFDS dataset {spec.tfds_name} is not prepared under {data_dir} (looked for "
         f"{builder.data_dir}). This tool never downloads: on a machine with internet run `tfds build "
         f"{spec.tfds_name.split(':')[0]} --data_dir DIR`, copy DIR here and pass --tfds-data-dir DIR "
-        "(or config finetune.tfds_data_dir, or TFDS_DATA_DIR)")
+        "(or config finetune.tfds_data_dir, or TFDS_DATA_DIR)"
+        + (f"; or put {spec.name}'s official JSON files in a directory given as finetune.squad_dir"
+           if spec.kind == "span" else ""))
 
 
-def _source(spec: TaskSpec, tfds_data_dir: str | None) -> seqio.DataSource:
+def _source(spec: TaskSpec, tfds_data_dir: str | None, squad_dir: str | None = None) -> seqio.DataSource:
+  if spec.kind == "span" and squad_dir:
+    return _squad_json_source(squad_dir)
   if spec.tfds_name:
     return seqio.TfdsDataSource(tfds_name=spec.tfds_name, tfds_data_dir=resolve_tfds_dir(tfds_data_dir),
                                 splits=_tfds_splits(spec))
@@ -185,6 +202,51 @@ def make_task(spec: TaskSpec, vocab: vocab_lib.WordPieceVocabulary, seq_len: int
                                 output_features=feats)
 
 
+def _squad_json_source(squad_dir: str) -> seqio.DataSource:
+  """The official SQuAD JSON files as a seqio source with TFDS squad/v1.1's features."""
+  from ad.finetune import squad
+
+  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+    del shuffle_files, seed
+    rows = squad.json_split(squad_dir, split)
+    def gen():
+      for q in rows:
+        yield dict(id=q.id, context=q.context, question=q.question,
+                   answers=dict(text=list(q.answers), answer_start=np.asarray(q.answer_starts, np.int32)))
+    text = tf.TensorSpec([], tf.string)
+    return tf.data.Dataset.from_generator(gen, output_signature=dict(
+        id=text, context=text, question=text,
+        answers=dict(text=tf.TensorSpec([None], tf.string), answer_start=tf.TensorSpec([None], tf.int32))))
+  return seqio.FunctionDataSource(dataset_fn, splits=SPLITS)
+
+
+def make_span_task(spec: TaskSpec, tfds_data_dir: str | None = None, squad_dir: str | None = None) -> seqio.Task:
+  """The seqio Task of a span task's raw rows (id, context, question, answers); the windowed
+  features need character offsets and are built in Python (ad/finetune/squad.py)."""
+  tf_setup.hide_accelerators_from_tf()
+  check_data(spec, tfds_data_dir, squad_dir)
+  key = hashlib.sha1(repr((spec, tfds_data_dir, squad_dir)).encode()).hexdigest()[:12]
+  name = f"ad_finetune_{spec.name}_{key}"
+  if name in seqio.TaskRegistry.names():
+    return seqio.get_mixture_or_task(name)
+  return seqio.TaskRegistry.add(name, source=_source(spec, tfds_data_dir, squad_dir), preprocessors=[],
+                                output_features={})
+
+
+def questions(task: seqio.Task, split: str, limit: int = 0):
+  """The split's questions (squad.Question), the first `limit` of them when limit > 0."""
+  from ad.finetune import squad
+  if split not in SPLITS:
+    raise ValueError(f"split {split!r}: expected one of {SPLITS}")
+  ds = task.get_dataset(split=split, shuffle=False, use_cached=False, trim_output_features=False)
+  if limit:
+    ds = ds.take(limit)
+  out = [squad.from_row(r) for r in ds.as_numpy_iterator()]
+  if not out:
+    raise TaskDataError(f"{task.name}: split {split!r} is empty")
+  return out
+
+
 FEATURES = ("input_ids", "token_type_ids", "attention_mask", "label")
 
 
@@ -205,7 +267,7 @@ def examples(task: seqio.Task, split: str) -> dict[str, np.ndarray]:
 def epoch_batches(data: dict[str, np.ndarray], batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
   """One pass over `data` in an order drawn from (seed, epoch); the last partial batch is dropped
   (training steps keep one shape, so one compiled program)."""
-  order = np.random.default_rng([seed, epoch]).permutation(len(data["label"]))
+  order = np.random.default_rng([seed, epoch]).permutation(len(next(iter(data.values()))))
   for i in range(0, len(order) - batch_size + 1, batch_size):
     idx = order[i:i + batch_size]
     yield {k: v[idx] for k, v in data.items()}

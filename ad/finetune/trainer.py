@@ -1,9 +1,10 @@
 """`ad finetune`: a student, a teacher or a baseline checkpoint fine-tuned on a task, in JAX with
 the project's own models (003 Tables 3-4).
 
-Model: the checkpoint's encoder, its pooled output (MobileBERT's / BERT's pooler where the
-checkpoint has one, else the first token), dropout, and a new linear head (classes, or one
-output for regression). Training: AdamW (decoupled weight decay on matrices only), linear
+Model: the checkpoint's encoder and a new linear head: for classification (and regression) on
+its pooled output (MobileBERT's / BERT's pooler where the checkpoint has one, else the first
+token) after dropout; for SQuAD (span tasks) on every token's final hidden state after
+dropout, two outputs (answer start, answer end). Training: AdamW (decoupled weight decay on matrices only), linear
 warm-up over `warmup_fraction` of the steps then linear decay, `epochs` passes in an order drawn
 from the seed; the validation split is scored `evals_per_epoch` times per epoch, the best
 parameters are kept, and training stops after `patience` scorings without improvement. The
@@ -52,7 +53,8 @@ class FinetuneConfig:
   seed: int = 0
   max_train_examples: int = 0  # 0 = the whole train split (quick checks use fewer)
   max_eval_examples: int = 0  # 0 = the whole validation and test splits
-  tfds_data_dir: str = ""  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets (GLUE tasks only)
+  tfds_data_dir: str = ""  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets (GLUE, SQuAD)
+  squad_dir: str = ""  # the official SQuAD v1.1 JSON files; '' = TFDS squad/v1.1
 
   def __post_init__(self):
     positive = ("epochs", "batch_size", "seq_len", "evals_per_epoch", "patience")
@@ -135,6 +137,93 @@ def pooled_size(model) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# Task kinds: what the head reads, its loss, what is kept of its outputs and how that is scored.
+
+INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+def _dropout(x, key, rate: float):
+  if key is None or rate <= 0:
+    return x
+  return jnp.where(jax.random.bernoulli(key, 1 - rate, x.shape), x / (1 - rate), 0.0)
+
+
+class Classification:
+  """Sentence(-pair) classification or regression on the pooled output."""
+
+  def __init__(self, spec, vocab, fcfg: FinetuneConfig):
+    self.spec = spec
+    task = tasks_lib.make_task(spec, vocab, fcfg.seq_len, fcfg.tfds_data_dir or None)
+    self.data = {s: tasks_lib.examples(task, s) for s in tasks_lib.SPLITS}
+    for split, cap in (("train", fcfg.max_train_examples), ("validation", fcfg.max_eval_examples),
+                       ("test", fcfg.max_eval_examples)):
+      if cap:
+        self.data[split] = {k: v[:cap] for k, v in self.data[split].items()}
+    self.examples = {s: int(len(d["label"])) for s, d in self.data.items()}
+    self.outputs = spec.num_labels
+
+  def head_outputs(self, encoded, head, dropout_key, rate: float):
+    pooled = _dropout(encoded["pooled"].astype(jnp.float32), dropout_key, rate)
+    return pooled @ head["kernel"] + head["bias"]
+
+  def loss(self, logits, b):
+    if self.spec.regression:
+      return jnp.mean(jnp.square(logits[:, 0] - b["label"]))
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, b["label"]))
+
+  def kept(self, logits):  # what a prediction keeps (on device): a class or a score per example
+    return logits[:, 0] if self.spec.regression else jnp.argmax(logits, -1)
+
+  def score(self, split: str, predictions: np.ndarray) -> float:
+    return stats.task_metric(self.spec.metric, self.data[split]["label"], predictions)
+
+  def score_with_noise(self, split: str, predictions: np.ndarray, seed: int) -> dict:
+    return dict(test=stats.task_metric_with_noise(self.spec.metric, self.data[split]["label"], predictions, seed=seed))
+
+
+class Span:
+  """Extractive QA (SQuAD): start and end logits per token; scored per question (squad.py)."""
+
+  def __init__(self, spec, vocab, fcfg: FinetuneConfig):
+    from ad.finetune import squad
+    self.spec, self.squad = spec, squad
+    task = tasks_lib.make_span_task(spec, fcfg.tfds_data_dir or None, fcfg.squad_dir or None)
+    caps = dict(train=fcfg.max_train_examples, validation=fcfg.max_eval_examples, test=fcfg.max_eval_examples)
+    self.features = {s: squad.featurize(tasks_lib.questions(task, s, caps[s]), vocab, fcfg.seq_len)
+                     for s in tasks_lib.SPLITS}
+    self.data = {s: f.arrays for s, f in self.features.items()}
+    self.examples = {s: len(f.questions) for s, f in self.features.items()}
+    self.outputs = 2
+
+  def head_outputs(self, encoded, head, dropout_key, rate: float):
+    h = _dropout(encoded["sequence_output"].astype(jnp.float32), dropout_key, rate)
+    return h @ head["kernel"] + head["bias"]  # [B, T, 2]
+
+  def loss(self, logits, b):
+    ce = lambda lg, y: optax.softmax_cross_entropy_with_integer_labels(lg, y)
+    return jnp.mean(ce(logits[..., 0], b["start"]) + ce(logits[..., 1], b["end"])) / 2
+
+  def kept(self, logits):
+    return logits
+
+  def _per_question(self, split: str, logits: np.ndarray):
+    f = self.features[split]
+    answers = self.squad.predict_answers(f, logits[..., 0], logits[..., 1])
+    return self.squad.scores(f.questions, answers)
+
+  def score(self, split: str, logits: np.ndarray) -> float:
+    return float(np.mean(self._per_question(split, logits)[1]))
+
+  def score_with_noise(self, split: str, logits: np.ndarray, seed: int) -> dict:
+    em, f1 = self._per_question(split, logits)
+    return dict(test=stats.mean_with_noise("squad_f1", f1, seed=seed),
+                test_exact_match=stats.mean_with_noise("exact_match", em, seed=seed))
+
+
+TASK_KINDS = dict(classify=Classification, span=Span)
+
+
+# ---------------------------------------------------------------------------------------------
 # Fine-tuning.
 
 def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str, log: Callable = print,
@@ -148,7 +237,7 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
   from ad.distill.params import Rebuild, nonfinite, without
   t_start = time.time()
   spec = tasks_lib.get(task_name)
-  tasks_lib.check_data(spec, fcfg.tfds_data_dir or None)
+  tasks_lib.check_data(spec, fcfg.tfds_data_dir or None, fcfg.squad_dir or None)
   bb = load_backbone(checkpoint)
   max_positions = bb.model.cfg.max_positions
   if fcfg.seq_len > max_positions:
@@ -157,15 +246,11 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
   if vocab.vocab_size != bb.model.cfg.vocab_size:
     raise ValueError(f"{bb.vocab_file} has {vocab.vocab_size} tokens but {checkpoint}'s embedding has "
                      f"{bb.model.cfg.vocab_size} rows")
-  task = tasks_lib.make_task(spec, vocab, fcfg.seq_len, fcfg.tfds_data_dir or None)
-  data = {s: tasks_lib.examples(task, s) for s in tasks_lib.SPLITS}
-  for split, cap in (("train", fcfg.max_train_examples), ("validation", fcfg.max_eval_examples),
-                     ("test", fcfg.max_eval_examples)):
-    if cap:
-      data[split] = {k: v[:cap] for k, v in data[split].items()}
-  n_train = len(data["train"]["label"])
+  kind = TASK_KINDS[spec.kind](spec, vocab, fcfg)
+  data = kind.data
+  n_train = len(data["train"]["input_ids"])  # sequences: sentences, or SQuAD's question windows
   if n_train < fcfg.batch_size:
-    raise ValueError(f"task {spec.name}: {n_train} training examples, fewer than finetune.batch_size="
+    raise ValueError(f"task {spec.name}: {n_train} training sequences, fewer than finetune.batch_size="
                      f"{fcfg.batch_size}")
   steps_per_epoch = n_train // fcfg.batch_size
   total_steps = steps_per_epoch * fcfg.epochs
@@ -173,7 +258,7 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
 
   backbone = teacher_head.with_compute_dtype(bb.model, fcfg.dtype)
   rebuild = Rebuild(backbone)
-  H, C = pooled_size(backbone), spec.num_labels
+  H, C = pooled_size(backbone), kind.outputs
   key = jax.random.key(fcfg.seed)
   head = dict(kernel=0.02 * jax.random.normal(jax.random.fold_in(key, 0), (H, C), jnp.float32),
               bias=jnp.zeros((C,), jnp.float32))
@@ -185,18 +270,11 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
   tx = optax.adamw(schedule, weight_decay=fcfg.weight_decay, mask=decay)
 
   def logits_fn(p, b, dropout_key):
-    pooled = rebuild(p["backbone"]).encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])["pooled"]
-    pooled = pooled.astype(jnp.float32)
-    if dropout_key is not None and fcfg.dropout > 0:
-      keep = jax.random.bernoulli(dropout_key, 1 - fcfg.dropout, pooled.shape)
-      pooled = jnp.where(keep, pooled / (1 - fcfg.dropout), 0.0)
-    return pooled @ p["head"]["kernel"] + p["head"]["bias"]
+    encoded = rebuild(p["backbone"]).encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
+    return kind.head_outputs(encoded, p["head"], dropout_key, fcfg.dropout)
 
   def loss_fn(p, b, dropout_key):
-    logits = logits_fn(p, b, dropout_key)
-    if spec.regression:
-      return jnp.mean(jnp.square(logits[:, 0] - b["label"]))
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, b["label"]))
+    return kind.loss(logits_fn(p, b, dropout_key), b)
 
   @jax.jit
   def train_step(p, opt_state, b, step):
@@ -206,32 +284,32 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
 
   @jax.jit
   def predict_step(p, b):
-    logits = logits_fn(p, b, None)
-    return logits[:, 0] if spec.regression else jnp.argmax(logits, -1)
+    return kind.kept(logits_fn(p, b, None))
 
   eval_batch = 2 * fcfg.batch_size
 
   def predict(p, split: str) -> np.ndarray:
     d = data[split]
-    n = len(d["label"])
+    n = len(d["input_ids"])
     out = []
     for i in range(0, n, eval_batch):  # the last batch padded to the same shape: one compiled program
-      b = {k: v[i:i + eval_batch] for k, v in d.items() if k != "label"}
+      b = {k: d[k][i:i + eval_batch] for k in INPUTS}
       pad = eval_batch - len(b["input_ids"])
       b = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in b.items()}
       out.append(np.asarray(predict_step(p, b))[:eval_batch - pad])
     return np.concatenate(out)
 
   def score(p, split: str) -> float:
-    return stats.task_metric(spec.metric, data[split]["label"], predict(p, split))
+    return kind.score(split, predict(p, split))
 
   os.makedirs(workdir, exist_ok=True)
   writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
   opt_state = tx.init(params)
   best = dict(value=-math.inf, step=0, params=jax.device_get(params))
   history, train_losses, stale, step, stopped_early = [], [], 0, 0, False
-  log(f"finetune: {bb.name} ({bb.kind}) on {spec.name}: {n_train} train / {len(data['validation']['label'])} "
-      f"validation / {len(data['test']['label'])} test examples, {total_steps} steps of batch {fcfg.batch_size}")
+  ex = kind.examples
+  log(f"finetune: {bb.name} ({bb.kind}) on {spec.name}: {ex['train']} train / {ex['validation']} validation / "
+      f"{ex['test']} test examples ({n_train} training sequences), {total_steps} steps of batch {fcfg.batch_size}")
   bar = tqdm(total=total_steps, disable=not progress, dynamic_ncols=True, desc=f"{bb.name} {spec.name}")
   t_train = time.time()
   try:
@@ -270,21 +348,24 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
   bad = nonfinite(best["params"])
   if bad:
     raise FloatingPointError(f"finetune: non-finite parameters {bad[:3]} after training on {spec.name}")
-  test = stats.task_metric_with_noise(spec.metric, data["test"]["label"], predict(best["params"], "test"),
-                                      seed=fcfg.seed)
+  scored = kind.score_with_noise("test", predict(best["params"], "test"), fcfg.seed)
+  test = scored["test"]
   with writer.as_default(step=step):
-    tf.summary.scalar(f"test/{spec.metric}", test["value"])
+    for r in scored.values():
+      tf.summary.scalar(f"test/{r['metric']}", r["value"])
   writer.flush()
   n_params = int(sum(np.size(x) for x in jax.tree.leaves(rebuild.params)))
   result = dict(
       task=spec.name, metric=spec.metric, checkpoint=bb.source, name=bb.name, kind=bb.kind,
       arch=getattr(getattr(backbone.cfg, "arch", None), "name", None), encoder_params=n_params,
-      test=test, validation_best=best["value"], best_step=best["step"], steps=step, total_steps=total_steps,
-      stopped_early=stopped_early, history=history, train_losses=train_losses,
-      examples={s: int(len(data[s]["label"])) for s in tasks_lib.SPLITS},
+      **scored, validation_best=best["value"], best_step=best["step"], steps=step, total_steps=total_steps,
+      stopped_early=stopped_early, history=history, train_losses=train_losses, examples=dict(kind.examples),
+      train_sequences=n_train,
       config=dataclasses.asdict(fcfg), train_s=train_s, wall_s=time.time() - t_start,
       backend=jax.default_backend())
   files.write_json(os.path.join(workdir, RESULT_FILE), result)
+  em = scored.get("test_exact_match")
   log(f"finetune: {bb.name} on {spec.name}: test {spec.metric} {test['value']:.4f} +- {test['se']:.4f} "
-      f"(95% [{test['ci95'][0]:.4f}, {test['ci95'][1]:.4f}], {test['examples']} examples) in {result['wall_s']:.0f}s")
+      f"(95% [{test['ci95'][0]:.4f}, {test['ci95'][1]:.4f}], {test['examples']} examples)"
+      + (f", exact match {em['value']:.4f} +- {em['se']:.4f}" if em else "") + f" in {result['wall_s']:.0f}s")
   return result

@@ -294,7 +294,7 @@ def _validated(cfg, run_dir: str, designer: str | None):
     from ad.finetune import tasks as tasks_lib, trainer as finetune_lib
     fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
     for task in cfg.final.finetune_tasks:  # unknown tasks and missing data fail now, not after the search
-      tasks_lib.check_data(tasks_lib.get(task), fcfg.tfds_data_dir or None)
+      tasks_lib.check_data(tasks_lib.get(task), fcfg.tfds_data_dir or None, fcfg.squad_dir or None)
   from ad.distill import trainer
   from ad.data import pretrain
   from ad.models import student as student_lib

@@ -369,8 +369,9 @@ def finetune_table(finetunes: list[dict], finals: list[dict], rows: list[dict], 
       if f is None or f["status"] != "ok":
         cells.append(f["status"] if f else "")
         continue
-      r = f["result"]["test"]
-      cells.append(f"{_fmt(r['value'])} ± {_fmt(r['se'], 2)} [{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]")
+      r, em = f["result"]["test"], f["result"].get("test_exact_match")  # SQuAD: F1, then exact match
+      cells.append(f"{_fmt(r['value'])} ± {_fmt(r['se'], 2)} [{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]"
+                   + (f" (EM {_fmt(em['value'])} ± {_fmt(em['se'], 2)})" if em else ""))
     params = next((f["result"]["encoder_params"] for t in tasks if (f := by.get((m, t))) and f["status"] == "ok"), None)
     lat = (trial.get(m, {}).get("objectives") or {}).get("latency_ms")
     L.append(f"| `{m}` | {role} | {mlm}{f' ± {_fmt(se, 2)}' if se else ''} | " + " | ".join(cells)
