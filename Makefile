@@ -51,8 +51,12 @@ experiments: setup
 	$(VENV)/bin/python -m experiments.fidelity
 	$(VENV)/bin/python -m experiments.downstream
 
+# Two pytest-xdist workers (one per core of the 2-core machine: most tests are single-threaded
+# XLA compilation), then the tests marked `serial` (they read the machine's load or start worker
+# processes of their own) alone.
 test: setup
-	$(VENV)/bin/python -m pytest -q --durations=25 tests
+	$(VENV)/bin/python -m pytest -q --durations=25 -n 2 -m "not serial" tests
+	$(VENV)/bin/python -m pytest -q --durations=10 -m serial tests
 
 # On a GPU/TPU machine (JAX's accelerator build in .venv): kernels compiled, kernel benchmark, profiles
 # from device traces, the student with fused kernels, a few bf16 distillation steps; report.json in

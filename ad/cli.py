@@ -211,16 +211,26 @@ def cmd_search(args) -> int:
   sharding.maybe_initialize_distributed()
   cfg = configs.load_config(args.config, args.overrides)
   summary = loop.run_search(cfg, args.run_dir, resume=args.resume, designer=args.designer,
-                            log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress)
+                            log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress,
+                            workers=args.workers, store_url=args.store)
   if summary:
     print(json.dumps({k: v for k, v in summary.items() if k != "hypervolume_history"}, indent=2))
     print(f"report: {os.path.join(os.path.abspath(args.run_dir), 'report.md')}", file=sys.stderr)
   return 0
 
 
+def cmd_worker(args) -> int:
+  from ad.search import parallel
+  ran = parallel.run_worker(args.run_dir, args.store, args.worker_id, log=lambda m: print(m, file=sys.stderr, flush=True),
+                            max_trials=args.max_trials)
+  print(json.dumps(dict(trials_run=ran)))
+  return 0
+
+
 def cmd_report(args) -> int:
-  from ad.search import report
-  summary = report.write_report(args.run_dir)
+  from ad.search import report, store as store_lib
+  summary = report.write_report(args.run_dir, store_lib.TrialStore(args.run_dir, create=False, url=args.store)
+                                if args.store else None)
   print(json.dumps({k: v for k, v in summary.items() if k != "hypervolume_history"}, indent=2))
   print(f"report: {os.path.join(os.path.abspath(args.run_dir), 'report.md')}", file=sys.stderr)
   return 0
@@ -324,12 +334,31 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--resume", action="store_true", help="continue the search in --run-dir from its trial store")
   p.add_argument("--designer", default=None, choices=("bo", "random", "evolutionary", "firefly"),
                  help="who proposes architectures (default: config search.designer)")
+  p.add_argument("--workers", type=int, default=1,
+                 help="run trials in N worker processes, each pinned to its share of the CPU cores (default 1: "
+                      "in this process); more can join with `ad worker`")
+  p.add_argument("--store", default=None, metavar="URL",
+                 help="a PostgreSQL trial store (postgresql://user:password@host/db, one database per search) "
+                      "instead of RUN_DIR/trials.sqlite, for workers on several machines")
   p.add_argument("--no-progress", action="store_true")
   _add_config_args(p)
   p.set_defaults(fn=cmd_search)
 
+  p = sub.add_parser("worker", help="join a running search (ad search --workers / --store): claim, run and record "
+                                    "trials until it is done")
+  p.add_argument("--run-dir", required=True,
+                 help="the search's run directory (its SQLite store, and where trials write checkpoints and traces)")
+  p.add_argument("--store", default=None, metavar="URL", help="the search's PostgreSQL store, if it has one")
+  p.add_argument("--worker-id", default=None, help="this worker's name in the store (default: host:pid)")
+  p.add_argument("--max-trials", type=int, default=0, help="stop after this many trials (default 0: until done)")
+  p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
+                 help="do not use JAX's persistent compilation cache")
+  p.set_defaults(fn=cmd_worker)
+
   p = sub.add_parser("report", help="rebuild report.md and pareto.png of a search from its trial store")
   p.add_argument("run_dir", help="the --run-dir of an `ad search`")
+  p.add_argument("--store", default=None, metavar="URL", help="the search's PostgreSQL store, if it has one")
   p.set_defaults(fn=cmd_report)
   return parser
 

@@ -51,6 +51,11 @@ def check(where: str) -> None:
     raise Interrupted(f"interrupted at {where}")
 
 
+def request() -> None:
+  """Stop at the next boundary, asked by this process itself (a worker whose trial was taken over)."""
+  _requested.set()
+
+
 def reset() -> None:
   """Forget a request (tests; a long-lived process that handled one)."""
   _requested.clear()

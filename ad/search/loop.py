@@ -34,7 +34,7 @@ from ad import export, files, interrupt, multihost
 from ad import space as space_lib
 from ad.search import designers as designers_lib
 from ad.search import pareto, report as report_lib
-from ad.search.store import TrialStore
+from ad.search.store import IN_FLIGHT, TrialStore
 
 # Objectives the search knows how to read from a trial; those in TRAINED need flash distillation
 # (ad/distill/evaluation.py scores them, each with its standard error as `<name>_se`).
@@ -44,6 +44,8 @@ MEASURED = {"latency_ms": "latency_ms_median", "peak_memory_bytes": "peak_memory
 # Measured objectives whose noise is the latency's: the 95% CI of the median, as a relative half-width.
 TIMED = ("latency_ms", "throughput_per_s", "flops_utilization")
 SCREENED = ("params", "flops")
+# search.* settings a resumed run may change: the failure budget and how trials are spread over workers.
+RESUMABLE_SEARCH_KEYS = ("max_failed_trials", "workers")
 
 
 def objective_spec(search_cfg) -> tuple[list[str], list[str], list[float]]:
@@ -255,11 +257,98 @@ def objective_values(names, distill: dict | None, measurement: dict | None,
   return vals, ses
 
 
+def trial_target(name: str, cfg, run_dir: str, names) -> tuple[str, dict, Callable[[], dict]]:
+  """(workdir, screening, evaluate) of a trial: a student of the space, or the baseline
+  checkpoint (search.baseline_checkpoint, named by report.checkpoint_name)."""
+  s = cfg.search
+  trace_dir = os.path.join(run_dir, "traces", name.replace(":", "_"))
+  ckpt_path = s.get("baseline_checkpoint") or ""
+  if ckpt_path and name == report_lib.checkpoint_name(ckpt_path):
+    screen = screening_of(checkpoint_model_cfg(ckpt_path, cfg)[0], s.measure.seq)
+    return (os.path.abspath(ckpt_path), screen,
+            lambda: evaluate_checkpoint(ckpt_path, cfg, trace_dir, log=lambda m: None))
+  arch = space_lib.Arch.parse(name)
+  workdir = os.path.join(run_dir, "trials", arch.name)
+  return (workdir, screening(arch, cfg.model, s.measure.seq),
+          lambda: evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None))
+
+
+def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designer_s: float = 0.0,
+              worker: str | None = None) -> dict:
+  """Evaluates the trial of store row `row` (already started or claimed) and records it: its
+  objectives, or 'failed' with the error (a NaN, an OOM, a damaged checkpoint: the search goes
+  on). With `worker`, the result is written only while that worker still holds the trial."""
+  name = row["arch"]
+  _, screen, evaluate = trial_target(name, cfg, run_dir, names)
+  try:
+    r = evaluate()
+  except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
+    raise  # the trial stays in flight: --resume (or the next worker) runs it again from its checkpoints
+  except Exception as e:
+    err = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
+    log(f"search: trial {name} failed: {type(e).__name__}: {str(e)[:300]}")
+    store.finish_trial(row["id"], "failed", error=err, timings=dict(designer_s=designer_s), worker=worker)
+    return dict(status="failed")
+  objectives, ses = (objective_values(names, r["distill"], r["measurement"], screen) if r["status"] == "ok"
+                     else (None, None))
+  status, error = r["status"], r.get("error")
+  bad = [n for n, v in (objectives or {}).items() if not np.isfinite(v)]
+  if bad:  # a NaN objective must never reach the designer or the Pareto set
+    status, error = "failed", f"non-finite objective(s) {', '.join(f'{n}={objectives[n]}' for n in bad)}"
+    log(f"search: trial {name} failed: {error}")
+  recorded = store.finish_trial(row["id"], status, objectives=objectives, objective_se=ses,
+                                measurement=r["measurement"], distill=r["distill"], error=error,
+                                measure_s=r["measure_s"], distill_s=r["distill_s"],
+                                timings=trial_timings(r, designer_s), worker=worker)
+  if not recorded:
+    log(f"search: trial {name} finished on {worker} after its lease ran out; another worker's result counts")
+  return dict(status=status, objectives=objectives, recorded=recorded)
+
+
+def failure_budget_check(rows: list[dict], max_failed: int) -> None:
+  """Stops the search with a clear message once more than `max_failed` trials failed (0: no limit)."""
+  failed = [r for r in rows if r["status"] == "failed"]
+  if max_failed and len(failed) > max_failed:
+    last = (failed[-1].get("error") or "").splitlines()[0][:300]
+    raise RuntimeError(f"search: {len(failed)} trials failed, more than search.max_failed_trials={max_failed} "
+                       f"(the last, {failed[-1]['arch']}: {last}); the run directory's store lists every error. "
+                       "Fix the cause, then --resume (failed trials are not run again; raise "
+                       "search.max_failed_trials to go on regardless)")
+
+
+def next_trial(cfg, rows: list[dict], initial, des, names, designer: str, pending=()) -> tuple[str, str, str, float]:
+  """What to run next given the store's rows: (name, role, designer, designer seconds), or
+  ('', '', '', 0) when the budget is spent. The baseline first, then the baseline checkpoint,
+  the initial design, then the designer's suggestions (avoiding `pending`: architectures in
+  flight)."""
+  s = cfg.search
+  by_name = {t["arch"] for t in rows}
+  ckpt_path = s.get("baseline_checkpoint") or ""
+  ckpt_name = report_lib.checkpoint_name(ckpt_path) if ckpt_path else None
+  if s.baseline_arch and s.baseline_arch not in by_name:
+    return s.baseline_arch, "baseline", "baseline", 0.0
+  if ckpt_name and ckpt_name not in by_name:
+    return ckpt_name, report_lib.CHECKPOINT_ROLE, "checkpoint", 0.0
+  designed = [t for t in rows if t["role"] not in report_lib.BASELINE_ROLES]
+  if len(designed) >= s.num_trials:
+    return "", "", "", 0.0
+  n_initial = sum(1 for t in rows if t["role"] == "initial")
+  todo = [a for a in initial if a.name not in by_name]
+  if n_initial < s.num_initial and todo:
+    return todo[0].name, "initial", "initial", 0.0
+  t0 = time.time()
+  des.update(designer_trials(rows, names))
+  pending_archs = [space_lib.Arch.parse(a) for a in pending]
+  return des.suggest(1, pending_archs)[0].name, "designer", designer, time.time() - t0
+
+
 def designer_trials(rows: list[dict], names) -> list[dict]:
-  """Store rows -> the designer's view (arch, status, values and standard errors in objective order)."""
+  """Store rows -> the designer's view (arch, status, values and standard errors in objective
+  order). Trials in flight are the designer's pending points, not observations; failed ones are
+  reported as failed (never as an observation of the GP)."""
   out = []
   for r in rows:
-    if r["status"] == "running" or r["role"] == report_lib.CHECKPOINT_ROLE:  # not a student of the space
+    if r["status"] in IN_FLIGHT or r["role"] == report_lib.CHECKPOINT_ROLE:  # not a student of the space
       continue
     t = dict(arch=space_lib.Arch.parse(r["arch"]), status=r["status"])
     if r["status"] == "ok":
@@ -305,24 +394,71 @@ def _validated(cfg, run_dir: str, designer: str | None):
   return designer, (names, directions, reference), space, cands, pruned
 
 
+def _sequential_trials(cfg, run_dir, store, initial, des, names, designer, bar, record_scalars, hv_now, log) -> None:
+  """One trial at a time in this process (on every process of a multi-host run: process 0
+  decides and broadcasts, all train on the global mesh, process 0 records)."""
+  s = cfg.search
+  is_main = multihost.is_main()
+  while True:
+    interrupt.check("a trial boundary of the search (completed trials are in the store)")
+    name, role, who, existing, designer_s = "", "", "", None, 0.0
+    if is_main:
+      current = store.trials()
+      failure_budget_check(current, s.max_failed_trials)
+      in_flight = [t for t in current if t["status"] in IN_FLIGHT]
+      if in_flight:  # interrupted by a crash (or queued by a parallel run): its distillation resumes
+        existing = in_flight[0]
+        name, role, who = existing["arch"], existing["role"], existing["designer"]
+      else:
+        name, role, who, designer_s = next_trial(cfg, current, initial, des, names, designer)
+    name = multihost.broadcast_str(name or "-")
+    if name == "-":
+      break
+    bar.set_postfix_str(f"hv={hv_now():.4g} in flight: {name} ({role})")
+    if existing is None:
+      workdir, screen, _ = trial_target(name, cfg, run_dir, names)
+      row = dict(id=store.start_trial(name, role, who, s.seed, screen, workdir), arch=name)
+    else:
+      row = existing
+      store.restart_trial(row["id"])
+    r = run_trial(cfg, run_dir, store, row, names, log, designer_s)
+    if is_main:
+      record_scalars(r)
+      if role not in report_lib.BASELINE_ROLES:
+        bar.update(1)
+      bar.set_postfix_str(f"hv={hv_now():.4g} last: {name} {r['status']}")
+  if is_main:
+    failure_budget_check(store.trials(), s.max_failed_trials)
+
+
 def run_search(cfg, run_dir: str, *, resume: bool = False, designer: str | None = None, log: Callable = print,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, workers: int = 1, store_url: str | None = None) -> dict[str, Any]:
   """Runs (or resumes) the search of `cfg` in `run_dir`; returns the summary written to summary.json.
 
-  The run directory is locked while the search runs; a second process gets an error naming it."""
+  The run directory is locked while the search runs; a second process gets an error naming it.
+  workers > 1: trials run in that many worker processes over the store (ad/search/parallel.py);
+  store_url: a PostgreSQL store instead of the run directory's SQLite file."""
   designer, spec, space, cands, pruned = _validated(cfg, run_dir, designer)
+  if workers < 1:
+    raise ValueError(f"--workers {workers}: expected at least 1")
+  import jax
+  if workers > 1 and jax.process_count() > 1:
+    raise ValueError("--workers runs trials in worker processes on one host; a multi-host search (AD_NUM_PROCESSES) "
+                     "runs each trial on the global mesh instead: use one or the other")
   run_dir = os.path.abspath(run_dir)
   lock = files.DirectoryLock(run_dir, "search run directory") if multihost.is_main() else None
   if lock:
     lock.__enter__()
   try:
-    return _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log, progress)
+    return _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log, progress, workers,
+                       store_url)
   finally:
     if lock:
       lock.__exit__(None, None, None)
 
 
-def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log, progress) -> dict[str, Any]:
+def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log, progress, workers,
+                store_url) -> dict[str, Any]:
   import tensorflow as tf  # TensorBoard scalars
   from tqdm import tqdm
 
@@ -337,17 +473,19 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
   t_start = time.time()
 
   # ---- run record: a run directory holds one search; --resume must continue the same one -------
-  store = multihost.main_only(lambda: TrialStore(run_dir), dict(trials=list, finals=list))
+  store = multihost.main_only(lambda: TrialStore(run_dir, url=store_url), dict(trials=list, finals=list))
   record = dict(config=json.loads(cfg.to_json_best_effort()), designer=designer)
   old = store.get_meta("record")
   if old is not None and not resume:
     raise FileExistsError(f"{run_dir} already holds a search ({len(store.trials())} trials); pass --resume to "
                           "continue it or choose a new --run-dir")
   if old is not None:
-    diff = sorted(k for k in set(record["config"]) | set(old["config"])
-                  if json.dumps(record["config"].get(k), sort_keys=True) != json.dumps(old["config"].get(k),
-                                                                                    sort_keys=True))
-    diff = [d for d in diff if d != "final"]  # the final distillation may change between runs
+    def comparable(config: dict) -> dict:  # what may change between runs: how, not what, is searched
+      search = {k: v for k, v in config.get("search", {}).items() if k not in RESUMABLE_SEARCH_KEYS}
+      return {k: v for k, v in dict(config, search=search).items() if k != "final"}  # and the finals
+    new_c, old_c = comparable(record["config"]), comparable(old["config"])
+    diff = sorted(k for k in set(new_c) | set(old_c)
+                  if json.dumps(new_c.get(k), sort_keys=True) != json.dumps(old_c.get(k), sort_keys=True))
     if diff or old["designer"] != designer:
       raise ValueError(f"{store.path}: cannot resume, the config differs in {diff or ['designer']}")
   store.set_meta("record", record)
@@ -359,100 +497,31 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
   initial = designers_lib.initial_design(cands, s.num_initial, s.seed)
   writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb")) if is_main else None
 
-  ckpt_path = s.get("baseline_checkpoint") or ""
-  ckpt_name = report_lib.checkpoint_name(ckpt_path) if ckpt_path else None
-
-  def run_one(name: str, role: str, who: str, existing: dict | None, designer_s: float) -> dict:
-    """Evaluates one trial (a student of the space, or the baseline checkpoint) on every process;
-    process 0 records it."""
-    trace_dir = os.path.join(run_dir, "traces", name.replace(":", "_"))
-    if name == ckpt_name:
-      workdir = os.path.abspath(ckpt_path)
-      screen = screening_of(checkpoint_model_cfg(ckpt_path, cfg)[0], s.measure.seq)
-      evaluate = lambda: evaluate_checkpoint(ckpt_path, cfg, trace_dir, log=lambda m: None)
-    else:
-      arch = space_lib.Arch.parse(name)
-      workdir = os.path.join(run_dir, "trials", arch.name)
-      screen = screening(arch, cfg.model, s.measure.seq)
-      evaluate = lambda: evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None)
-    if existing is None:
-      tid = store.start_trial(name, role, who, s.seed, screen, workdir)
-    else:
-      tid = existing["id"]
-      store.restart_trial(tid)
-    try:
-      r = evaluate()
-    except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
-      raise  # the trial stays 'running': --resume runs it again from its checkpoints
-    except Exception as e:  # NaN, OOM, a damaged checkpoint, anything: the trial fails, the search goes on
-      err = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
-      log(f"search: trial {name} failed: {type(e).__name__}: {str(e)[:300]}")
-      store.finish_trial(tid, "failed", error=err, timings=dict(designer_s=designer_s))
-      return dict(status="failed")
-    objectives, ses = (objective_values(names, r["distill"], r["measurement"], screen) if r["status"] == "ok"
-                       else (None, None))
-    status, error = r["status"], r.get("error")
-    bad = [n for n, v in (objectives or {}).items() if not np.isfinite(v)]
-    if bad:  # a NaN objective must never reach the designer or the Pareto set
-      status, error = "failed", f"non-finite objective(s) {', '.join(f'{n}={objectives[n]}' for n in bad)}"
-      log(f"search: trial {name} failed: {error}")
-    store.finish_trial(tid, status, objectives=objectives, objective_se=ses, measurement=r["measurement"],
-                       distill=r["distill"], error=error, measure_s=r["measure_s"], distill_s=r["distill_s"],
-                       timings=trial_timings(r, designer_s))
-    return dict(status=status, objectives=objectives)
-
   def hv_now() -> float:
     ok = [t for t in store.trials() if t["status"] == "ok" and t["role"] not in report_lib.BASELINE_ROLES]
     return pareto.hypervolume(pareto.to_min([[t["objectives"][n] for n in names] for t in ok], directions),
                               ref_min) if ok else 0.0
 
-  # ---- interrupted trials first, then the baselines, then the budget -----------------------------
+  def record_scalars(r: dict) -> None:
+    n = len(store.trials())
+    with writer.as_default(step=n):
+      if r["status"] == "ok":
+        for k, v in r["objectives"].items():
+          tf.summary.scalar(f"trial/{k}", v)
+      tf.summary.scalar("search/hypervolume", hv_now())
+    writer.flush()
+
   done_designed = lambda: sum(1 for t in store.trials()
-                              if t["role"] not in report_lib.BASELINE_ROLES and t["status"] != "running")
+                              if t["role"] not in report_lib.BASELINE_ROLES and t["status"] not in IN_FLIGHT)
   bar = tqdm(total=s.num_trials, initial=done_designed() if is_main else 0, disable=not (progress and is_main),
              dynamic_ncols=True, desc="search")
   try:
-    while True:
-      interrupt.check("a trial boundary of the search (completed trials are in the store)")
-      # What to run next is decided on process 0 and broadcast.
-      arch_name, role, who, existing, designer_s = "", "", "", None, 0.0
-      if is_main:
-        current = store.trials()
-        running = [t for t in current if t["status"] == "running"]
-        by_name = {t["arch"] for t in current}
-        if running:  # interrupted by a crash: run again, its distillation resumes from checkpoints
-          existing = running[0]
-          arch_name, role, who = existing["arch"], existing["role"], existing["designer"]
-        elif s.baseline_arch and s.baseline_arch not in by_name:
-          arch_name, role, who = s.baseline_arch, "baseline", "baseline"
-        elif ckpt_name and ckpt_name not in by_name:
-          arch_name, role, who = ckpt_name, report_lib.CHECKPOINT_ROLE, "checkpoint"
-        elif done_designed() < s.num_trials:
-          n_initial = sum(1 for t in current if t["role"] == "initial")
-          todo = [a for a in initial if a.name not in by_name]
-          if n_initial < s.num_initial and todo:
-            arch_name, role, who = todo[0].name, "initial", "initial"
-          else:
-            t0 = time.time()
-            des.update(designer_trials(current, names))
-            arch_name, role, who = des.suggest(1)[0].name, "designer", designer
-            designer_s = time.time() - t0
-      arch_name = multihost.broadcast_str(arch_name or "-")
-      if arch_name == "-":
-        break
-      bar.set_postfix_str(f"hv={hv_now():.4g} in flight: {arch_name} ({role})")
-      r = run_one(arch_name, role, who, existing, designer_s)
-      if is_main:
-        n = len(store.trials())
-        with writer.as_default(step=n):
-          if r["status"] == "ok":
-            for k, v in r["objectives"].items():
-              tf.summary.scalar(f"trial/{k}", v)
-          tf.summary.scalar("search/hypervolume", hv_now())
-        writer.flush()
-        if role not in report_lib.BASELINE_ROLES:
-          bar.update(1)
-        bar.set_postfix_str(f"hv={hv_now():.4g} last: {arch_name} {r['status']}")
+    if workers > 1:
+      from ad.search import parallel
+      parallel.coordinate(cfg, run_dir, store, store_url, workers, initial, des, names, designer, bar,
+                          on_result=record_scalars, hv_now=hv_now, log=log)
+    else:
+      _sequential_trials(cfg, run_dir, store, initial, des, names, designer, bar, record_scalars, hv_now, log)
   finally:
     bar.close()
     if des is not None and hasattr(des, "close"):

@@ -241,7 +241,7 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
   plot(os.path.join(run_dir, "pareto.png"), rows, names, directions)
 
   cfg = record["config"]
-  counts = {st: sum(1 for r in rows if r["status"] == st) for st in ("ok", "failed", "infeasible", "running")}
+  counts = {st: sum(1 for r in rows if r["status"] == st) for st in ("ok", "failed", "infeasible", "running", "queued")}
   L = [f"# Search report: {os.path.basename(os.path.normpath(run_dir))}", "",
        f"Designer **{record['designer']}**, seed {cfg['search']['seed']}, {cfg['model']['num_blocks']}-block students, "
        f"teacher `{cfg['teacher']['source'] or 'MiniLM-L6-H384 (packaged)'}`, measured at batch "
@@ -249,7 +249,7 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
        "Objectives: " + ", ".join(f"`{n}` ({'maximize' if d == 'max' else 'minimize'}, reference {r})"
                                   for n, d, r in zip(names, directions, reference)) + ".", "",
        f"Trials: {len(rows)} ({counts['ok']} ok, {counts['failed']} failed, {counts['infeasible']} infeasible, "
-       f"{counts['running']} interrupted). Hypervolume of the search trials: "
+       f"{counts['running'] + counts['queued']} interrupted or in flight). Hypervolume of the search trials: "
        f"**{_fmt(float(hv_hist[-1]) if len(hv_hist) else 0.0, 6)}**.", ""]
   if baseline:
     L += [f"Baseline `{baseline['arch']}` (MobileBERT-shaped, evaluated like every trial): "
@@ -318,6 +318,16 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
           f"{_fmt(split['distill_compile_wall_s'], 3)}, training steps {_fmt(split['distill_train_steps_s'], 3)}, "
           f"checkpoints {_fmt(split['distill_checkpoint_s'], 3)}, evaluation {_fmt(split['distill_eval_s'], 3)}; "
           f"total {_fmt(split['total_s'], 3)}. Training steps are {100 * split['train_steps_share']:.0f}% of a trial."]
+  per_worker = worker_utilization(rows)
+  if per_worker:
+    L += ["", "## Workers", "", "Trials finished per worker and the share of the search's span (first start to last "
+          "finish) it spent on them; takeovers are trials claimed again after a lease ran out.", "",
+          "| worker | trials | busy s | utilization | in flight |", "|---|---|---|---|---|"]
+    for w in per_worker:
+      L.append(f"| {w['worker']} | {w['trials']} | {_fmt(w['busy_s'], 3)} | {100 * w['utilization']:.0f}% | "
+               f"{', '.join(w['in_flight']) or ''} |")
+    takeovers = [r["arch"] for r in rows if (r.get("attempts") or 0) > 1]
+    L += ["", f"Takeovers: {', '.join(f'`{a}`' for a in takeovers) or 'none'}."]
   L += ["", f"Hypervolume after each search trial: {', '.join(_fmt(float(h), 4) for h in hv_hist)}", "",
         "Profiles: `traces/<arch>/` (open with TensorBoard's profile plugin); trial runs: `trials/<arch>/` "
         "(losses.jsonl, tb/); search scalars: `tb/`.", ""]
@@ -330,13 +340,30 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
               dominating_checkpoint=over_checkpoint, finals_dominating_checkpoint=fin_over_ckpt,
               dominating_baseline=dominating, dominating_baseline_noise_blind=dominating_raw,
               finals_dominating_baseline=fin_beyond, finals_dominating_baseline_noise_blind=fin_raw,
-              time_split=split,
+              time_split=split, workers=per_worker,
               finetune=[dict(model=f["model"], task=f["task"], status=f["status"],
                              **({k: f["result"]["test"][k] for k in ("metric", "value", "se", "ci95")}
                                 if f["status"] == "ok" else {})) for f in finetunes],
               finals=[dict(arch=f["arch"], status=f["status"], hf_dir=f["hf_dir"], checkpoint=f["checkpoint"],
                            mlm_accuracy=(f["metrics"] or {}).get("mlm_accuracy"),
                            mlm_accuracy_se=(f["metrics"] or {}).get("mlm_accuracy_se")) for f in finals])
+
+
+def worker_utilization(rows: list[dict]) -> list[dict]:
+  """Per worker of a parallel search: trials finished, seconds spent on them (the last claim's
+  run of each), and that as a share of the search's span; [] for a sequential search."""
+  mine = [r for r in rows if r.get("worker")]
+  if not mine:
+    return []
+  done = [r for r in mine if r["finished"]]
+  span = (max(r["finished"] for r in done) - min(r["started"] for r in mine)) if done else 0.0
+  out = []
+  for w in sorted({r["worker"] for r in mine}):
+    theirs = [r for r in done if r["worker"] == w]
+    busy = sum(r["finished"] - r["started"] for r in theirs)
+    out.append(dict(worker=w, trials=len(theirs), busy_s=busy, utilization=busy / span if span > 0 else 0.0,
+                    in_flight=[r["arch"] for r in mine if r["worker"] == w and r["status"] == "running"]))
+  return out
 
 
 def finetune_table(finetunes: list[dict], finals: list[dict], rows: list[dict], baseline: dict | None) -> list[str]:

@@ -1,33 +1,50 @@
-"""The trial store: one SQLite file per search run (`RUN_DIR/trials.sqlite`).
+"""The trial store: one database per search run, SQLite by default (`RUN_DIR/trials.sqlite`, WAL)
+or PostgreSQL (`--store postgresql://...`) for workers on several machines.
 
-Every trial is written when it starts ('running') and again when it ends ('ok', 'failed' or
-'infeasible'), each in its own transaction, so a crash at any moment loses no completed trial;
-a 'running' trial found at restart was interrupted and is run again (its distillation resumes
-from its own checkpoints). The final (regular) distillations of the chosen students and their
-downstream fine-tuning runs live in their own tables. `ad report RUN_DIR` needs nothing but this file.
+Every trial is written when it is queued or starts and again when it ends ('ok', 'failed' or
+'infeasible'), each in its own transaction, so a crash at any moment loses no completed trial.
+Sequential search (one process): a 'running' trial found at restart was interrupted and is run
+again (its distillation resumes from its own checkpoints). Parallel search (`ad search --workers
+N`, `ad worker`): the coordinator queues trials; a worker claims one atomically (exactly one
+claimer wins), holds a lease it renews, and writes the result only while it still holds the
+claim; a trial whose lease ran out goes to the next claimer and resumes from its checkpoints.
+The final (regular) distillations and the downstream fine-tuning runs live in their own tables.
+`ad report RUN_DIR` needs nothing but the store.
+
+Both backends share one schema (dialect differences: the id column and float type) and one list
+of migrations; the schema version is kept in `meta`, and a store written by a newer version is
+refused with a clear error. Lease times are the claimers' clocks: machines sharing a PostgreSQL
+store need synchronized clocks (NTP), to well under a lease.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
 import sqlite3
 import subprocess
 import time
 from typing import Any
 
 STORE_FILE = "trials.sqlite"
-STATUSES = ("running", "ok", "failed", "infeasible")
+STATUSES = ("queued", "running", "ok", "failed", "infeasible")
+IN_FLIGHT = ("queued", "running")
+DONE = ("ok", "failed", "infeasible")
+SCHEMA_VERSION = 3
 
+# {ID}, {FLOAT}: the dialect's auto-increment key and 8-byte float (SQLite: INTEGER PRIMARY KEY,
+# REAL; PostgreSQL: BIGSERIAL PRIMARY KEY, DOUBLE PRECISION).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trials (
-  id INTEGER PRIMARY KEY,
+  id {ID},
   arch TEXT NOT NULL UNIQUE,
   role TEXT NOT NULL,            -- baseline | checkpoint | initial | designer
   designer TEXT NOT NULL,
-  status TEXT NOT NULL,
+  status TEXT NOT NULL,          -- queued | running | ok | failed | infeasible
   objectives TEXT,               -- JSON {name: value}
   objective_se TEXT,             -- JSON {name: standard error} (0 for exact values)
   measurement TEXT,              -- JSON: every field of profiling.harness.measure_arch
@@ -36,12 +53,11 @@ CREATE TABLE IF NOT EXISTS trials (
   error TEXT,
   seed INTEGER NOT NULL,
   code_version TEXT NOT NULL,
-  started REAL NOT NULL,
-  finished REAL,
-  measure_s REAL,
-  distill_s REAL,
-  workdir TEXT,                  -- relative to the run directory
-  timings TEXT                   -- JSON: the trial's wall-time split (designer, measure, compile, train, eval)
+  started {FLOAT} NOT NULL,      -- queued, then (re)started
+  finished {FLOAT},
+  measure_s {FLOAT},
+  distill_s {FLOAT},
+  workdir TEXT                   -- relative to the run directory
 );
 CREATE TABLE IF NOT EXISTS finals (
   arch TEXT PRIMARY KEY,
@@ -50,8 +66,8 @@ CREATE TABLE IF NOT EXISTS finals (
   checkpoint TEXT,
   hf_dir TEXT,
   error TEXT,
-  started REAL NOT NULL,
-  finished REAL
+  started {FLOAT} NOT NULL,
+  finished {FLOAT}
 );
 CREATE TABLE IF NOT EXISTS finetunes (
   model TEXT NOT NULL,           -- a final's arch, or 'teacher'
@@ -59,14 +75,22 @@ CREATE TABLE IF NOT EXISTS finetunes (
   status TEXT NOT NULL,
   result TEXT,                   -- JSON: ad.finetune.trainer.finetune's result
   error TEXT,
-  started REAL NOT NULL,
-  finished REAL,
+  started {FLOAT} NOT NULL,
+  finished {FLOAT},
   PRIMARY KEY (model, task)
 );
 """
+# Columns added after the first schema, by schema version: (table, column, type). A store of an
+# older version gets them on open; stores before version 2 kept no version (read as 1).
+_MIGRATIONS = {
+    2: (("trials", "objective_se", "TEXT"), ("trials", "timings", "TEXT")),  # timings: the wall-time split
+    3: (("trials", "worker", "TEXT"),  # parallel trials: who holds the trial,
+        ("trials", "lease_until", "{FLOAT}"),  # until when (None: a sequential search's trial),
+        ("trials", "attempts", "INTEGER")),  # and how many claims it has had
+}
 _JSON_COLUMNS = ("objectives", "objective_se", "measurement", "distill", "screening", "metrics", "timings", "result")
-# Columns added after the first schema: (table, column, type); added on open to an older store.
-_ADDED_COLUMNS = (("trials", "objective_se", "TEXT"), ("trials", "timings", "TEXT"))
+_DIALECT_TYPES = dict(sqlite=dict(ID="INTEGER PRIMARY KEY", FLOAT="REAL"),
+                      postgresql=dict(ID="BIGSERIAL PRIMARY KEY", FLOAT="DOUBLE PRECISION"))
 
 
 def code_version() -> str:
@@ -86,28 +110,127 @@ class StoreError(ValueError):
   """The trial store is not readable as one: names the file (and the row)."""
 
 
+class _Database:
+  """One connection to a store's database with '?' placeholders and dict rows, in autocommit
+  mode; `transaction()` groups statements (SQLite: BEGIN IMMEDIATE, so two claimers serialize
+  on the write lock; PostgreSQL: a transaction, with row locks taken by the claim's SELECT)."""
+
+  def __init__(self, where: str):
+    self.where = where
+    if where.startswith(("postgresql://", "postgres://")):
+      try:
+        import psycopg
+        from psycopg.rows import dict_row
+      except ImportError:
+        raise StoreError(f"{where}: a PostgreSQL store needs psycopg (pip install 'psycopg[binary]')") from None
+      self.dialect, self.errors = "postgresql", (psycopg.Error,)
+      try:
+        self.conn = psycopg.connect(where, autocommit=True, row_factory=dict_row, connect_timeout=30)
+      except psycopg.Error as e:
+        raise StoreError(f"{_redacted(where)}: cannot connect to the PostgreSQL store ({str(e).strip()})") from None
+    else:
+      self.dialect, self.errors = "sqlite", (sqlite3.DatabaseError,)
+      self.conn = sqlite3.connect(where, timeout=60, isolation_level=None, check_same_thread=False)
+      self.conn.row_factory = lambda cur, row: {c[0]: v for c, v in zip(cur.description, row)}
+      self.conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+      self.conn.execute("PRAGMA busy_timeout=60000")
+    self._depth = 0
+
+  def sql(self, text: str) -> str:
+    for token, sql_type in _DIALECT_TYPES[self.dialect].items():
+      text = text.replace("{" + token + "}", sql_type)
+    return text.replace("?", "%s") if self.dialect == "postgresql" else text
+
+  def execute(self, text: str, args=()):
+    return self.conn.execute(self.sql(text), tuple(args))
+
+  def query(self, text: str, args=()) -> list[dict]:
+    return list(self.execute(text, args).fetchall())
+
+  @contextlib.contextmanager
+  def transaction(self):
+    if self._depth:  # nested: part of the outer transaction
+      self._depth += 1
+      try:
+        yield
+      finally:
+        self._depth -= 1
+      return
+    self._depth = 1
+    try:
+      if self.dialect == "postgresql":
+        with self.conn.transaction():
+          yield
+      else:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+          yield
+        except BaseException:
+          self.conn.execute("ROLLBACK")
+          raise
+        self.conn.execute("COMMIT")
+    finally:
+      self._depth = 0
+
+  def columns(self, table: str) -> set[str]:
+    if self.dialect == "postgresql":
+      rows = self.query("SELECT column_name AS name FROM information_schema.columns WHERE table_name = ? "
+                        "AND table_schema = current_schema()", (table,))
+    else:
+      rows = self.query(f"PRAGMA table_info({table})")
+    return {r["name"] for r in rows}
+
+  def close(self) -> None:
+    self.conn.close()
+
+
+def _redacted(url: str) -> str:
+  """A database URL without its password, for messages."""
+  return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
 class TrialStore:
   """Paths (a trial's workdir, its trace directory, a final's checkpoint and export) are stored
-  relative to the run directory and returned absolute, so a moved run directory stays readable."""
+  relative to the run directory and returned absolute, so a moved run directory stays readable.
 
-  def __init__(self, run_dir: str, create: bool = True):
+  `url`: a PostgreSQL URL (postgresql://user:password@host/dbname, one database per search),
+  else the SQLite file in the run directory."""
+
+  def __init__(self, run_dir: str, create: bool = True, url: str | None = None):
     self.run_dir = os.path.abspath(run_dir)
-    self.path = os.path.join(self.run_dir, STORE_FILE)
-    if not create and not os.path.isfile(self.path):
-      raise FileNotFoundError(f"{self.path}: no trial store there; is {run_dir} the run directory of an `ad search`?")
-    os.makedirs(run_dir, exist_ok=True)
+    self.url = url or None
+    self.path = _redacted(url) if url else os.path.join(self.run_dir, STORE_FILE)
+    if not url:
+      if not create and not os.path.isfile(self.path):
+        raise FileNotFoundError(f"{self.path}: no trial store there; is {run_dir} the run directory of an `ad search`?")
+      os.makedirs(run_dir, exist_ok=True)
     try:
-      self.db = sqlite3.connect(self.path, timeout=60)
-      self.db.row_factory = sqlite3.Row
-      with self.db:
-        self.db.executescript(_SCHEMA)
-        for table, column, kind in _ADDED_COLUMNS:
-          have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
-          if column not in have:
-            self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+      self.db = _Database(url or self.path)
+      with self.db.transaction():
+        self._create_or_migrate()
     except sqlite3.DatabaseError as e:
       raise StoreError(f"{self.path}: not a readable SQLite trial store ({e}); the file is damaged or is not a "
                        "store: move it aside to start a new search in this directory") from None
+
+  def _create_or_migrate(self) -> None:
+    db = self.db
+    for statement in _SCHEMA.split(";"):
+      if statement.strip():
+        db.execute(statement)
+    row = db.query("SELECT value FROM meta WHERE key = 'schema_version'")
+    try:
+      version = int(json.loads(row[0]["value"])) if row else 1
+    except (ValueError, TypeError):
+      raise StoreError(f"{self.path}: meta row 'schema_version' is {row[0]['value']!r}, expected an integer") from None
+    if version > SCHEMA_VERSION:
+      raise StoreError(f"{self.path}: the store has schema version {version}, written by a newer version of this "
+                       f"code (this one reads up to {SCHEMA_VERSION}); update the code (git pull) to open it")
+    for v in range(2, SCHEMA_VERSION + 1):
+      for table, column, kind in _MIGRATIONS[v]:
+        if column not in db.columns(table):  # IF NOT EXISTS: stores of version 1 may have some already
+          db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    if version != SCHEMA_VERSION or not row:
+      self._upsert_meta("schema_version", SCHEMA_VERSION)
 
   def close(self) -> None:
     self.db.close()
@@ -124,9 +247,10 @@ class TrialStore:
 
   def _query(self, sql: str, args=()) -> list:
     try:
-      return self.db.execute(sql, args).fetchall()
-    except sqlite3.DatabaseError as e:
-      raise StoreError(f"{self.path}: reading the trial store failed ({e}); the file is damaged or truncated") from None
+      return self.db.query(sql, args)
+    except self.db.errors as e:
+      raise StoreError(f"{self.path}: reading the trial store failed ({e}); the store is damaged or truncated") \
+          from None
 
   def rel(self, path: str | None) -> str | None:
     """A path as stored: relative to the run directory when it lies inside it."""
@@ -138,41 +262,93 @@ class TrialStore:
   def abs(self, path: str | None) -> str | None:
     return None if path is None else os.path.normpath(os.path.join(self.run_dir, path))
 
+  def _upsert_meta(self, key: str, value) -> None:
+    self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+                    "excluded.value", (key, json.dumps(value)))
+
   def set_meta(self, key: str, value) -> None:
-    with self.db:
-      self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+    with self.db.transaction():
+      self._upsert_meta(key, value)
 
   # ---- trials ----------------------------------------------------------------------------------
+  def _insert_trial(self, arch, role, designer, status, seed, screening, workdir) -> int:
+    with self.db.transaction():
+      row = self.db.query(
+          "INSERT INTO trials (arch, role, designer, status, screening, seed, code_version, started, workdir, "
+          "attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0) RETURNING id",
+          (arch, role, designer, status, json.dumps(screening), seed, code_version(), time.time(), self.rel(workdir)))
+    return int(row[0]["id"])
+
   def start_trial(self, arch: str, role: str, designer: str, seed: int, screening: dict, workdir: str) -> int:
-    with self.db:
-      cur = self.db.execute(
-          "INSERT INTO trials (arch, role, designer, status, screening, seed, code_version, started, workdir) "
-          "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-          (arch, role, designer, json.dumps(screening), seed, code_version(), time.time(), self.rel(workdir)))
-    return int(cur.lastrowid)
+    """A trial run now by this process (sequential search)."""
+    return self._insert_trial(arch, role, designer, "running", seed, screening, workdir)
+
+  def enqueue_trial(self, arch: str, role: str, designer: str, seed: int, screening: dict, workdir: str) -> int:
+    """A trial for the next worker to claim (parallel search)."""
+    return self._insert_trial(arch, role, designer, "queued", seed, screening, workdir)
 
   def restart_trial(self, trial_id: int) -> None:
-    with self.db:
+    with self.db.transaction():
       self.db.execute("UPDATE trials SET started = ?, code_version = ? WHERE id = ?",
                       (time.time(), code_version(), trial_id))
+
+  def claim_trial(self, worker: str, lease_s: float) -> dict[str, Any] | None:
+    """Atomically takes the oldest queued trial, or a running one whose lease has expired (its
+    worker died): exactly one of any number of concurrent claimers gets it. Returns the row, or
+    None when there is nothing to claim."""
+    now = time.time()
+    lock = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
+    with self.db.transaction():
+      rows = self.db.query("SELECT id FROM trials WHERE status = 'queued' OR (status = 'running' AND lease_until "
+                           "IS NOT NULL AND lease_until < ?) ORDER BY id LIMIT 1" + lock, (now,))
+      if not rows:
+        return None
+      tid = rows[0]["id"]
+      self.db.execute("UPDATE trials SET status = 'running', worker = ?, lease_until = ?, started = ?, "
+                      "code_version = ?, attempts = COALESCE(attempts, 0) + 1 WHERE id = ?",
+                      (worker, now + lease_s, now, code_version(), tid))
+    return next(t for t in self.trials() if t["id"] == tid)
+
+  def renew_lease(self, trial_id: int, worker: str, lease_s: float) -> bool:
+    """Extends `worker`'s lease; False when the trial is no longer its own (it was reclaimed)."""
+    with self.db.transaction():
+      cur = self.db.execute("UPDATE trials SET lease_until = ? WHERE id = ? AND worker = ? AND status = 'running'",
+                            (time.time() + lease_s, trial_id, worker))
+    return cur.rowcount == 1
+
+  def release_trial(self, trial_id: int, worker: str) -> None:
+    """Gives an unfinished trial back to the queue (a worker stopped by Ctrl-C / SIGTERM)."""
+    with self.db.transaction():
+      self.db.execute("UPDATE trials SET status = 'queued', worker = NULL, lease_until = NULL WHERE id = ? AND "
+                      "worker = ? AND status = 'running'", (trial_id, worker))
+
+  def requeue_unleased(self) -> int:
+    """'running' trials without a lease (left by a sequential search) -> queued; returns how many."""
+    with self.db.transaction():
+      cur = self.db.execute("UPDATE trials SET status = 'queued' WHERE status = 'running' AND lease_until IS NULL")
+    return cur.rowcount
 
   def finish_trial(self, trial_id: int, status: str, *, objectives: dict | None = None,
                    objective_se: dict | None = None, measurement: dict | None = None, distill: dict | None = None,
                    error: str | None = None, measure_s: float | None = None, distill_s: float | None = None,
-                   timings: dict | None = None) -> None:
-    if status not in STATUSES[1:]:
-      raise ValueError(f"trial status {status!r}: expected one of {STATUSES[1:]}")
+                   timings: dict | None = None, worker: str | None = None) -> bool:
+    """Records the trial's result; with `worker`, only while that worker still holds the trial
+    (False, and nothing written, when its lease ran out and another worker claimed it)."""
+    if status not in DONE:
+      raise ValueError(f"trial status {status!r}: expected one of {DONE}")
     if measurement and measurement.get("trace_dir"):
       measurement = dict(measurement, trace_dir=self.rel(measurement["trace_dir"]))
-    with self.db:
-      self.db.execute(
+    owned = " AND worker = ? AND status = 'running'" if worker else ""
+    with self.db.transaction():
+      cur = self.db.execute(
           "UPDATE trials SET status = ?, objectives = ?, objective_se = ?, measurement = ?, distill = ?, error = ?, "
-          "finished = ?, measure_s = ?, distill_s = ?, timings = ? WHERE id = ?",
+          "finished = ?, measure_s = ?, distill_s = ?, timings = ?, lease_until = NULL WHERE id = ?" + owned,
           (status, json.dumps(objectives) if objectives is not None else None,
            json.dumps(objective_se) if objective_se is not None else None,
            json.dumps(measurement, default=str) if measurement is not None else None,
            json.dumps(distill, default=str) if distill is not None else None, error, time.time(), measure_s,
-           distill_s, json.dumps(timings) if timings is not None else None, trial_id))
+           distill_s, json.dumps(timings) if timings is not None else None, trial_id, *([worker] if worker else [])))
+    return cur.rowcount == 1
 
   def trials(self, status: str | None = None) -> list[dict[str, Any]]:
     q = "SELECT * FROM trials" + (" WHERE status = ?" if status else "") + " ORDER BY id"
@@ -196,13 +372,14 @@ class TrialStore:
 
   # ---- finals ----------------------------------------------------------------------------------
   def start_final(self, arch: str) -> None:
-    with self.db:
-      self.db.execute("INSERT OR REPLACE INTO finals (arch, status, started) VALUES (?, 'running', ?)",
-                      (arch, time.time()))
+    with self.db.transaction():
+      self.db.execute("INSERT INTO finals (arch, status, started) VALUES (?, 'running', ?) ON CONFLICT (arch) DO "
+                      "UPDATE SET status = excluded.status, started = excluded.started, metrics = NULL, "
+                      "checkpoint = NULL, hf_dir = NULL, error = NULL, finished = NULL", (arch, time.time()))
 
   def finish_final(self, arch: str, status: str, *, metrics: dict | None = None, checkpoint: str | None = None,
                    hf_dir: str | None = None, error: str | None = None) -> None:
-    with self.db:
+    with self.db.transaction():
       self.db.execute("UPDATE finals SET status = ?, metrics = ?, checkpoint = ?, hf_dir = ?, error = ?, finished = ? "
                       "WHERE arch = ?", (status, json.dumps(metrics, default=str) if metrics is not None else None,
                                          self.rel(checkpoint), self.rel(hf_dir), error, time.time(), arch))
@@ -215,13 +392,14 @@ class TrialStore:
 
   # ---- downstream fine-tuning of the finals and the teacher -------------------------------------------
   def start_finetune(self, model: str, task: str) -> None:
-    with self.db:
-      self.db.execute("INSERT OR REPLACE INTO finetunes (model, task, status, started) VALUES (?, ?, 'running', ?)",
-                      (model, task, time.time()))
+    with self.db.transaction():
+      self.db.execute("INSERT INTO finetunes (model, task, status, started) VALUES (?, ?, 'running', ?) ON CONFLICT "
+                      "(model, task) DO UPDATE SET status = excluded.status, started = excluded.started, "
+                      "result = NULL, error = NULL, finished = NULL", (model, task, time.time()))
 
   def finish_finetune(self, model: str, task: str, status: str, *, result: dict | None = None,
                       error: str | None = None) -> None:
-    with self.db:
+    with self.db.transaction():
       self.db.execute("UPDATE finetunes SET status = ?, result = ?, error = ?, finished = ? WHERE model = ? AND task = ?",
                       (status, json.dumps(result, default=str) if result is not None else None, error, time.time(),
                        model, task))
@@ -229,7 +407,7 @@ class TrialStore:
   def finetunes(self) -> list[dict[str, Any]]:
     return [self._row(r, "finetunes") for r in self._query("SELECT * FROM finetunes ORDER BY started")]
 
-  def _row(self, r: sqlite3.Row, table: str) -> dict[str, Any]:
+  def _row(self, r: dict, table: str) -> dict[str, Any]:
     d = dict(r)
     for k in _JSON_COLUMNS:
       if k in d and d[k] is not None:

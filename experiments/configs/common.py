@@ -69,6 +69,12 @@ def search(num_initial: int, num_trials: int, measure_seq: int, latency_referenc
       # An HF MobileBERT-family directory (e.g. google/mobilebert-uncased, downloaded by the user):
       # measured like every trial and scored as it is on the held-out set, marked in the report.
       baseline_checkpoint="",
+      # The search stops with an error once more trials than this have failed (0: no limit).
+      max_failed_trials=10,
+      # Parallel trials (`ad search --workers N`, `ad worker`): a worker renews its claim on a
+      # trial every lease_s / 3 seconds; a trial whose lease ran out (a worker killed, a machine
+      # lost) is claimed again and resumes from its own checkpoints.
+      workers=dict(lease_s=120.0, poll_s=1.0),
       objectives=[dict(name="mlm_accuracy", direction="max", reference=0.0),
                   dict(name="latency_ms", direction="min", reference=latency_reference_ms)],
       measure=dict(batch=1, seq=measure_seq, target_rel_ci=0.05, max_reps=100, chunk=10),  # chunk: runs per trace
@@ -93,6 +99,6 @@ def finetune(**kw):
   """`ad finetune` and final.finetune_tasks settings (ad/finetune/trainer.py FinetuneConfig)."""
   base = dict(epochs=3, batch_size=32, lr=1e-4, warmup_fraction=0.1, weight_decay=0.01, dropout=0.1, seq_len=128,
               evals_per_epoch=2, patience=3, dtype="float32", seed=0, max_train_examples=0, max_eval_examples=0,
-              tfds_data_dir="")
+              tfds_data_dir="", squad_dir="")
   base.update(kw)
   return ml_collections.ConfigDict(base)

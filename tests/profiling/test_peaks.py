@@ -8,6 +8,9 @@ import pytest
 
 from profiling import peaks
 
+# CPU peaks and other-load detection read this machine's load: not beside another test.
+pytestmark = pytest.mark.serial
+
 
 def test_gpu_table_lookup():
   p = peaks.gpu_peaks("NVIDIA H100 80GB HBM3", "bfloat16")

@@ -1,0 +1,211 @@
+"""Parallel trials over the shared trial store: `ad search --workers N` and `ad worker`.
+
+The coordinator (the `ad search` process) owns the designer. It keeps up to N trials queued or
+running in the store, asking the designer with the trials in flight as pending points (never
+suggested twice, trieste's batch mechanism), and starts N local worker processes, each pinned to
+its share of the CPU cores. Workers (`ad worker`, local or on other machines against the same
+store) claim a trial atomically, renew a lease on it from a heartbeat thread while they run it,
+and write its result only while they still hold it. A worker killed with -9 stops renewing; once
+its lease runs out the next claimer takes the trial over and its distillation resumes from the
+trial's own checkpoints. A local worker that dies is restarted (up to RESTARTS times). A failed
+trial is recorded with its error and reaches the designer as failed, never as an observation;
+more than search.max_failed_trials failures stop the search with a message.
+
+Workers read the search's config from the store's run record, so `ad worker` needs only the
+run directory (SQLite) or the store URL plus the run directory where trials write their
+checkpoints and traces (shared storage when workers are on several machines).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable
+
+from ad import interrupt
+from ad.search import report as report_lib
+from ad.search.store import IN_FLIGHT, TrialStore
+
+RESTARTS = 3  # per local worker slot, before the search gives up on it
+WORKER_LOG_DIR = "workers"
+
+
+def core_shares(workers: int, cores: list[int] | None = None) -> list[list[int]]:
+  """The CPU cores of each local worker: an even split of the cores this process may use."""
+  cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+  if workers > len(cores):
+    return [[cores[i % len(cores)]] for i in range(workers)]
+  per = len(cores) // workers
+  return [cores[i * per:(i + 1) * per] for i in range(workers)]
+
+
+class _LocalWorker:
+  """One `ad worker` process of this coordinator, its log, and its restarts."""
+
+  def __init__(self, index: int, run_dir: str, store_url: str | None, cores: list[int]):
+    self.index, self.run_dir, self.store_url, self.cores = index, run_dir, store_url, cores
+    self.name = f"{socket.gethostname()}:w{index}"
+    self.restarts, self.proc, self.log_path = 0, None, os.path.join(run_dir, WORKER_LOG_DIR, f"w{index}.log")
+
+  def start(self) -> None:
+    os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+    cmd = [sys.executable, "-m", "ad.cli", "worker", "--run-dir", self.run_dir, "--worker-id", self.name,
+           "--no-progress"] + (["--store", self.store_url] if self.store_url else [])
+    env = dict(os.environ, AD_WORKER_CORES=",".join(map(str, self.cores)))
+    with open(self.log_path, "a") as log:
+      self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   preexec_fn=lambda: os.sched_setaffinity(0, self.cores))
+
+  def check(self, log: Callable) -> None:
+    """Restarts the process if it died; an error when it keeps dying."""
+    code = self.proc.poll()
+    if code is None or code == 0:
+      return
+    if self.restarts >= RESTARTS:
+      raise RuntimeError(f"worker {self.name} exited with code {code} {self.restarts + 1} times; see {self.log_path}")
+    self.restarts += 1
+    log(f"search: worker {self.name} exited with code {code}; restarting it ({self.restarts}/{RESTARTS}); its trial "
+        "goes to the next claimer once its lease runs out")
+    self.start()
+
+  def stop(self, timeout: float = 30) -> None:
+    if self.proc and self.proc.poll() is None:
+      self.proc.terminate()  # SIGTERM: the worker gives its trial back at the next step boundary
+      try:
+        self.proc.wait(timeout)
+      except subprocess.TimeoutExpired:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def coordinate(cfg, run_dir: str, store: TrialStore, store_url: str | None, workers: int, initial, des, names,
+               designer: str, bar, on_result: Callable, hv_now: Callable, log: Callable) -> None:
+  """Runs the search's trials in `workers` local worker processes (plus any `ad worker` that
+  joins through the store) until the budget is spent and nothing is in flight."""
+  from ad.search import loop
+  s = cfg.search
+  poll = float(s.workers.poll_s)
+  requeued = store.requeue_unleased()
+  if requeued:
+    log(f"search: {requeued} trial(s) interrupted in a sequential run go back to the queue")
+  store.set_meta("run_dir", run_dir)
+  store.set_meta("search_state", "running")
+  local = [_LocalWorker(i, run_dir, store_url, cores) for i, cores in enumerate(core_shares(workers))]
+  seen_done = {t["id"] for t in store.trials() if t["status"] not in IN_FLIGHT}
+  try:
+    for w in local:
+      w.start()
+    while True:
+      interrupt.check("the coordinator's loop (completed trials are in the store; in-flight trials resume)")
+      rows = store.trials()
+      loop.failure_budget_check(rows, s.max_failed_trials)
+      for t in rows:  # results that arrived since the last look
+        if t["status"] not in IN_FLIGHT and t["id"] not in seen_done:
+          seen_done.add(t["id"])
+          on_result(dict(status=t["status"], objectives=t["objectives"]))
+          if t["role"] not in report_lib.BASELINE_ROLES:
+            bar.update(1)
+      in_flight = [t for t in rows if t["status"] in IN_FLIGHT]
+      while len(in_flight) < workers:
+        name, role, who, designer_s = loop.next_trial(
+            cfg, rows, initial, des, names, designer,
+            pending=[t["arch"] for t in in_flight if t["role"] != report_lib.CHECKPOINT_ROLE])
+        if not name:
+          break
+        workdir, screen, _ = loop.trial_target(name, cfg, run_dir, names)
+        store.enqueue_trial(name, role, who, s.seed, screen, workdir)
+        log(f"search: queued {name} ({role}{f', designer {designer_s:.1f}s' if designer_s else ''})")
+        rows = store.trials()
+        in_flight = [t for t in rows if t["status"] in IN_FLIGHT]
+      if not in_flight:
+        break
+      bar.set_postfix_str(f"hv={hv_now():.4g} in flight: " + ", ".join(
+          f"{t['arch']}@{t.get('worker') or 'queue'}" for t in in_flight))
+      for w in local:
+        w.check(log)
+      time.sleep(poll)
+    store.set_meta("search_state", "done")
+  finally:
+    for w in local:
+      w.stop()
+
+
+class _Heartbeat(threading.Thread):
+  """Renews a worker's lease on its trial every lease/3 seconds on a connection of its own;
+  `lost` is set when the trial was taken over (the lease ran out before a renewal)."""
+
+  def __init__(self, run_dir: str, store_url: str | None, trial_id: int, worker: str, lease_s: float):
+    super().__init__(daemon=True)
+    self.args = (run_dir, store_url, trial_id, worker, lease_s)
+    self.stopped, self.lost = threading.Event(), threading.Event()
+
+  def run(self) -> None:
+    run_dir, store_url, trial_id, worker, lease_s = self.args
+    store = TrialStore(run_dir, create=False, url=store_url)
+    try:
+      while not self.stopped.wait(lease_s / 3):
+        if not store.renew_lease(trial_id, worker, lease_s):
+          self.lost.set()
+          interrupt.request()  # stop this run of the trial at its next step: its new owner resumes it
+          return
+    finally:
+      store.close()
+
+
+def default_worker_id() -> str:
+  return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None = None, log: Callable = print,
+               max_trials: int = 0) -> int:
+  """Claims and runs trials of the search in `run_dir` (or `store_url`) until the coordinator
+  marks the search done (or `max_trials` were run); returns how many this worker ran."""
+  import ml_collections
+  worker = worker_id or default_worker_id()
+  store = TrialStore(run_dir, create=False, url=store_url)
+  record = store.get_meta("record")
+  if record is None:
+    raise ValueError(f"{store.path}: no search recorded in this store yet; start `ad search` first")
+  run_dir = os.path.abspath(run_dir)
+  cfg = ml_collections.ConfigDict(record["config"])
+  from ad.search import loop
+  names = [o["name"] for o in cfg.search.objectives]
+  lease, poll = float(cfg.search.workers.lease_s), float(cfg.search.workers.poll_s)
+  log(f"worker {worker}: joined the search in {run_dir} ({store.path}), lease {lease:.0f}s")
+  ran = 0
+  while not max_trials or ran < max_trials:
+    interrupt.check("a trial boundary of the worker")
+    row = store.claim_trial(worker, lease)
+    if row is None:
+      if store.get_meta("search_state") == "done":
+        break
+      time.sleep(poll)
+      continue
+    log(f"worker {worker}: running {row['arch']} (attempt {row['attempts']})")
+    beat = _Heartbeat(run_dir, store_url, row["id"], worker, lease)
+    beat.start()
+    try:
+      r = loop.run_trial(cfg, run_dir, store, row, names, log, worker=worker)
+    except interrupt.Interrupted:
+      beat.stopped.set()
+      beat.join()
+      if beat.lost.is_set():  # the lease ran out and another worker took the trial over: let it go
+        interrupt.reset()
+        log(f"worker {worker}: lost {row['arch']} to another worker (lease expired); stopped it")
+        continue
+      store.release_trial(row["id"], worker)  # stopped by the user: back to the queue, resumed by the next claimer
+      raise
+    except BaseException:
+      store.release_trial(row["id"], worker)
+      raise
+    finally:
+      beat.stopped.set()
+      beat.join()
+    ran += 1
+    log(f"worker {worker}: {row['arch']} {r['status']}" + ("" if r.get("recorded", True) else " (not recorded)"))
+  store.close()
+  return ran

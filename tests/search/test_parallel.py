@@ -1,0 +1,71 @@
+"""`ad search --workers 2` end to end on the CPU: two worker processes, one killed with -9 in the
+middle of its trial; the trial is taken over after its lease and completed; no trial runs twice
+(beyond the takeover) and none is lost. The store's claim/lease semantics on both backends are
+in test_store.py."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ad.search import store as store_lib
+from tests.search.test_search_loop import ROOT, _overrides, _rows
+
+
+@pytest.mark.serial  # two worker processes of its own: on the 2-core machine, not beside another test
+def test_two_workers_finish_a_search_and_a_killed_workers_trial_is_taken_over(tmp_path, tiny_teacher):
+  run_dir = str(tmp_path / "search")
+  args = [sys.executable, "-m", "ad.cli", "search", "--config", "quickstart", "--run-dir", run_dir, "--no-progress",
+          "--workers", "2"]
+  args += [f"--set={o}" for o in _overrides(tiny_teacher, **{
+      "search.num_initial": 2, "search.num_trials": 2, "search.designer": "random", "search.baseline_arch": "",
+      "search.workers.lease_s": 15.0, "search.workers.poll_s": 0.2})]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  victim, deadline = None, time.time() + 400
+  while time.time() < deadline and proc.poll() is None and victim is None:
+    running = [r for r in _rows(run_dir) if r["status"] == "running" and r["worker"]]
+    if running:
+      victim = running[0]
+      pids = subprocess.run(["pgrep", "-f", "--", f"--worker-id {victim['worker']}"], capture_output=True,
+                            text=True).stdout.split()
+      assert pids, victim
+      for pid in pids:
+        os.kill(int(pid), signal.SIGKILL)  # the worker dies mid-trial, its lease stops being renewed
+    time.sleep(0.2)
+  assert victim is not None, "no trial ever ran"
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  rows = _rows(run_dir)
+  assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}, [(r["arch"], r["status"], r["error"]) for r in rows]
+  assert len({r["arch"] for r in rows}) == 2  # no architecture twice
+  (taken,) = [r for r in rows if r["id"] == victim["id"]]
+  assert taken["attempts"] == 2, "the killed worker's trial was claimed once more, by the next worker"
+  assert all(r["attempts"] == 1 for r in rows if r["id"] != victim["id"]), "no other trial ran twice"
+  assert f"worker {victim['worker']} exited with code -9; restarting it" in err
+  store = store_lib.TrialStore(run_dir, create=False)
+  assert store.get_meta("search_state") == "done"
+  summary = json.loads(out[out.index("{"):])
+  assert summary["status_counts"]["ok"] == 2
+  logs = sorted(os.listdir(os.path.join(run_dir, "workers")))
+  assert logs == ["w0.log", "w1.log"]
+  workers = {w["worker"]: w for w in summary["workers"]}
+  assert sum(w["trials"] for w in workers.values()) == 2 and all(0 < w["utilization"] <= 1 for w in workers.values()
+                                                                 if w["trials"])
+  with open(os.path.join(run_dir, "report.md")) as f:
+    report = f.read()
+  assert "## Workers" in report and f"Takeovers: `{victim['arch']}`" in report
+
+
+def test_the_failure_budget_stops_the_search_with_the_last_error():
+  from ad.search import loop
+  rows = [dict(arch=f"a{i}", status="failed", error=f"NonFiniteLossError: nan at step {i}\ntrace") for i in range(3)]
+  loop.failure_budget_check(rows, 3)  # at the budget: goes on
+  loop.failure_budget_check(rows, 0)  # 0: no limit
+  with pytest.raises(RuntimeError, match=r"3 trials failed, more than search.max_failed_trials=2 \(the last, a2: "
+                                         r"NonFiniteLossError: nan at step 2\)"):
+    loop.failure_budget_check(rows, 2)
