@@ -20,6 +20,7 @@ store need synchronized clocks (NTP), to well under a lease.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS trials (
   distill_s {FLOAT},
   workdir TEXT                   -- relative to the run directory
 );
+CREATE INDEX IF NOT EXISTS trials_by_status ON trials (status, id);  -- claims: the oldest queued trial
 CREATE TABLE IF NOT EXISTS finals (
   arch TEXT PRIMARY KEY,
   status TEXT NOT NULL,
@@ -93,8 +95,10 @@ _DIALECT_TYPES = dict(sqlite=dict(ID="INTEGER PRIMARY KEY", FLOAT="REAL"),
                       postgresql=dict(ID="BIGSERIAL PRIMARY KEY", FLOAT="DOUBLE PRECISION"))
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-  """The git commit of the code (with -dirty when the tree has changes), else 'unknown'."""
+  """The git commit of the code (with -dirty when the tree has changes), else 'unknown'; read
+  once per process (two git commands: not once per stored row)."""
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   try:
     rev = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
@@ -307,7 +311,7 @@ class TrialStore:
       self.db.execute("UPDATE trials SET status = 'running', worker = ?, lease_until = ?, started = ?, "
                       "code_version = ?, attempts = COALESCE(attempts, 0) + 1 WHERE id = ?",
                       (worker, now + lease_s, now, code_version(), tid))
-    return next(t for t in self.trials() if t["id"] == tid)
+    return self.trial(tid)
 
   def renew_lease(self, trial_id: int, worker: str, lease_s: float) -> bool:
     """Extends `worker`'s lease; False when the trial is no longer its own (it was reclaimed)."""
@@ -350,9 +354,16 @@ class TrialStore:
            distill_s, json.dumps(timings) if timings is not None else None, trial_id, *([worker] if worker else [])))
     return cur.rowcount == 1
 
+  def trial(self, trial_id: int) -> dict[str, Any]:
+    (row,) = self._trials("SELECT * FROM trials WHERE id = ?", (trial_id,))
+    return row
+
   def trials(self, status: str | None = None) -> list[dict[str, Any]]:
     q = "SELECT * FROM trials" + (" WHERE status = ?" if status else "") + " ORDER BY id"
-    rows = [self._row(r, "trials") for r in self._query(q, (status,) if status else ())]
+    return self._trials(q, (status,) if status else ())
+
+  def _trials(self, query: str, args) -> list[dict[str, Any]]:
+    rows = [self._row(r, "trials") for r in self._query(query, args)]
     record = self.get_meta("record") or {}
     names = [o.get("name") for o in record.get("config", {}).get("search", {}).get("objectives", [])]
     for r in rows:
