@@ -53,10 +53,12 @@ experiments: setup
 
 # Two pytest-xdist workers (one per core of the 2-core machine: most tests are single-threaded
 # XLA compilation), then the tests marked `serial` (they read the machine's load or start worker
-# processes of their own) alone.
+# processes of their own) alone. Both passes share one cache directory (compiled programs, the
+# tiny test teacher), removed at the end.
 test: setup
-	$(VENV)/bin/python -m pytest -q --durations=25 -n 2 -m "not serial" tests
-	$(VENV)/bin/python -m pytest -q --durations=10 -m serial tests
+	d=$$(mktemp -d /tmp/ad_test_cache_XXXXXX) && trap 'rm -rf "$$d"' EXIT && \
+	AD_TEST_CACHE_HOME=$$d $(VENV)/bin/python -m pytest -q --durations=25 -n 2 --dist worksteal -m "not serial" tests && \
+	AD_TEST_CACHE_HOME=$$d $(VENV)/bin/python -m pytest -q --durations=10 -m serial tests
 
 # On a GPU/TPU machine (JAX's accelerator build in .venv): kernels compiled, kernel benchmark, profiles
 # from device traces, the student with fused kernels, a few bf16 distillation steps; report.json in

@@ -75,10 +75,12 @@ TINY_TEACHER = dict(head_pool_batches=2, head_steps=4, head_positions_per_step=6
 
 
 @pytest.fixture(scope="session")
-def tiny_teacher(tmp_path_factory):
-  """MiniLM with an MLM head fitted and adapted for a few steps: enough to exercise distillation."""
+def tiny_teacher():
+  """MiniLM with an MLM head fitted and adapted for a few steps: enough to exercise distillation.
+  Prepared once in the session's cache directory, which xdist workers and `make test`'s two
+  passes share (teacher preparation is locked and reuses a finished teacher); read-only to tests."""
   from ad.distill import teacher_head
-  out = str(tmp_path_factory.mktemp("teacher") / "minilm_tiny")
+  out = os.path.join(os.environ["AD_TEST_CACHE_HOME"], "tiny_teacher", "minilm_tiny")
   teacher_head.prepare(None, out, tiny_data_config(), TINY_TEACHER, log=lambda *_: None, progress=False)
   return out
 

@@ -482,7 +482,8 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
   if old is not None:
     def comparable(config: dict) -> dict:  # what may change between runs: how, not what, is searched
       search = {k: v for k, v in config.get("search", {}).items() if k not in RESUMABLE_SEARCH_KEYS}
-      return {k: v for k, v in dict(config, search=search).items() if k != "final"}  # and the finals
+      # and what runs after the search: the final distillations and their fine-tuning
+      return {k: v for k, v in dict(config, search=search).items() if k not in ("final", "finetune")}
     new_c, old_c = comparable(record["config"]), comparable(old["config"])
     diff = sorted(k for k in set(new_c) | set(old_c)
                   if json.dumps(new_c.get(k), sort_keys=True) != json.dumps(old_c.get(k), sort_keys=True))

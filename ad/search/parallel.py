@@ -3,7 +3,7 @@
 The coordinator (the `ad search` process) owns the designer. It keeps up to N trials queued or
 running in the store, asking the designer with the trials in flight as pending points (never
 suggested twice, trieste's batch mechanism), and starts N local worker processes, each pinned to
-its share of the CPU cores. Workers (`ad worker`, local or on other machines against the same
+its share of the CPU cores (and of the GPUs, by CUDA_VISIBLE_DEVICES). Workers (`ad worker`, local or on other machines against the same
 store) claim a trial atomically, renew a lease on it from a heartbeat thread while they run it,
 and write its result only while they still hold it. A worker killed with -9 stops renewing; once
 its lease runs out the next claimer takes the trial over and its distillation resumes from the
@@ -34,20 +34,39 @@ RESTARTS = 3  # per local worker slot, before the search gives up on it
 WORKER_LOG_DIR = "workers"
 
 
+def accelerator_env(workers: int) -> list[dict[str, str]]:
+  """Per local worker, the environment that gives it its share of this host's accelerators: an
+  even split of the GPUs (CUDA_VISIBLE_DEVICES); nothing on CPU. A TPU host's chips belong to one
+  process: run one `ad worker` per host there (or `ad search` without --workers)."""
+  import jax
+  devices = jax.local_devices()
+  platform = devices[0].platform
+  if platform == "cpu":
+    return [{} for _ in range(workers)]
+  if platform == "gpu":
+    if workers > len(devices):
+      raise ValueError(f"--workers {workers}: this host has {len(devices)} GPUs; at most one worker per GPU")
+    ids = [str(d.local_hardware_id if d.local_hardware_id is not None else d.id) for d in devices]
+    per = len(ids) // workers
+    return [dict(CUDA_VISIBLE_DEVICES=",".join(ids[i * per:(i + 1) * per])) for i in range(workers)]
+  raise ValueError(f"--workers {workers} on {platform}: a {platform} host's chips are used by one process; run "
+                   "`ad search` without --workers, or one `ad worker` per host against a shared --store")
+
+
 def core_shares(workers: int, cores: list[int] | None = None) -> list[list[int]]:
   """The CPU cores of each local worker: an even split of the cores this process may use."""
   cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
   if workers > len(cores):
     return [[cores[i % len(cores)]] for i in range(workers)]
   per = len(cores) // workers
-  return [cores[i * per:(i + 1) * per] for i in range(workers)]
+  return [cores[i * per:(i + 1) * per if i < workers - 1 else len(cores)] for i in range(workers)]  # last: the rest
 
 
 class _LocalWorker:
   """One `ad worker` process of this coordinator, its log, and its restarts."""
 
-  def __init__(self, index: int, run_dir: str, store_url: str | None, cores: list[int]):
-    self.index, self.run_dir, self.store_url, self.cores = index, run_dir, store_url, cores
+  def __init__(self, index: int, run_dir: str, store_url: str | None, cores: list[int], env: dict[str, str]):
+    self.index, self.run_dir, self.store_url, self.cores, self.env = index, run_dir, store_url, cores, env
     self.name = f"{socket.gethostname()}:w{index}"
     self.restarts, self.proc, self.log_path = 0, None, os.path.join(run_dir, WORKER_LOG_DIR, f"w{index}.log")
 
@@ -55,7 +74,7 @@ class _LocalWorker:
     os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
     cmd = [sys.executable, "-m", "ad.cli", "worker", "--run-dir", self.run_dir, "--worker-id", self.name,
            "--no-progress"] + (["--store", self.store_url] if self.store_url else [])
-    env = dict(os.environ, AD_WORKER_CORES=",".join(map(str, self.cores)))
+    env = dict(os.environ, **self.env, AD_COORDINATOR_PID=str(os.getpid()))
     with open(self.log_path, "a") as log:
       self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    preexec_fn=lambda: os.sched_setaffinity(0, self.cores))
@@ -94,7 +113,8 @@ def coordinate(cfg, run_dir: str, store: TrialStore, store_url: str | None, work
     log(f"search: {requeued} trial(s) interrupted in a sequential run go back to the queue")
   store.set_meta("run_dir", run_dir)
   store.set_meta("search_state", "running")
-  local = [_LocalWorker(i, run_dir, store_url, cores) for i, cores in enumerate(core_shares(workers))]
+  local = [_LocalWorker(i, run_dir, store_url, cores, env)
+           for i, (cores, env) in enumerate(zip(core_shares(workers), accelerator_env(workers)))]
   seen_done = {t["id"] for t in store.trials() if t["status"] not in IN_FLIGHT}
   try:
     for w in local:
@@ -156,6 +176,16 @@ class _Heartbeat(threading.Thread):
       store.close()
 
 
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # exists, owned by someone else
+    return True
+  return True
+
+
 def default_worker_id() -> str:
   return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -177,8 +207,12 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
   lease, poll = float(cfg.search.workers.lease_s), float(cfg.search.workers.poll_s)
   log(f"worker {worker}: joined the search in {run_dir} ({store.path}), lease {lease:.0f}s")
   ran = 0
+  coordinator = int(os.environ.get("AD_COORDINATOR_PID") or 0)  # set for the workers `ad search` starts
   while not max_trials or ran < max_trials:
     interrupt.check("a trial boundary of the worker")
+    if coordinator and not _alive(coordinator):  # orphaned: a restarted coordinator starts its own workers
+      log(f"worker {worker}: the coordinator (pid {coordinator}) is gone; stopping")
+      break
     row = store.claim_trial(worker, lease)
     if row is None:
       if store.get_meta("search_state") == "done":

@@ -69,3 +69,11 @@ def test_the_failure_budget_stops_the_search_with_the_last_error():
   with pytest.raises(RuntimeError, match=r"3 trials failed, more than search.max_failed_trials=2 \(the last, a2: "
                                          r"NonFiniteLossError: nan at step 2\)"):
     loop.failure_budget_check(rows, 2)
+
+
+def test_local_workers_get_disjoint_shares_of_the_cores():
+  from ad.search import parallel
+  assert parallel.core_shares(2, [0, 1]) == [[0], [1]]
+  assert parallel.core_shares(2, [0, 1, 2, 3, 4]) == [[0, 1], [2, 3, 4]]
+  assert parallel.core_shares(3, [0, 1]) == [[0], [1], [0]]  # more workers than cores: shared, round robin
+  assert parallel.accelerator_env(2) == [{}, {}]  # CPU: nothing to hide
