@@ -222,7 +222,7 @@ def cmd_search(args) -> int:
 def cmd_worker(args) -> int:
   from ad.search import parallel
   ran = parallel.run_worker(args.run_dir, args.store, args.worker_id, log=lambda m: print(m, file=sys.stderr, flush=True),
-                            max_trials=args.max_trials)
+                            max_trials=args.max_trials, role=args.role, target=args.target)
   print(json.dumps(dict(trials_run=ran)))
   return 0
 
@@ -351,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--store", default=None, metavar="URL", help="the search's PostgreSQL store, if it has one")
   p.add_argument("--worker-id", default=None, help="this worker's name in the store (default: host:pid)")
   p.add_argument("--max-trials", type=int, default=0, help="stop after this many trials (default 0: until done)")
+  p.add_argument("--role", default="train", choices=("train", "measure"),
+                 help="train: claim and distill trials (and measure them, unless the search has "
+                      "search.measure.target); measure: measure trials on this machine for --target")
+  p.add_argument("--target", default=None, help="with --role measure: the search's search.measure.target")
   p.add_argument("--no-progress", action="store_true")
   p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
                  help="do not use JAX's persistent compilation cache")
@@ -389,6 +393,9 @@ def main(argv=None) -> int:
   if hasattr(args, "overrides"):
     args.overrides = dotted + args.overrides
   interrupt.install()  # Ctrl-C / SIGTERM stop at the next step or trial boundary
+  if args.fn is cmd_worker:  # before JAX starts its thread pools
+    from ad.search import parallel
+    parallel.pin_to_cores()
   if getattr(args, "compile_cache", False) and os.environ.get("AD_COMPILE_CACHE", "1") != "0":
     enable_compile_cache()
   try:

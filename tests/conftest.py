@@ -85,6 +85,16 @@ def tiny_teacher():
   return out
 
 
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+  """A PostgreSQL 16 server of this test session (the pgserver wheel; Unix socket only), stopped
+  at the end. Tests create a database each."""
+  import pgserver
+  server = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
+  yield server
+  server.cleanup()
+
+
 def distill_overrides(teacher_dir: str, **extra) -> list[str]:
   """Config overrides for a seconds-long distillation run on the CPU."""
   base = {"teacher.prepared_dir": teacher_dir, "model.num_blocks": 2, "distill.batch_size": 8,

@@ -34,7 +34,6 @@ import csv
 import dataclasses
 import functools
 import hashlib
-import io
 import os
 from typing import Iterator
 

@@ -120,24 +120,33 @@ def measure(arch: space_lib.Arch, cfg, trace_dir: str, model_cfg=None) -> dict[s
                               min_reps=min(20, m.max_reps))
 
 
-def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, names, log: Callable) -> dict[str, Any]:
+def latency_verdict(measurement: dict, cfg) -> str | None:
+  """The error of a measurement that breaks constraints.max_latency_ms, else None."""
+  limit = cfg.constraints.max_latency_ms
+  if limit and measurement["latency_ms_median"] > limit:
+    return f"latency {measurement['latency_ms_median']:.3f} ms > constraints.max_latency_ms {limit}"
+  return None
+
+
+def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, names, log: Callable,
+                   measure_here: bool = True) -> dict[str, Any]:
   """Measures, checks the latency constraint, flash-distills; returns the trial's record fields.
 
   Raises on failure (the loop records the error); returns status 'infeasible' without training
   when the measured latency breaks constraints.max_latency_ms. With several processes, process
-  0's measurement decides feasibility and every process follows it.
+  0's measurement decides feasibility and every process follows it. measure_here=False: only
+  distills (a measure worker on the target measures the trial, search.measure.target).
   """
   from ad.distill import trainer
-  t0 = time.time()
-  measurement = measure(arch, cfg, trace_dir)
-  measure_s = time.time() - t0
-  out = dict(measurement=measurement, measure_s=measure_s, distill=None, distill_s=None)
-  limit = cfg.constraints.max_latency_ms
-  verdict = "infeasible" if limit and measurement["latency_ms_median"] > limit else "ok"
-  if multihost.broadcast_str(verdict) == "infeasible":
-    out.update(status="infeasible", error=f"latency {measurement['latency_ms_median']:.3f} ms > "
-                                          f"constraints.max_latency_ms {limit}")
-    return out
+  out = dict(measurement=None, measure_s=None, distill=None, distill_s=None)
+  if measure_here:
+    t0 = time.time()
+    out["measurement"] = measure(arch, cfg, trace_dir)
+    out["measure_s"] = time.time() - t0
+    error = latency_verdict(out["measurement"], cfg)
+    if multihost.broadcast_str("infeasible" if error else "ok") == "infeasible":
+      out.update(status="infeasible", error=error)
+      return out
   if any(n in TRAINED for n in names):
     t0 = time.time()
     out["distill"] = trainer.distill(arch, cfg, "flash", workdir, resume=True, log=log, progress=False)
@@ -257,20 +266,72 @@ def objective_values(names, distill: dict | None, measurement: dict | None,
   return vals, ses
 
 
-def trial_target(name: str, cfg, run_dir: str, names) -> tuple[str, dict, Callable[[], dict]]:
+def trace_dir_of(run_dir: str, name: str) -> str:
+  return os.path.join(run_dir, "traces", name.replace(":", "_"))
+
+
+def is_checkpoint_trial(name: str, cfg) -> bool:
+  ckpt_path = cfg.search.get("baseline_checkpoint") or ""
+  return bool(ckpt_path) and name == report_lib.checkpoint_name(ckpt_path)
+
+
+def trial_target(name: str, cfg, run_dir: str, names,
+                 measure_here: bool = True) -> tuple[str, dict, Callable[[], dict]]:
   """(workdir, screening, evaluate) of a trial: a student of the space, or the baseline
-  checkpoint (search.baseline_checkpoint, named by report.checkpoint_name)."""
+  checkpoint (search.baseline_checkpoint, named by report.checkpoint_name; always measured
+  where it is scored)."""
   s = cfg.search
-  trace_dir = os.path.join(run_dir, "traces", name.replace(":", "_"))
-  ckpt_path = s.get("baseline_checkpoint") or ""
-  if ckpt_path and name == report_lib.checkpoint_name(ckpt_path):
+  trace_dir = trace_dir_of(run_dir, name)
+  if is_checkpoint_trial(name, cfg):
+    ckpt_path = s.baseline_checkpoint
     screen = screening_of(checkpoint_model_cfg(ckpt_path, cfg)[0], s.measure.seq)
     return (os.path.abspath(ckpt_path), screen,
             lambda: evaluate_checkpoint(ckpt_path, cfg, trace_dir, log=lambda m: None))
   arch = space_lib.Arch.parse(name)
   workdir = os.path.join(run_dir, "trials", arch.name)
   return (workdir, screening(arch, cfg.model, s.measure.seq),
-          lambda: evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None))
+          lambda: evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None, measure_here=measure_here))
+
+
+def finish_joined(cfg, store, row: dict, names, log: Callable) -> dict:
+  """A trial measured on its target and distilled elsewhere, both halves in the store: its
+  objectives (or 'infeasible' when the measurement breaks the latency constraint)."""
+  error = latency_verdict(row["measurement"], cfg)
+  if error:
+    store.finish_trial(row["id"], "infeasible", error=error)
+    return dict(status="infeasible", objectives=None)
+  objectives, ses = objective_values(names, row["distill"], row["measurement"], row["screening"])
+  bad = [n for n, v in objectives.items() if not np.isfinite(v)]
+  if bad:
+    error = f"non-finite objective(s) {', '.join(f'{n}={objectives[n]}' for n in bad)}"
+    log(f"search: trial {row['arch']} failed: {error}")
+    store.finish_trial(row["id"], "failed", error=error)
+    return dict(status="failed", objectives=None)
+  store.finish_trial(row["id"], "ok", objectives=objectives, objective_se=ses, measurement=row["measurement"],
+                     distill=row["distill"], measure_s=row["measure_s"], distill_s=row["distill_s"],
+                     timings=row["timings"])
+  return dict(status="ok", objectives=objectives)
+
+
+def run_measurement(cfg, run_dir: str, store, row: dict, names, log: Callable, worker: str) -> dict:
+  """A measure worker's job: measures the trial's architecture on this machine, records it, and
+  joins it with the distillation if that is already in. A failed measurement fails the trial."""
+  name = row["arch"]
+  try:
+    t0 = time.time()
+    measurement = measure(space_lib.Arch.parse(name), cfg, trace_dir_of(run_dir, name))
+    measure_s = time.time() - t0
+  except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
+    raise
+  except Exception as e:
+    log(f"search: measuring {name} failed: {type(e).__name__}: {str(e)[:300]}")
+    store.finish_trial(row["id"], "failed", error=f"measurement on {row['measure_target']}: {type(e).__name__}: {e}\n"
+                                                  f"{traceback.format_exc(limit=6)}")
+    return dict(status="failed")
+  recorded, complete = store.record_measurement(row["id"], worker, measurement, measure_s)
+  if complete:
+    return dict(finish_joined(cfg, store, complete, names, log), recorded=recorded)
+  return dict(status="measured" if recorded else "lost", recorded=recorded)
 
 
 def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designer_s: float = 0.0,
@@ -279,7 +340,8 @@ def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designe
   objectives, or 'failed' with the error (a NaN, an OOM, a damaged checkpoint: the search goes
   on). With `worker`, the result is written only while that worker still holds the trial."""
   name = row["arch"]
-  _, screen, evaluate = trial_target(name, cfg, run_dir, names)
+  remote = bool(row.get("measure_target")) and not is_checkpoint_trial(name, cfg)  # measured by a measure worker
+  _, screen, evaluate = trial_target(name, cfg, run_dir, names, measure_here=not remote)
   try:
     r = evaluate()
   except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
@@ -289,6 +351,12 @@ def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designe
     log(f"search: trial {name} failed: {type(e).__name__}: {str(e)[:300]}")
     store.finish_trial(row["id"], "failed", error=err, timings=dict(designer_s=designer_s), worker=worker)
     return dict(status="failed")
+  if remote and r["status"] == "ok":  # the training half; the trial completes when both halves are in
+    recorded, complete = store.record_distillation(row["id"], worker, r["distill"], r["distill_s"],
+                                                   trial_timings(r, designer_s))
+    if complete:
+      return dict(finish_joined(cfg, store, complete, names, log), recorded=recorded)
+    return dict(status="trained" if recorded else "lost", recorded=recorded)
   objectives, ses = (objective_values(names, r["distill"], r["measurement"], screen) if r["status"] == "ok"
                      else (None, None))
   status, error = r["status"], r.get("error")
@@ -300,7 +368,7 @@ def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designe
                                 measurement=r["measurement"], distill=r["distill"], error=error,
                                 measure_s=r["measure_s"], distill_s=r["distill_s"],
                                 timings=trial_timings(r, designer_s), worker=worker)
-  if not recorded:
+  if worker and not recorded:
     log(f"search: trial {name} finished on {worker} after its lease ran out; another worker's result counts")
   return dict(status=status, objectives=objectives, recorded=recorded)
 
@@ -517,7 +585,7 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
   bar = tqdm(total=s.num_trials, initial=done_designed() if is_main else 0, disable=not (progress and is_main),
              dynamic_ncols=True, desc="search")
   try:
-    if workers > 1:
+    if workers > 1 or s.measure.get("target"):  # workers, or measurement on another machine: over the store
       from ad.search import parallel
       parallel.coordinate(cfg, run_dir, store, store_url, workers, initial, des, names, designer, bar,
                           on_result=record_scalars, hv_now=hv_now, log=log)

@@ -11,6 +11,13 @@ trial's own checkpoints. A local worker that dies is restarted (up to RESTARTS t
 trial is recorded with its error and reaches the designer as failed, never as an observation;
 more than search.max_failed_trials failures stop the search with a message.
 
+Decoupled measurement (003 measures on the target machine, not the training one): with
+search.measure.target = NAME, training workers only distill, and `ad worker --role measure
+--target NAME` processes on the target machine claim the measurements (leases as for training);
+whichever half of a trial finishes second joins them into its objectives in the store. The
+baseline checkpoint is measured where it is scored. The latency constraint is then checked at the
+join, after training.
+
 Workers read the search's config from the store's run record, so `ad worker` needs only the
 run directory (SQLite) or the store URL plus the run directory where trials write their
 checkpoints and traces (shared storage when workers are on several machines).
@@ -53,6 +60,16 @@ def accelerator_env(workers: int) -> list[dict[str, str]]:
                    "`ad search` without --workers, or one `ad worker` per host against a shared --store")
 
 
+def pin_to_cores() -> list[int] | None:
+  """A local worker's first act: keep to the cores its coordinator gave it (AD_WORKER_CORES)."""
+  cores = os.environ.get("AD_WORKER_CORES")
+  if not cores:
+    return None
+  share = [int(c) for c in cores.split(",")]
+  os.sched_setaffinity(0, share)
+  return share
+
+
 def core_shares(workers: int, cores: list[int] | None = None) -> list[list[int]]:
   """The CPU cores of each local worker: an even split of the cores this process may use."""
   cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
@@ -74,10 +91,12 @@ class _LocalWorker:
     os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
     cmd = [sys.executable, "-m", "ad.cli", "worker", "--run-dir", self.run_dir, "--worker-id", self.name,
            "--no-progress"] + (["--store", self.store_url] if self.store_url else [])
-    env = dict(os.environ, **self.env, AD_COORDINATOR_PID=str(os.getpid()))
+    # The worker pins itself (pin_to_cores) before it imports JAX: a preexec_fn would fork this
+    # multithreaded process, which JAX warns may deadlock.
+    env = dict(os.environ, **self.env, AD_COORDINATOR_PID=str(os.getpid()),
+               AD_WORKER_CORES=",".join(map(str, self.cores)))
     with open(self.log_path, "a") as log:
-      self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   preexec_fn=lambda: os.sched_setaffinity(0, self.cores))
+      self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
   def check(self, log: Callable) -> None:
     """Restarts the process if it died; an error when it keeps dying."""
@@ -108,6 +127,8 @@ def coordinate(cfg, run_dir: str, store: TrialStore, store_url: str | None, work
   from ad.search import loop
   s = cfg.search
   poll = float(s.workers.poll_s)
+  target = s.measure.get("target") or None  # measured by `ad worker --role measure --target NAME`
+  waiting_said = False
   requeued = store.requeue_unleased()
   if requeued:
     log(f"search: {requeued} trial(s) interrupted in a sequential run go back to the queue")
@@ -130,19 +151,25 @@ def coordinate(cfg, run_dir: str, store: TrialStore, store_url: str | None, work
           if t["role"] not in report_lib.BASELINE_ROLES:
             bar.update(1)
       in_flight = [t for t in rows if t["status"] in IN_FLIGHT]
-      while len(in_flight) < workers:
+      # Trained trials waiting for their measurement hold no training worker.
+      while sum(t["status"] != "trained" for t in in_flight) < workers:
         name, role, who, designer_s = loop.next_trial(
             cfg, rows, initial, des, names, designer,
             pending=[t["arch"] for t in in_flight if t["role"] != report_lib.CHECKPOINT_ROLE])
         if not name:
           break
         workdir, screen, _ = loop.trial_target(name, cfg, run_dir, names)
-        store.enqueue_trial(name, role, who, s.seed, screen, workdir)
+        store.enqueue_trial(name, role, who, s.seed, screen, workdir, measure_target=target)
         log(f"search: queued {name} ({role}{f', designer {designer_s:.1f}s' if designer_s else ''})")
         rows = store.trials()
         in_flight = [t for t in rows if t["status"] in IN_FLIGHT]
       if not in_flight:
         break
+      if target and all(t["measure_status"] != "ok" for t in in_flight) and not waiting_said and any(
+          t["status"] == "trained" for t in in_flight):
+        log(f"search: trained trials wait for their measurement on {target!r}: start `ad worker --role measure "
+            f"--target {target} --run-dir {run_dir}` on that machine")
+        waiting_said = True
       bar.set_postfix_str(f"hv={hv_now():.4g} in flight: " + ", ".join(
           f"{t['arch']}@{t.get('worker') or 'queue'}" for t in in_flight))
       for w in local:
@@ -158,17 +185,18 @@ class _Heartbeat(threading.Thread):
   """Renews a worker's lease on its trial every lease/3 seconds on a connection of its own;
   `lost` is set when the trial was taken over (the lease ran out before a renewal)."""
 
-  def __init__(self, run_dir: str, store_url: str | None, trial_id: int, worker: str, lease_s: float):
+  def __init__(self, run_dir: str, store_url: str | None, trial_id: int, worker: str, lease_s: float,
+               part: str = "train"):
     super().__init__(daemon=True)
-    self.args = (run_dir, store_url, trial_id, worker, lease_s)
+    self.args = (run_dir, store_url, trial_id, worker, lease_s, part)
     self.stopped, self.lost = threading.Event(), threading.Event()
 
   def run(self) -> None:
-    run_dir, store_url, trial_id, worker, lease_s = self.args
+    run_dir, store_url, trial_id, worker, lease_s, part = self.args
     store = TrialStore(run_dir, create=False, url=store_url)
     try:
       while not self.stopped.wait(lease_s / 3):
-        if not store.renew_lease(trial_id, worker, lease_s):
+        if not store.renew_lease(trial_id, worker, lease_s, part):
           self.lost.set()
           interrupt.request()  # stop this run of the trial at its next step: its new owner resumes it
           return
@@ -190,10 +218,19 @@ def default_worker_id() -> str:
   return f"{socket.gethostname()}:{os.getpid()}"
 
 
+ROLES = ("train", "measure")
+
+
 def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None = None, log: Callable = print,
-               max_trials: int = 0) -> int:
+               max_trials: int = 0, role: str = "train", target: str | None = None) -> int:
   """Claims and runs trials of the search in `run_dir` (or `store_url`) until the coordinator
-  marks the search done (or `max_trials` were run); returns how many this worker ran."""
+  marks the search done (or `max_trials` were run); returns how many this worker ran.
+  role='measure': claims the measurements of trials for `target` (search.measure.target) and
+  measures them on this machine."""
+  if role not in ROLES:
+    raise ValueError(f"--role {role!r}: expected one of {ROLES}")
+  if role == "measure" and not target:
+    raise ValueError("--role measure needs --target NAME (the search's search.measure.target)")
   import ml_collections
   worker = worker_id or default_worker_id()
   store = TrialStore(run_dir, create=False, url=store_url)
@@ -205,7 +242,11 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
   from ad.search import loop
   names = [o["name"] for o in cfg.search.objectives]
   lease, poll = float(cfg.search.workers.lease_s), float(cfg.search.workers.poll_s)
-  log(f"worker {worker}: joined the search in {run_dir} ({store.path}), lease {lease:.0f}s")
+  if role == "measure" and target != (cfg.search.measure.get("target") or None):
+    raise ValueError(f"--target {target!r}: the search in {run_dir} measures on "
+                     f"{cfg.search.measure.get('target') or 'its training workers (no search.measure.target)'}")
+  log(f"worker {worker}: joined the search in {run_dir} ({store.path}) as {role}"
+      + (f" for {target}" if target else "") + f", lease {lease:.0f}s")
   ran = 0
   coordinator = int(os.environ.get("AD_COORDINATOR_PID") or 0)  # set for the workers `ad search` starts
   while not max_trials or ran < max_trials:
@@ -213,17 +254,22 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
     if coordinator and not _alive(coordinator):  # orphaned: a restarted coordinator starts its own workers
       log(f"worker {worker}: the coordinator (pid {coordinator}) is gone; stopping")
       break
-    row = store.claim_trial(worker, lease)
+    row = store.claim_trial(worker, lease) if role == "train" else store.claim_measurement(worker, target, lease)
     if row is None:
       if store.get_meta("search_state") == "done":
         break
       time.sleep(poll)
       continue
-    log(f"worker {worker}: running {row['arch']} (attempt {row['attempts']})")
-    beat = _Heartbeat(run_dir, store_url, row["id"], worker, lease)
+    log(f"worker {worker}: {'running' if role == 'train' else 'measuring'} {row['arch']}"
+        + (f" (attempt {row['attempts']})" if role == "train" else ""))
+    beat = _Heartbeat(run_dir, store_url, row["id"], worker, lease, part=role)
     beat.start()
+    release = store.release_trial if role == "train" else store.release_measurement
     try:
-      r = loop.run_trial(cfg, run_dir, store, row, names, log, worker=worker)
+      if role == "train":
+        r = loop.run_trial(cfg, run_dir, store, row, names, log, worker=worker)
+      else:
+        r = loop.run_measurement(cfg, run_dir, store, row, names, log, worker=worker)
     except interrupt.Interrupted:
       beat.stopped.set()
       beat.join()
@@ -231,10 +277,10 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
         interrupt.reset()
         log(f"worker {worker}: lost {row['arch']} to another worker (lease expired); stopped it")
         continue
-      store.release_trial(row["id"], worker)  # stopped by the user: back to the queue, resumed by the next claimer
+      release(row["id"], worker)  # stopped by the user: back to the queue, resumed by the next claimer
       raise
     except BaseException:
-      store.release_trial(row["id"], worker)
+      release(row["id"], worker)
       raise
     finally:
       beat.stopped.set()

@@ -14,7 +14,6 @@ comparison is listed beside it.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 

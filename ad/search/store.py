@@ -31,10 +31,11 @@ import time
 from typing import Any
 
 STORE_FILE = "trials.sqlite"
-STATUSES = ("queued", "running", "ok", "failed", "infeasible")
-IN_FLIGHT = ("queued", "running")
+# 'trained': distilled, waiting for its measurement on the target (search.measure.target).
+STATUSES = ("queued", "running", "trained", "ok", "failed", "infeasible")
+IN_FLIGHT = ("queued", "running", "trained")
 DONE = ("ok", "failed", "infeasible")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # {ID}, {FLOAT}: the dialect's auto-increment key and 8-byte float (SQLite: INTEGER PRIMARY KEY,
 # REAL; PostgreSQL: BIGSERIAL PRIMARY KEY, DOUBLE PRECISION).
@@ -89,6 +90,10 @@ _MIGRATIONS = {
     3: (("trials", "worker", "TEXT"),  # parallel trials: who holds the trial,
         ("trials", "lease_until", "{FLOAT}"),  # until when (None: a sequential search's trial),
         ("trials", "attempts", "INTEGER")),  # and how many claims it has had
+    4: (("trials", "measure_target", "TEXT"),  # measured by `ad worker --role measure --target NAME`
+        ("trials", "measure_status", "TEXT"),  # queued | running | ok (None: measured with the training)
+        ("trials", "measure_worker", "TEXT"),
+        ("trials", "measure_lease_until", "{FLOAT}")),
 }
 _JSON_COLUMNS = ("objectives", "objective_se", "measurement", "distill", "screening", "metrics", "timings", "result")
 _DIALECT_TYPES = dict(sqlite=dict(ID="INTEGER PRIMARY KEY", FLOAT="REAL"),
@@ -275,26 +280,30 @@ class TrialStore:
       self._upsert_meta(key, value)
 
   # ---- trials ----------------------------------------------------------------------------------
-  def _insert_trial(self, arch, role, designer, status, seed, screening, workdir) -> int:
+  def _insert_trial(self, arch, role, designer, status, seed, screening, workdir, measure_target=None) -> int:
     with self.db.transaction():
       row = self.db.query(
           "INSERT INTO trials (arch, role, designer, status, screening, seed, code_version, started, workdir, "
-          "attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0) RETURNING id",
-          (arch, role, designer, status, json.dumps(screening), seed, code_version(), time.time(), self.rel(workdir)))
+          "attempts, measure_target, measure_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) RETURNING id",
+          (arch, role, designer, status, json.dumps(screening), seed, code_version(), time.time(), self.rel(workdir),
+           measure_target, "queued" if measure_target else None))
     return int(row[0]["id"])
 
   def start_trial(self, arch: str, role: str, designer: str, seed: int, screening: dict, workdir: str) -> int:
     """A trial run now by this process (sequential search)."""
     return self._insert_trial(arch, role, designer, "running", seed, screening, workdir)
 
-  def enqueue_trial(self, arch: str, role: str, designer: str, seed: int, screening: dict, workdir: str) -> int:
-    """A trial for the next worker to claim (parallel search)."""
-    return self._insert_trial(arch, role, designer, "queued", seed, screening, workdir)
+  def enqueue_trial(self, arch: str, role: str, designer: str, seed: int, screening: dict, workdir: str,
+                    measure_target: str | None = None) -> int:
+    """A trial for the next worker to claim (parallel search); with `measure_target`, its
+    measurement is a separate job for a measure worker of that target."""
+    return self._insert_trial(arch, role, designer, "queued", seed, screening, workdir, measure_target or None)
 
   def restart_trial(self, trial_id: int) -> None:
+    """An interrupted (or queued) trial run again by this process (sequential search)."""
     with self.db.transaction():
-      self.db.execute("UPDATE trials SET started = ?, code_version = ? WHERE id = ?",
-                      (time.time(), code_version(), trial_id))
+      self.db.execute("UPDATE trials SET status = 'running', worker = NULL, lease_until = NULL, started = ?, "
+                      "code_version = ? WHERE id = ?", (time.time(), code_version(), trial_id))
 
   def claim_trial(self, worker: str, lease_s: float) -> dict[str, Any] | None:
     """Atomically takes the oldest queued trial, or a running one whose lease has expired (its
@@ -313,12 +322,62 @@ class TrialStore:
                       (worker, now + lease_s, now, code_version(), tid))
     return self.trial(tid)
 
-  def renew_lease(self, trial_id: int, worker: str, lease_s: float) -> bool:
-    """Extends `worker`'s lease; False when the trial is no longer its own (it was reclaimed)."""
+  def renew_lease(self, trial_id: int, worker: str, lease_s: float, part: str = "train") -> bool:
+    """Extends `worker`'s lease on the trial's training (or its measurement, part='measure');
+    False when it is no longer its own (it was reclaimed)."""
     with self.db.transaction():
-      cur = self.db.execute("UPDATE trials SET lease_until = ? WHERE id = ? AND worker = ? AND status = 'running'",
-                            (time.time() + lease_s, trial_id, worker))
+      if part == "measure":
+        cur = self.db.execute("UPDATE trials SET measure_lease_until = ? WHERE id = ? AND measure_worker = ? AND "
+                              "measure_status = 'running'", (time.time() + lease_s, trial_id, worker))
+      else:
+        cur = self.db.execute("UPDATE trials SET lease_until = ? WHERE id = ? AND worker = ? AND status = 'running'",
+                              (time.time() + lease_s, trial_id, worker))
     return cur.rowcount == 1
+
+  def claim_measurement(self, worker: str, target: str, lease_s: float) -> dict[str, Any] | None:
+    """claim_trial for measure workers: the oldest trial of `target` whose measurement is queued
+    or whose measure lease expired, while the trial is still in flight."""
+    now = time.time()
+    lock = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
+    with self.db.transaction():
+      rows = self.db.query("SELECT id FROM trials WHERE measure_target = ? AND status IN ('queued', 'running', "
+                           "'trained') AND (measure_status = 'queued' OR (measure_status = 'running' AND "
+                           "measure_lease_until < ?)) ORDER BY id LIMIT 1" + lock, (target, now))
+      if not rows:
+        return None
+      tid = rows[0]["id"]
+      self.db.execute("UPDATE trials SET measure_status = 'running', measure_worker = ?, measure_lease_until = ? "
+                      "WHERE id = ?", (worker, now + lease_s, tid))
+    return self.trial(tid)
+
+  def record_distillation(self, trial_id: int, worker: str, distill: dict, distill_s: float,
+                          timings: dict) -> tuple[bool, dict | None]:
+    """A training worker's half of a trial measured elsewhere: (recorded, the row when the
+    measurement is already in, so the caller joins the two; else None)."""
+    with self.db.transaction():
+      cur = self.db.execute("UPDATE trials SET status = 'trained', distill = ?, distill_s = ?, timings = ?, "
+                            "lease_until = NULL WHERE id = ? AND worker = ? AND status = 'running'",
+                            (json.dumps(distill, default=str), distill_s, json.dumps(timings), trial_id, worker))
+      row = self.trial(trial_id) if cur.rowcount == 1 else None
+    return cur.rowcount == 1, (row if row and row["measure_status"] == "ok" else None)
+
+  def record_measurement(self, trial_id: int, worker: str, measurement: dict,
+                         measure_s: float) -> tuple[bool, dict | None]:
+    """A measure worker's half: (recorded, the row when the distillation is already in)."""
+    if measurement.get("trace_dir"):
+      measurement = dict(measurement, trace_dir=self.rel(measurement["trace_dir"]))
+    with self.db.transaction():
+      cur = self.db.execute("UPDATE trials SET measurement = ?, measure_s = ?, measure_status = 'ok', "
+                            "measure_lease_until = NULL WHERE id = ? AND measure_worker = ? AND measure_status = "
+                            "'running' AND status IN ('queued', 'running', 'trained')",
+                            (json.dumps(measurement, default=str), measure_s, trial_id, worker))
+      row = self.trial(trial_id) if cur.rowcount == 1 else None
+    return cur.rowcount == 1, (row if row and row["status"] == "trained" else None)
+
+  def release_measurement(self, trial_id: int, worker: str) -> None:
+    with self.db.transaction():
+      self.db.execute("UPDATE trials SET measure_status = 'queued', measure_worker = NULL, measure_lease_until = NULL "
+                      "WHERE id = ? AND measure_worker = ? AND measure_status = 'running'", (trial_id, worker))
 
   def release_trial(self, trial_id: int, worker: str) -> None:
     """Gives an unfinished trial back to the queue (a worker stopped by Ctrl-C / SIGTERM)."""
@@ -342,7 +401,8 @@ class TrialStore:
       raise ValueError(f"trial status {status!r}: expected one of {DONE}")
     if measurement and measurement.get("trace_dir"):
       measurement = dict(measurement, trace_dir=self.rel(measurement["trace_dir"]))
-    owned = " AND worker = ? AND status = 'running'" if worker else ""
+    # A holder writes only while it holds the trial; anyone else only into a trial still in flight.
+    owned = " AND worker = ? AND status = 'running'" if worker else " AND status IN ('queued', 'running', 'trained')"
     with self.db.transaction():
       cur = self.db.execute(
           "UPDATE trials SET status = ?, objectives = ?, objective_se = ?, measurement = ?, distill = ?, error = ?, "

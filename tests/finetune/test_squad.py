@@ -28,7 +28,7 @@ def _article(rng, n_paragraphs: int, prefix: str) -> dict:
   paras = []
   for p in range(n_paragraphs):
     things = rng.choice(THINGS, 4, replace=False)
-    sentences, qas = [], []
+    qas = []
     context = ""
     for k, thing in enumerate(things):
       color = str(rng.choice(COLORS))

@@ -71,9 +71,66 @@ def test_the_failure_budget_stops_the_search_with_the_last_error():
     loop.failure_budget_check(rows, 2)
 
 
-def test_local_workers_get_disjoint_shares_of_the_cores():
+def test_local_workers_get_disjoint_shares_of_the_cores(monkeypatch):
   from ad.search import parallel
+  before = os.sched_getaffinity(0)
+  monkeypatch.setenv("AD_WORKER_CORES", str(min(before)))
+  try:  # what `ad worker` does first when its coordinator gave it cores
+    assert parallel.pin_to_cores() == [min(before)] and os.sched_getaffinity(0) == {min(before)}
+  finally:
+    os.sched_setaffinity(0, before)
+  monkeypatch.delenv("AD_WORKER_CORES")
+  assert parallel.pin_to_cores() is None  # a worker started by hand keeps its cores
   assert parallel.core_shares(2, [0, 1]) == [[0], [1]]
   assert parallel.core_shares(2, [0, 1, 2, 3, 4]) == [[0, 1], [2, 3, 4]]
   assert parallel.core_shares(3, [0, 1]) == [[0], [1], [0]]  # more workers than cores: shared, round robin
   assert parallel.accelerator_env(2) == [{}, {}]  # CPU: nothing to hide
+
+
+def test_measurement_on_another_worker_class_and_a_restarted_coordinator_over_postgresql(tmp_path, tiny_teacher,
+                                                                                          postgres):
+  """search.measure.target over a PostgreSQL store: the search's own worker only distills, a
+  separate `ad worker --role measure` measures, and the store joins the halves. The coordinator
+  is killed with -9 after the first trial and restarted with --resume: it continues from the
+  store, and no trial is lost or run twice."""
+  import psycopg
+  with psycopg.connect(postgres.get_uri(), autocommit=True) as c:
+    c.execute("CREATE DATABASE e2e_measure")
+  url = postgres.get_uri("e2e_measure")
+  run_dir = str(tmp_path / "search")
+  search = [sys.executable, "-m", "ad.cli", "search", "--config", "quickstart", "--run-dir", run_dir, "--no-progress",
+            "--store", url]
+  search += [f"--set={o}" for o in _overrides(tiny_teacher, **{
+      "search.num_initial": 2, "search.num_trials": 2, "search.designer": "random", "search.baseline_arch": "",
+      "search.measure.target": "cpu-b", "search.workers.poll_s": 0.2})]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  run = lambda args: subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True)
+  coordinator = run(search)
+  def rows():
+    store = store_lib.TrialStore(run_dir, url=url)
+    try:
+      return store.trials()
+    finally:
+      store.close()
+  deadline = time.time() + 300
+  while time.time() < deadline and coordinator.poll() is None and not rows():
+    time.sleep(0.5)
+  measurer = run([sys.executable, "-m", "ad.cli", "worker", "--run-dir", run_dir, "--store", url, "--role", "measure",
+                  "--target", "cpu-b", "--worker-id", "measurer"])
+  while time.time() < deadline and coordinator.poll() is None and not any(r["status"] == "ok" for r in rows()):
+    time.sleep(0.5)
+  assert coordinator.poll() is None, coordinator.communicate()[1][-3000:]
+  coordinator.kill()  # -9: the coordinator is gone mid-search
+  coordinator.wait()
+  restarted = run(search + ["--resume"])
+  out, err = restarted.communicate(timeout=600)
+  assert restarted.returncode == 0, err[-3000:]
+  assert measurer.wait(timeout=120) == 0  # it stops once the search is done
+  final = rows()
+  assert len(final) == 2 and {r["status"] for r in final} == {"ok"}, [(r["arch"], r["status"], r["error"]) for r in final]
+  for r in final:
+    assert r["measure_worker"] == "measurer" and r["measure_status"] == "ok" and r["attempts"] == 1
+    assert r["worker"] != "measurer" and r["distill"]["mlm_accuracy"] == r["objectives"]["mlm_accuracy"]
+    assert r["objectives"]["latency_ms"] == r["measurement"]["latency_ms_median"] > 0
+  assert json.loads(out[out.index("{"):])["status_counts"]["ok"] == 2

@@ -3,7 +3,6 @@ started by the fixture from the pgserver wheel, Unix socket only): claims that g
 of many concurrent claimers, leases that expire and are taken over, results written only by the
 trial's holder, schema versions and migrations."""
 
-import json
 import os
 import sqlite3
 import threading
@@ -14,15 +13,6 @@ import pytest
 
 from ad.search import store as store_lib
 from ad.search.store import StoreError, TrialStore
-
-
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
-  """A PostgreSQL 16 server of this test session (pgserver), stopped at the end."""
-  pgserver = pytest.importorskip("pgserver")
-  server = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
-  yield server
-  server.cleanup()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -142,3 +132,34 @@ def test_a_bad_postgresql_url_is_named(tmp_path):
   with pytest.raises(StoreError, match=r"postgresql://ad:\*\*\*@/nodb.*cannot connect") as e:
     TrialStore(str(tmp_path), url=url)
   assert "secret" not in str(e.value)
+
+
+def test_a_trial_measured_elsewhere_is_joined_by_whichever_half_finishes_second(store_at):
+  """search.measure.target: a training worker and a measure worker each hold one half of a
+  trial; the half recorded second gets the complete row (to compute the objectives), the first
+  gets None; a measure lease expires and is taken over like a training lease."""
+  st = store_at()
+  a, b = [st.enqueue_trial(f"128_64_1_384_{i}", "designer", "bo", 0, {}, "w", measure_target="tpu-v4i")
+          for i in range(2)]
+  assert st.claim_measurement("m", "other-target", 60) is None  # only its own target's measurements
+  # Trial a: the measurement first, then the training.
+  assert st.claim_measurement("m", "tpu-v4i", 60)["id"] == a
+  assert st.claim_trial("t", 60)["id"] == a
+  assert st.record_measurement(a, "m", dict(latency_ms_median=1.0), 2.0) == (True, None)
+  recorded, row = st.record_distillation(a, "t", dict(mlm_accuracy=0.1), 3.0, dict(total_s=3.0))
+  assert recorded and row["measurement"] == dict(latency_ms_median=1.0) and row["distill"] == dict(mlm_accuracy=0.1)
+  # Trial b: the training first; the first measure worker dies, its lease runs out, another takes over.
+  assert st.claim_trial("t", 60)["id"] == b
+  assert st.record_distillation(b, "t", dict(mlm_accuracy=0.2), 3.0, {}) == (True, None)
+  assert st.trial(b)["status"] == "trained" and st.claim_trial("t2", 60) is None  # trained: not claimable again
+  assert st.claim_measurement("m1", "tpu-v4i", 0.2)["id"] == b
+  time.sleep(0.4)
+  assert st.claim_measurement("m2", "tpu-v4i", 60)["id"] == b
+  assert not st.renew_lease(b, "m1", 60, part="measure")
+  assert st.record_measurement(b, "m1", dict(latency_ms_median=9.0), 1.0) == (False, None)  # no longer its own
+  recorded, row = st.record_measurement(b, "m2", dict(latency_ms_median=2.0), 1.0)
+  assert recorded and row["status"] == "trained" and row["measurement"] == dict(latency_ms_median=2.0)
+  # A trial that is finished is not written into by anyone not holding it.
+  assert st.finish_trial(b, "ok", objectives=dict(mlm_accuracy=0.2))
+  assert not st.finish_trial(b, "failed", error="late measurement failure")
+  assert st.trial(b)["status"] == "ok"
