@@ -367,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _search_stopped():
+  from ad.search.loop import SearchStopped
+  return SearchStopped
+
+
 def _service_error():
   from ad.search.designers import OptimizerServiceError
   return OptimizerServiceError
@@ -402,12 +407,12 @@ def main(argv=None) -> int:
     return args.fn(args) or 0
   except (interrupt.Interrupted, KeyboardInterrupt) as e:
     where = f" ({e})" if isinstance(e, interrupt.Interrupted) else ""
-    again = ("run the same command again: it resumes" if args.command == "teacher"
+    again = ("run the same command again: it resumes" if args.command in ("teacher", "worker")
              else "run the same command with --resume to continue")
     print(f"ad {args.command}: interrupted{where}; {again}", file=sys.stderr)
     return 130
   except (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError, MemoryError,
-          files.LockedError, _service_error()) as e:
+          files.LockedError, _service_error(), _search_stopped()) as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"ad {args.command}: error: {msg}", file=sys.stderr)
     return 2

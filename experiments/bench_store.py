@@ -17,6 +17,7 @@ import csv
 import json
 import multiprocessing as mp
 import os
+import shutil
 import tempfile
 import time
 
@@ -81,6 +82,7 @@ def run(backend: str, workers: int, trials: int) -> dict:
   store.close()
   if server:
     server.cleanup()
+  shutil.rmtree(tmp, ignore_errors=True)
   return out
 
 

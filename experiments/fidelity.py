@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import json
 import os
 import shutil
 import subprocess

@@ -12,7 +12,6 @@ import sys
 import time
 
 import ml_collections
-import numpy as np
 import pytest
 
 from ad import cli, configs, files

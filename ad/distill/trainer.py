@@ -31,7 +31,7 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -373,12 +373,16 @@ def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designe
   return dict(status=status, objectives=objectives, recorded=recorded)
 
 
+class SearchStopped(RuntimeError):
+  """The search cannot go on (too many failed trials, a worker that keeps dying): says why."""
+
+
 def failure_budget_check(rows: list[dict], max_failed: int) -> None:
   """Stops the search with a clear message once more than `max_failed` trials failed (0: no limit)."""
   failed = [r for r in rows if r["status"] == "failed"]
   if max_failed and len(failed) > max_failed:
     last = (failed[-1].get("error") or "").splitlines()[0][:300]
-    raise RuntimeError(f"search: {len(failed)} trials failed, more than search.max_failed_trials={max_failed} "
+    raise SearchStopped(f"search: {len(failed)} trials failed, more than search.max_failed_trials={max_failed} "
                        f"(the last, {failed[-1]['arch']}: {last}); the run directory's store lists every error. "
                        "Fix the cause, then --resume (failed trials are not run again; raise "
                        "search.max_failed_trials to go on regardless)")

@@ -104,7 +104,8 @@ class _LocalWorker:
     if code is None or code == 0:
       return
     if self.restarts >= RESTARTS:
-      raise RuntimeError(f"worker {self.name} exited with code {code} {self.restarts + 1} times; see {self.log_path}")
+      from ad.search.loop import SearchStopped
+      raise SearchStopped(f"worker {self.name} exited with code {code} {self.restarts + 1} times; see {self.log_path}")
     self.restarts += 1
     log(f"search: worker {self.name} exited with code {code}; restarting it ({self.restarts}/{RESTARTS}); its trial "
         "goes to the next claimer once its lease runs out")

@@ -131,7 +131,7 @@ class _Database:
         import psycopg
         from psycopg.rows import dict_row
       except ImportError:
-        raise StoreError(f"{where}: a PostgreSQL store needs psycopg (pip install 'psycopg[binary]')") from None
+        raise StoreError(f"{_redacted(where)}: a PostgreSQL store needs psycopg (pip install 'psycopg[binary]')") from None
       self.dialect, self.errors = "postgresql", (psycopg.Error,)
       try:
         self.conn = psycopg.connect(where, autocommit=True, row_factory=dict_row, connect_timeout=30)

@@ -61,12 +61,25 @@ def test_two_workers_finish_a_search_and_a_killed_workers_trial_is_taken_over(tm
   assert "## Workers" in report and f"Takeovers: `{victim['arch']}`" in report
 
 
+def test_failed_and_in_flight_trials_are_never_observations_of_the_designer():
+  from ad.search import loop
+  names = ["mlm_accuracy", "latency_ms"]
+  ok = dict(arch="128_64_1_384_1", role="initial", status="ok", objectives=dict(mlm_accuracy=0.1, latency_ms=2.0),
+            objective_se=dict(mlm_accuracy=0.01, latency_ms=0.1))
+  rows = [ok] + [dict(arch=f"128_64_1_384_{i}", role="designer", status=st, objectives=None)
+                 for i, st in ((2, "failed"), (4, "queued"), (6, "running"))]
+  rows.append(dict(arch="128_64_2_384_2", role="designer", status="trained", objectives=None))
+  seen = loop.designer_trials(rows, names)
+  assert [(t["arch"].name, t["status"]) for t in seen] == [("128_64_1_384_1", "ok"), ("128_64_1_384_2", "failed")]
+  assert "values" not in seen[1] and seen[0]["values"] == [0.1, 2.0]  # the GP gets values from ok trials only
+
+
 def test_the_failure_budget_stops_the_search_with_the_last_error():
   from ad.search import loop
   rows = [dict(arch=f"a{i}", status="failed", error=f"NonFiniteLossError: nan at step {i}\ntrace") for i in range(3)]
   loop.failure_budget_check(rows, 3)  # at the budget: goes on
   loop.failure_budget_check(rows, 0)  # 0: no limit
-  with pytest.raises(RuntimeError, match=r"3 trials failed, more than search.max_failed_trials=2 \(the last, a2: "
+  with pytest.raises(loop.SearchStopped, match=r"3 trials failed, more than search.max_failed_trials=2 \(the last, a2: "
                                          r"NonFiniteLossError: nan at step 2\)"):
     loop.failure_budget_check(rows, 2)
 
