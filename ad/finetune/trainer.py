@@ -4,8 +4,8 @@ the project's own models (003 Tables 3-4).
 Model: the checkpoint's encoder and a new linear head: for classification (and regression) on
 its pooled output (MobileBERT's / BERT's pooler where the checkpoint has one, else the first
 token) after dropout; for SQuAD (span tasks) on every token's final hidden state after
-dropout, two outputs (answer start, answer end). Training: AdamW (decoupled weight decay on matrices only), linear
-warm-up over `warmup_fraction` of the steps then linear decay, `epochs` passes in an order drawn
+dropout, two outputs (answer start, answer end). Training: AdamW (decoupled weight decay on
+matrices only), linear warm-up over `warmup_fraction` of the steps then linear decay, `epochs` passes in an order drawn
 from the seed; the validation split is scored `evals_per_epoch` times per epoch, the best
 parameters are kept, and training stops after `patience` scorings without improvement. The
 test split is scored once, with the best parameters: the task's metric with a bootstrap

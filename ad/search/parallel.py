@@ -3,11 +3,11 @@
 The coordinator (the `ad search` process) owns the designer. It keeps up to N trials queued or
 running in the store, asking the designer with the trials in flight as pending points (never
 suggested twice, trieste's batch mechanism), and starts N local worker processes, each pinned to
-its share of the CPU cores (and of the GPUs, by CUDA_VISIBLE_DEVICES). Workers (`ad worker`, local or on other machines against the same
-store) claim a trial atomically, renew a lease on it from a heartbeat thread while they run it,
-and write its result only while they still hold it. A worker killed with -9 stops renewing; once
-its lease runs out the next claimer takes the trial over and its distillation resumes from the
-trial's own checkpoints. A local worker that dies is restarted (up to RESTARTS times). A failed
+its share of the CPU cores (and of the GPUs, by CUDA_VISIBLE_DEVICES). Workers (`ad worker`,
+local or on other machines against the same store) claim a trial atomically, renew a lease on
+it from a heartbeat thread while they run it, and write its result only while they still hold
+it. A worker killed with -9 stops renewing; once its lease runs out the next claimer takes the
+trial over and its distillation resumes from the trial's own checkpoints. A local worker that dies is restarted (up to RESTARTS times). A failed
 trial is recorded with its error and reaches the designer as failed, never as an observation;
 more than search.max_failed_trials failures stop the search with a message.
 
