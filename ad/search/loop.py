@@ -293,6 +293,12 @@ def trial_target(name: str, cfg, run_dir: str, names,
           lambda: evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None, measure_here=measure_here))
 
 
+def nonfinite_objectives(objectives: dict | None) -> str | None:
+  """The error of objectives with a NaN or infinite value (the trial fails), else None."""
+  bad = [n for n, v in (objectives or {}).items() if not np.isfinite(v)]
+  return f"non-finite objective(s) {', '.join(f'{n}={objectives[n]}' for n in bad)}" if bad else None
+
+
 def finish_joined(cfg, store, row: dict, names, log: Callable) -> dict:
   """A trial measured on its target and distilled elsewhere, both halves in the store: its
   objectives (or 'infeasible' when the measurement breaks the latency constraint)."""
@@ -301,9 +307,8 @@ def finish_joined(cfg, store, row: dict, names, log: Callable) -> dict:
     store.finish_trial(row["id"], "infeasible", error=error)
     return dict(status="infeasible", objectives=None)
   objectives, ses = objective_values(names, row["distill"], row["measurement"], row["screening"])
-  bad = [n for n, v in objectives.items() if not np.isfinite(v)]
-  if bad:
-    error = f"non-finite objective(s) {', '.join(f'{n}={objectives[n]}' for n in bad)}"
+  error = nonfinite_objectives(objectives)
+  if error:
     log(f"search: trial {row['arch']} failed: {error}")
     store.finish_trial(row["id"], "failed", error=error)
     return dict(status="failed", objectives=None)
@@ -360,9 +365,8 @@ def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designe
   objectives, ses = (objective_values(names, r["distill"], r["measurement"], screen) if r["status"] == "ok"
                      else (None, None))
   status, error = r["status"], r.get("error")
-  bad = [n for n, v in (objectives or {}).items() if not np.isfinite(v)]
-  if bad:  # a NaN objective must never reach the designer or the Pareto set
-    status, error = "failed", f"non-finite objective(s) {', '.join(f'{n}={objectives[n]}' for n in bad)}"
+  if nonfinite_objectives(objectives):  # a NaN objective must never reach the designer or the Pareto set
+    status, error = "failed", nonfinite_objectives(objectives)
     log(f"search: trial {name} failed: {error}")
   recorded = store.finish_trial(row["id"], status, objectives=objectives, objective_se=ses,
                                 measurement=r["measurement"], distill=r["distill"], error=error,
