@@ -65,18 +65,21 @@ def test_windows_and_offsets_map_every_answer_back_exactly(vocab):
   answer verbatim, through overlapping windows of a long context and accented words; windows
   that do not hold the whole answer are labelled [CLS]."""
   filler = "Meanwhile the naïve crowd, étonnée, waited (patiently) for the late bus. " * 6
-  context = filler + "The museum opened in 1897 in Zürich. " + filler + "Its director was Anna Müller-Lüdenscheid."
+  context = (filler + "The museum opened in 1897 in Zürich. " + filler + "Its director was Anna Müller-Lüdenscheid. "
+             "A branch opened near 東京 today.")
   qs = [squad.Question("q1", context, "When did the museum open?", ("1897",), (context.index("1897"),)),
         squad.Question("q2", context, "Where?", ("Zürich",), (context.index("Zürich"),)),
         squad.Question("q3", context, "Who directed it?", ("Anna Müller-Lüdenscheid",),
-                       (context.index("Anna"),))]
+                       (context.index("Anna"),)),
+        # Multi-byte characters: tensorflow-text's byte offsets are not character offsets here.
+        squad.Question("q4", context, "Where is the branch?", ("東京",), (context.index("東京"),))]
   feats = squad.featurize(qs, vocab, seq_len=48)
   assert feats.arrays["input_ids"].shape[1] == 48
   windows = np.bincount(feats.question_index)
   assert (windows > 3).all()  # the context spans several windows
   starts, ends = feats.arrays["start"], feats.arrays["end"]
   labelled = starts > 0
-  assert (np.bincount(feats.question_index[labelled], minlength=3) >= 1).all()  # every answer is in a window
+  assert (np.bincount(feats.question_index[labelled], minlength=4) >= 1).all()  # every answer is in a window
   T = 48
   s_log = np.where(np.arange(T)[None] == starts[:, None], 10.0, 0.0)
   e_log = np.where(np.arange(T)[None] == ends[:, None], 10.0, 0.0)
@@ -85,8 +88,9 @@ def test_windows_and_offsets_map_every_answer_back_exactly(vocab):
   assert answers[0] == "1897"
   assert answers[1] in ("Zürich", "Zürich.")  # a non-ASCII word is mapped as a whole word
   assert squad.normalize_answer(answers[2]) == squad.normalize_answer("Anna Müller-Lüdenscheid")
+  assert answers[3] == "東京"
   em, f1 = squad.scores(qs, answers)
-  assert em.tolist() == [1.0, 1.0, 1.0] and f1.tolist() == [1.0, 1.0, 1.0]
+  assert em.tolist() == [1.0] * 4 and f1.tolist() == [1.0] * 4
   # ASCII pieces keep exact character offsets: each in-context position's span is the text it came from.
   ids, cs, ce = squad.tokenize_with_offsets(vocab, ["Unaffable (1897), don't."])[0]
   pieces = [vocab.tokens[i] for i in ids]
