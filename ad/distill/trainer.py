@@ -477,7 +477,9 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   if next_step < plan[-1].start:
     jobs["progressive"] = (prog_jit, (params_abs, prog_opt_abs, t_params, batch_abs, scalar(jnp.int32),
                                       scalar(jnp.float32)))
+    jobs["progressive_opt_init"] = (init_prog, (params_abs,))
   jobs[PRETRAIN] = (pre_jit, (params_abs["student"], pre_opt_abs, t_params, batch_abs, scalar(jnp.float32)))
+  jobs["pretrain_opt_init"] = (init_pre, (params_abs["student"],))
   t_compile = time.time()
   compiled = compile_concurrently(jobs)
   compile_wall_s = time.time() - t_compile
@@ -505,7 +507,7 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
           opt_state = ckpts.restore(restored_opt, opt=prog_opt_abs if progressive else pre_opt_abs)["opt"]
           restored_opt = None
         else:
-          opt_state = (init_prog if progressive else init_pre)(trainable)
+          opt_state = compiled["progressive_opt_init" if progressive else "pretrain_opt_init"](trainable)
         bar.set_description(f"{scfg.arch.name} {stage.name} ({plan.index(stage) + 1}/{len(plan)})")
         k = np.int32(stage.block if progressive else 0)
         lr_schedule = prog_lr if progressive else pre_lr
@@ -578,7 +580,7 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
       train_steps_s=max(loop_s - compile_in_loop_s - ckpt_s, 0.0), checkpoint_s=ckpt_s,
       train_tokens_per_s=tokens / loop_s if loop_s > 0 and tokens else None,
       mesh=dict(data=mesh_data, model=dcfg.mesh_model), teacher_dir=teacher_dir,
-      compiled_steps=sorted(n for n in compiled if n != "init"),
+      compiled_steps=sorted(n for n in compiled if n in ("progressive", PRETRAIN)),
   )
   # ---- the student alone, ready for fine-tuning ---------------------------------------------------
   if save_student:

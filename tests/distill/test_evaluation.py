@@ -51,6 +51,19 @@ def test_scores_carry_standard_errors_and_teacher_agreement(tiny_teacher):
   assert r["mlm_accuracy_se"] == pytest.approx(stats.ratio_se(per["mlm_correct"], per["masked"]))
   assert r["mlm_cross_entropy"] > 0 and r["mlm_cross_entropy_se"] > 0 and r["eval_s"] > 0
   assert "nsp_accuracy" not in r  # MiniLM has no NSP head; students' NSP is checked in test_trainer.py
+  # The scores come from one max-reduction per position; check them against argmax and optax's
+  # cross-entropy computed here from the model's logits.
+  a = es.arrays
+  np.testing.assert_array_equal(((top1 == a["masked_ids"]) * a["masked_weights"]).sum(1), per["mlm_correct"])
+  import jax.numpy as jnp
+  import optax
+  from ad.distill import losses
+  rows = slice(0, 8)
+  out = teacher.encode(jnp.asarray(a["input_ids"][rows]), jnp.asarray(a["token_type_ids"][rows]),
+                       jnp.asarray(a["attention_mask"][rows]))
+  logits = teacher.mlm_logits(losses.gather_positions(out["sequence_output"], jnp.asarray(a["masked_positions"][rows])))
+  ce = (optax.softmax_cross_entropy_with_integer_labels(logits, a["masked_ids"][rows]) * a["masked_weights"][rows]).sum(1)
+  np.testing.assert_allclose(per["mlm_ce"][rows], np.asarray(ce), rtol=2e-3, atol=2e-3)
 
 
 def test_non_finite_parameters_fail_the_evaluation_naming_the_model(tiny_teacher):
