@@ -236,6 +236,24 @@ def cmd_report(args) -> int:
   return 0
 
 
+def cmd_latency_model(args) -> int:
+  from ad.search import latency_model
+  data = latency_model.from_measurements(latency_model.load_measurements(args.source, args.store))
+  r = latency_model.held_out_error(data["x"], data["latency_ms"], folds=args.folds, seed=args.seed, flops=data["flops"])
+  r["names"] = data["names"]
+  r["measured_ms"] = data["latency_ms"].tolist()
+  if args.json:
+    print(json.dumps(r, indent=2))
+    return 0
+  print(f"{r['architectures']} measured architectures, {r['folds']}-fold cross-validation (each latency predicted by "
+        "a model fitted without it):")
+  for name, key in (("MLP on the architecture", "mlp"), ("log-linear in FLOPs", "flops_baseline")):
+    e = r[key]
+    print(f"  {name:<24} mean abs error {100 * e['mape']:.1f}% +- {100 * e['mape_se']:.1f}%, median "
+          f"{100 * e['median_ape']:.1f}%, worst {100 * e['max_ape']:.1f}%, Kendall tau {e['kendall_tau']:+.3f}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="ad", description="AutoDistill in JAX (see README.md)")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -359,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
                  help="do not use JAX's persistent compilation cache")
   p.set_defaults(fn=cmd_worker)
+
+  p = sub.add_parser("latency-model", help="fit the learned latency predictor (004) on measured architectures and "
+                     "report its error on held-out ones")
+  p.add_argument("source", help="a search's --run-dir, or a CSV of measurements (e.g. experiments/results/tabular.csv)")
+  p.add_argument("--store", default=None, metavar="URL", help="the search's PostgreSQL store, if it has one")
+  p.add_argument("--folds", type=int, default=5)
+  p.add_argument("--seed", type=int, default=0, help="how architectures are dealt into folds")
+  p.add_argument("--json", action="store_true")
+  p.set_defaults(fn=cmd_latency_model)
 
   p = sub.add_parser("report", help="rebuild report.md and pareto.png of a search from its trial store")
   p.add_argument("run_dir", help="the --run-dir of an `ad search`")

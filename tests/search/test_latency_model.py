@@ -1,0 +1,73 @@
+"""The learned latency predictor (004): it learns a latency surface over the design space, its
+held-out error is computed only on architectures its model never saw, and bad input is refused."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from ad import cli
+from ad import space as space_lib
+from ad.search import latency_model as lm
+
+FAST = dict(seeds=1, steps=1000)
+
+
+def _space_sample(n: int, seed: int = 0):
+  archs = space_lib.DesignSpace().archs()
+  pick = np.random.default_rng(seed).choice(len(archs), n, replace=False)
+  archs = [archs[i] for i in pick]
+  blocks = [int(b) for b in np.random.default_rng(seed + 1).choice([1, 3, 6], n)]
+  x = lm.features(archs, blocks)
+  # A smooth synthetic latency: fixed cost plus work that grows with width, FFNs and depth.
+  lat = 0.5 + 1e-6 * x[:, 5] * (x[:, 0] * x[:, 1] * 2 + x[:, 1] * x[:, 3] * x[:, 4]) + 0.05 * x[:, 2]
+  return archs, blocks, x, lat
+
+
+def test_held_out_predictions_come_from_models_that_never_saw_them():
+  _, _, x, lat = _space_sample(60)
+  r = lm.held_out_error(x, lat, folds=4, **FAST)
+  fold = np.asarray(r["fold"])
+  assert sorted(np.bincount(fold)) == [15, 15, 15, 15]  # every architecture held out exactly once
+  for f in range(4):  # refitting without fold f gives exactly the reported predictions for fold f
+    again = lm.fit(x[fold != f], lat[fold != f], **FAST).predict_ms(x[fold == f])
+    np.testing.assert_allclose(np.asarray(r["predicted_ms"])[fold == f], again, rtol=1e-5)
+  # It learns the surface: far better than predicting the training folds' mean latency.
+  constant = np.asarray([lat[fold != f].mean() for f in fold])
+  assert r["mlp"]["mape"] < 0.4 * np.mean(np.abs(constant - lat) / lat) and r["mlp"]["kendall_tau"] > 0.8, r["mlp"]
+  # A model that has seen an architecture fits it better than the held-out estimate says.
+  seen = lm.fit(x, lat, **FAST).predict_ms(x)
+  assert np.mean(np.abs(seen - lat) / lat) < r["mlp"]["mape"]
+
+
+def test_bad_input_is_refused_with_what_was_expected(tmp_path):
+  _, _, x, lat = _space_sample(6)
+  with pytest.raises(ValueError, match="5-fold cross-validation needs at least 10"):
+    lm.held_out_error(x, lat)
+  with pytest.raises(ValueError, match="positive and finite"):
+    lm.fit(x, np.where(np.arange(6) == 2, -1.0, lat))
+  with pytest.raises(ValueError, match="lacks 'flops'"):
+    lm.from_measurements([dict(arch="512_128_4_512_4", num_blocks=3, latency_ms_median=2.0)])
+  bad = tmp_path / "bad.csv"
+  bad.write_text("arch,latency\n512_128_4_512_4,2.0\n")
+  with pytest.raises(ValueError, match=r"bad.csv: expected a CSV with the columns"):
+    lm.load_measurements(str(bad))
+  with pytest.raises(FileNotFoundError, match="run directory or a CSV"):
+    lm.load_measurements(str(tmp_path / "missing.csv"))
+
+
+def test_cli_reports_the_held_out_error_of_a_measurement_table(tmp_path, capsys, monkeypatch):
+  archs, blocks, x, lat = _space_sample(20, seed=3)
+  path = tmp_path / "measured.csv"
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["arch", "num_blocks", "latency_ms_median", "flops"])
+    for a, k, row, y in zip(archs, blocks, x, lat):
+      w.writerow([a.name, k, y, 1e6 * k * row[0] * row[3]])
+  real_fit = lm.fit
+  monkeypatch.setattr(lm, "fit", lambda x, y, **kw: real_fit(x, y, **FAST))  # the real fit, fewer steps
+  assert cli.main(["latency-model", str(path), "--folds", "4", "--json"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["architectures"] == 20 and len(out["predicted_ms"]) == 20 and out["names"][0].endswith(f"x{blocks[0]}")
+  assert set(out) >= {"mlp", "flops_baseline"} and out["mlp"]["mape"] >= 0
