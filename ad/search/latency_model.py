@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Sequence
 
 import jax
@@ -132,6 +133,8 @@ def _errors(predicted: np.ndarray, measured: np.ndarray) -> dict:
   from scipy.stats import kendalltau
   return dict(mape=float(ape.mean()), mape_se=float(ape.std(ddof=1) / math.sqrt(len(ape))),
               median_ape=float(np.median(ape)), max_ape=float(ape.max()),
+              # the typical relative error of one prediction: a predicted objective's standard error
+              rms_log_error=float(np.sqrt(np.mean(np.log(predicted / measured) ** 2))),
               kendall_tau=float(kendalltau(predicted, measured).statistic))
 
 
@@ -162,7 +165,6 @@ def load_measurements(source: str, store_url: str | None = None) -> list[dict]:
   a CSV with the harness's columns (arch, num_blocks, latency_ms_median, flops), e.g.
   experiments/results/tabular.csv."""
   import csv
-  import os
   if os.path.isdir(source) or store_url:
     from ad.search import store as store_lib
     store = store_lib.TrialStore(source, create=False, url=store_url)
@@ -178,3 +180,29 @@ def load_measurements(source: str, store_url: str | None = None) -> list[dict]:
   if not rows or not need <= set(rows[0]):
     raise ValueError(f"{source}: expected a CSV with the columns {sorted(need)}; got {sorted(rows[0]) if rows else 'no rows'}")
   return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The predicted-latency objective of `ad search` (search.objectives name "predicted_latency_ms").
+
+_FITTED: dict = {}
+
+
+def predictor_for(source: str) -> tuple[Predictor, dict]:
+  """The predictor fitted on every measurement in `source` and its held-out error there, once
+  per process (and again when `source` changes)."""
+  key = (os.path.realpath(source), os.path.getmtime(source))
+  if key not in _FITTED:
+    data = from_measurements(load_measurements(source))
+    _FITTED[key] = (fit(data["x"], data["latency_ms"]), held_out_error(data["x"], data["latency_ms"]))
+  return _FITTED[key]
+
+
+def predict(arch: space_lib.Arch, num_blocks: int, source: str) -> dict:
+  """A trial's predicted latency, its standard error (the value times the held-out RMS log error)
+  and whether the architecture lies outside the measured range."""
+  predictor, err = predictor_for(source)
+  x = features([arch], [num_blocks])
+  value = float(predictor.predict_ms(x)[0])
+  return dict(predicted_latency_ms=value, predicted_latency_ms_se=value * err["mlp"]["rms_log_error"],
+              predicted_latency_extrapolated=not bool(predictor.covers(x)[0]))

@@ -44,8 +44,13 @@ MEASURED = {"latency_ms": "latency_ms_median", "peak_memory_bytes": "peak_memory
 # Measured objectives whose noise is the latency's: the 95% CI of the median, as a relative half-width.
 TIMED = ("latency_ms", "throughput_per_s", "flops_utilization")
 SCREENED = ("params", "flops")
+# Predicted before anything runs by the learned latency predictor (ad/search/latency_model.py),
+# fitted on the measurements in search.latency_model.source; its noise is the held-out error.
+PREDICTED = ("predicted_latency_ms",)
 # search.* settings a resumed run may change: the failure budget and how trials are spread over workers.
 RESUMABLE_SEARCH_KEYS = ("max_failed_trials", "workers")
+# search.* settings added after runs were recorded, with the value an older record means by lacking them.
+ADDED_SEARCH_KEYS = {"latency_model": {"source": ""}}
 
 
 def objective_spec(search_cfg) -> tuple[list[str], list[str], list[float]]:
@@ -59,9 +64,9 @@ def objective_spec(search_cfg) -> tuple[list[str], list[str], list[float]]:
       raise ValueError(f"search.objectives[{i}]={o!r}: expected a dict with keys name, direction and reference, e.g. "
                        "dict(name='mlm_accuracy', direction='max', reference=0.0)")
     name, direction = o["name"], o["direction"]
-    if name not in TRAINED + tuple(MEASURED) + SCREENED:
+    if name not in TRAINED + tuple(MEASURED) + SCREENED + PREDICTED:
       raise ValueError(f"search.objectives[{i}].name={name!r}: expected one of "
-                       f"{list(TRAINED) + list(MEASURED) + list(SCREENED)}")
+                       f"{list(TRAINED) + list(MEASURED) + list(SCREENED) + list(PREDICTED)}")
     if direction not in pareto.DIRECTIONS:
       raise ValueError(f"search.objectives[{i}].direction={direction!r}: expected one of {pareto.DIRECTIONS}")
     names.append(name)
@@ -69,6 +74,12 @@ def objective_spec(search_cfg) -> tuple[list[str], list[str], list[float]]:
     reference.append(float(o["reference"]))
   if len(set(names)) != len(names) or len(names) < 1:
     raise ValueError(f"search.objectives: names {names} must be distinct and non-empty")
+  if set(PREDICTED) & set(names):
+    source = (search_cfg.get("latency_model") or {}).get("source") or ""
+    if not source or not os.path.exists(source):
+      raise ValueError(f"search.latency_model.source={source!r}: the objective predicted_latency_ms needs measured "
+                       "architectures to learn from: a search's run directory or a CSV of measurements (e.g. "
+                       "experiments/results/tabular.csv)")
   return names, directions, reference
 
 
@@ -258,6 +269,8 @@ def objective_values(names, distill: dict | None, measurement: dict | None,
   for n in names:
     if n in TRAINED:
       vals[n], ses[n] = float(distill[n]), float(distill[f"{n}_se"])
+    elif n in PREDICTED:
+      vals[n], ses[n] = float(screen[n]), float(screen[f"{n}_se"])
     elif n in MEASURED:
       vals[n] = float(measurement[MEASURED[n]])
       ses[n] = abs(vals[n]) * float(measurement["latency_rel_ci95"]) / 1.96 if n in TIMED else 0.0
@@ -284,13 +297,22 @@ def trial_target(name: str, cfg, run_dir: str, names,
   trace_dir = trace_dir_of(run_dir, name)
   if is_checkpoint_trial(name, cfg):
     ckpt_path = s.baseline_checkpoint
-    screen = screening_of(checkpoint_model_cfg(ckpt_path, cfg)[0], s.measure.seq)
+    model_cfg = checkpoint_model_cfg(ckpt_path, cfg)[0]
+    screen = with_prediction(screening_of(model_cfg, s.measure.seq), model_cfg.arch, names, cfg)
     return (os.path.abspath(ckpt_path), screen,
             lambda: evaluate_checkpoint(ckpt_path, cfg, trace_dir, log=lambda m: None))
   arch = space_lib.Arch.parse(name)
   workdir = os.path.join(run_dir, "trials", arch.name)
-  return (workdir, screening(arch, cfg.model, s.measure.seq),
+  return (workdir, with_prediction(screening(arch, cfg.model, s.measure.seq), arch, names, cfg),
           lambda: evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None, measure_here=measure_here))
+
+
+def with_prediction(screen: dict, arch: space_lib.Arch, names, cfg) -> dict:
+  """`screen` plus the predicted latency when an objective asks for it."""
+  if not set(PREDICTED) & set(names):
+    return screen
+  from ad.search import latency_model
+  return dict(screen, **latency_model.predict(arch, screen["num_blocks"], cfg.search.latency_model.source))
 
 
 def nonfinite_objectives(objectives: dict | None) -> str | None:
@@ -557,7 +579,8 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
                           "continue it or choose a new --run-dir")
   if old is not None:
     def comparable(config: dict) -> dict:  # what may change between runs: how, not what, is searched
-      search = {k: v for k, v in config.get("search", {}).items() if k not in RESUMABLE_SEARCH_KEYS}
+      search = dict(ADDED_SEARCH_KEYS, **config.get("search", {}))
+      search = {k: v for k, v in search.items() if k not in RESUMABLE_SEARCH_KEYS}
       # and what runs after the search: the final distillations and their fine-tuning
       return {k: v for k, v in dict(config, search=search).items() if k not in ("final", "finetune")}
     new_c, old_c = comparable(record["config"]), comparable(old["config"])

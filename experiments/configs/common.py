@@ -80,6 +80,9 @@ def search(num_initial: int, num_trials: int, measure_seq: int, latency_referenc
       # chunk: runs per trace; target: '' = trials are measured where they train, else the name of
       # the machine whose `ad worker --role measure --target NAME` processes measure them.
       measure=dict(batch=1, seq=measure_seq, target_rel_ci=0.05, max_reps=100, chunk=10, target=""),
+      # The learned latency predictor behind the objective predicted_latency_ms (004): fitted on
+      # the measurements of a search's run directory or a CSV such as experiments/results/tabular.csv.
+      latency_model=dict(source=""),
       bo=dict(optimizer_python="", likelihood_variance=1e-3),
       evolution=dict(population=25, mutation_prob=0.5, explore_prob=0.5),  # 004 Algorithm 2
       firefly=dict(population=10, beta0=1.0, gamma=1.0, alpha=0.2))  # Yang (2010)
