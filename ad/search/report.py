@@ -83,6 +83,11 @@ def choose_finals(rows: list[dict], names, directions, final_cfg) -> list[str]:
   return [pts[i]["arch"] for i in order[:k]]
 
 
+def _measured_latency(m: dict) -> str:
+  """'median (p90)' of a measurement, in ms ('' when not measured)."""
+  return f"{_fmt(m['latency_ms_median'])} ({_fmt(m.get('latency_ms_p90'))})" if m.get("latency_ms_median") else ""
+
+
 def se_of(row: dict, name: str) -> float:
   """A trial's standard error of objective `name` (0 where the store has none: exact or older rows)."""
   return float((row.get("objective_se") or {}).get(name) or 0.0)
@@ -296,7 +301,7 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
   else:
     L.append("None yet (config `final.count`).")
   L += ["", "## Trials", "",
-        "| id | arch | role | status | " + " | ".join(names) + " | nsp_accuracy | latency p90 ms | peak mem MB "
+        "| id | arch | role | status | " + " | ".join(names) + " | nsp_accuracy | measured latency ms (p90) | peak mem MB "
         "| params | GFLOPs | measure s | distill s | note |", "|" + "---|" * (len(names) + 12)]
   for r in rows:
     mm, dd = r["measurement"] or {}, r["distill"] or {}
@@ -305,7 +310,7 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
     peak = mm.get("peak_memory_bytes")
     L.append(f"| {r['id']} | `{r['arch']}` | {r['role']} | {r['status']} | "
              + " | ".join(_pm(r, n) if n in obj else "" for n in names)
-             + f" | {_metric(dd, 'nsp_accuracy')} | {_fmt(mm.get('latency_ms_p90'))} | "
+             + f" | {_metric(dd, 'nsp_accuracy')} | {_measured_latency(mm)} | "
              f"{_fmt(peak / 1e6 if peak else None)} | {r['screening']['params']:,} | "
              f"{_fmt(r['screening']['flops'] / 1e9)} | {_fmt(r['measure_s'], 3)} | {_fmt(r['distill_s'], 3)} | {note} |")
   L += finetune_table(finetunes, finals, rows, baseline)
