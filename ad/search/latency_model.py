@@ -18,6 +18,7 @@ given, so a user sees whether the network earns its keep.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Sequence
@@ -71,6 +72,22 @@ class Predictor:
     return np.exp(logs * self.y_std + self.y_mean)
 
 
+@functools.partial(jax.jit, static_argnums=(3,))
+def _train(key, z, t, steps: int, lr, weight_decay):
+  """One MLP fitted full-batch to targets t [N] from inputs z [N, 6] (one compiled program per data
+  shape, shared by every fit and fold)."""
+  tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=weight_decay)
+  params = _mlp_init(key, (z.shape[1],) + HIDDEN + (1,))
+
+  def step(carry, _):
+    params, opt = carry
+    loss, g = jax.value_and_grad(lambda p: jnp.mean((_mlp(p, z) - t) ** 2))(params)
+    updates, opt = tx.update(g, opt, params)
+    return (optax.apply_updates(params, updates), opt), loss
+  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
+  return params
+
+
 def fit(x: np.ndarray, latency_ms: np.ndarray, *, seeds: int = 3, steps: int = 2000, lr: float = 3e-3,
         weight_decay: float = 1e-4) -> Predictor:
   """An ensemble of `seeds` MLPs fitted to log(latency_ms) on features x [N, 6]."""
@@ -85,21 +102,7 @@ def fit(x: np.ndarray, latency_ms: np.ndarray, *, seeds: int = 3, steps: int = 2
   y_mean, y_std = float(y.mean()), float(max(y.std(), 1e-6))
   z = jnp.asarray(x / scale, jnp.float32)
   t = jnp.asarray((y - y_mean) / y_std, jnp.float32)
-  tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=weight_decay)
-
-  @jax.jit
-  def train(key):
-    params = _mlp_init(key, (x.shape[1],) + HIDDEN + (1,))
-
-    def step(carry, _):
-      params, opt = carry
-      loss, g = jax.value_and_grad(lambda p: jnp.mean((_mlp(p, z) - t) ** 2))(params)
-      updates, opt = tx.update(g, opt, params)
-      return (optax.apply_updates(params, updates), opt), loss
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
-    return params
-
-  members = [jax.device_get(train(jax.random.key(s))) for s in range(seeds)]
+  members = [jax.device_get(_train(jax.random.key(s), z, t, steps, lr, weight_decay)) for s in range(seeds)]
   return Predictor(scale=scale, y_mean=y_mean, y_std=y_std, members=members)
 
 
