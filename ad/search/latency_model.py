@@ -1,6 +1,7 @@
-"""A learned latency predictor (AutoTinyBERT, 004 section 3.3): an MLP from an architecture's
-numbers to its measured latency, trained on measurements a search or the tabular benchmark
-already made, and its error on architectures it was not trained on.
+"""A learned latency predictor (AutoTinyBERT, 004 section 3.5: a feed-forward network fitted to
+inference times measured on the target device, after HAT): an MLP from an architecture's numbers
+to its measured latency, trained on measurements a search or the tabular benchmark already made,
+and its error on architectures it was not trained on.
 
 Inputs: hidden, bottleneck, heads, intermediate size, stacked FFNs and block count, each divided
 by its largest value in the training data (kept with the model, so a prediction outside that range
@@ -10,7 +11,8 @@ fitted full-batch with Adam from different seeds; the prediction is the mean of 
 
 `held_out_error` is k-fold cross-validation over architectures: every architecture's latency is
 predicted by a model fitted without it. It reports the mean absolute percentage error with its
-standard error over architectures, the rank agreement (Kendall tau) of predicted and measured
+standard error over architectures, the RMS log error (a predicted objective's relative standard
+error in `ad search`), the rank agreement (Kendall tau) of predicted and measured
 latency, and the same for a one-variable baseline (log latency linear in log FLOPs) when FLOPs are
 given, so a user sees whether the network earns its keep.
 """
