@@ -159,9 +159,11 @@ def measure_latencies(cfg, archs, run_dir: str) -> dict[str, float]:
 def collect(cfg, archs, latencies: dict, run_dir: str) -> tuple[list[dict], dict, list[str]]:
   """One row per student (latency; accuracy, its SE, steps and seconds per schedule) and the
   per-sequence counts of each run (for paired comparisons)."""
+  from ad.search import loop
   rows, per_seq, missing = [], {}, []
   for a in archs:
-    row = dict(arch=a, latency_ms=float(latencies[a]))
+    screen = loop.screening(space_lib.Arch.parse(a), cfg.model, cfg.search.measure.seq)
+    row = dict(arch=a, latency_ms=float(latencies[a]), params=screen["params"], flops=screen["flops"])
     for tag in tags(cfg):
       path = os.path.join(run_dir, a, f"{tag}.json")
       if not os.path.exists(path):
@@ -198,6 +200,15 @@ def analyse(cfg, rows: list[dict], per_seq: dict) -> dict:
         pairwise_accuracy=pairwise_accuracy(fl, reg),
         pairwise_accuracy_ci95=bootstrap_interval(fl, reg, pairwise_accuracy, b, cfg.fidelity.seed),
         mean_seconds=float(np.mean([r[f"{t}_s"] for r in rows])))
+  # Training-free proxies (004 and 001 compare against them): rank by closed-form size or cost.
+  out["training_free"] = {}
+  for proxy in ("params", "flops"):
+    v = np.asarray([float(r[proxy]) for r in rows])
+    b = cfg.fidelity.bootstrap
+    out["training_free"][proxy] = dict(
+        kendall_tau=kendall_tau(v, reg), kendall_tau_ci95=bootstrap_interval(v, reg, kendall_tau, b, cfg.fidelity.seed),
+        pairwise_accuracy=pairwise_accuracy(v, reg),
+        pairwise_accuracy_ci95=bootstrap_interval(v, reg, pairwise_accuracy, b, cfg.fidelity.seed))
   return out
 
 
@@ -306,6 +317,10 @@ def main(argv=None) -> int:
           f"[{s['kendall_tau_ci95'][0]:+.2f}, {s['kendall_tau_ci95'][1]:+.2f}], pairwise accuracy "
           f"{100 * s['pairwise_accuracy']:.1f}% [{100 * s['pairwise_accuracy_ci95'][0]:.0f}, "
           f"{100 * s['pairwise_accuracy_ci95'][1]:.0f}]")
+  for proxy, s in summary["training_free"].items():
+    print(f"  {proxy} (no training): Kendall tau {s['kendall_tau']:+.3f} [{s['kendall_tau_ci95'][0]:+.2f}, "
+          f"{s['kendall_tau_ci95'][1]:+.2f}], pairwise accuracy {100 * s['pairwise_accuracy']:.1f}% "
+          f"[{100 * s['pairwise_accuracy_ci95'][0]:.0f}, {100 * s['pairwise_accuracy_ci95'][1]:.0f}]")
   return 0
 
 

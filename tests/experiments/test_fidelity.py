@@ -63,6 +63,9 @@ def test_collect_analyse_and_plot_from_the_run_files(tmp_path):
   assert s["pairwise_accuracy"] == 5 / 6 and round(s["kendall_tau"], 6) == round(4 / 6, 6)
   assert s["kendall_tau_ci95"][0] <= s["kendall_tau"] <= s["kendall_tau_ci95"][1]
   assert summary["regular_pairs_resolved_beyond_2se"].endswith("/6")
+  # Training-free proxies: parameters grow with the width here, so they reverse the same one pair.
+  assert [r["params"] for r in rows] == sorted(r["params"] for r in rows)
+  assert summary["training_free"]["params"]["pairwise_accuracy"] == 5 / 6
   fidelity.plot(cfg, rows, summary, str(tmp_path))
   assert (tmp_path / "fidelity_steps.png").stat().st_size > 0 and (tmp_path / "fidelity_shift.png").stat().st_size > 0
   (tmp_path / archs[0] / "flash_0.1.json").unlink()
