@@ -86,13 +86,19 @@ def tiny_teacher():
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
+def postgres():
   """A PostgreSQL 16 server of this test session (the pgserver wheel; Unix socket only), stopped
-  at the end. Tests create a database each."""
+  and removed at the end. Tests create a database each. Its data directory is outside pytest's
+  temporary root: another pytest session resets that root's permissions to its own user's, which
+  locks out the server's user and stops the server."""
+  import shutil
+  import tempfile
   import pgserver
-  server = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
+  data_dir = tempfile.mkdtemp(prefix="ad_test_pg_")
+  server = pgserver.get_server(data_dir, cleanup_mode="stop")
   yield server
   server.cleanup()
+  shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def distill_overrides(teacher_dir: str, **extra) -> list[str]:
