@@ -9,10 +9,14 @@ Scale:    the quickstart's teacher, data (seq 64), 3-block students and bf16 com
 Students: `count` architectures spread over the design space by closed-form FLOPs (evenly spaced
           quantiles, heads varied), plus the MobileBERT-shaped baseline.
 Budget:   6 + 1 students and three fractions take about 70 minutes of this machine (a regular run
-          is about 7 minutes of it). The issue's full study (12 + 1 students, 1.25 / 2.5 / 5 / 10 /
-          20%) is about 3 hours:  --set fidelity.count=12 --set "fidelity.fractions=[0.0125, 0.025,
-          0.05, 0.1, 0.2]" --run-dir runs/fidelity_full  (a run directory keeps its first choice of
-          students; within one, finished runs are kept and a rerun does only what is missing).
+          is about 7 minutes of it alone, 15 minutes beside another). The 12 + 1 study of
+          2026-12-01 (experiments/README.md section 3b) ran 5% for all students and 2.5 / 10% for
+          the first five:  --set fidelity.count=12 --set "fidelity.fractions=[0.05]"
+          --run-dir runs/fidelity_12 --out experiments/results/fidelity_12 (a run directory keeps
+          its first choice of students; within one, finished runs are kept and a rerun does only
+          what is missing). Its finished runs' JSON files are in
+          experiments/results/fidelity_12/runs_fidelity_12.tar.gz: `tar xzf ... -C runs` and rerun
+          with other fractions to add what is missing.
 """
 
 import ml_collections
