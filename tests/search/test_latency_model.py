@@ -25,6 +25,21 @@ def _space_sample(n: int, seed: int = 0):
   return archs, blocks, x, lat
 
 
+def _measurement_csv(tmp_path, monkeypatch, seed: int):
+  """20 sampled architectures written as a CSV of harness measurements; `lm.fit` made the real fit
+  with fewer steps. Returns (path, blocks, features, latencies)."""
+  archs, blocks, x, lat = _space_sample(20, seed=seed)
+  path = tmp_path / "measured.csv"
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["arch", "num_blocks", "latency_ms_median", "flops"])
+    for a, k, row, y in zip(archs, blocks, x, lat):
+      w.writerow([a.name, k, y, 1e6 * k * row[0] * row[3]])
+  real_fit = lm.fit
+  monkeypatch.setattr(lm, "fit", lambda x, y, **kw: real_fit(x, y, **FAST))
+  return path, blocks, x, lat
+
+
 def test_held_out_predictions_come_from_models_that_never_saw_them():
   _, _, x, lat = _space_sample(60)
   r = lm.held_out_error(x, lat, folds=4, **FAST)
@@ -58,15 +73,7 @@ def test_bad_input_is_refused_with_what_was_expected(tmp_path):
 
 
 def test_cli_reports_the_held_out_error_of_a_measurement_table(tmp_path, capsys, monkeypatch):
-  archs, blocks, x, lat = _space_sample(20, seed=3)
-  path = tmp_path / "measured.csv"
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["arch", "num_blocks", "latency_ms_median", "flops"])
-    for a, k, row, y in zip(archs, blocks, x, lat):
-      w.writerow([a.name, k, y, 1e6 * k * row[0] * row[3]])
-  real_fit = lm.fit
-  monkeypatch.setattr(lm, "fit", lambda x, y, **kw: real_fit(x, y, **FAST))  # the real fit, fewer steps
+  path, blocks, _, _ = _measurement_csv(tmp_path, monkeypatch, seed=3)
   assert cli.main(["latency-model", str(path), "--folds", "4", "--json"]) == 0
   out = json.loads(capsys.readouterr().out)
   assert out["architectures"] == 20 and len(out["predicted_ms"]) == 20 and out["names"][0].endswith(f"x{blocks[0]}")
@@ -76,15 +83,7 @@ def test_cli_reports_the_held_out_error_of_a_measurement_table(tmp_path, capsys,
 def test_predicted_latency_is_an_objective_with_the_held_out_error_as_its_noise(tmp_path, monkeypatch):
   from ad import configs
   from ad.search import loop
-  archs, blocks, x, lat = _space_sample(20, seed=5)
-  path = tmp_path / "measured.csv"
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["arch", "num_blocks", "latency_ms_median", "flops"])
-    for a, k, row, y in zip(archs, blocks, x, lat):
-      w.writerow([a.name, k, y, 1e6 * k * row[0] * row[3]])
-  real_fit = lm.fit
-  monkeypatch.setattr(lm, "fit", lambda x, y, **kw: real_fit(x, y, **FAST))  # the real fit, fewer steps
+  path, blocks, x, _ = _measurement_csv(tmp_path, monkeypatch, seed=5)
   cfg = configs.load_config("quickstart")
   cfg.search.objectives = [dict(name="mlm_accuracy", direction="max", reference=0.0),
                            dict(name="predicted_latency_ms", direction="min", reference=20.0)]
