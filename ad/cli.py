@@ -1,4 +1,4 @@
-"""The `ad` command: space, arch, profile, teacher, distill, export, search, report (one subcommand per stage)."""
+"""The `ad` command: space, arch, profile, teacher, distill, superlm, export, search, report (one subcommand per stage)."""
 
 from __future__ import annotations
 
@@ -171,8 +171,38 @@ def cmd_distill(args) -> int:
   # The student alone is always saved (workdir/student), so `ad export WORKDIR` works on any finished run.
   metrics = trainer.distill(args.arch, cfg, args.schedule, args.workdir, resume=args.resume,
                             log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress,
-                            save_student=True, export_dir=args.export)
+                            save_student=True, export_dir=args.export, init_student=args.init_student)
   print(json.dumps(metrics, indent=2))
+  return 0
+
+
+def cmd_superlm(args) -> int:
+  from ad import configs, space as space_lib
+  from ad.distill import sharding, superlm
+  sharding.maybe_initialize_distributed()
+  cfg = configs.load_config(args.config, args.overrides)
+  log = lambda m: print(m, file=sys.stderr)
+  if args.action == "train":
+    if args.fewshot:
+      r = superlm.train_fewshot(cfg, args.workdir, resume=args.resume, log=log, progress=not args.no_progress)
+    else:
+      r = superlm.train(cfg, args.workdir, resume=args.resume, log=log, progress=not args.no_progress)
+    print(json.dumps(r, indent=2))
+    return 0
+  space = space_lib.DesignSpace.from_config(cfg.space)
+  if args.action == "extract":
+    print(superlm.save_extracted(space.check(args.arch), cfg, args.workdir, args.out))
+    return 0
+  rows = []
+  for name in args.archs:
+    r = superlm.proxy_scores(space.check(name), cfg, args.workdir, log=log)
+    rows.append({k: v for k, v in r.items() if k != "per_sequence"})
+  if args.json:
+    print(json.dumps(rows, indent=2))
+    return 0
+  for r in rows:
+    print(f"{r['arch']:<18} MLM accuracy {r['mlm_accuracy']:.4f} +- {r['mlm_accuracy_se']:.4f}  cross-entropy "
+          f"{r['mlm_cross_entropy']:.3f} +- {r['mlm_cross_entropy_se']:.3f}  ({r['wall_s']:.1f}s)")
   return 0
 
 
@@ -209,7 +239,7 @@ def cmd_search(args) -> int:
   from ad.distill import sharding
   from ad.search import loop
   sharding.maybe_initialize_distributed()
-  cfg = configs.load_config(args.config, args.overrides)
+  cfg = configs.load_config(args.config, args.overrides + ([f"search.proxy={args.proxy}"] if args.proxy else []))
   summary = loop.run_search(cfg, args.run_dir, resume=args.resume, designer=args.designer,
                             log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress,
                             workers=args.workers, store_url=args.store)
@@ -319,8 +349,35 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--export", default=None, metavar="DIR",
                  help="also export the final student as a complete Hugging Face directory (weights, config, "
                       "tokenizer, model card)")
+  p.add_argument("--init-student", default=None, metavar="DIR",
+                 help="start from this orbax student checkpoint of the same architecture (e.g. `ad superlm extract`'s "
+                      "OUT/student) instead of a random one")
   _add_config_args(p)
   p.set_defaults(fn=cmd_distill)
+
+  p = sub.add_parser("superlm", help="weight-sharing SuperLMs (004 one-shot, 001 few-shot): train, score "
+                                     "sub-networks without training, extract them as students")
+  ssub = p.add_subparsers(dest="action", required=True)
+  q = ssub.add_parser("train", help="train a SuperLM over the config's space (or K few-shot ones) by distillation")
+  q.add_argument("--workdir", required=True, help="checkpoints, losses.jsonl, TensorBoard logs, superlm.json")
+  q.add_argument("--fewshot", action="store_true",
+                 help="001's few-shot: superlm.fewshot.count SuperLMs over a partition of the space (workdir/part_<k>)")
+  q.add_argument("--resume", action="store_true", help="continue the training in --workdir from its checkpoints")
+  q.add_argument("--no-progress", action="store_true")
+  _add_config_args(q)
+  q.set_defaults(fn=cmd_superlm)
+  q = ssub.add_parser("score", help="held-out MLM scores of sub-networks extracted from trained SuperLM(s)")
+  q.add_argument("archs", nargs="+", metavar="ARCH", help="architecture names H_B_A_I_F")
+  q.add_argument("--workdir", required=True, help="a `superlm train` workdir (one-shot or --fewshot)")
+  q.add_argument("--json", action="store_true")
+  _add_config_args(q)
+  q.set_defaults(fn=cmd_superlm)
+  q = ssub.add_parser("extract", help="one sub-network as a standalone orbax student checkpoint (OUT/student)")
+  q.add_argument("--arch", required=True)
+  q.add_argument("--workdir", required=True, help="a `superlm train` workdir (one-shot or --fewshot)")
+  q.add_argument("--out", required=True)
+  _add_config_args(q)
+  q.set_defaults(fn=cmd_superlm)
 
   p = sub.add_parser("export", help="a finished distillation workdir (or every final of a search run directory) "
                                     "-> complete Hugging Face model directories")
@@ -352,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--resume", action="store_true", help="continue the search in --run-dir from its trial store")
   p.add_argument("--designer", default=None, choices=("bo", "random", "evolutionary", "firefly"),
                  help="who proposes architectures (default: config search.designer)")
+  p.add_argument("--proxy", default=None, choices=("flash", "superlm", "fewshot"),
+                 help="the accuracy objective's proxy: flash distillation of each candidate (003), or candidates "
+                      "extracted from a one-shot (004) / few-shot (001) SuperLM trained once in RUN_DIR/<proxy> "
+                      "(default: config search.proxy)")
   p.add_argument("--workers", type=int, default=1,
                  help="run trials in N worker processes, each pinned to its share of the CPU cores (default 1: "
                       "in this process); more can join with `ad worker`")

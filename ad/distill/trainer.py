@@ -319,9 +319,12 @@ def _pretrain_loss(dcfg, student_of, teacher_of):
 
 def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: Callable = print,
             progress: bool = True, save_student: bool = False, export_dir: str | None = None,
-            card_latency: dict | None = None) -> dict:
+            card_latency: dict | None = None, init_student: str | None = None) -> dict:
   """Flash- or regular-distills `arch` per `cfg` (a loaded experiment ConfigDict); returns metrics.
 
+  init_student: an orbax checkpoint of this architecture's student parameters alone (e.g. a
+  sub-network extracted from a SuperLM, ad/distill/superlm.py) to start from instead of the random
+  initialization; the adapters start as usual.
   save_student: also write the final student alone (no adapters, no optimizer) as an orbax
   checkpoint in `workdir/student`; export_dir: also export it there as a complete Hugging Face
   directory (ad/export.py; card_latency: the measured latency for its model card).
@@ -334,7 +337,7 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
       lock.__enter__()
     try:
       metrics = _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, export_dir, compiles,
-                         card_latency)
+                         card_latency, init_student)
     finally:
       if lock:
         lock.__exit__(None, None, None)
@@ -342,7 +345,7 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
 
 
 def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, export_dir, compiles,
-             card_latency) -> dict:
+             card_latency, init_student=None) -> dict:
   import tensorflow as tf  # TensorBoard summaries
   from tqdm import tqdm
 
@@ -358,8 +361,12 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   K = scfg.num_blocks
   is_main = multihost.is_main()
   os.makedirs(workdir, exist_ok=True)
-  check_run_record(workdir, dict(arch=scfg.arch.name, schedule=schedule, distill=dataclasses.asdict(dcfg),
-                                 data=repr(data_cfg), model=repr(scfg), teacher=dict(cfg.teacher)), resume)
+  record = dict(arch=scfg.arch.name, schedule=schedule, distill=dataclasses.asdict(dcfg), data=repr(data_cfg),
+                model=repr(scfg), teacher=dict(cfg.teacher))
+  if init_student:  # only when given, so the records of runs made before the option still match
+    init_student = os.path.abspath(init_student)
+    record["init_student"] = init_student
+  check_run_record(workdir, record, resume)
 
   # ---- mesh ----------------------------------------------------------------------------------
   mesh_data = dcfg.mesh_data or jax.device_count() // dcfg.mesh_model
@@ -485,6 +492,8 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   compile_wall_s = time.time() - t_compile
   if params is None:
     params = compiled["init"](t_params)
+    if init_student:
+      params = dict(params, student=restore_student_params(init_student, params_abs["student"]))
 
   def save(g: int, opt_state) -> float:
     t = time.time()
@@ -595,6 +604,25 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   if is_main:
     files.write_json(os.path.join(workdir, "metrics.json"), metrics)
   return metrics
+
+
+def restore_student_params(path: str, abstract):
+  """A student's parameters saved alone (save_student_params, `ad superlm extract`) into the
+  shapes and shardings of `abstract`; a checkpoint of another shape is an error naming both."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"--init-student {path}: no such checkpoint directory")
+  with ocp.StandardCheckpointer() as checkpointer:
+    saved = checkpointer.metadata(path)
+    saved = getattr(saved, "item_metadata", saved)
+    want = {optim.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract)}
+    have = {optim.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(saved)
+            if hasattr(x, "shape")}
+    if want != have:
+      diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[:4]
+      raise ValueError(f"--init-student {path}: its parameters do not fit this student (first differences: "
+                       f"{[(k, have.get(k), want.get(k)) for k in diff]} as (path, saved, expected)); extract the "
+                       "same architecture")
+    return checkpointer.restore(path, abstract)
 
 
 def save_student_params(workdir: str, student_params) -> str:

@@ -50,7 +50,17 @@ PREDICTED = ("predicted_latency_ms",)
 # search.* settings a resumed run may change: the failure budget and how trials are spread over workers.
 RESUMABLE_SEARCH_KEYS = ("max_failed_trials", "workers")
 # search.* settings added after runs were recorded, with the value an older record means by lacking them.
-ADDED_SEARCH_KEYS = {"latency_model": {"source": ""}}
+ADDED_SEARCH_KEYS = {"latency_model": {"source": ""}, "proxy": "flash"}
+
+
+def proxy_of(cfg) -> str:
+  """search.proxy: 'flash' (003: flash-distill each candidate), 'superlm' (004) or 'fewshot' (001)."""
+  return cfg.search.get("proxy", "flash")
+
+
+def proxy_dir(run_dir: str, proxy: str) -> str:
+  """Where a search keeps the SuperLM(s) its proxy extracts candidates from."""
+  return os.path.join(run_dir, proxy)
 
 
 def objective_spec(search_cfg) -> tuple[list[str], list[str], list[float]]:
@@ -140,9 +150,11 @@ def latency_verdict(measurement: dict, cfg) -> str | None:
 
 
 def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, names, log: Callable,
-                   measure_here: bool = True) -> dict[str, Any]:
+                   measure_here: bool = True, proxy_workdir: str = "") -> dict[str, Any]:
   """Measures, checks the latency constraint, flash-distills; returns the trial's record fields.
 
+  The accuracy objectives come from the search's proxy (search.proxy): a flash distillation in
+  `workdir`, or the candidate extracted from the SuperLM(s) in `proxy_workdir`.
   Raises on failure (the loop records the error); returns status 'infeasible' without training
   when the measured latency breaks constraints.max_latency_ms. With several processes, process
   0's measurement decides feasibility and every process follows it. measure_here=False: only
@@ -160,7 +172,12 @@ def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, name
       return out
   if any(n in TRAINED for n in names):
     t0 = time.time()
-    out["distill"] = trainer.distill(arch, cfg, "flash", workdir, resume=True, log=log, progress=False)
+    proxy = proxy_of(cfg)
+    if proxy == "flash":
+      out["distill"] = trainer.distill(arch, cfg, "flash", workdir, resume=True, log=log, progress=False)
+    else:  # extracted from the SuperLM(s) trained before the first trial, scored without training
+      from ad.distill import superlm
+      out["distill"] = superlm.proxy_scores(arch, cfg, proxy_workdir, log=log)
     out["distill_s"] = time.time() - t0
   out["status"] = "ok"
   return out
@@ -304,7 +321,8 @@ def trial_target(name: str, cfg, run_dir: str, names,
   arch = space_lib.Arch.parse(name)
   workdir = os.path.join(run_dir, "trials", arch.name)
   return (workdir, with_prediction(screening(arch, cfg.model, s.measure.seq), arch, names, cfg),
-          lambda: evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None, measure_here=measure_here))
+          lambda: evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None, measure_here=measure_here,
+                                 proxy_workdir=proxy_dir(run_dir, proxy_of(cfg))))
 
 
 def with_prediction(screen: dict, arch: space_lib.Arch, names, cfg) -> dict:
@@ -487,6 +505,11 @@ def _validated(cfg, run_dir: str, designer: str | None):
   from ad.models import student as student_lib
   trainer.config_from(cfg.distill, "flash")
   trainer.config_from(cfg.distill, cfg.final.schedule)
+  from ad.distill import superlm
+  if proxy_of(cfg) not in superlm.PROXIES:
+    raise ValueError(f"search.proxy={proxy_of(cfg)!r}: expected one of {superlm.PROXIES}")
+  if proxy_of(cfg) != "flash":
+    superlm.config_from(cfg)
   pretrain.config_from_dict(cfg.data)
   student_lib.config_from_dict(feasible[0], cfg.model)
   return designer, (names, directions, reference), space, cands, pruned
@@ -581,8 +604,10 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
     def comparable(config: dict) -> dict:  # what may change between runs: how, not what, is searched
       search = dict(ADDED_SEARCH_KEYS, **config.get("search", {}))
       search = {k: v for k, v in search.items() if k not in RESUMABLE_SEARCH_KEYS}
-      # and what runs after the search: the final distillations and their fine-tuning
-      return {k: v for k, v in dict(config, search=search).items() if k not in ("final", "finetune")}
+      # and what runs after the search (the final distillations and their fine-tuning), and the
+      # SuperLM settings of a search that does not use them
+      ignored = ("final", "finetune") + (("superlm",) if search["proxy"] == "flash" else ())
+      return {k: v for k, v in dict(config, search=search).items() if k not in ignored}
     new_c, old_c = comparable(record["config"]), comparable(old["config"])
     diff = sorted(k for k in set(new_c) | set(old_c)
                   if json.dumps(new_c.get(k), sort_keys=True) != json.dumps(old_c.get(k), sort_keys=True))
@@ -613,6 +638,11 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
 
   done_designed = lambda: sum(1 for t in store.trials()
                               if t["role"] not in report_lib.BASELINE_ROLES and t["status"] not in IN_FLIGHT)
+  if proxy_of(cfg) != "flash":  # the SuperLM(s) every trial is extracted from: trained once, resumable
+    from ad.distill import superlm
+    log(f"search: accuracy proxy {proxy_of(cfg)}: training (or resuming) the SuperLM(s) in "
+        f"{proxy_dir(run_dir, proxy_of(cfg))}")
+    superlm.ensure_trained(cfg, proxy_dir(run_dir, proxy_of(cfg)), proxy_of(cfg), log=log, progress=progress)
   bar = tqdm(total=s.num_trials, initial=done_designed() if is_main else 0, disable=not (progress and is_main),
              dynamic_ncols=True, desc="search")
   try:

@@ -83,9 +83,25 @@ def search(num_initial: int, num_trials: int, measure_seq: int, latency_referenc
       # The learned latency predictor behind the objective predicted_latency_ms (004): fitted on
       # the measurements of a search's run directory or a CSV such as experiments/results/tabular.csv.
       latency_model=dict(source=""),
+      # The accuracy objective's proxy: 'flash' distills each candidate (003); 'superlm' / 'fewshot'
+      # extract it from weight-sharing SuperLMs (004 / 001) trained once in the run directory
+      # (ad/distill/superlm.py, the config's `superlm` section).
+      proxy="flash",
       bo=dict(optimizer_python="", likelihood_variance=1e-3),
       evolution=dict(population=25, mutation_prob=0.5, explore_prob=0.5),  # 004 Algorithm 2
       firefly=dict(population=10, beta0=1.0, gamma=1.0, alpha=0.2))  # Yang (2010)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def superlm(steps: int, **kw):
+  """One-shot (004) and few-shot (001) SuperLM training (ad/distill/superlm.py). Batch size, optimizer,
+  loss weights and mesh come from the distill section; `lr` 0 means distill.lr. Few-shot splits the
+  one-shot step budget evenly over its `count` SuperLMs, partitioned by `factor`: hidden by default,
+  the factor that explains most of the regular-distillation accuracy in the 12 + 1 student fidelity
+  study (experiments/README.md section 8)."""
+  base = dict(steps=steps, samples_per_step=2, sampling="random", lr=0.0, warmup_steps=max(1, steps // 20),
+              checkpoint_every=100, seed=0, fewshot=dict(count=3, factor="hidden"))
   base.update(kw)
   return ml_collections.ConfigDict(base)
 
