@@ -531,7 +531,8 @@ def proxy_scores(arch, cfg, workdir: str, log: Callable = print) -> dict:
   sub_cfg = student_lib.config_from_dict(arch, cfg.model)
   student = extract(params, sub_cfg)
   data_cfg = pretrain.config_from_dict(cfg.data)
-  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log, progress=False)
+  # The SuperLM's own teacher (training prepared it): found again quietly, once per scored architecture.
+  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=lambda m: None, progress=False)
   teacher, teacher_meta = teacher_head.load_for_training(teacher_dir, sub_cfg.dtype)
   vocab = pretrain.load_vocab(data_cfg, teacher_meta["source_dir"])
   eval_set = evaluation.build_eval_set(data_cfg, vocab, log=log)

@@ -423,6 +423,8 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   init_jit = jax.jit(init_params, out_shardings=param_sh)
   params_abs = _abstract(dict(student=student_of.params, adapters=adapters_of.params), param_sh)
   labels = optim.labels(params_abs, STAGE_RULES)
+  if init_student and not resume:  # a wrong checkpoint fails before anything compiles
+    check_student_checkpoint(init_student, params_abs["student"])
 
   # ---- optimizers and the two step functions (each compiled once) ---------------------------------
   prog_steps = dcfg.block_steps(K)
@@ -606,22 +608,29 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   return metrics
 
 
-def restore_student_params(path: str, abstract):
-  """A student's parameters saved alone (save_student_params, `ad superlm extract`) into the
-  shapes and shardings of `abstract`; a checkpoint of another shape is an error naming both."""
+def check_student_checkpoint(path: str, abstract) -> None:
+  """A student's parameters saved alone (save_student_params, `ad superlm extract`) must have the
+  paths and shapes of `abstract`; checked before anything compiles, the error names both."""
   if not os.path.isdir(path):
     raise FileNotFoundError(f"--init-student {path}: no such checkpoint directory")
   with ocp.StandardCheckpointer() as checkpointer:
     saved = checkpointer.metadata(path)
-    saved = getattr(saved, "item_metadata", saved)
-    want = {optim.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract)}
-    have = {optim.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(saved)
-            if hasattr(x, "shape")}
-    if want != have:
-      diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[:4]
-      raise ValueError(f"--init-student {path}: its parameters do not fit this student (first differences: "
-                       f"{[(k, have.get(k), want.get(k)) for k in diff]} as (path, saved, expected)); extract the "
-                       "same architecture")
+  saved = getattr(saved, "item_metadata", saved)
+  want = {optim.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract)}
+  have = {optim.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(saved)
+          if hasattr(x, "shape")}
+  if want != have:
+    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[:4]
+    raise ValueError(f"--init-student {path}: its parameters do not fit this student (first differences as "
+                     f"(path, saved, expected): {[(k, have.get(k), want.get(k)) for k in diff]}); extract or save "
+                     "the same architecture")
+
+
+def restore_student_params(path: str, abstract):
+  """A student's parameters saved alone, checked (check_student_checkpoint), in the shapes and
+  shardings of `abstract`."""
+  check_student_checkpoint(path, abstract)
+  with ocp.StandardCheckpointer() as checkpointer:
     return checkpointer.restore(path, abstract)
 
 

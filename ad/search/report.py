@@ -224,6 +224,11 @@ def plot(path: str, rows: list[dict], names, directions) -> dict:
   return drawn
 
 
+PROXY_WORDS = {"flash": "flash distillation of each candidate (003)",
+               "superlm": "sub-networks of a one-shot weight-sharing SuperLM, scored without training (004)",
+               "fewshot": "sub-networks of few-shot weight-sharing SuperLMs, scored without training (001)"}
+
+
 def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any]:
   """Rebuilds report.md and pareto.png in `run_dir` from its trial store; returns the summary."""
   own = store is None
@@ -249,7 +254,8 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
   L = [f"# Search report: {os.path.basename(os.path.normpath(run_dir))}", "",
        f"Designer **{record['designer']}**, seed {cfg['search']['seed']}, {cfg['model']['num_blocks']}-block students, "
        f"teacher `{cfg['teacher']['source'] or 'MiniLM-L6-H384 (packaged)'}`, measured at batch "
-       f"{cfg['search']['measure']['batch']}, seq {cfg['search']['measure']['seq']}.", "",
+       f"{cfg['search']['measure']['batch']}, seq {cfg['search']['measure']['seq']}. Accuracy proxy: "
+       f"**{PROXY_WORDS[cfg['search'].get('proxy', 'flash')]}**.", "",
        "Objectives: " + ", ".join(f"`{n}` ({'maximize' if d == 'max' else 'minimize'}, reference {r})"
                                   for n, d, r in zip(names, directions, reference)) + ".", "",
        f"Trials: {len(rows)} ({counts['ok']} ok, {counts['failed']} failed, {counts['infeasible']} infeasible, "
