@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import os
 import sys
 import time
@@ -49,9 +50,21 @@ def eta_squared(values, groups) -> float:
   return float(between / total) if total > 0 else 0.0
 
 
-def ranking(name: str, proxy, regular, cfg, cost_s: float | None, **extra) -> dict:
+def resolved_pairs(values, ses) -> int:
+  """Pairs whose scores differ by more than 2 standard errors of the (unpaired) difference."""
+  return sum(int(abs(values[i] - values[j]) > 2 * np.hypot(ses[i], ses[j]))
+             for i, j in itertools.combinations(range(len(values)), 2))
+
+
+def ranking(name: str, proxy, regular, cfg, cost_s: float | None, ses=None, **extra) -> dict:
+  """Agreement of `proxy` scores with the regular ones; with their standard errors `ses`, also how
+  many pairs the proxy itself tells apart and its spread (best - worst) in standard errors."""
   b, seed = cfg.fidelity.bootstrap, cfg.fidelity.seed
   proxy, regular = np.asarray(proxy, float), np.asarray(regular, float)
+  if ses is not None:
+    n = len(proxy)
+    extra.update(pairs_resolved_beyond_2se=f"{resolved_pairs(proxy, ses)}/{n * (n - 1) // 2}",
+                 spread_in_se=float((proxy.max() - proxy.min()) / np.mean(ses)))
   return dict(proxy=name, kendall_tau=fidelity.kendall_tau(proxy, regular),
               kendall_tau_ci95=fidelity.bootstrap_interval(proxy, regular, fidelity.kendall_tau, b, seed),
               pairwise_accuracy=fidelity.pairwise_accuracy(proxy, regular),
@@ -103,12 +116,17 @@ def main(argv=None) -> int:
 
   flash = [float(r["flash_0.05_accuracy"]) for r in ref]
   flash_cost = sum(float(r["flash_0.05_s"]) for r in ref)
+  accuracy = lambda proxy: [s["mlm_accuracy"] for s in scores[proxy]]
+  se = lambda proxy: [s["mlm_accuracy_se"] for s in scores[proxy]]
   rankings = [
-      ranking("flash 5%", flash, regular, cfg, flash_cost, note="sum of the students' flash runs (two side by side)"),
-      ranking("one-shot SuperLM", [s["mlm_accuracy"] for s in scores["superlm"]], regular, cfg,
-              costs["superlm"]["total_s"], **costs["superlm"]),
-      ranking("few-shot SuperLMs", [s["mlm_accuracy"] for s in scores["fewshot"]], regular, cfg,
-              costs["fewshot"]["total_s"], **costs["fewshot"]),
+      ranking("regular (reference)", regular, regular, cfg, sum(float(r["regular_s"]) for r in ref),
+              ses=[float(r["regular_se"]) for r in ref], note="sum of the students' regular runs (two side by side)"),
+      ranking("flash 5%", flash, regular, cfg, flash_cost, ses=[float(r["flash_0.05_se"]) for r in ref],
+              note="sum of the students' flash runs (two side by side)"),
+      ranking("one-shot SuperLM", accuracy("superlm"), regular, cfg, costs["superlm"]["total_s"], ses=se("superlm"),
+              **costs["superlm"]),
+      ranking("few-shot SuperLMs", accuracy("fewshot"), regular, cfg, costs["fewshot"]["total_s"], ses=se("fewshot"),
+              **costs["fewshot"]),
   ]
   for name, key in (("parameters", "params"), ("FLOPs", "flops")):
     rankings.append(ranking(name, [loop.screening(a, cfg.model, cfg.search.measure.seq)[key] for a in archs],
@@ -135,7 +153,9 @@ def main(argv=None) -> int:
   print(f"\n{len(archs)} students, rankings against regular distillation (95% bootstrap intervals):")
   for r in rankings:
     cost = "" if r["cost_s"] is None else f"{r['cost_s'] / 60:6.1f} min"
-    print(f"  {r['proxy']:<18} tau {r['kendall_tau']:+.2f} [{r['kendall_tau_ci95'][0]:+.2f}, "
+    if "spread_in_se" in r:
+      cost += f"  resolves {r['pairs_resolved_beyond_2se']} pairs, spread {r['spread_in_se']:.1f} SE"
+    print(f"  {r['proxy']:<19} tau {r['kendall_tau']:+.2f} [{r['kendall_tau_ci95'][0]:+.2f}, "
           f"{r['kendall_tau_ci95'][1]:+.2f}]  pairwise {100 * r['pairwise_accuracy']:.1f}% "
           f"[{100 * r['pairwise_accuracy_ci95'][0]:.0f}, {100 * r['pairwise_accuracy_ci95'][1]:.0f}]  {cost}")
   return 0
@@ -146,6 +166,7 @@ def plot(rankings, path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+  rankings = [r for r in rankings if r["proxy"] != "regular (reference)"]
   names = [r["proxy"] for r in rankings]
   y = np.arange(len(names))
   for ax, key, label in ((axes[0], "kendall_tau", "Kendall tau vs regular"),

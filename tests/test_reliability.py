@@ -72,7 +72,7 @@ def test_a_missing_objective_and_a_nan_objective_never_reach_the_designer(tmp_pa
       "search.baseline_arch": "", "final.count": 0}))
   calls = []
 
-  def fake_trial(arch, cfg, workdir, trace_dir, names, log, measure_here=True):
+  def fake_trial(arch, cfg, workdir, trace_dir, names, log, measure_here=True, proxy_workdir=""):
     calls.append(arch.name)
     acc = float("nan") if len(calls) == 1 else 0.25
     return dict(status="ok", measure_s=0.0, distill_s=0.0,

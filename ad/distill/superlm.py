@@ -248,10 +248,20 @@ def extract(super_params: dict, sub_cfg):
 # ---------------------------------------------------------------------------------------------
 # Training one SuperLM.
 
-def _run_record(cfg, archs, scfg, dcfg, data_cfg, student_cfg) -> dict:
-  return dict(arch=student_cfg.arch.name, schedule="superlm", candidates=[a.name for a in archs],
-              superlm=dataclasses.asdict(scfg), distill=dataclasses.asdict(dcfg), data=repr(data_cfg),
-              model=repr(student_cfg), teacher=dict(cfg.teacher))
+def _run_record(cfg, archs, steps):
+  """(the run record a SuperLM workdir holds, its settings): what a --resume must match."""
+  from ad.data import pretrain
+  from ad.models import student as student_lib
+  scfg = config_from(cfg)
+  dcfg = trainer.config_from(cfg.distill, "flash")  # batch size, optimizer, loss weights, mesh
+  archs = list(archs) if archs is not None else space_lib.DesignSpace.from_config(cfg.space).archs()
+  steps = int(steps or scfg.steps)
+  data_cfg = pretrain.config_from_dict(cfg.data)
+  super_cfg = student_lib.config_from_dict(super_arch(archs), cfg.model)
+  record = dict(arch=super_cfg.arch.name, schedule="superlm", candidates=[a.name for a in archs], steps=steps,
+                superlm=dataclasses.asdict(scfg), distill=dataclasses.asdict(dcfg), data=repr(data_cfg),
+                model=repr(super_cfg), teacher=dict(cfg.teacher))
+  return record, (scfg, dcfg, archs, steps, data_cfg, super_cfg)
 
 
 def train(cfg, workdir: str, archs: Sequence[space_lib.Arch] | None = None, steps: int | None = None,
@@ -264,7 +274,8 @@ def train(cfg, workdir: str, archs: Sequence[space_lib.Arch] | None = None, step
   if lock:
     lock.__enter__()
   try:
-    if resume and os.path.isfile(done):
+    if resume and os.path.isfile(done):  # finished: reused only if it is the SuperLM this config asks for
+      trainer.check_run_record(workdir, _run_record(cfg, archs, steps)[0], resume=True)
       return files.read_json(done, "SuperLM record")
     return _train(cfg, workdir, archs, steps, resume, log, progress)
   finally:
@@ -282,18 +293,10 @@ def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
   from profiling.compile_stats import CompileLog, compile_concurrently
 
   t_start = time.time()
-  scfg = config_from(cfg)
-  dcfg = trainer.config_from(cfg.distill, "flash")  # batch size, optimizer, loss weights, mesh
-  data_cfg = pretrain.config_from_dict(cfg.data)
-  space = space_lib.DesignSpace.from_config(cfg.space)
-  archs = list(archs) if archs is not None else space.archs()
-  steps = int(steps or scfg.steps)
+  record, (scfg, dcfg, archs, steps, data_cfg, super_cfg) = _run_record(cfg, archs, steps)
   max_heads = max(a.heads for a in archs)
-  super_cfg = student_lib.config_from_dict(super_arch(archs), cfg.model)
   is_main = multihost.is_main()
   os.makedirs(workdir, exist_ok=True)
-  record = _run_record(cfg, archs, scfg, dcfg, data_cfg, super_cfg)
-  record["steps"] = steps
   trainer.check_run_record(workdir, record, resume)
 
   mesh_data = dcfg.mesh_data or jax.device_count() // dcfg.mesh_model
@@ -445,7 +448,9 @@ def train_fewshot(cfg, workdir: str, resume: bool = False, log: Callable = print
   steps = max(1, scfg.steps // len(parts))
   workdir = os.path.abspath(workdir)
   done = os.path.join(workdir, DONE_FEWSHOT)
-  if resume and os.path.isfile(done):
+  if resume and os.path.isfile(done):  # finished: reused only if every part is what this config asks for
+    for k, part in enumerate(parts):
+      trainer.check_run_record(os.path.join(workdir, f"part_{k}"), _run_record(cfg, part, steps)[0], resume=True)
     return files.read_json(done, "few-shot SuperLM record")
   if os.path.isfile(done) and not resume:
     raise FileExistsError(f"{workdir} already holds trained few-shot SuperLMs; pass --resume to reuse them or choose "
