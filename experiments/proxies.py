@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from ad import configs, files
+from ad import configs, files, stats
 from ad import space as space_lib
 from experiments import fidelity
 
@@ -56,11 +56,32 @@ def resolved_pairs(values, ses) -> int:
              for i, j in itertools.combinations(range(len(values)), 2))
 
 
-def ranking(name: str, proxy, regular, cfg, cost_s: float | None, ses=None, **extra) -> dict:
+def regular_resolved(archs, runs_dir: str) -> list[tuple[int, int, int]] | None:
+  """(i, j, sign of regular_i - regular_j) for the pairs the regular runs separate beyond 2 SE of
+  the paired difference on the shared evaluation set (the fidelity study's per-sequence counts),
+  or None without those runs."""
+  per_seq = []
+  for a in archs:
+    path = os.path.join(runs_dir, a.name, "regular.json")
+    if not os.path.isfile(path):
+      return None
+    per_seq.append(files.read_json(path, "fidelity run")["per_sequence"])
+  out = []
+  for i, j in itertools.combinations(range(len(archs)), 2):
+    d, se = stats.paired_difference(per_seq[i]["mlm_correct"], per_seq[j]["mlm_correct"], per_seq[i]["masked"])
+    if abs(d) > 2 * se:
+      out.append((i, j, int(np.sign(d))))
+  return out
+
+
+def ranking(name: str, proxy, regular, cfg, cost_s: float | None, ses=None, resolved=None, **extra) -> dict:
   """Agreement of `proxy` scores with the regular ones; with their standard errors `ses`, also how
   many pairs the proxy itself tells apart and its spread (best - worst) in standard errors."""
   b, seed = cfg.fidelity.bootstrap, cfg.fidelity.seed
   proxy, regular = np.asarray(proxy, float), np.asarray(regular, float)
+  if resolved:  # agreement on the pairs the reference itself tells apart
+    agree = sum(int(np.sign(proxy[i] - proxy[j]) == sign) for i, j, sign in resolved)
+    extra["agreement_on_regular_resolved_pairs"] = f"{agree}/{len(resolved)}"
   if ses is not None:
     n = len(proxy)
     extra.update(pairs_resolved_beyond_2se=f"{resolved_pairs(proxy, ses)}/{n * (n - 1) // 2}",
@@ -78,6 +99,9 @@ def main(argv=None) -> int:
   p.add_argument("--set", dest="overrides", action="append", default=[])
   p.add_argument("--tag", default="", help="suffix of the run and result names (a variant, e.g. sandwich)")
   p.add_argument("--reference", default=FIDELITY, help="the fidelity study's CSV (regular and flash accuracies)")
+  p.add_argument("--fidelity-runs", default=os.path.join(ROOT, "runs", "fidelity_12"),
+                 help="the fidelity study's run directory (per-sequence counts of the regular runs: which pairs "
+                      "the reference resolves; experiments/results/fidelity_12/runs_fidelity_12.tar.gz holds them)")
   args = p.parse_args(argv)
   from ad.cli import enable_compile_cache
   from ad.distill import superlm
@@ -118,19 +142,20 @@ def main(argv=None) -> int:
   flash_cost = sum(float(r["flash_0.05_s"]) for r in ref)
   accuracy = lambda proxy: [s["mlm_accuracy"] for s in scores[proxy]]
   se = lambda proxy: [s["mlm_accuracy_se"] for s in scores[proxy]]
+  resolved = regular_resolved(archs, args.fidelity_runs)
   rankings = [
       ranking("regular (reference)", regular, regular, cfg, sum(float(r["regular_s"]) for r in ref),
               ses=[float(r["regular_se"]) for r in ref], note="sum of the students' regular runs (two side by side)"),
       ranking("flash 5%", flash, regular, cfg, flash_cost, ses=[float(r["flash_0.05_se"]) for r in ref],
-              note="sum of the students' flash runs (two side by side)"),
+              resolved=resolved, note="sum of the students' flash runs (two side by side)"),
       ranking("one-shot SuperLM", accuracy("superlm"), regular, cfg, costs["superlm"]["total_s"], ses=se("superlm"),
-              **costs["superlm"]),
+              resolved=resolved, **costs["superlm"]),
       ranking("few-shot SuperLMs", accuracy("fewshot"), regular, cfg, costs["fewshot"]["total_s"], ses=se("fewshot"),
-              **costs["fewshot"]),
+              resolved=resolved, **costs["fewshot"]),
   ]
   for name, key in (("parameters", "params"), ("FLOPs", "flops")):
     rankings.append(ranking(name, [loop.screening(a, cfg.model, cfg.search.measure.seq)[key] for a in archs],
-                            regular, cfg, 0.0))
+                            regular, cfg, 0.0, resolved=resolved))
 
   rows = []
   for i, (a, r) in enumerate(zip(archs, ref)):
@@ -155,6 +180,8 @@ def main(argv=None) -> int:
     cost = "" if r["cost_s"] is None else f"{r['cost_s'] / 60:6.1f} min"
     if "spread_in_se" in r:
       cost += f"  resolves {r['pairs_resolved_beyond_2se']} pairs, spread {r['spread_in_se']:.1f} SE"
+    if "agreement_on_regular_resolved_pairs" in r:
+      cost += f"  agrees on {r['agreement_on_regular_resolved_pairs']} of regular's resolved pairs"
     print(f"  {r['proxy']:<19} tau {r['kendall_tau']:+.2f} [{r['kendall_tau_ci95'][0]:+.2f}, "
           f"{r['kendall_tau_ci95'][1]:+.2f}]  pairwise {100 * r['pairwise_accuracy']:.1f}% "
           f"[{100 * r['pairwise_accuracy_ci95'][0]:.0f}, {100 * r['pairwise_accuracy_ci95'][1]:.0f}]  {cost}")
