@@ -15,10 +15,14 @@ runs side by side), a SuperLM proxy is its training plus scoring every student.
 The partition factor of the few-shot SuperLMs is chosen by measurement: the factor whose levels
 explain the largest share of the regular accuracies' variance (eta squared) over these students.
 
-Budget: superlm.steps (quickstart: 480 steps x 2 sub-networks = 962 sub-network steps, the 13
-trials' flash runs of a quickstart search, 13 x 74).
+Budget: superlm.steps x superlm.samples_per_step sub-network steps (quickstart: 240 x 4 = 960, the
+13 trials' flash runs of a quickstart search, 13 x 74).
 
-Command:  .venv/bin/python -m experiments.proxies [--config fidelity] [--set superlm.sampling=sandwich --tag sandwich]
+Command:  .venv/bin/python -m experiments.proxies [--config fidelity] [--set KEY=VALUE ... --tag NAME]
+          (the two runs of experiments/README.md section 8: `--set superlm.sampling=sandwich --set
+          superlm.samples_per_step=4 --set superlm.steps=240 --tag sandwich`, the config's default
+          since; and, with the earlier defaults, uniform sampling of 2 per step for 480 steps:
+          `--set superlm.sampling=random --set superlm.samples_per_step=2 --set superlm.steps=480`)
 Output:   experiments/results/proxies{_TAG}.{json,csv,png}; SuperLMs under runs/proxies{_TAG}/ (resumable).
 """
 
@@ -165,7 +169,7 @@ def main(argv=None) -> int:
                      fewshot_accuracy=scores["fewshot"][i]["mlm_accuracy"],
                      fewshot_se=scores["fewshot"][i]["mlm_accuracy_se"]))
   summary = dict(students=len(archs), reference=os.path.relpath(args.reference, ROOT), factor_eta_squared=factors,
-                 fewshot_factor=chosen, superlm=dict(cfg.superlm), trained=trained, rankings=rankings, rows=rows,
+                 fewshot_factor=chosen, superlm=cfg.superlm.to_dict(), trained=trained, rankings=rankings, rows=rows,
                  wall_s=time.time() - t_all,
                  command=" ".join(["python -m experiments.proxies"] + (argv if argv is not None else sys.argv[1:])))
   os.makedirs(RESULTS, exist_ok=True)

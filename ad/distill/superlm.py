@@ -68,14 +68,15 @@ class SuperLMConfig:
   def __post_init__(self):
     for k in ("steps", "samples_per_step", "fewshot_count", "checkpoint_every"):
       if getattr(self, k) <= 0:
-        raise ValueError(f"superlm.{k}={getattr(self, k)} must be positive")
+        raise ValueError(f"superlm.{k.replace('fewshot_', 'fewshot.')}={getattr(self, k)} must be positive")
     if self.sampling not in SAMPLINGS:
       raise ValueError(f"superlm.sampling={self.sampling!r}: expected one of {SAMPLINGS}")
-    if self.sampling == "sandwich" and self.samples_per_step < 2:
-      raise ValueError("superlm.sampling='sandwich' trains the largest and the smallest sub-network every step: "
-                       f"superlm.samples_per_step must be at least 2, got {self.samples_per_step}")
+    if self.sampling == "sandwich" and self.samples_per_step < 3:
+      raise ValueError("superlm.sampling='sandwich' trains the largest and the smallest sub-network every step plus "
+                       "random ones (with 2 it would train only the two extremes): superlm.samples_per_step must be "
+                       f"at least 3, got {self.samples_per_step}")
     if self.fewshot_factor not in space_lib.FACTORS:
-      raise ValueError(f"superlm.fewshot_factor={self.fewshot_factor!r}: expected one of {space_lib.FACTORS}")
+      raise ValueError(f"superlm.fewshot.factor={self.fewshot_factor!r}: expected one of {space_lib.FACTORS}")
 
 
 def config_from(cfg) -> SuperLMConfig:
@@ -87,7 +88,8 @@ def config_from(cfg) -> SuperLMConfig:
   fields = {f.name for f in dataclasses.fields(SuperLMConfig)}
   unknown = sorted(set(given) - fields) + sorted(f"fewshot.{k}" for k in set(fewshot) - {"count", "factor"})
   if unknown:
-    raise ValueError(f"config.superlm has unknown keys {unknown}; known: {sorted(fields - {'fewshot_count', 'fewshot_factor'}) + ['fewshot.count', 'fewshot.factor']}")
+    known = sorted(fields - {"fewshot_count", "fewshot_factor"}) + ["fewshot.count", "fewshot.factor"]
+    raise ValueError(f"config.superlm has unknown keys {unknown}; known: {known}")
   if "count" in fewshot:
     given["fewshot_count"] = int(fewshot["count"])
   if "factor" in fewshot:

@@ -25,7 +25,7 @@ def get_config():
                                   warmup_max_fraction=1.0)  # short stages tuned and measured with this warm-up
   c.constraints = ml_collections.ConfigDict(dict(max_params=0, max_flops=0.0, max_latency_ms=0.0))  # 0 = off
   c.search = common.search(num_initial=4, num_trials=12, measure_seq=128, latency_reference_ms=30.0)
-  c.superlm = common.superlm(steps=960)  # 13 flash runs of 148 steps = 1,924 sub-network steps at 2 per step
+  c.superlm = common.superlm(steps=480)  # 13 flash runs of 148 steps = 1,924 sub-network steps at 4 per step
   c.final = common.final(count=1, choose="knee")
   c.finetune = common.finetune(seq_len=128)
   return c

@@ -32,7 +32,7 @@ def get_config():
   # 003 section 4.2: MLM accuracy and batch-1 inference latency; reference: accuracy 0, latency
   # well above MobileBERT's on the target chip (set it from a first measurement of the baseline).
   c.search = common.search(num_initial=10, num_trials=300, measure_seq=128, latency_reference_ms=10.0)
-  c.superlm = common.superlm(steps=100_000)  # 200k sub-network steps: about five flash runs of this config
+  c.superlm = common.superlm(steps=50_000)  # 200k sub-network steps: about five flash runs of this config
   c.final = common.final(count=7, choose="spread")
   c.finetune = common.finetune(seq_len=128)
   return c
