@@ -50,7 +50,8 @@ def eta_squared(values, groups) -> float:
   """Share of the variance of `values` explained by the group means (one-way ANOVA's eta^2)."""
   values, groups = np.asarray(values, float), np.asarray(groups)
   total = np.square(values - values.mean()).sum()
-  between = sum(np.square(values[groups == g].mean() - values.mean()) * (groups == g).sum() for g in set(groups.tolist()))
+  between = sum(np.square(values[groups == g].mean() - values.mean()) * (groups == g).sum()
+                for g in set(groups.tolist()))
   return float(between / total) if total > 0 else 0.0
 
 
@@ -140,7 +141,8 @@ def main(argv=None) -> int:
     scores[proxy] = [superlm.proxy_scores(a, cfg, workdir, log=log) for a in archs]
     score_s = time.time() - t0
     costs[proxy] = dict(train_s=trained[proxy]["wall_s"], score_s=score_s, total_s=trained[proxy]["wall_s"] + score_s)
-    print(f"{proxy}: trained in {trained[proxy]['wall_s']:.0f}s, {len(archs)} students scored in {score_s:.0f}s", flush=True)
+    print(f"{proxy}: trained in {trained[proxy]['wall_s']:.0f}s, {len(archs)} students scored in {score_s:.0f}s",
+          flush=True)
 
   flash = [float(r["flash_0.05_accuracy"]) for r in ref]
   flash_cost = sum(float(r["flash_0.05_s"]) for r in ref)

@@ -25,7 +25,7 @@ SMALL_SPACE = space_lib.DesignSpace(hidden=(64, 96), bottleneck=(32, 48), heads=
 
 @pytest.mark.parametrize("norm", ["no_norm", "layer_norm"])
 def test_extracted_subnetworks_compute_exactly_what_the_superlm_computes(norm):
-  """Every 11th architecture of a small space (all head counts, widths, FFN counts), f32: the
+  """Every 11th architecture of a small space (all head counts, widths, FFN counts; 3 for LayerNorm), f32: the
   extracted standalone Student's MLM logits, hidden states and NSP logits equal the SuperLM's
   elastic forward for that sub-network to float32 rounding, and nothing leaks beyond its width."""
   archs = SMALL_SPACE.archs()
@@ -42,7 +42,7 @@ def test_extracted_subnetworks_compute_exactly_what_the_superlm_computes(norm):
   forward = jax.jit(lambda sub: (lambda enc: (enc, superlm.elastic_mlm_logits(s, enc, enc["sequence_output"]),
                                               s.nsp_logits(enc["pooled"])))(
       superlm.elastic_encode(s, sub, ids, types, mask, max_heads=4)))
-  for arch in archs[::11] + [archs[-1]]:
+  for arch in (archs[::11] + [archs[-1]] if norm == "no_norm" else archs[5::23]):  # LayerNorm: its own paths only
     alone = superlm.extract(pure, student_lib.StudentConfig(arch=arch, **base))(ids, types, mask)
     enc, mlm, nsp = forward(jnp.asarray(superlm.encode(arch)))
     scale = float(jnp.abs(alone["mlm_logits"]).max())
