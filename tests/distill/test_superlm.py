@@ -114,14 +114,16 @@ def test_superlm_resumes_exactly_scores_extracted_students_and_serves_a_search(t
   with pytest.raises(FileExistsError, match="--resume"):
     superlm.train(cfg, str(tmp_path / "whole"), log=lambda m: None, progress=False)
 
-  # Sharded over 8 devices (data parallel, as the trainer is): the same losses as on one. Two
-  # steps: their learning rates are those of the 4-step run's first two (warm-up of one step).
-  sharded = _cfg(tiny_teacher, **{"distill.mesh_data": 8, "superlm.steps": 2})
+  # Sharded over 8 devices (data parallel, as the trainer is): the same losses as on one. Three
+  # steps: the updates before them use the 4-step run's learning rates (0, then the peak), so the
+  # third loss follows one real sharded update.
+  sharded = _cfg(tiny_teacher, **{"distill.mesh_data": 8, "superlm.steps": 3})
   superlm.train(sharded, str(tmp_path / "sharded"), log=lambda m: None, progress=False)
   with open(tmp_path / "sharded" / "losses.jsonl") as f:
     on_eight = [json.loads(line) for line in f]
-  assert [r["subnets"] for r in on_eight] == [r["subnets"] for r in recs[:2]]
-  np.testing.assert_allclose([r["sub_losses"] for r in on_eight], [r["sub_losses"] for r in recs[:2]], rtol=2e-5)
+  assert [r["subnets"] for r in on_eight] == [r["subnets"] for r in recs[:3]]
+  assert [r["lr"] for r in on_eight[:2]] == [r["lr"] for r in recs[:2]]
+  np.testing.assert_allclose([r["sub_losses"] for r in on_eight], [r["sub_losses"] for r in recs[:3]], rtol=2e-5)
 
   arch = "128_64_2_256_1"
   r = superlm.proxy_scores(arch, cfg, str(tmp_path / "whole"), log=lambda m: None)
