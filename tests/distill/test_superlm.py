@@ -85,8 +85,10 @@ def _params(workdir, cfg):
 
 def test_superlm_resumes_exactly_scores_extracted_students_and_serves_a_search(tmp_path, tiny_teacher, monkeypatch):
   """An interrupt after step 2 leaves a checkpoint; --resume then ends with the same parameters
-  bit for bit as an uninterrupted run (the same batches and sub-networks). The proxy score is the
-  extracted student's own evaluation, with its standard error."""
+  bit for bit as an uninterrupted run (the same batches and sub-networks). 8 devices give one
+  device's losses. The proxy score is the extracted student's own evaluation, with its standard
+  error; the extracted student seeds a distillation (--init-student); a one-shot search reuses the
+  trained SuperLM."""
   cfg = _cfg(tiny_teacher)
   whole = superlm.train(cfg, str(tmp_path / "whole"), log=lambda m: None, progress=False)
   assert whole["steps"] == 4 and whole["candidates"] == 16 and whole["super_arch"] == "256_64_1_384_2"
