@@ -55,6 +55,16 @@ def make_mesh(data: int, model: int, devices=None) -> jax.sharding.Mesh:
   return jax.make_mesh((data, model), ("data", "model"), axis_types=types, devices=devices)
 
 
+def training_mesh(dcfg) -> tuple[jax.sharding.Mesh, int]:
+  """(mesh, size of its data axis) for a distill section: distill.mesh_data (0: every device over
+  distill.mesh_model) x distill.mesh_model; the batch must split evenly over the data axis."""
+  mesh_data = dcfg.mesh_data or jax.device_count() // dcfg.mesh_model
+  mesh = make_mesh(mesh_data, dcfg.mesh_model)
+  if dcfg.batch_size % mesh_data:
+    raise ValueError(f"distill.batch_size={dcfg.batch_size} is not divisible by the mesh's data axis ({mesh_data})")
+  return mesh, mesh_data
+
+
 def spec(axes, shape, mesh) -> P:
   """Logical axis names (None: replicated) of one array -> its PartitionSpec on `mesh`."""
   out = []

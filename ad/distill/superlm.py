@@ -301,17 +301,13 @@ def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
   os.makedirs(workdir, exist_ok=True)
   trainer.check_run_record(workdir, record, resume)
 
-  mesh_data = dcfg.mesh_data or jax.device_count() // dcfg.mesh_model
-  mesh = sharding.make_mesh(mesh_data, dcfg.mesh_model)
-  if dcfg.batch_size % mesh_data:
-    raise ValueError(f"distill.batch_size={dcfg.batch_size} is not divisible by the mesh's data axis ({mesh_data})")
+  mesh, _ = sharding.training_mesh(dcfg)
   teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log, progress=progress)
   teacher, teacher_meta = teacher_head.load_for_training(teacher_dir, super_cfg.dtype)
   vocab = pretrain.load_vocab(data_cfg, teacher_meta["source_dir"])
   task = pretrain.make_task(data_cfg, vocab, min(super_cfg.max_positions, teacher.cfg.max_positions),
                             super_cfg.vocab_size)
   per_host = dcfg.batch_size // jax.process_count()
-  where = (jax.process_index(), jax.process_count())
 
   rngs = lambda seed: nnx.Rngs(jax.random.key(seed, impl="rbg"))
   make_student = lambda: student_lib.Student(super_cfg, rngs(dcfg.seed))
@@ -382,10 +378,7 @@ def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
     params = compiled["init"](t_params)
     opt_state = compiled["opt_init"](params)
 
-  if steps * per_host * data_cfg.seq_len <= pretrain.CACHE_MAX_TOKENS:
-    stream = iter(pretrain.cached_batches(task, data_cfg, "train", per_host, steps, *where)[next_step:])
-  else:
-    stream = pretrain.batches(task, data_cfg, "train", per_host, *where, start_batch=next_step)
+  stream = trainer.train_stream(task, data_cfg, per_host, steps, next_step)
 
   def save(g: int) -> float:
     t = time.time()

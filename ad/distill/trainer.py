@@ -152,6 +152,17 @@ def stage_schedules(dcfg: DistillConfig, num_blocks: int):
           optim.warmup_linear_decay(dcfg.lr, dcfg.stage_warmup(dcfg.pretrain_steps), dcfg.pretrain_steps))
 
 
+def train_stream(task, data_cfg, per_host: int, total_steps: int, start: int):
+  """This host's training batches of a `total_steps` run from step `start` on: a resumed run
+  continues the stream without reading what it already used (the stream is index-addressable,
+  ad/data/pretrain.py); a small run's batches are memoized in-process."""
+  from ad.data import pretrain
+  where = (jax.process_index(), jax.process_count())
+  if total_steps * per_host * data_cfg.seq_len <= pretrain.CACHE_MAX_TOKENS:
+    return iter(pretrain.cached_batches(task, data_cfg, "train", per_host, total_steps, *where)[start:])
+  return pretrain.batches(task, data_cfg, "train", per_host, *where, start_batch=start)
+
+
 def stage_at(plan: list[Stage], step: int) -> Stage:
   return next(s for s in plan if s.start <= step < s.end)
 
@@ -369,10 +380,7 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   check_run_record(workdir, record, resume)
 
   # ---- mesh ----------------------------------------------------------------------------------
-  mesh_data = dcfg.mesh_data or jax.device_count() // dcfg.mesh_model
-  mesh = sharding.make_mesh(mesh_data, dcfg.mesh_model)
-  if dcfg.batch_size % mesh_data:
-    raise ValueError(f"distill.batch_size={dcfg.batch_size} is not divisible by the mesh's data axis ({mesh_data})")
+  mesh, mesh_data = sharding.training_mesh(dcfg)
 
   # ---- teacher (frozen, never checkpointed here), in the student's compute dtype ------------------
   teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log, progress=progress)
@@ -391,14 +399,6 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   plan = stage_plan(dcfg, K)
   total_steps = plan[-1].end
   per_host = dcfg.batch_size // jax.process_count()
-
-  def train_stream(start: int):
-    """The training batches from step `start` on: a resumed run continues the stream without
-    reading what it already used (the stream is index-addressable, ad/data/pretrain.py)."""
-    where = (jax.process_index(), jax.process_count())
-    if total_steps * per_host * data_cfg.seq_len <= pretrain.CACHE_MAX_TOKENS:  # small run: memoized in-process
-      return iter(pretrain.cached_batches(task, data_cfg, "train", per_host, total_steps, *where)[start:])
-    return pretrain.batches(task, data_cfg, "train", per_host, *where, start_batch=start)
 
   # ---- student, adapters, their parameter trees and shardings -------------------------------------
   # RngBitGenerator keys: the initialization compiles in a fraction of threefry's time on CPU.
@@ -471,7 +471,7 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   elif resume:
     log(f"distill: --resume given but {ckpts.directory} has no checkpoint; starting from step 0")
   loss_log = LossLog(os.path.join(workdir, "losses.jsonl"), next_step, is_main)
-  train_iter = train_stream(next_step)
+  train_iter = train_stream(task, data_cfg, per_host, total_steps, next_step)
   writer = tf.summary.create_file_writer(os.path.join(workdir, "tb")) if is_main else None
 
   # ---- compile what the remaining stages need, side by side (ahead of time, on abstract values) ----
