@@ -126,6 +126,8 @@ def cmd_profile(args) -> int:
         f"FLOPS util {100 * r['flops_utilization']:.1f}%, bandwidth util {100 * r['bandwidth_utilization']:.1f}% "
         f"(peaks from {r['peak_source']}: {r['peak_flops_per_s'] / 1e9:.0f} GFLOP/s, "
         f"{r['peak_bytes_per_s'] / 1e9:.0f} GB/s); peak memory {r['peak_memory_bytes'] / 1e6:.1f} MB")
+  print(f"  matmuls (dots, and fusions or library calls holding one): {100 * r['matmul_share']:.0f}% of op time, "
+        f"{r['matmul_ms_median']:.3f} ms of the median: the latency with every other op free")
   print("  top ops:")
   for op in r["top_ops"][:5]:
     print(f"    {100 * op['share']:5.1f}%  {op['time_us'] / op['count']:9.1f} us x{op['count']:<4d} {op['name']}  {op['scope']}")

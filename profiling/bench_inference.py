@@ -6,8 +6,9 @@
 Both sides get the same weights (the student exported with ad/models/hf.py and loaded by
 transformers), the same token ids, batch and length, and run in this one process, alternating
 round by round so that a change of machine load hits every implementation alike. Each round
-times `--calls` back-to-back calls of each implementation; the table gives the median of the
-per-call times over rounds and their spread (the 10th-90th percentile), and ratios of medians.
+runs each implementation for two untimed calls (the other side's threads stop spinning) and then
+times `--calls` back-to-back calls; the table gives the median of the per-call times over rounds
+and their spread (the 10th-90th percentile), and ratios of medians.
 
 Implementations:
   ad f32 / ad bf16     the project's inference forward (profiling/harness.py student_forward:
@@ -32,6 +33,27 @@ import time
 import numpy as np
 
 DEFAULT_ARCHS = ("512_128_4_512_4", "512_128_1_640_2", "512_128_4_512_2", "256_64_2_384_2")
+
+
+# Calls after switching implementation that are run but not timed: the other side's thread pool
+# (torch's OpenMP threads, XLA's Eigen threads) keeps spinning for a while after its last call, so
+# the first calls after a switch measured the switch too (profiling/bench_dots.py: XLA's chain of
+# MobileBERT's matmuls took 66 ms timed right after torch's calls, 41-44 ms after two untimed calls).
+SETTLE_CALLS = 2
+
+
+def time_alternating(impls: dict, rounds: int, calls: int) -> dict[str, list[float]]:
+  """{name: fn} -> {name: seconds of each timed call}: `rounds` rounds, each running every
+  implementation SETTLE_CALLS untimed calls and then `calls` timed ones, back to back."""
+  times = {name: [] for name in impls}
+  for _ in range(rounds):
+    for name, fn in impls.items():
+      for i in range(SETTLE_CALLS + calls):
+        s = time.perf_counter()
+        fn()
+        if i >= SETTLE_CALLS:
+          times[name].append(time.perf_counter() - s)
+  return times
 
 
 def _spread(x) -> tuple[float, float]:
@@ -107,13 +129,7 @@ def bench_arch(arch: str, *, blocks: int, batch: int, seq: int, rounds: int, cal
     for _ in range(2):
       fn()
   warm_s = time.time() - t0
-  times = {name: [] for name in impls}
-  for _ in range(rounds):
-    for name, fn in impls.items():
-      for _ in range(calls):
-        s = time.perf_counter()
-        fn()
-        times[name].append(time.perf_counter() - s)
+  times = time_alternating(impls, rounds, calls)
   ms = {n: np.asarray(v) * 1e3 for n, v in times.items()}
   flops = harness.compile_only_arch(arch, num_blocks=blocks, batch=batch, seq=seq)["flops"]
   out = dict(arch=arch, blocks=blocks, batch=batch, seq=seq, rounds=rounds, calls=calls, gflop=flops / 1e9,

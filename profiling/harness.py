@@ -31,8 +31,8 @@ RESULT_FIELDS = (
     "latency_ms_mean", "latency_ms_median", "latency_ms_p90", "latency_cv", "latency_rel_ci95", "converged",
     "wall_ms_median", "wall_minus_device_ms", "throughput_per_s", "tokens_per_s", "flops", "bytes_accessed",
     "flops_undercounted", "flops_utilization", "bandwidth_utilization", "peak_flops_per_s", "peak_bytes_per_s",
-    "peak_source", "peak_memory_bytes", "compile_s", "top_ops", "time_by_scope", "trace_dir", "trace_source", "threads",
-    "fused_ffn_ran", "compiler_options",
+    "peak_source", "peak_memory_bytes", "compile_s", "top_ops", "time_by_scope", "matmul_share", "matmul_ms_median",
+    "trace_dir", "trace_source", "threads", "fused_ffn_ran", "compiler_options",
 )
 
 
@@ -127,8 +127,11 @@ def measure_fn(fn: Callable, args: tuple, *, name: str, batch: int, seq: int | N
   if peaks.source.startswith("cpu_calibration") and stats["flops"] / median_s > peaks.flops_per_s:
     peaks = peaks_lib.raise_cpu_peak(dtype, stats["flops"] / median_s)  # the calibration was too low
   all_ops = trace_lib.TraceStats(device_ns, op_time, op_count, source)
-  scopes = trace_lib.hlo_scopes(compiled.as_text() or "")
+  hlo_text = compiled.as_text() or ""
+  scopes = trace_lib.hlo_scopes(hlo_text)
   top = all_ops.top_ops(top_k, scopes)
+  # What the matmuls alone take: with every other op free, the latency could fall no lower.
+  matmul_share = trace_lib.matmul_share(all_ops, trace_lib.matmul_ops(hlo_text))
   result = dict(
       name=name, backend=jax.default_backend(), device_kind=device.device_kind, jax_version=jax.__version__,
       jaxlib_version=jaxlib.__version__,
@@ -147,6 +150,7 @@ def measure_fn(fn: Callable, args: tuple, *, name: str, batch: int, seq: int | N
       peak_flops_per_s=peaks.flops_per_s, peak_bytes_per_s=peaks.bytes_per_s, peak_source=peaks.source,
       peak_memory_bytes=stats.get("peak_bytes"), compile_s=compile_s, top_ops=top,
       time_by_scope=trace_lib.time_by_scope(all_ops, scopes),
+      matmul_share=matmul_share, matmul_ms_median=matmul_share * float(np.median(dev_ms)),
       trace_dir=os.path.abspath(trace_dir), trace_source=source, threads=_thread_settings(),
       fused_ffn_ran=ffn_log.chosen, compiler_options=compiler_options or {},
   )

@@ -121,6 +121,52 @@ def hlo_scopes(hlo_text: str) -> dict[str, str]:
   return out
 
 
+_HLO_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(?:\([^=]*?\)|\S+)\s+([\w\-]+)\(")
+_HLO_CALLS = re.compile(r"(?:calls|to_apply)=%?([\w.\-]+)")
+_HLO_TARGET = re.compile(r'custom_call_target="([^"]*)"')
+MATMUL_OPCODES = ("dot", "convolution")
+MATMUL_CALL_TARGETS = re.compile(r"gemm|matmul|conv", re.I)  # __cublas$gemm, __cublas$lt$matmul, __onednn$matmul
+
+
+def matmul_ops(hlo_text: str) -> set[str]:
+  """Compiled HLO text -> names of the instructions that are, or call computations that contain,
+  a dot or a convolution (XLA:CPU's `dot.N`, a YNNPACK library fusion, a GPU GEMM fusion, a TPU
+  convolution fusion), and library custom calls whose target is a GEMM (cuBLAS, oneDNN)."""
+  computations: dict[str, list[tuple[str, str, list[str]]]] = {}
+  library_matmuls = set()
+  current = None
+  for line in hlo_text.splitlines():
+    m = _HLO_INSTRUCTION.match(line)
+    if m and current is not None:
+      computations[current].append((m.group(1), m.group(2), _HLO_CALLS.findall(line)))
+      target = _HLO_TARGET.search(line)
+      if m.group(2) == "custom-call" and target and MATMUL_CALL_TARGETS.search(target.group(1)):
+        library_matmuls.add(m.group(1))
+      continue
+    m = _HLO_COMPUTATION.match(line)
+    if m and "=" not in line.split("{")[0]:
+      current = m.group(1)
+      computations[current] = []
+
+  has_matmul: dict[str, bool] = {}
+
+  def contains(comp: str, seen=()) -> bool:
+    if comp not in has_matmul:
+      has_matmul[comp] = any(op in MATMUL_OPCODES or any(contains(c, seen + (comp,)) for c in calls if c not in seen)
+                             for _, op, calls in computations.get(comp, []))
+    return has_matmul[comp]
+
+  return library_matmuls | {name for comp in computations for name, op, calls in computations[comp]
+                            if op in MATMUL_OPCODES or (op in ("fusion", "custom-call") and any(contains(c) for c in calls))}
+
+
+def matmul_share(stats: TraceStats, matmuls: set[str]) -> float:
+  """Share of op time spent in the matmul instructions `matmuls` (matmul_ops of the module)."""
+  total = sum(stats.op_time_ns.values())
+  return sum(t for op, t in stats.op_time_ns.items() if op in matmuls) / total if total else 0.0
+
+
 def time_by_scope(stats: TraceStats, scopes: dict[str, str], depth: int = 2) -> dict[str, float]:
   """Share of op time per named-scope prefix of `depth` levels ('block_0/attention')."""
   total = sum(stats.op_time_ns.values()) or 1.0

@@ -80,6 +80,7 @@ def test_profile_json_has_every_field(capsys, tmp_path):
   assert r["arch"] == "128_64_2_384_2" and r["batch"] == 1 and r["seq"] == 32
   assert r["trace_source"] == "cpu_host_ops" and r["top_ops"] and r["top_ops"][0]["count"] == r["repetitions"]
   assert r["tokens_per_s"] == pytest.approx(32 * r["throughput_per_s"])
+  assert 0 < r["matmul_share"] < 1 and 0 < r["matmul_ms_median"] < r["latency_ms_median"]
   # The quickstart's students compute in bf16; the options chosen for that dtype are recorded.
   assert r["dtype"] == "bfloat16" and r["compiler_options"] == harness.inference_compiler_options("bfloat16")
   assert r["fused_ffn_ran"] == []  # model.ffn_impl is xla: no fused kernel was traced

@@ -69,3 +69,37 @@ def test_hlo_scopes_name_the_model_part():
   compiled = jax.jit(f).lower(jnp.ones((16, 16))).compile()
   scopes = trace.hlo_scopes(compiled.as_text())
   assert any(v.startswith("block_7/ffn") for v in scopes.values())
+
+
+def test_matmul_ops_find_dots_inside_and_outside_fusions():
+  """Both XLA:CPU lowerings of a dot (a bare `dot.N` with YNNPACK off, a `ynn_fusion` holding the
+  dot by default) count as matmuls; the elementwise fusion around them does not."""
+  f = jax.jit(lambda a, b: jnp.tanh(a @ b) * 2.0 + 1.0)
+  a = jnp.ones((64, 64))
+  for options in ({"xla_cpu_experimental_ynn_fusion_type": ""}, None):
+    hlo = f.lower(a, a).compile(options).as_text()
+    names = trace.matmul_ops(hlo)
+    assert names, hlo
+    entry = hlo[hlo.index("ENTRY"):]
+    top_level = [line.split("=")[0].strip().removeprefix("ROOT ").lstrip("%") for line in entry.splitlines()[1:]
+                 if "=" in line]
+    assert sum(n in names for n in top_level) == 1, (options, top_level)  # the one matmul, not the tanh fusion
+  # A GPU module's cuBLAS call (no computation of its own) and a fusion holding a dot, as XLA:GPU prints them.
+  gpu = """HloModule m
+%gemm_fusion_dot (p0: f32[8,8], p1: f32[8,8]) -> f32[8,8] {
+  %p0 = f32[8,8]{1,0} parameter(0)
+  %p1 = f32[8,8]{1,0} parameter(1)
+  ROOT %dot.1 = f32[8,8]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+ENTRY %main (a: f32[8,8]) -> f32[8,8] {
+  %a = f32[8,8]{1,0} parameter(0)
+  %custom-call.3 = (f32[8,8]{1,0}, s8[0]{0}) custom-call(%a, %a), custom_call_target="__cublas$gemm"
+  %gte = f32[8,8]{1,0} get-tuple-element(%custom-call.3), index=0
+  %gemm_fusion = f32[8,8]{1,0} fusion(%gte, %a), kind=kCustom, calls=%gemm_fusion_dot
+  ROOT %tanh.4 = f32[8,8]{1,0} tanh(%gemm_fusion)
+}
+"""
+  assert {"custom-call.3", "gemm_fusion"} <= trace.matmul_ops(gpu) and "tanh.4" not in trace.matmul_ops(gpu)
+  stats = trace.TraceStats([3.0], {"dot.1": 3.0, "fusion.2": 1.0}, {"dot.1": 1, "fusion.2": 1}, "cpu_host_ops")
+  assert trace.matmul_share(stats, {"dot.1"}) == 0.75
+  assert trace.matmul_share(trace.TraceStats([], {}, {}, "cpu_host_ops"), {"dot.1"}) == 0.0
