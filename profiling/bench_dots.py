@@ -134,6 +134,9 @@ def main(argv=None) -> int:
       p.error(f"--{name} must be positive, got {getattr(args, name)}")
   import jax
   import torch
+  if jax.default_backend() != "cpu":
+    p.error(f"compares XLA:CPU's matmuls with torch's on the CPU; jax's backend here is {jax.default_backend()} "
+            "(run with JAX_PLATFORMS=cpu)")
   rows = []
   for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
     t0 = time.time()

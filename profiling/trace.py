@@ -157,8 +157,9 @@ def matmul_ops(hlo_text: str) -> set[str]:
                              for _, op, calls in computations.get(comp, []))
     return has_matmul[comp]
 
-  return library_matmuls | {name for comp in computations for name, op, calls in computations[comp]
-                            if op in MATMUL_OPCODES or (op in ("fusion", "custom-call") and any(contains(c) for c in calls))}
+  holders = {name for comp in computations for name, op, calls in computations[comp]
+             if op in MATMUL_OPCODES or (op in ("fusion", "custom-call") and any(contains(c) for c in calls))}
+  return library_matmuls | holders
 
 
 def matmul_share(stats: TraceStats, matmuls: set[str]) -> float:
