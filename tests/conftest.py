@@ -1,6 +1,5 @@
-"""Test-wide settings: CPU only, 8 fake CPU devices for sharding tests, XLA's backend
-optimization level 0 (compile time dominates the tests), a private cache directory, and no
-network: a socket to anything but the loopback interface is an error."""
+"""Test-wide settings: CPU only, 8 fake CPU devices for sharding tests, a private cache
+directory, and no network: a socket to anything but the loopback interface is an error."""
 
 import atexit
 import os
@@ -21,17 +20,7 @@ if "AD_TEST_CACHE_HOME" not in os.environ:
 os.environ["XDG_CACHE_HOME"] = os.environ["AD_TEST_CACHE_HOME"]
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
-  flags += " --xla_force_host_platform_device_count=8"
-# Tests run a few steps of many small programs, so compiling dominates their time: LLVM's
-# optimization level 0 cuts it by a third (tests/distill/test_trainer.py's compile-count and
-# sharding tests: 194 s -> 131 s) while making each step slower. Users' programs compile at XLA's
-# default level; every comparison a test makes is between runs under these same flags (or against
-# transformers, within tolerances). Subprocesses inherit them; those that set their own XLA_FLAGS
-# add TEST_XLA_OPT_FLAGS.
-TEST_XLA_OPT_FLAGS = "--xla_backend_optimization_level=0"
-if "xla_backend_optimization_level" not in flags:
-  flags += " " + TEST_XLA_OPT_FLAGS
-os.environ["XLA_FLAGS"] = flags.strip()
+  os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 
 import pytest  # noqa: E402
 

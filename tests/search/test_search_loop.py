@@ -14,7 +14,7 @@ import pytest
 
 from ad import cli, configs, space
 from ad.search import loop, report, store as store_lib
-from tests.conftest import TEST_XLA_OPT_FLAGS, distill_overrides
+from tests.conftest import distill_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASELINE = "128_64_2_256_2"
@@ -53,7 +53,7 @@ def test_kill_and_resume_loses_and_repeats_nothing_then_distills_and_exports_the
   args = [sys.executable, "-m", "ad.cli", "search", "--config", "quickstart", "--run-dir", run_dir, "--no-progress"]
   args += [f"--set={o}" for o in _overrides(tiny_teacher, **{"search.num_initial": 1, "search.num_trials": 1,
                                                                "final.count": 1, "search.designer": "random"})]
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1 " + TEST_XLA_OPT_FLAGS}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 400
   while time.time() < deadline and proc.poll() is None:
