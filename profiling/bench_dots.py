@@ -12,9 +12,8 @@ Each of a block's matmuls is timed as a pair that maps its input back to itself 
 e.g. the FFN's [Bn -> I] then [I -> Bn]), `--chain` pairs long in one program, so that neither
 side can skip, batch or overlap work. Rounds alternate the implementations, each timed after
 two untimed calls (bench_inference.time_alternating); medians are reported with the 10th-90th
-percentile over rounds. From the per-pair speeds and the block's
-matmul FLOPs the table also gives the time the matmuls of one `--blocks`-block forward take
-on each side.
+percentile over rounds. From the per-pair speeds and the block's matmul FLOPs the table also
+gives the time the matmuls of one `--blocks`-block forward take on each side.
 """
 
 from __future__ import annotations
@@ -33,14 +32,15 @@ DEFAULT_ARCHS = ("512_128_4_512_4", "256_64_2_384_2")
 IMPLS = ("xla eigen", "xla ynnpack", "torch")
 
 
-def matmul_pairs(arch: str, batch: int, seq: int, key_query_shared_bottleneck: bool = True) -> list[dict]:
-  """The block's matmuls as round-trip pairs: name, per-matmul shapes (batch dims, m, k, n), and
-  how many matmuls of the block each pair stands for (MobileBERT's block, ad/models/student.py)."""
+def matmul_pairs(arch: str, batch: int, seq: int) -> list[dict]:
+  """The block's matmuls as round-trip pairs: name, the two matmuls' shapes (batch dims, m, k, n),
+  and the block's FLOPs in matmuls of that shape. The block is the default one of
+  ad/models/student.py (MobileBERT's: a shared query/key bottleneck, values from the wide input)."""
   from ad.space import Arch
   a = Arch.parse(arch)
   M, H, Bn, I, A = batch * seq, a.hidden, a.bottleneck, a.intermediate, a.heads
   D = Bn // A
-  bottlenecks_in = 3 if key_query_shared_bottleneck else 2  # input, shared query/key, value (from H)
+  bottlenecks_in = 3  # [H -> Bn]: the input bottleneck, the shared query/key bottleneck, the values
   return [
       dict(name=f"bottleneck {H}->{Bn}->{H}", dims=((), M, H, Bn), back=((), M, Bn, H),
            flops_per_block=2 * M * H * Bn * (bottlenecks_in + 1)),
@@ -132,13 +132,20 @@ def main(argv=None) -> int:
   for name in ("blocks", "batch", "seq", "chain", "rounds"):
     if getattr(args, name) <= 0:
       p.error(f"--{name} must be positive, got {getattr(args, name)}")
+  from ad.space import Arch
+  archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+  for arch in archs:
+    try:
+      Arch.parse(arch)
+    except ValueError as e:
+      p.error(f"--archs: {e}")
   import jax
   import torch
   if jax.default_backend() != "cpu":
     p.error(f"compares XLA:CPU's matmuls with torch's on the CPU; jax's backend here is {jax.default_backend()} "
             "(run with JAX_PLATFORMS=cpu)")
   rows = []
-  for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
+  for arch in archs:
     t0 = time.time()
     rows.append(bench_arch(arch, blocks=args.blocks, batch=args.batch, seq=args.seq, chain=args.chain,
                            rounds=args.rounds))
