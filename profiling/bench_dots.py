@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from profiling.bench_inference import time_alternating
+from profiling.bench_inference import parse_archs, time_alternating
 
 DEFAULT_ARCHS = ("512_128_4_512_4", "256_64_2_384_2")
 IMPLS = ("xla eigen", "xla ynnpack", "torch")
@@ -132,13 +132,7 @@ def main(argv=None) -> int:
   for name in ("blocks", "batch", "seq", "chain", "rounds"):
     if getattr(args, name) <= 0:
       p.error(f"--{name} must be positive, got {getattr(args, name)}")
-  from ad.space import Arch
-  archs = [a.strip() for a in args.archs.split(",") if a.strip()]
-  for arch in archs:
-    try:
-      Arch.parse(arch)
-    except ValueError as e:
-      p.error(f"--archs: {e}")
+  archs = parse_archs(p, args.archs)
   import jax
   import torch
   if jax.default_backend() != "cpu":

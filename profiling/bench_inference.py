@@ -56,6 +56,18 @@ def time_alternating(impls: dict, rounds: int, calls: int) -> dict[str, list[flo
   return times
 
 
+def parse_archs(parser: argparse.ArgumentParser, text: str) -> list[str]:
+  """--archs A,B,... -> the architecture names; a malformed one is an argument error naming it."""
+  from ad.space import Arch
+  archs = [a.strip() for a in text.split(",") if a.strip()]
+  for arch in archs:
+    try:
+      Arch.parse(arch)
+    except ValueError as e:
+      parser.error(f"--archs: {e}")
+  return archs
+
+
 def _spread(x) -> tuple[float, float]:
   return float(np.percentile(x, 10)), float(np.percentile(x, 90))
 
@@ -181,7 +193,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   import jax
   from profiling import peaks as peaks_lib
-  archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+  archs = parse_archs(p, args.archs)
   peak = None
   if jax.default_backend() == "cpu":
     cal = peaks_lib.cpu_peaks("float32")
