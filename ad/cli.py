@@ -100,6 +100,24 @@ def cmd_profile(args) -> int:
   if not args.outside_space:
     space_lib.DesignSpace.from_config(cfg.space).check(args.arch)
   kw = dict(num_blocks=args.blocks, batch=args.batch, seq=args.seq, dtype=args.dtype)
+  if args.target:
+    from ad import aot
+    from profiling import tpu
+    chip, shape = tpu.parse_topology(args.target)
+    if shape is not None or not args.target.startswith("tpu:"):
+      raise ValueError(f"--target {args.target!r}: expected tpu:<chip>, one of "
+                       f"{['tpu:' + c for c in sorted(tpu.peaks.TPU_CHIPS)]}")
+    r = aot.estimate_latency(args.arch, cfg.model, chip, log=lambda m: print(m, file=sys.stderr), **kw)
+    if args.json:
+      print(json.dumps(r, indent=2))
+      return 0
+    print(f"{r['arch']} ({r['num_blocks']} blocks, batch {r['batch']}, seq {r['seq']}, {r['dtype']}) on one "
+          f"{r['device_kind']}: {r['latency_ms_median']:.3f} ms, estimated by XLA's TPU cost model (not measured; "
+          f"{r['kernels']['why']})")
+    print(f"  {r['flops'] / 1e9:.3f} GFLOP, {r['bytes_accessed'] / 1e6:.1f} MB accessed; roofline "
+          f"{r['roofline_ms']:.3f} ms; {r['tokens_per_s']:,.0f} tokens/s; MFU {100 * r['flops_utilization']:.1f}%; "
+          f"memory {r['peak_memory_bytes'] / 1e6:.1f} MB")
+    return 0
   if args.compile_only:
     r = harness.compile_only_arch(args.arch, cfg.model, **kw)
   else:
@@ -133,6 +151,34 @@ def cmd_profile(args) -> int:
     print(f"    {100 * op['share']:5.1f}%  {op['time_us'] / op['count']:9.1f} us x{op['count']:<4d} {op['name']}  {op['scope']}")
   print(f"  trace: {r['trace_dir']}  (tensorboard --logdir {r['trace_dir']})")
   return 0
+
+
+def cmd_compile(args) -> int:
+  from ad import aot, configs
+  cfg = configs.load_config(args.config, args.overrides)
+  req = aot.Request(topology=args.topology, program=args.program, arch=args.arch, batch=args.batch, seq=args.seq,
+                    blocks=args.blocks, dtype=args.dtype, mesh_model=args.mesh_model)
+  log = lambda m: print(m, file=sys.stderr)
+  if args.largest_batch:
+    r = aot.largest_batch(cfg, req, log=log)
+    print(json.dumps(r, indent=2) if args.json else f"largest global batch that fits: {r['largest_global_batch']} "
+          f"({r['per_device']} per data-parallel device)")
+    return 0
+  try:
+    r = aot.compile_program(cfg, req, log=log)
+  except aot.DoesNotFit as e:
+    print(f"ad compile: error: {e}", file=sys.stderr)
+    return 1
+  if args.json:
+    print(json.dumps(r, indent=2))
+  else:
+    print(aot.format_report(r))
+  over = {n: s["memory"] for n, s in r["steps"].items() if not s["memory"]["fits"]}
+  for name, m in over.items():
+    print(f"ad compile: error: {name} does not fit one {r['device_kind']} device: it needs {m['total_bytes'] / 2**30:.2f} "
+          f"GiB, the device has {m['hbm_bytes'] / 2**30:.2f} GiB (over by {m['over_bytes'] / 2**30:.2f} GiB); use a "
+          "smaller --batch, more devices, or --mesh-model", file=sys.stderr)
+  return 1 if over else 0
 
 
 def _data_config(cfg):
@@ -319,12 +365,37 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-reps", type=int, default=300, help="stop after this many executions even if not converged")
   p.add_argument("--min-reps", type=int, default=20, help="at least this many executions (capped by --max-reps)")
   p.add_argument("--compile-only", action="store_true", help="FLOPs, bytes and memory without running")
+  p.add_argument("--target", default=None, metavar="tpu:CHIP",
+                 help="instead of measuring here: the latency XLA's TPU cost model estimates on one chip (tpu:v4, "
+                      "tpu:v5e, tpu:v5p, tpu:v6e), compiled ahead of time on this machine")
   p.add_argument("--recalibrate", action="store_true",
                  help="measure the CPU peaks afresh (replacing the cached calibration) before computing utilizations")
   p.add_argument("--json", action="store_true")
   p.add_argument("--outside-space", action="store_true", help="allow architectures outside the design space")
   _add_config_args(p)
   p.set_defaults(fn=cmd_profile)
+
+  p = sub.add_parser("compile", help="compile a program ahead of time for a TPU topology (no TPU needed): memory per "
+                     "device against HBM, FLOPs, bytes, estimated step time, tokens/s, MFU, kernels")
+  p.add_argument("--topology", required=True,
+                 help="a TPU slice as libtpu names it: v4:2x2x1, v5p:2x2x1, v5e:4x4, v5e:16x16, v6e:2x2, ... (a chip "
+                      "alone, e.g. v5e, is one chip)")
+  p.add_argument("--program", required=True, choices=("flash", "regular", "superlm", "teacher", "inference"),
+                 help="flash / regular: the distillation steps (progressive and pre-training); superlm: the SuperLM "
+                      "step; teacher: the teacher adaptation step; inference: the batch-B forward")
+  p.add_argument("--arch", default=None, help="architecture H_B_A_I_F (default: the config's search.baseline_arch)")
+  p.add_argument("--batch", type=int, default=None, help="global batch (default: distill.batch_size; inference: 1)")
+  p.add_argument("--seq", type=int, default=None, help="sequence length (default: data.seq_len; inference: "
+                 "search.measure.seq)")
+  p.add_argument("--blocks", type=int, default=None, help="number of blocks (default: model.num_blocks)")
+  p.add_argument("--dtype", default=None, help="compute dtype (default: model.dtype)")
+  p.add_argument("--mesh-model", type=int, default=None, help="devices on the mesh's model axis (default: "
+                 "distill.mesh_model); the rest form the data axis")
+  p.add_argument("--largest-batch", action="store_true",
+                 help="instead: the largest global batch whose programs fit the devices' HBM")
+  p.add_argument("--json", action="store_true")
+  _add_config_args(p)
+  p.set_defaults(fn=cmd_compile)
 
   p = sub.add_parser("teacher", help="prepare (fit an MLM head, cache) or evaluate the teacher")
   tsub = p.add_subparsers(dest="action", required=True)

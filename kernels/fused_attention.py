@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from kernels import devices
+
 MASK_FLOOR = -1e30  # finite: a fully masked key block must not make (s - m) = -inf - -inf = nan
 
 
@@ -229,12 +231,14 @@ def _next_pow2(n: int) -> int:
   return 1 << (n - 1).bit_length()
 
 
-@functools.partial(jax.jit, static_argnames=("return_probs", "block_sizes", "interpret"))
-def mha(q, k, v, mask_bias, *, return_probs: bool = False, block_sizes: BlockSizes | None = None, interpret=None):
+def mha(q, k, v, mask_bias, *, return_probs: bool = False, block_sizes: BlockSizes | None = None, interpret=None,
+        backend: str | None = None):
   """Fused attention. q, k, v: [B, T, A, D]; mask_bias: [B, 1, 1, T] additive (f32).
 
-  Returns (out [B, T, A, D] in q's dtype, probs [B, A, T, T] f32 or None). interpret: None runs
-  compiled on TPU/GPU and in Pallas' interpreter on CPU; True or pltpu.InterpretParams() force it.
+  Returns (out [B, T, A, D] in q's dtype, probs [B, A, T, T] f32 or None). backend: the platform
+  compiled for ('tpu', 'gpu', 'cpu'; default: the context mesh's, kernels/devices.py). interpret:
+  None runs compiled on TPU/GPU and in Pallas' interpreter elsewhere; True or
+  pltpu.InterpretParams() force the interpreter.
   """
   if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
     raise ValueError(f"fused_attention.mha: q, k, v must share one [B, T, A, D] shape; got {q.shape}, {k.shape}, "
@@ -245,10 +249,16 @@ def mha(q, k, v, mask_bias, *, return_probs: bool = False, block_sizes: BlockSiz
   if q.dtype not in (jnp.float32, jnp.bfloat16):
     raise ValueError(f"fused_attention.mha: dtype {q.dtype} not supported; expected float32 or bfloat16")
   blocks = (block_sizes or BlockSizes()).fit(T)
-  backend = jax.default_backend()
+  backend = backend or devices.target_platform()
   if interpret is None:
-    interpret = backend not in ("tpu", "gpu")
-  kernel_backend = "interpret" if interpret else backend
+    interpret = backend not in devices.COMPILED_PLATFORMS
+  return _mha(q, k, v, mask_bias, return_probs=return_probs, blocks=blocks, interpret=interpret,
+              kernel_backend="interpret" if interpret else backend)
+
+
+@functools.partial(jax.jit, static_argnames=("return_probs", "blocks", "interpret", "kernel_backend"))
+def _mha(q, k, v, mask_bias, *, return_probs, blocks, interpret, kernel_backend):
+  B, T, A, D = q.shape
   scale = D ** -0.5
   to_bat = lambda t: jnp.transpose(t, (0, 2, 1, 3))  # [B, T, A, D] -> [B, A, T, D]: one (b, a) tile per step
   qb, kb, vb = to_bat(q), to_bat(k), to_bat(v)

@@ -13,8 +13,10 @@ written per row block ([num_blocks, ...] partials, summed by XLA) so no two grid
 the same output: safe on TPU cores and GPU programs that run in parallel.
 
 Shapes: h [B, T, Bn]; w_in [F, Bn, I]; b_in [F, I]; w_out [F, I, Bn]; b_out, scale, bias
-[F, Bn]. When the weights do not fit `BlockSizes.max_weight_bytes` the reference (below, the
-model's own XLA path) runs instead, with a warning; `ImplementationLog` records which ran.
+[F, Bn]. When the F FFNs' weights do not fit on chip together (`BlockSizes.max_weight_bytes`),
+they run as consecutive kernels over groups of FFNs that do (one HBM round trip of the [N, Bn]
+activations per group); only an FFN too large on its own runs the reference (below, the model's
+own XLA path), with a warning. `ImplementationLog` records which ran.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from ad.models import layers
+from kernels import devices
 
 NORMS = ("no_norm", "layer_norm")
 
@@ -36,24 +38,43 @@ NORMS = ("no_norm", "layer_norm")
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
   block_rows: int = 256  # rows (batch x sequence positions) per grid step
-  max_weight_bytes: int = 8 * 2**20  # the F FFNs' weights, double-buffered, must fit VMEM/SMEM (v5e: 16 MiB scoped)
+  # On-chip bytes a group of FFNs may take: f32 weights double-buffered, plus (backward) their f32
+  # gradient partials double-buffered. 12 MiB keeps within v4's 16 MiB VMEM (and v5e's default
+  # scoped limit); every Table 1 shape compiles with it (experiments/tpu_kernel_sweep.py).
+  max_weight_bytes: int = 12 * 2**20
+
+
+def _linear(x, w):
+  """x: [..., I] in the compute dtype, w: [I, O] f32 -> [..., O] in x.dtype, accumulated in f32."""
+  return jnp.einsum("...i,io->...o", x, w.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _apply_norm(x, scale, bias, kind: str, eps: float):
+  """NoNorm (x * scale + bias) or LayerNorm with f32 statistics, over the last axis."""
+  if kind == "no_norm":
+    return x * scale.astype(x.dtype) + bias.astype(x.dtype)
+  xf = x.astype(jnp.float32)
+  mean = xf.mean(-1, keepdims=True)
+  y = (xf - mean) * jax.lax.rsqrt(jnp.square(xf - mean).mean(-1, keepdims=True) + eps)
+  return (y * scale + bias).astype(x.dtype)
 
 
 def stacked_ffn_reference(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm="no_norm", eps=1e-12,
-                          act=jax.nn.relu):
+                          act=jax.nn.relu, linear=_linear, apply_norm=_apply_norm):
   """h: [B, T, Bn]; w_in: [F, Bn, I]; w_out: [F, I, Bn] -> [B, T, Bn]; matmuls accumulate in f32;
   eps: a float or one per FFN (per_ffn_eps); act: the activation (the fused kernel's is relu).
 
-  The model's XLA path (ad/models/student.py StackedFFN), and what the kernel is checked against.
-  Each w[f] is a separate array when the inference path passes per-FFN weights (a list), so it
-  indexes without copying (ad/models/stack.py)."""
+  The model's XLA path (ad/models/student.py StackedFFN passes its own `linear` and `apply_norm`,
+  the same maths with a VJP tuned for XLA:CPU), and what the kernel is checked against. Each w[f]
+  is a separate array when the inference path passes per-FFN weights (a list), so it indexes
+  without copying (ad/models/stack.py)."""
   dtype = h.dtype
   eps = per_ffn_eps(eps, len(w_in))
   for f in range(len(w_in)):
-    u = layers.linear(h, w_in[f]).astype(jnp.float32) + b_in[f]
+    u = linear(h, w_in[f]).astype(jnp.float32) + b_in[f]
     u = act(u).astype(dtype)  # [B, T, I]
-    y = layers.linear(u, w_out[f]).astype(jnp.float32) + b_out[f]
-    h = layers.apply_norm((y + h.astype(jnp.float32)).astype(dtype), norm_scale[f], norm_bias[f], norm, eps[f])
+    y = linear(u, w_out[f]).astype(jnp.float32) + b_out[f]
+    h = apply_norm((y + h.astype(jnp.float32)).astype(dtype), norm_scale[f], norm_bias[f], norm, eps[f])
   return h
 
 
@@ -228,11 +249,23 @@ def _ffn_bwd(norm, eps, rows, interpret, backend, res, dy):
 _ffn.defvjp(_ffn_fwd, _ffn_bwd)
 
 
-def stacked_ffn(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm: str = "no_norm", eps=1e-12,
-                block_sizes: BlockSizes | None = None, interpret=None):
-  """The F FFNs of a block in one kernel. h: [B, T, Bn] -> [B, T, Bn] (h's dtype).
+def ffn_groups(weights, max_weight_bytes: int) -> list[tuple[int, int]] | None:
+  """[start, end) ranges of consecutive FFNs whose weights fit on chip together (ffn_onchip_bytes
+  each), or None when one FFN alone does not fit."""
+  F, Bn, I = weights[0].shape
+  per_group = max_weight_bytes // ffn_onchip_bytes(Bn, I)
+  if per_group == 0:
+    return None
+  return [(s, min(s + per_group, F)) for s in range(0, F, per_group)]
 
-  When the weights do not fit `block_sizes.max_weight_bytes` the XLA reference runs instead, with
+
+def stacked_ffn(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm: str = "no_norm", eps=1e-12,
+                block_sizes: BlockSizes | None = None, interpret=None, backend: str | None = None):
+  """The F FFNs of a block in one kernel (or one per group of FFNs that fit on chip together).
+  h: [B, T, Bn] -> [B, T, Bn] (h's dtype).
+
+  backend: the platform compiled for (default: the context mesh's, kernels/devices.py). When one
+  FFN's weights alone do not fit `block_sizes.max_weight_bytes` the XLA reference runs instead, with
   a warning, and the choice is logged (ImplementationLog)."""
   if h.ndim != 3:
     raise ValueError(f"fused_ffn.stacked_ffn: h must be [B, T, Bn], got shape {h.shape}")
@@ -248,24 +281,35 @@ def stacked_ffn(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm: str
     raise ValueError(f"fused_ffn.stacked_ffn: norm={norm!r}, expected one of {NORMS}")
   blocks = block_sizes or BlockSizes()
   weights = (w_in, b_in, w_out, b_out, norm_scale, norm_bias)
-  weight_bytes = 2 * sum(w.size * w.dtype.itemsize for w in weights)  # double-buffered
-  if weight_bytes > blocks.max_weight_bytes:
-    warnings.warn(f"fused_ffn.stacked_ffn: the {F} FFNs' weights ({weight_bytes / 2**20:.1f} MiB double-buffered) "
-                  f"exceed BlockSizes.max_weight_bytes={blocks.max_weight_bytes / 2**20:.1f} MiB; running the XLA "
-                  "reference instead of the fused kernel", stacklevel=2)
+  groups = ffn_groups(weights, blocks.max_weight_bytes)
+  if groups is None:
+    warnings.warn(f"fused_ffn.stacked_ffn: one FFN's weights ({Bn} x {I}, {ffn_onchip_bytes(Bn, I) / 2**20:.1f} MiB "
+                  f"on chip) exceed BlockSizes.max_weight_bytes={blocks.max_weight_bytes / 2**20:.1f} MiB; running the "
+                  "XLA reference instead of the fused kernel", stacklevel=2)
     _chosen.append("xla")
     return stacked_ffn_reference(h, *weights, norm=norm, eps=eps)
   _chosen.append("pallas")
-  return _stacked_ffn_fused(h, *weights, norm=norm, eps=per_ffn_eps(eps, F), block_sizes=blocks, interpret=interpret)
+  backend = backend or devices.target_platform()
+  if interpret is None:
+    interpret = backend not in devices.COMPILED_PLATFORMS
+  eps = per_ffn_eps(eps, F)
+  for start, end in groups:
+    h = _stacked_ffn_fused(h, *(w[start:end] for w in weights), norm=norm, eps=eps[start:end], block_sizes=blocks,
+                           interpret=interpret, kernel_backend="interpret" if interpret else backend)
+  return h
 
 
-@functools.partial(jax.jit, static_argnames=("norm", "eps", "block_sizes", "interpret"))
-def _stacked_ffn_fused(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm, eps, block_sizes, interpret):
+def ffn_onchip_bytes(Bn: int, I: int) -> int:
+  """What one FFN of width Bn and intermediate I takes on chip in the kernel: its parameters in f32,
+  double-buffered, and (backward) their f32 gradient partials, double-buffered."""
+  return 4 * (2 * Bn * I + I + 3 * Bn) * 4
+
+
+@functools.partial(jax.jit, static_argnames=("norm", "eps", "block_sizes", "interpret", "kernel_backend"))
+def _stacked_ffn_fused(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, norm, eps, block_sizes, interpret,
+                       kernel_backend):
   B, T, Bn = h.shape
   weights = (w_in, b_in, w_out, b_out, norm_scale, norm_bias)
-  backend = jax.default_backend()
-  if interpret is None:
-    interpret = backend not in ("tpu", "gpu")
   N = B * T
   rows = min(block_sizes.block_rows, N)
   rows = max(8, rows - rows % 8)  # sublane multiple
@@ -273,5 +317,5 @@ def _stacked_ffn_fused(h, w_in, b_in, w_out, b_out, norm_scale, norm_bias, *, no
   pad = (-N) % rows
   if pad:  # zero rows: their outputs are dropped and their gradients are zero
     x = jnp.pad(x, ((0, pad), (0, 0)))
-  out = _ffn(x, *weights, norm, eps, rows, interpret, "interpret" if interpret else backend)
+  out = _ffn(x, *weights, norm, eps, rows, interpret, kernel_backend)
   return out[:N].reshape(B, T, Bn)

@@ -101,15 +101,22 @@ class CompileLog:
     return out
 
 
-def compile_concurrently(jobs: dict) -> dict:
+def compile_concurrently(jobs: dict, mesh=None) -> dict:
   """{name: (jitted function, args)} -> {name: compiled}, lowered and compiled in parallel threads.
 
   XLA compiles one program on one core; a training run's programs are independent, so compiling
   them side by side takes about the time of the longest instead of the sum (args may be
-  ShapeDtypeStructs with shardings)."""
+  ShapeDtypeStructs with shardings). mesh: set as the context mesh while each program is traced
+  (`jax.set_mesh` is per thread), so the model's kernels see the devices it is compiled for
+  (kernels/devices.py)."""
+  import contextlib
   from concurrent.futures import ThreadPoolExecutor
   if not jobs:
     return {}
+
+  def lower_and_compile(f, a):
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+      return f.lower(*a).compile()
   with ThreadPoolExecutor(max_workers=len(jobs)) as ex:
-    futures = {name: ex.submit(lambda f=f, a=a: f.lower(*a).compile()) for name, (f, a) in jobs.items()}
+    futures = {name: ex.submit(lower_and_compile, f, a) for name, (f, a) in jobs.items()}
     return {name: fut.result() for name, fut in futures.items()}

@@ -192,6 +192,21 @@ def student_forward(arch, model_cfg=None, *, num_blocks=None, batch=1, seq=128, 
   return forward, (stack.unstack_params(state), ids), cfg
 
 
+def inference_program(arch, model_cfg=None, *, mesh, num_blocks=None, batch=1, seq=128, dtype=None, heads=False):
+  """(jitted forward, abstract arguments, StudentConfig) of `student_forward` compiled for `mesh`'s
+  devices (e.g. a TPU topology's, ad/aot.py): the batch over 'data' where it divides, the
+  parameters whole on every device (a student's weights are tens of MB)."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  fn, args, cfg = student_forward(arch, model_cfg, num_blocks=num_blocks, batch=batch, seq=seq, dtype=dtype,
+                                  heads=heads, abstract=True)
+  data = mesh.shape.get("data", 1)
+  ids_sh = NamedSharding(mesh, P("data") if batch % data == 0 else P())
+  whole = NamedSharding(mesh, P())
+  params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=whole), args[0])
+  ids = jax.ShapeDtypeStruct(args[1].shape, args[1].dtype, sharding=ids_sh)
+  return jax.jit(fn), (params, ids), cfg
+
+
 def inference_compiler_options(dtype: str, backend: str | None = None) -> dict:
   """XLA options for compiling a student's inference forward, per backend and compute dtype.
 

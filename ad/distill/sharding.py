@@ -18,11 +18,14 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-# logical name -> mesh axis (names not listed: replicated)
+# logical name -> mesh axis (names not listed: replicated). 'heads' and 'length' name no parameter
+# axis: they split the activations a fused kernel runs on per device (ad/models/student.py).
 RULES = {
     "batch": "data",
     "vocab": "model",
     "mlp": "model",
+    "heads": "model",
+    "length": "model",
 }
 
 
@@ -55,13 +58,19 @@ def make_mesh(data: int, model: int, devices=None) -> jax.sharding.Mesh:
   return jax.make_mesh((data, model), ("data", "model"), axis_types=types, devices=devices)
 
 
-def training_mesh(dcfg) -> tuple[jax.sharding.Mesh, int]:
+def training_mesh(dcfg, devices=None) -> tuple[jax.sharding.Mesh, int]:
   """(mesh, size of its data axis) for a distill section: distill.mesh_data (0: every device over
-  distill.mesh_model) x distill.mesh_model; the batch must split evenly over the data axis."""
-  mesh_data = dcfg.mesh_data or jax.device_count() // dcfg.mesh_model
-  mesh = make_mesh(mesh_data, dcfg.mesh_model)
+  distill.mesh_model) x distill.mesh_model, over `devices` (default jax.devices(); `ad compile`
+  passes a TPU topology's compile-only devices); the batch must split evenly over the data axis."""
+  devices = list(devices if devices is not None else jax.devices())
+  if dcfg.mesh_model <= 0 or len(devices) % dcfg.mesh_model:
+    raise ValueError(f"distill.mesh_model={dcfg.mesh_model} does not divide the {len(devices)} devices; choose a "
+                     "divisor of the device count")
+  mesh_data = dcfg.mesh_data or len(devices) // dcfg.mesh_model
+  mesh = make_mesh(mesh_data, dcfg.mesh_model, devices)
   if dcfg.batch_size % mesh_data:
-    raise ValueError(f"distill.batch_size={dcfg.batch_size} is not divisible by the mesh's data axis ({mesh_data})")
+    raise ValueError(f"distill.batch_size={dcfg.batch_size} is not divisible by the mesh's data axis ({mesh_data}); "
+                     f"choose a multiple of {mesh_data} or set distill.mesh_data")
   return mesh, mesh_data
 
 
@@ -74,6 +83,13 @@ def spec(axes, shape, mesh) -> P:
       mesh_axis = None  # not divisible: replicate this dimension
     out.append(mesh_axis)
   return P(*out)
+
+
+def activation_spec(axes, shape) -> P:
+  """The PartitionSpec of an activation with logical `axes` under the context mesh (jax.set_mesh),
+  each split only where its mesh axis divides it; P() without a mesh."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return P() if mesh.empty else spec(axes, shape, mesh)
 
 
 def param_shardings(module: nnx.Module, mesh):
@@ -91,8 +107,9 @@ def opt_shardings(tx: optax.GradientTransformation, params, param_sh, mesh):
   rest (step counts) are replicated."""
   abstract = jax.eval_shape(tx.init, params)
   replicated = NamedSharding(mesh, P())
-  return optax.tree_map_params(tx, lambda _, sh: sh, abstract, param_sh,
-                               transform_non_params=lambda _: replicated)
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # a masked transform keeps no state for that parameter
+  return optax.tree_map_params(tx, lambda leaf, sh: leaf if masked(leaf) else sh, abstract, param_sh,
+                               transform_non_params=lambda _: replicated, is_leaf=masked)
 
 
 def replicated_like(tree, mesh):

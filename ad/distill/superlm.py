@@ -151,7 +151,7 @@ def _norm_of(module, kind, eps, mask, n):
   return lambda x: _masked_norm(x, module.scale[...], module.bias[...], kind, eps, mask, n)
 
 
-def elastic_encode(s, sub, input_ids, token_type_ids, attention_mask, max_heads: int) -> dict:
+def elastic_encode(s, sub, input_ids, token_type_ids, attention_mask, max_heads: int, unroll: bool = False) -> dict:
   """The super Student `s` computing sub-network `sub` = [H, B, A, I, F] (int32, traced):
   sequence_output [B, T, H_super] (zero beyond H) and pooled [B, H_super]."""
   from ad.models import layers, stack
@@ -207,7 +207,7 @@ def elastic_encode(s, sub, input_ids, token_type_ids, attention_mask, max_heads:
     out = norm(blk.output_norm, mh, fh)(blk.output_bottleneck(h) * mh + x)
     return out
 
-  h, _ = stack.scan(s.blocks, lambda blk, x: (lambda o: (o, None))(block(blk, x)), emb)
+  h, _ = stack.scan(s.blocks, lambda blk, x: (lambda o: (o, None))(block(blk, x)), emb, unroll=unroll)
   first = h[:, 0]
   pooled = jnp.tanh(s.pooler(first) * mh) if cfg.classifier_activation else first
   return dict(sequence_output=h, pooled=pooled, mh=mh, fh=fh)
@@ -250,6 +250,77 @@ def extract(super_params: dict, sub_cfg):
 # ---------------------------------------------------------------------------------------------
 # Training one SuperLM.
 
+@dataclasses.dataclass
+class SuperLMPrograms:
+  """The jitted programs of SuperLM training on `mesh` and the abstract arguments each compiles for
+  (ad/distill/trainer.py DistillPrograms is the same for distillation)."""
+  teacher_of: Rebuild
+  teacher_sh: dict
+  jitted: dict
+  abstract_args: dict
+
+  def jobs(self, init: bool = True) -> dict:
+    names = ["step"] + (["init", "opt_init"] if init else [])
+    return {n: (self.jitted[n], self.abstract_args[n]) for n in names}
+
+
+def superlm_programs(super_cfg, scfg: SuperLMConfig, dcfg, data_cfg, max_heads: int, teacher, mesh,
+                     unroll: bool = False) -> SuperLMPrograms:
+  """The SuperLM (super_cfg's Student, abstract), its shardings on `mesh`, and the jitted programs:
+  parameter and optimizer initialization and the training step (the teacher's logits once, then
+  eq. 3 for each of the M sampled sub-networks, gradients accumulated, one LAMB update). `teacher`
+  may be abstract. unroll: block and sub-network loops unrolled, for XLA's cost analysis (ad/aot.py)."""
+  from ad.models import student as student_lib
+  rngs = lambda seed: nnx.Rngs(jax.random.key(seed, impl="rbg"))
+  make_student = lambda: student_lib.Student(super_cfg, rngs(dcfg.seed))
+  student_abs = nnx.eval_shape(make_student)
+  student_of, teacher_of = Rebuild(student_abs), Rebuild(teacher)
+  param_sh = without(sharding.param_shardings(student_abs, mesh), student_of.empty)
+  teacher_sh = sharding.param_shardings(teacher, mesh)
+  stacked = without(optim.stacked_leaves(student_abs), student_of.empty)
+
+  def init_params(t_params):
+    student = make_student()
+    losses.init_embeddings_from_teacher(student, teacher_of(t_params))
+    return without(nnx.state(student).to_pure_dict(), student_of.empty)
+
+  tx = optim.lamb_direction(dcfg.weight_decay, stacked)
+  opt_sh = sharding.opt_shardings(tx, student_of.params, param_sh, mesh)
+
+  def sub_loss(s_params, b, sub, t_mlm):
+    s = student_of(s_params)
+    enc = elastic_encode(s, sub, b["input_ids"], b["token_type_ids"], b["attention_mask"], max_heads, unroll)
+    s_mlm = elastic_mlm_logits(s, enc, losses.gather_positions(enc["sequence_output"], b["masked_positions"]))
+    s_nsp = s.nsp_logits(enc["pooled"])
+    return losses.pretraining_loss(s_mlm, t_mlm, s_nsp, b, dcfg.alpha, dcfg.temperature)
+
+  def step(params, opt_state, t_params, b, subs, lr):
+    t = teacher_of(t_params)
+    to = t.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"], unroll=unroll, with_attentions=False)
+    t_mlm = jax.lax.stop_gradient(t.mlm_logits(losses.gather_positions(to["sequence_output"], b["masked_positions"])))
+
+    def one(g_sum, sub):  # one sampled sub-network: its gradient joins the sum (001/004: accumulate)
+      (loss, terms), g = jax.value_and_grad(sub_loss, has_aux=True)(params, b, sub, t_mlm)
+      return jax.tree.map(jnp.add, g_sum, g), (loss, terms)
+    g, (loss, terms) = jax.lax.scan(one, jax.tree.map(jnp.zeros_like, params), subs, unroll=unroll)
+    g = jax.tree.map(lambda x: x / subs.shape[0], g)
+    direction, opt_state = tx.update(g, opt_state, params)
+    params = optax.apply_updates(params, jax.tree.map(lambda d: -lr * d, direction))
+    return params, opt_state, loss, terms  # per sub-network [M]
+
+  params_abs = trainer._abstract(student_of.params, param_sh)
+  opt_abs = trainer._abstract(jax.eval_shape(tx.init, params_abs), opt_sh)
+  t_abs = trainer._abstract(teacher_of.params, teacher_sh)
+  batch_abs = sharding.abstract_batch(dcfg.batch_size, data_cfg.seq_len, data_cfg.max_predictions, mesh)
+  subs_abs = jax.ShapeDtypeStruct((scfg.samples_per_step, 5), jnp.int32)
+  jitted = dict(init=jax.jit(init_params, out_shardings=param_sh), opt_init=jax.jit(tx.init, out_shardings=opt_sh),
+                step=jax.jit(step, donate_argnums=(0, 1), in_shardings=(param_sh, opt_sh, None, None, None, None),
+                             out_shardings=(param_sh, opt_sh, None, None)))
+  abstract_args = dict(init=(t_abs,), opt_init=(params_abs,),
+                       step=(params_abs, opt_abs, t_abs, batch_abs, subs_abs, jax.ShapeDtypeStruct((), jnp.float32)))
+  return SuperLMPrograms(teacher_of, teacher_sh, jitted, abstract_args)
+
+
 def _run_record(cfg, archs, steps):
   """(the run record a SuperLM workdir holds, its settings): what a --resume must match."""
   from ad.data import pretrain
@@ -262,7 +333,7 @@ def _run_record(cfg, archs, steps):
   super_cfg = student_lib.config_from_dict(super_arch(archs), cfg.model)
   record = dict(arch=super_cfg.arch.name, schedule="superlm", candidates=[a.name for a in archs], steps=steps,
                 superlm=dataclasses.asdict(scfg), distill=dataclasses.asdict(dcfg), data=repr(data_cfg),
-                model=repr(super_cfg), teacher=dict(cfg.teacher))
+                model=repr(student_lib.resolve_kernels(super_cfg, jax.default_backend())), teacher=dict(cfg.teacher))
   return record, (scfg, dcfg, archs, steps, data_cfg, super_cfg)
 
 
@@ -309,50 +380,10 @@ def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
                             super_cfg.vocab_size)
   per_host = dcfg.batch_size // jax.process_count()
 
-  rngs = lambda seed: nnx.Rngs(jax.random.key(seed, impl="rbg"))
-  make_student = lambda: student_lib.Student(super_cfg, rngs(dcfg.seed))
-  student_abs = nnx.eval_shape(make_student)
-  student_of, teacher_of = Rebuild(student_abs), Rebuild(teacher)
-  param_sh = without(sharding.param_shardings(student_abs, mesh), student_of.empty)
-  stacked = without(optim.stacked_leaves(student_abs), student_of.empty)
-  t_params = jax.device_put(jax.device_get(teacher_of.params), sharding.param_shardings(teacher, mesh))
-
-  def init_params(t_params):
-    student = make_student()
-    losses.init_embeddings_from_teacher(student, teacher_of(t_params))
-    return without(nnx.state(student).to_pure_dict(), student_of.empty)
-
-  tx = optim.lamb_direction(dcfg.weight_decay, stacked)
-  opt_sh = sharding.opt_shardings(tx, student_of.params, param_sh, mesh)
+  progs = superlm_programs(super_cfg, scfg, dcfg, data_cfg, max_heads, teacher, mesh)
+  params_abs, opt_abs = progs.abstract_args["step"][0], progs.abstract_args["step"][1]
+  t_params = jax.device_put(jax.device_get(progs.teacher_of.params), progs.teacher_sh)
   lr_schedule = optim.warmup_linear_decay(scfg.lr or dcfg.lr, min(scfg.warmup_steps, steps - 1), steps)
-
-  def sub_loss(s_params, b, sub, t_mlm):
-    s = student_of(s_params)
-    enc = elastic_encode(s, sub, b["input_ids"], b["token_type_ids"], b["attention_mask"], max_heads)
-    s_mlm = elastic_mlm_logits(s, enc, losses.gather_positions(enc["sequence_output"], b["masked_positions"]))
-    s_nsp = s.nsp_logits(enc["pooled"])
-    return losses.pretraining_loss(s_mlm, t_mlm, s_nsp, b, dcfg.alpha, dcfg.temperature)
-
-  def step(params, opt_state, t_params, b, subs, lr):
-    t = teacher_of(t_params)
-    to = t.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-    t_mlm = jax.lax.stop_gradient(t.mlm_logits(losses.gather_positions(to["sequence_output"], b["masked_positions"])))
-
-    def one(g_sum, sub):  # one sampled sub-network: its gradient joins the sum (001/004: accumulate)
-      (loss, terms), g = jax.value_and_grad(sub_loss, has_aux=True)(params, b, sub, t_mlm)
-      return jax.tree.map(jnp.add, g_sum, g), (loss, terms)
-    g, (loss, terms) = jax.lax.scan(one, jax.tree.map(jnp.zeros_like, params), subs)
-    g = jax.tree.map(lambda x: x / subs.shape[0], g)
-    direction, opt_state = tx.update(g, opt_state, params)
-    params = optax.apply_updates(params, jax.tree.map(lambda d: -lr * d, direction))
-    return params, opt_state, loss, terms  # per sub-network [M]
-
-  params_abs = trainer._abstract(student_of.params, param_sh)
-  opt_abs = trainer._abstract(jax.eval_shape(tx.init, params_abs), opt_sh)
-  init_jit = jax.jit(init_params, out_shardings=param_sh)
-  opt_init_jit = jax.jit(tx.init, out_shardings=opt_sh)
-  step_jit = jax.jit(step, donate_argnums=(0, 1), in_shardings=(param_sh, opt_sh, None, None, None, None),
-                     out_shardings=(param_sh, opt_sh, None, None))
 
   ckpts = trainer.Checkpoints(os.path.join(workdir, "checkpoints"), dcfg.keep_checkpoints)
   next_step, params, opt_state = 0, None, None
@@ -365,14 +396,9 @@ def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
   loss_log = trainer.LossLog(os.path.join(workdir, "losses.jsonl"), next_step, is_main)
   writer = tf.summary.create_file_writer(os.path.join(workdir, "tb")) if is_main else None
 
-  batch_abs = sharding.abstract_batch(dcfg.batch_size, data_cfg.seq_len, data_cfg.max_predictions, mesh)
-  subs_abs = jax.ShapeDtypeStruct((scfg.samples_per_step, 5), jnp.int32)
-  jobs = dict(step=(step_jit, (params_abs, opt_abs, t_params, batch_abs, subs_abs,
-                               jax.ShapeDtypeStruct((), jnp.float32))))
-  if params is None:
-    jobs.update(init=(init_jit, (t_params,)), opt_init=(opt_init_jit, (params_abs,)))
+  jobs = progs.jobs(init=params is None)
   t_compile = time.time()
-  compiled = compile_concurrently(jobs)
+  compiled = compile_concurrently(jobs, mesh)
   compile_s = time.time() - t_compile
   if params is None:
     params = compiled["init"](t_params)

@@ -46,7 +46,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from ad import files, interrupt
-from ad.distill import evaluation, losses, optim
+from ad.distill import evaluation, losses, optim, sharding
 from ad.distill.params import Rebuild, nonfinite
 from ad.models import hf, student as student_lib, teacher as teacher_lib
 
@@ -124,6 +124,54 @@ def fit_mlm_head(teacher: teacher_lib.Bert, train_batches, *, pool_batches: int,
   return with_head
 
 
+@dataclasses.dataclass
+class AdaptPrograms:
+  """The teacher adaptation's jitted programs on a mesh and the abstract arguments each compiles for."""
+  model_of: Rebuild
+  jitted: dict
+  abstract_args: dict
+
+
+def adapt_programs(model: teacher_lib.Bert, *, steps: int, lr: float, head_lr: float, warmup_steps: int, dtype: str,
+                   mesh, batch_size: int = 1, seq_len: int = 128, max_predictions: int = 20,
+                   unroll: bool = False) -> AdaptPrograms:
+  """The adaptation step (masked-position MLM loss of `model` in compute dtype `dtype`, AdamW with
+  warm-up and linear decay, the encoder and the head at their own rates) and its optimizer
+  initialization, sharded over `mesh` by the declared parameter axes with the batch over 'data'.
+  `model` may be abstract; batch_size, seq_len and max_predictions shape the abstract batch
+  (`ad compile`); unroll: the layer loop unrolled, for XLA's cost analysis (ad/aot.py)."""
+  work = with_compute_dtype(model, dtype)
+  model_of = Rebuild(work)
+  params = model_of.params
+  groups = optim.labels(params, HEAD_RULES)
+  adamw = lambda peak: optax.adamw(optim.warmup_linear_decay(peak, warmup_steps, steps), weight_decay=0.01,
+                                   mask=optim.decay_mask_for(optim.stacked_leaves(work)))
+  tx = optax.multi_transform({"encoder": adamw(lr), "head": adamw(head_lr)}, groups)
+  param_sh = sharding.param_shardings(work, mesh)
+  opt_sh = sharding.opt_shardings(tx, params, param_sh, mesh)
+
+  def step(params, opt_state, b):
+    def loss_fn(p):
+      m = model_of(p)
+      h = m.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"], unroll=unroll)["sequence_output"]
+      logits = m.mlm_logits(losses.gather_positions(h, b["masked_positions"]))  # [B, P, V] f32
+      w = b["masked_weights"]
+      acc = ((jnp.argmax(logits, -1) == b["masked_ids"]) * w).sum() / jnp.maximum(w.sum(), 1.0)
+      return losses.mlm_loss(logits, b["masked_ids"], w), acc
+    (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(g, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, acc
+
+  abstract = lambda tree, sh: jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
+  params_abs = abstract(params, param_sh)
+  opt_abs = abstract(jax.eval_shape(tx.init, params_abs), opt_sh)
+  batch_abs = sharding.abstract_batch(batch_size, seq_len, max_predictions, mesh)
+  jitted = dict(step=jax.jit(step, in_shardings=(param_sh, opt_sh, sharding.batch_sharding(mesh)),
+                             out_shardings=(param_sh, opt_sh, None, None)),
+                opt_init=jax.jit(tx.init, out_shardings=opt_sh))
+  return AdaptPrograms(model_of, jitted, dict(step=(params_abs, opt_abs, batch_abs), opt_init=(params_abs,)))
+
+
 def adapt(model: teacher_lib.Bert, train_batches: Callable[[int], Iterator[dict]], *, steps: int, lr: float,
           head_lr: float, warmup_steps: int, dtype: str, ckpt_dir: str, checkpoint_every: int = 50, log=print,
           progress: bool = True) -> dict:
@@ -134,27 +182,11 @@ def adapt(model: teacher_lib.Bert, train_batches: Callable[[int], Iterator[dict]
   train_s, last_loss).
   """
   from tqdm import tqdm
-  work = with_compute_dtype(model, dtype)
-  model_of = Rebuild(work)
-  params = model_of.params
-  groups = optim.labels(params, HEAD_RULES)
-  adamw = lambda peak: optax.adamw(optim.warmup_linear_decay(peak, warmup_steps, steps), weight_decay=0.01,
-                                   mask=optim.decay_mask_for(optim.stacked_leaves(work)))
-  tx = optax.multi_transform({"encoder": adamw(lr), "head": adamw(head_lr)}, groups)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, opt_state, b):
-    def loss_fn(p):
-      m = model_of(p)
-      h = m.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])["sequence_output"]
-      logits = m.mlm_logits(losses.gather_positions(h, b["masked_positions"]))  # [B, P, V] f32
-      w = b["masked_weights"]
-      acc = ((jnp.argmax(logits, -1) == b["masked_ids"]) * w).sum() / jnp.maximum(w.sum(), 1.0)
-      return losses.mlm_loss(logits, b["masked_ids"], w), acc
-    (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(g, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, acc
+  progs = adapt_programs(model, steps=steps, lr=lr, head_lr=head_lr, warmup_steps=warmup_steps, dtype=dtype,
+                         mesh=sharding.make_mesh(1, 1))
+  model_of, params = progs.model_of, progs.model_of.params
+  opt_state = progs.jitted["opt_init"](params)
+  step = progs.jitted["step"]
 
   mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
   start = 0
@@ -234,6 +266,27 @@ def load(prepared_dir: str) -> tuple[Teacher, dict]:
   _check_finite(params, params_dir)
   nnx.update(abstract, params)
   return abstract, meta
+
+
+def abstract_teacher(teacher_cfg, dtype: str) -> Teacher:
+  """The teacher a config's `teacher` section names, as shapes only (nnx.eval_shape: nothing is read
+  but config files and the weight file's header), computing in `dtype`: what `ad compile` compiles a
+  distillation step with. A prepared teacher (teacher.prepared_dir) gives its own config; otherwise
+  the source checkpoint's, with the MLM head that preparation fits (ad teacher prepare)."""
+  prepared = os.path.join(teacher_cfg.prepared_dir, META_FILE) if teacher_cfg.prepared_dir else ""
+  if prepared and os.path.isfile(prepared):
+    meta = files.read_json(prepared, "teacher.json")
+    if meta.get("family", "bert") == "mobilebert":
+      cfg = dataclasses.replace(hf.student_config_from_hf(meta["config"], f"{prepared} 'config'"), dtype=dtype)
+      return nnx.eval_shape(lambda: student_lib.Student(cfg, nnx.Rngs(0)))
+    cfg = teacher_lib.BertConfig(**dict(meta["config"], dtype=dtype))
+    return nnx.eval_shape(lambda: teacher_lib.Bert(cfg, nnx.Rngs(0)))
+  source = teacher_cfg.source or hf.minilm_dir()
+  if hf.read_config(source).get("model_type", "bert") == "mobilebert":
+    cfg = hf.student_config_from_hf(hf.read_config(source), os.path.join(source, hf.CONFIG_FILE), dtype=dtype)
+    return nnx.eval_shape(lambda: student_lib.Student(cfg, nnx.Rngs(0)))
+  cfg = dataclasses.replace(hf.bert_config(source, hf.tensor_names(source), dtype), has_mlm_head=True)
+  return nnx.eval_shape(lambda: teacher_lib.Bert(cfg, nnx.Rngs(0)))
 
 
 _LOADED: dict[tuple, tuple] = {}

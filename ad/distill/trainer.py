@@ -274,28 +274,36 @@ def stage_mask(updates, labels, k, num_blocks: int, earlier_scale: float):
   return jax.tree.map(one, updates, labels)
 
 
-def _progressive_loss(dcfg, num_blocks, mapping, student_of, adapters_of, teacher_of):
-  """loss(params, teacher_params, batch, k) of progressive stage k (eq. 1 + eq. 2)."""
+def _progressive_loss(dcfg, num_blocks, mapping, student_of, adapters_of, teacher_of, cost_stage=None):
+  """loss(params, teacher_params, batch, k) of progressive stage k (eq. 1 + eq. 2).
+
+  cost_stage: an int makes the program stage `cost_stage`'s alone, k a constant and its loops
+  unrolled, so XLA's cost analysis counts every block it runs (ad/aot.py); None: k is data and one
+  program serves every stage (what training runs)."""
   earlier_trainable = dcfg.earlier_scale > 0
+  unroll = cost_stage is not None
 
   def loss_fn(params, t_params, b, k):
     from ad.models import stack
     from ad.models.student import mask_to_bias
+    if unroll:
+      k = cost_stage
     mask_bias = mask_to_bias(b["attention_mask"])
     s, a, t = student_of(params["student"]), adapters_of(params["adapters"]), teacher_of(t_params)
     # Teacher: layers 0..m-1 in a loop, then layer m with its attention probabilities.
-    m = mapping[k]
+    m = mapping[k]  # an int under cost_stage (mapping is then a list): the teacher prefix unrolls too
     th = stack.run_first(losses.teacher_layers(t), lambda layer, h: layer(h, mask_bias)[0],
                          t.embed(b["input_ids"], b["token_type_ids"]), m)
     th, tp = jax.lax.stop_gradient(t.block(m)(th, mask_bias))
     emb = s.embed(b["input_ids"], b["token_type_ids"])
     if earlier_trainable:  # the MobileBERT recipe trains earlier blocks too: differentiate through all
       step = lambda block, h: (lambda out: (out[0], out))(block(h, mask_bias))
-      _, (hs, ps) = stack.scan(s.blocks, step, emb)
+      _, (hs, ps) = stack.scan(s.blocks, step, emb, unroll=unroll)
       sh, sp = jnp.take(hs, k, axis=0), jnp.take(ps, k, axis=0)
     else:  # blocks < k are frozen: forward only (stopped parameters), then block k
       frozen = student_of(jax.lax.stop_gradient(params["student"]))
-      prefix = stack.run_first(frozen.blocks, lambda block, h: block(h, mask_bias)[0], jax.lax.stop_gradient(emb), k)
+      prefix = stack.run_first(frozen.blocks, lambda block, h: block(h, mask_bias, with_probs=False)[0],
+                              jax.lax.stop_gradient(emb), k)
       sh, sp = s.block(k)(jnp.where(k == 0, emb, prefix), mask_bias)
     mha = losses.attention_kl(tp, sp, b["attention_mask"])
     adapted = a(k, sh)
@@ -309,20 +317,123 @@ def _progressive_loss(dcfg, num_blocks, mapping, student_of, adapters_of, teache
   return loss_fn
 
 
-def _pretrain_loss(dcfg, student_of, teacher_of):
-  """loss(student_params, teacher_params, batch) of pre-training distillation (eq. 3)."""
+def _pretrain_loss(dcfg, student_of, teacher_of, unroll: bool = False):
+  """loss(student_params, teacher_params, batch) of pre-training distillation (eq. 3); unroll: the
+  block loops unrolled in the program (for XLA's cost analysis, ad/aot.py)."""
   def loss_fn(s_params, t_params, b):
     s, t = student_of(s_params), teacher_of(t_params)
-    so = s.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
+    so = s.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"], unroll=unroll, with_attentions=False)
     s_mlm = s.mlm_logits(losses.gather_positions(so["sequence_output"], b["masked_positions"]))
     s_nsp = s.nsp_logits(so["pooled"])
-    to = t.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"])
+    to = t.encode(b["input_ids"], b["token_type_ids"], b["attention_mask"], unroll=unroll, with_attentions=False)
     t_mlm = jax.lax.stop_gradient(t.mlm_logits(losses.gather_positions(to["sequence_output"], b["masked_positions"])))
     total, terms = losses.pretraining_loss(s_mlm, t_mlm, s_nsp, b, dcfg.alpha, dcfg.temperature)
     w = b["masked_weights"]
     terms["mlm_acc"] = ((jnp.argmax(s_mlm, -1) == b["masked_ids"]) * w).sum() / jnp.maximum(w.sum(), 1.0)
     return total, terms
   return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# The programs of a run: what `distill` compiles and runs, and what `ad compile` compiles for a TPU
+# topology (ad/aot.py), one code path for both.
+
+@dataclasses.dataclass
+class DistillPrograms:
+  """The jitted programs of a distillation run on `mesh` and the abstract (sharded) arguments each
+  compiles for; `jobs()` hands them to compile_concurrently."""
+  mesh: jax.sharding.Mesh
+  student_of: Rebuild
+  adapters_of: Rebuild
+  teacher_of: Rebuild
+  params_abs: dict  # dict(student=..., adapters=...) ShapeDtypeStructs with shardings
+  teacher_sh: dict
+  jitted: dict  # name -> jax.jit-wrapped function
+  abstract_args: dict  # name -> tuple of abstract arguments
+
+  def jobs(self, init: bool = True, progressive: bool = True) -> dict:
+    """{name: (jitted, abstract args)} of the programs a run still needs: the parameter initialization
+    unless restored, the progressive step and its optimizer initialization unless every progressive
+    stage is done, the pre-training step and its optimizer initialization always."""
+    names = (["init"] if init else []) + (["progressive", "progressive_opt_init"] if progressive else [])
+    names += [PRETRAIN, "pretrain_opt_init"]
+    return {n: (self.jitted[n], self.abstract_args[n]) for n in names}
+
+
+def distill_programs(scfg, dcfg: DistillConfig, data_cfg, teacher, mesh, cost_stage: int | None = None
+                     ) -> DistillPrograms:
+  """The student and adapters (abstract), their parameter and optimizer shardings on `mesh` from the
+  declared logical axes, and the jitted programs: parameter initialization, the progressive step
+  for every stage, the pre-training-distillation step, an optimizer initialization for each.
+  `teacher` may be abstract (nnx.eval_shape): nothing here reads its values.
+
+  cost_stage: the programs XLA's cost analysis can count whole (ad/aot.py): block loops unrolled,
+  the progressive step that of stage `cost_stage` alone. Training never runs these."""
+  from ad.models import student as student_lib
+  K = scfg.num_blocks
+  L, Ht, _ = losses.teacher_dims(teacher)
+  mapping = losses.block_mapping(K, L)
+  mapping = mapping if cost_stage is not None else jnp.asarray(mapping, jnp.int32)
+  # RngBitGenerator keys: the initialization compiles in a fraction of threefry's time on CPU.
+  rngs = lambda seed: nnx.Rngs(jax.random.key(seed, impl="rbg"))
+  make_student = lambda: student_lib.Student(scfg, rngs(dcfg.seed))
+  make_adapters = lambda: losses.Adapters(K, scfg.arch.hidden, Ht, rngs(dcfg.seed + 1), scfg.dtype)
+  student_abs, adapters_abs = nnx.eval_shape(make_student), nnx.eval_shape(make_adapters)
+  student_of, adapters_of, teacher_of = Rebuild(student_abs), Rebuild(adapters_abs), Rebuild(teacher)
+  param_sh = dict(student=without(sharding.param_shardings(student_abs, mesh), student_of.empty),
+                  adapters=sharding.param_shardings(adapters_abs, mesh))
+  teacher_sh = sharding.param_shardings(teacher, mesh)
+  stacked = dict(student=without(optim.stacked_leaves(student_abs), student_of.empty),
+                 adapters=optim.stacked_leaves(adapters_abs))
+
+  def init_params(t_params):  # one compiled program, made directly in its shardings (flax lm1b's way)
+    student, adapters = make_student(), make_adapters()
+    losses.init_embeddings_from_teacher(student, teacher_of(t_params))
+    return dict(student=without(nnx.state(student).to_pure_dict(), student_of.empty),
+                adapters=nnx.state(adapters).to_pure_dict())
+  params_abs = _abstract(dict(student=student_of.params, adapters=adapters_of.params), param_sh)
+  labels = optim.labels(params_abs, STAGE_RULES)
+
+  tx_prog = optim.lamb_direction(dcfg.weight_decay, stacked)
+  tx_pre = optim.lamb_direction(dcfg.weight_decay, stacked["student"])
+  prog_opt_sh = sharding.opt_shardings(tx_prog, params_abs, param_sh, mesh)
+  pre_opt_sh = sharding.opt_shardings(tx_pre, params_abs["student"], param_sh["student"], mesh)
+  prog_loss = _progressive_loss(dcfg, K, mapping, student_of, adapters_of, teacher_of, cost_stage)
+  pre_loss = _pretrain_loss(dcfg, student_of, teacher_of, unroll=cost_stage is not None)
+
+  def progressive_step(params, opt_state, t_params, b, k, lr):
+    (loss, terms), g = jax.value_and_grad(prog_loss, has_aux=True)(params, t_params, b, k)
+    direction, opt_state = tx_prog.update(g, opt_state, params)
+    updates = stage_mask(jax.tree.map(lambda d: -lr * d, direction), labels, k, K, dcfg.earlier_scale)
+    return optax.apply_updates(params, updates), opt_state, loss, terms
+
+  def pretrain_step(s_params, opt_state, t_params, b, lr):
+    (loss, terms), g = jax.value_and_grad(pre_loss, has_aux=True)(s_params, t_params, b)
+    direction, opt_state = tx_pre.update(g, opt_state, s_params)
+    return optax.apply_updates(s_params, jax.tree.map(lambda d: -lr * d, direction)), opt_state, loss, terms
+
+  jitted = dict(
+      init=jax.jit(init_params, out_shardings=param_sh),
+      progressive=jax.jit(progressive_step, donate_argnums=(0, 1),
+                          in_shardings=(param_sh, prog_opt_sh, None, None, None, None),
+                          out_shardings=(param_sh, prog_opt_sh, None, None)),
+      progressive_opt_init=jax.jit(tx_prog.init, out_shardings=prog_opt_sh),
+      **{PRETRAIN: jax.jit(pretrain_step, donate_argnums=(0, 1),
+                           in_shardings=(param_sh["student"], pre_opt_sh, None, None, None),
+                           out_shardings=(param_sh["student"], pre_opt_sh, None, None))},
+      pretrain_opt_init=jax.jit(tx_pre.init, out_shardings=pre_opt_sh))
+  t_abs = _abstract(teacher_of.params, teacher_sh)
+  batch_abs = sharding.abstract_batch(dcfg.batch_size, data_cfg.seq_len, data_cfg.max_predictions, mesh)
+  scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)
+  prog_opt_abs = _abstract(jax.eval_shape(tx_prog.init, params_abs), prog_opt_sh)
+  pre_opt_abs = _abstract(jax.eval_shape(tx_pre.init, params_abs["student"]), pre_opt_sh)
+  abstract_args = dict(
+      init=(t_abs,),
+      progressive=(params_abs, prog_opt_abs, t_abs, batch_abs, scalar(jnp.int32), scalar(jnp.float32)),
+      progressive_opt_init=(params_abs,),
+      **{PRETRAIN: (params_abs["student"], pre_opt_abs, t_abs, batch_abs, scalar(jnp.float32))},
+      pretrain_opt_init=(params_abs["student"],))
+  return DistillPrograms(mesh, student_of, adapters_of, teacher_of, params_abs, teacher_sh, jitted, abstract_args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +484,7 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   is_main = multihost.is_main()
   os.makedirs(workdir, exist_ok=True)
   record = dict(arch=scfg.arch.name, schedule=schedule, distill=dataclasses.asdict(dcfg), data=repr(data_cfg),
-                model=repr(scfg), teacher=dict(cfg.teacher))
+                model=repr(student_lib.resolve_kernels(scfg, jax.default_backend())), teacher=dict(cfg.teacher))
   if init_student:  # only when given, so the records of runs made before the option still match
     init_student = os.path.abspath(init_student)
     record["init_student"] = init_student
@@ -385,8 +496,6 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   # ---- teacher (frozen, never checkpointed here), in the student's compute dtype ------------------
   teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log, progress=progress)
   teacher, teacher_meta = teacher_head.load_for_training(teacher_dir, scfg.dtype)
-  L, Ht, _ = losses.teacher_dims(teacher)
-  mapping = jnp.asarray(losses.block_mapping(K, L), jnp.int32)
   if teacher.cfg.vocab_size != scfg.vocab_size:
     raise ValueError(f"teacher vocab {teacher.cfg.vocab_size} != student vocab {scfg.vocab_size} (config.model.vocab_size)")
 
@@ -400,61 +509,16 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   total_steps = plan[-1].end
   per_host = dcfg.batch_size // jax.process_count()
 
-  # ---- student, adapters, their parameter trees and shardings -------------------------------------
-  # RngBitGenerator keys: the initialization compiles in a fraction of threefry's time on CPU.
-  rngs = lambda seed: nnx.Rngs(jax.random.key(seed, impl="rbg"))
-  make_student = lambda: student_lib.Student(scfg, rngs(dcfg.seed))
-  make_adapters = lambda: losses.Adapters(K, scfg.arch.hidden, Ht, rngs(dcfg.seed + 1), scfg.dtype)
-  student_abs, adapters_abs = nnx.eval_shape(make_student), nnx.eval_shape(make_adapters)
-  student_of, adapters_of, teacher_of = Rebuild(student_abs), Rebuild(adapters_abs), Rebuild(teacher)
-  param_sh = dict(student=without(sharding.param_shardings(student_abs, mesh), student_of.empty),
-                  adapters=sharding.param_shardings(adapters_abs, mesh))
-  stacked = dict(student=without(optim.stacked_leaves(student_abs), student_of.empty),
-                 adapters=optim.stacked_leaves(adapters_abs))
+  # ---- student, adapters, their parameters and shardings, the programs (each compiled once) --------
+  progs = distill_programs(scfg, dcfg, data_cfg, teacher, mesh)
+  student_of, params_abs = progs.student_of, progs.params_abs
   # From host memory: every process holds the same teacher values, and device_put onto a mesh
   # that spans other hosts' devices takes host arrays.
-  t_params = jax.device_put(jax.device_get(teacher_of.params), sharding.param_shardings(teacher, mesh))
-
-  def init_params(t_params):  # one compiled program, made directly in its shardings (flax lm1b's way)
-    student, adapters = make_student(), make_adapters()
-    losses.init_embeddings_from_teacher(student, teacher_of(t_params))
-    return dict(student=without(nnx.state(student).to_pure_dict(), student_of.empty),
-                adapters=nnx.state(adapters).to_pure_dict())
-  init_jit = jax.jit(init_params, out_shardings=param_sh)
-  params_abs = _abstract(dict(student=student_of.params, adapters=adapters_of.params), param_sh)
-  labels = optim.labels(params_abs, STAGE_RULES)
+  t_params = jax.device_put(jax.device_get(progs.teacher_of.params), progs.teacher_sh)
   if init_student and not resume:  # a wrong checkpoint fails before anything compiles
     check_student_checkpoint(init_student, params_abs["student"])
-
-  # ---- optimizers and the two step functions (each compiled once) ---------------------------------
   prog_steps = dcfg.block_steps(K)
   prog_lr, pre_lr = stage_schedules(dcfg, K)
-  tx_prog = optim.lamb_direction(dcfg.weight_decay, stacked)
-  tx_pre = optim.lamb_direction(dcfg.weight_decay, stacked["student"])
-  prog_opt_sh = sharding.opt_shardings(tx_prog, params_abs, param_sh, mesh)
-  pre_opt_sh = sharding.opt_shardings(tx_pre, params_abs["student"], param_sh["student"], mesh)
-  init_prog = jax.jit(tx_prog.init, out_shardings=prog_opt_sh)
-  init_pre = jax.jit(tx_pre.init, out_shardings=pre_opt_sh)
-  prog_loss = _progressive_loss(dcfg, K, mapping, student_of, adapters_of, teacher_of)
-  pre_loss = _pretrain_loss(dcfg, student_of, teacher_of)
-
-  def progressive_step(params, opt_state, t_params, b, k, lr):
-    (loss, terms), g = jax.value_and_grad(prog_loss, has_aux=True)(params, t_params, b, k)
-    direction, opt_state = tx_prog.update(g, opt_state, params)
-    updates = stage_mask(jax.tree.map(lambda d: -lr * d, direction), labels, k, K, dcfg.earlier_scale)
-    return optax.apply_updates(params, updates), opt_state, loss, terms
-
-  def pretrain_step(s_params, opt_state, t_params, b, lr):
-    (loss, terms), g = jax.value_and_grad(pre_loss, has_aux=True)(s_params, t_params, b)
-    direction, opt_state = tx_pre.update(g, opt_state, s_params)
-    return optax.apply_updates(s_params, jax.tree.map(lambda d: -lr * d, direction)), opt_state, loss, terms
-
-  prog_jit = jax.jit(progressive_step, donate_argnums=(0, 1),
-                     in_shardings=(param_sh, prog_opt_sh, None, None, None, None),
-                     out_shardings=(param_sh, prog_opt_sh, None, None))
-  pre_jit = jax.jit(pretrain_step, donate_argnums=(0, 1),
-                    in_shardings=(param_sh["student"], pre_opt_sh, None, None, None),
-                    out_shardings=(param_sh["student"], pre_opt_sh, None, None))
 
   # ---- checkpoints, logs -----------------------------------------------------------------------
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), dcfg.keep_checkpoints)
@@ -475,22 +539,10 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   writer = tf.summary.create_file_writer(os.path.join(workdir, "tb")) if is_main else None
 
   # ---- compile what the remaining stages need, side by side (ahead of time, on abstract values) ----
-  batch_abs = sharding.abstract_batch(per_host * jax.process_count(), data_cfg.seq_len, data_cfg.max_predictions, mesh)
-  scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)
-  # The optimizer states' shapes and shardings: for compiling here and for restoring a checkpoint below.
-  prog_opt_abs = _abstract(jax.eval_shape(tx_prog.init, params_abs), prog_opt_sh)
-  pre_opt_abs = _abstract(jax.eval_shape(tx_pre.init, params_abs["student"]), pre_opt_sh)
-  jobs = {}
-  if params is None:
-    jobs["init"] = (init_jit, (t_params,))
-  if next_step < plan[-1].start:
-    jobs["progressive"] = (prog_jit, (params_abs, prog_opt_abs, t_params, batch_abs, scalar(jnp.int32),
-                                      scalar(jnp.float32)))
-    jobs["progressive_opt_init"] = (init_prog, (params_abs,))
-  jobs[PRETRAIN] = (pre_jit, (params_abs["student"], pre_opt_abs, t_params, batch_abs, scalar(jnp.float32)))
-  jobs["pretrain_opt_init"] = (init_pre, (params_abs["student"],))
+  prog_opt_abs, pre_opt_abs = progs.abstract_args["progressive"][1], progs.abstract_args[PRETRAIN][1]
+  jobs = progs.jobs(init=params is None, progressive=next_step < plan[-1].start)
   t_compile = time.time()
-  compiled = compile_concurrently(jobs)
+  compiled = compile_concurrently(jobs, mesh)
   compile_wall_s = time.time() - t_compile
   if params is None:
     params = compiled["init"](t_params)

@@ -285,15 +285,33 @@ def student_config_to_hf(cfg: student_lib.StudentConfig) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Public entry points.
 
-def load_bert(ckpt_dir: str, dtype: str = "float32") -> teacher_lib.Bert:
-  """An HF BERT checkpoint directory (BertModel, BertForMaskedLM or BertForPreTraining)."""
+def bert_config(ckpt_dir: str, tensor_names, dtype: str = "float32") -> teacher_lib.BertConfig:
+  """The BertConfig of an HF BERT checkpoint directory whose weight file holds `tensor_names`."""
   hf = read_config(ckpt_dir)
   if hf.get("model_type", "bert") != "bert":
     raise CheckpointError(f"{os.path.join(ckpt_dir, CONFIG_FILE)}: model_type={hf.get('model_type')!r}, expected 'bert'")
-  tensors = _norm_names(_strip_prefix(read_tensors(ckpt_dir), "bert."))
-  cfg = teacher_lib.BertConfig.from_hf(hf, dtype=dtype, has_pooler="pooler.dense.weight" in tensors,
-                                       has_mlm_head="cls.predictions.bias" in tensors,
-                                       has_nsp_head="cls.seq_relationship.weight" in tensors)
+  names = _norm_names(_strip_prefix(dict.fromkeys(tensor_names), "bert."))
+  return teacher_lib.BertConfig.from_hf(hf, dtype=dtype, has_pooler="pooler.dense.weight" in names,
+                                        has_mlm_head="cls.predictions.bias" in names,
+                                        has_nsp_head="cls.seq_relationship.weight" in names)
+
+
+def tensor_names(ckpt_dir: str) -> list[str]:
+  """The tensor names in a checkpoint's safetensors file, from its header alone (nothing loaded)."""
+  from safetensors import safe_open
+  path = os.path.join(ckpt_dir, WEIGHTS_FILE)
+  try:
+    with safe_open(path, "np") as f:
+      return list(f.keys())
+  except Exception as e:  # SafetensorError (bad header) and OSError
+    raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
+def load_bert(ckpt_dir: str, dtype: str = "float32") -> teacher_lib.Bert:
+  """An HF BERT checkpoint directory (BertModel, BertForMaskedLM or BertForPreTraining)."""
+  tensors = read_tensors(ckpt_dir)
+  cfg = bert_config(ckpt_dir, tensors, dtype)
+  tensors = _norm_names(_strip_prefix(tensors, "bert."))
   model = nnx.eval_shape(lambda: teacher_lib.Bert(cfg, nnx.Rngs(0)))
   assign(model, tensors, bert_table(cfg), os.path.join(ckpt_dir, WEIGHTS_FILE), ignore=_BERT_IGNORED)
   return model

@@ -88,6 +88,12 @@ def run_first(stack: nnx.Module, step: Callable, carry, k):
   """carry after step(module_j, carry) -> carry for j = 0..k-1, k possibly traced.
 
   A while loop: forward only (no reverse-mode gradient); the frozen prefix of a progressive stage.
+  k a Python int: the loop is unrolled in the program instead (XLA's cost analysis counts a while
+  loop's body once, so a cost estimate of one stage needs it unrolled: ad/aot.py).
   """
   graphdef, state = nnx.split(stack)
+  if isinstance(k, int):
+    for j in range(k):
+      carry = step(nnx.merge(graphdef, _take(state, j)), carry)
+    return carry
   return jax.lax.fori_loop(0, k, lambda j, c: step(nnx.merge(graphdef, _take(state, j)), c), carry)

@@ -31,10 +31,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from ad.models import layers, stack
 from ad.space import Arch
-from kernels import fused_attention, fused_ffn
+from ad.distill import sharding
+from kernels import devices, fused_attention, fused_ffn
 
 NORMS = layers.NORMS
 # transformers' MobileBERT builds two of its LayerNorms without config.layer_norm_eps, so they
@@ -42,7 +44,9 @@ NORMS = layers.NORMS
 # the same, so a layer_norm checkpoint computes the same numbers on both sides.
 TORCH_DEFAULT_LAYER_NORM_EPS = 1e-5
 apply_norm = layers.apply_norm
-IMPLS = ("xla", "pallas")
+# attention_impl / ffn_impl: 'auto' runs the Pallas kernels where the program is compiled for a TPU or
+# GPU (the devices of the mesh the caller sets, kernels/devices.py) and XLA's path elsewhere.
+IMPLS = ("auto", "xla", "pallas")
 # transformers' ACT2FN names: "gelu" is the exact (erf) GELU, "gelu_new" the tanh approximation.
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=False),
                "gelu_new": lambda x: jax.nn.gelu(x, approximate=True)}
@@ -61,8 +65,8 @@ class StudentConfig:
   layer_norm_eps: float = 1e-12
   trigram_input: bool = True
   dtype: str = "float32"  # compute dtype; parameters stay f32
-  attention_impl: str = "xla"
-  ffn_impl: str = "xla"
+  attention_impl: str = "auto"
+  ffn_impl: str = "auto"
   # MobileBERT-family options (transformers' MobileBertConfig names; defaults: MobileBERT's, 003 Fig. 2).
   key_query_shared_bottleneck: bool = True  # queries and keys from their own shared bottleneck of x
   use_bottleneck_attention: bool = False  # queries, keys and values all from the input bottleneck (IB-BERT)
@@ -155,12 +159,16 @@ class StackedFFN(nnx.Module):
     cfg = self.cfg
     F = cfg.arch.num_ffn
     eps = (cfg.layer_norm_eps,) * (F - 1) + (TORCH_DEFAULT_LAYER_NORM_EPS,)  # the last is MobileBertOutput's
-    if cfg.ffn_impl == "pallas":
-      return fused_ffn.stacked_ffn(h, self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...],
-                                   self.norm_scale[...], self.norm_bias[...], norm=cfg.norm, eps=eps)
-    return fused_ffn.stacked_ffn_reference(h, self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...],
-                                           self.norm_scale[...], self.norm_bias[...], norm=cfg.norm, eps=eps,
-                                           act=ACTIVATIONS[cfg.hidden_act])
+    weights = (self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...], self.norm_scale[...],
+               self.norm_bias[...])
+    if kernel_choice(cfg, "ffn", devices.target_platform())[0] == "pallas":
+      # Each device runs the kernel on its rows: batch over 'data', positions over 'model' where
+      # they divide; the weights are whole on every device (their gradients are summed).
+      rows = sharding.activation_spec(("batch", "length", None), h.shape)
+      fused = lambda h, *w: fused_ffn.stacked_ffn(h, *w, norm=cfg.norm, eps=eps)
+      return devices.per_shard(fused, (rows,) + (P(),) * 6, rows)(h, *weights)
+    return fused_ffn.stacked_ffn_reference(h, *weights, norm=cfg.norm, eps=eps, act=ACTIVATIONS[cfg.hidden_act],
+                                           linear=layers.linear, apply_norm=layers.apply_norm)
 
 
 class Block(nnx.Module):
@@ -182,8 +190,9 @@ class Block(nnx.Module):
     self.output_norm = layers.Norm(H, cfg.norm, cfg.layer_norm_eps)
     self.cfg = cfg
 
-  def __call__(self, x, mask_bias):
-    """x: [B, T, H], mask_bias: [B, 1, 1, T] -> (out [B, T, H], attention probs [B, A, T, T])."""
+  def __call__(self, x, mask_bias, with_probs: bool = True):
+    """x: [B, T, H], mask_bias: [B, 1, 1, T] -> (out [B, T, H], attention probs [B, A, T, T] f32, or
+    None when not `with_probs`: the fused kernel then does not write them)."""
     cfg, a = self.cfg, self.cfg.arch
     B, T, _ = x.shape
     with jax.named_scope("bottleneck"):
@@ -195,10 +204,11 @@ class Block(nnx.Module):
     with jax.named_scope("attention"):
       split = lambda t: t.reshape(B, T, a.heads, a.head_dim)  # [B, T, A, D]
       q, k, v = split(self.query(qk)), split(self.key(qk)), split(self.value(v_in))
-      if cfg.attention_impl == "pallas":
-        ctx, probs = fused_attention.mha(q, k, v, mask_bias, return_probs=True)
+      if kernel_choice(cfg, "attention", devices.target_platform())[0] == "pallas":
+        ctx, probs = _fused_attention(q, k, v, mask_bias, with_probs)
       else:
         ctx, probs = fused_attention.attention_reference(q, k, v, mask_bias)
+        probs = probs if with_probs else None
       ctx = ctx.reshape(B, T, a.bottleneck)
       h = self.attn_norm(self.attn_out(ctx) + layer_input)  # [B, T, Bn]
     with jax.named_scope("ffn"):
@@ -239,9 +249,9 @@ class Student(nnx.Module):
     return stack.at(self.blocks, k)
 
   def encode(self, input_ids, token_type_ids=None, attention_mask=None, num_blocks: int | None = None,
-             unroll: bool = False) -> dict[str, Any]:
-    """input_ids: [B, T] -> dict(embeddings [B,T,H], hidden_states [K,B,T,H], attentions [K,B,A,T,T],
-    sequence_output [B,T,H], pooled [B,H]).
+             unroll: bool = False, with_attentions: bool = True) -> dict[str, Any]:
+    """input_ids: [B, T] -> dict(embeddings [B,T,H], hidden_states [K,B,T,H], attentions [K,B,A,T,T]
+    (None unless `with_attentions`), sequence_output [B,T,H], pooled [B,H]).
 
     num_blocks runs only the first blocks; unroll=True unrolls the block loop (stack.scan).
     """
@@ -252,7 +262,7 @@ class Student(nnx.Module):
 
     def step(block, h):
       with jax.named_scope("block"):
-        h, probs = block(h, mask_bias)
+        h, probs = block(h, mask_bias, with_attentions)
       return h, (h, probs)
     h, (hidden_states, attentions) = stack.scan(self.blocks, step, emb, num_blocks, unroll)
     with jax.named_scope("pooler"):
@@ -278,6 +288,37 @@ class Student(nnx.Module):
     out["mlm_logits"] = self.mlm_logits(out["sequence_output"])
     out["nsp_logits"] = self.nsp_logits(out["pooled"])
     return out
+
+
+def kernel_choice(cfg: StudentConfig, which: str, platform: str) -> tuple[str, str]:
+  """('pallas' | 'xla', why) for the block's attention or FFN ('attention' / 'ffn') in a program compiled
+  for `platform` ('tpu', 'gpu', 'cpu'): model.attention_impl / model.ffn_impl, with 'auto' resolved."""
+  impl = cfg.attention_impl if which == "attention" else cfg.ffn_impl
+  if impl != "auto":
+    return impl, f"model.{which}_impl={impl!r}"
+  if platform not in devices.COMPILED_PLATFORMS:
+    return "xla", f"auto on {platform}: Pallas kernels run only interpreted there"
+  if which == "ffn" and cfg.hidden_act != "relu":
+    return "xla", f"auto: the fused FFN kernel is relu-only and model.hidden_act={cfg.hidden_act!r}"
+  return "pallas", f"auto on {platform}"
+
+
+def resolve_kernels(cfg: StudentConfig, platform: str) -> StudentConfig:
+  """cfg with 'auto' kernel choices replaced by what a program for `platform` runs: what a run
+  record keeps, so a record says what ran (on a CPU, 'auto' and 'xla' runs are the same run)."""
+  return dataclasses.replace(cfg, attention_impl=kernel_choice(cfg, "attention", platform)[0],
+                             ffn_impl=kernel_choice(cfg, "ffn", platform)[0])
+
+
+def _fused_attention(q, k, v, mask_bias, with_probs: bool):
+  """The Pallas attention kernel, per device under a mesh: batch over 'data', heads over 'model' where
+  they divide. q, k, v: [B, T, A, D] -> (out [B, T, A, D], probs [B, A, T, T] or None)."""
+  B, T, A, _ = q.shape
+  qkv = sharding.activation_spec(("batch", None, "heads", None), q.shape)
+  bias = sharding.activation_spec(("batch", None, None, None), mask_bias.shape)
+  probs = sharding.activation_spec(("batch", "heads", None, None), (B, A, T, T)) if with_probs else None
+  call = lambda q, k, v, b: fused_attention.mha(q, k, v, b, return_probs=with_probs)
+  return devices.per_shard(call, (qkv, qkv, qkv, bias), (qkv, probs))(q, k, v, mask_bias)
 
 
 def mask_to_bias(attention_mask):
@@ -329,6 +370,11 @@ def config_from_dict(arch: Arch | str, model_cfg, **overrides) -> StudentConfig:
     raise ValueError(f"config.model has unknown keys {unknown}; known: {sorted(fields)}")
   given.update({k: v for k, v in overrides.items() if v is not None})
   return StudentConfig(arch=Arch.parse(arch), **given)
+
+
+def model_section(cfg: StudentConfig) -> dict:
+  """A config's `model` section that gives back `cfg` with its arch (config_from_dict's inverse)."""
+  return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "arch"}
 
 
 def abstract_student(cfg: StudentConfig) -> Student:

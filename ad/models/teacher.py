@@ -136,9 +136,12 @@ class Bert(nnx.Module):
     """Layer k (an int or a traced scalar); the name matches the student's for the trainer."""
     return stack.at(self.layers, k)
 
-  def encode(self, input_ids, token_type_ids=None, attention_mask=None, num_blocks: int | None = None) -> dict[str, Any]:
+  def encode(self, input_ids, token_type_ids=None, attention_mask=None, num_blocks: int | None = None,
+             unroll: bool = False, with_attentions: bool = True) -> dict[str, Any]:
     """input_ids: [B, T] -> dict(embeddings, hidden_states [L,B,T,H], attentions [L,B,A,T,T],
-    sequence_output [B,T,H], pooled [B,H]). num_blocks runs only the first layers."""
+    sequence_output [B,T,H], pooled [B,H]). num_blocks runs only the first layers; unroll=True
+    unrolls the layer loop (stack.scan); with_attentions is accepted for the student's interface
+    (XLA drops probabilities nobody reads)."""
     cfg = self.cfg
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
@@ -149,7 +152,7 @@ class Bert(nnx.Module):
       with jax.named_scope("layer"):
         h, p = layer(h, mask_bias)
       return h, (h, p)
-    h, (hidden_states, attentions) = stack.scan(self.layers, step, emb, num_blocks)
+    h, (hidden_states, attentions) = stack.scan(self.layers, step, emb, num_blocks, unroll)
     pooled = jnp.tanh(self.pooler(h[:, 0])) if cfg.has_pooler else h[:, 0]
     return dict(embeddings=emb, hidden_states=hidden_states, attentions=attentions,
                 sequence_output=h, pooled=pooled)

@@ -129,12 +129,31 @@ def feasible_candidates(space: space_lib.DesignSpace, model_cfg, constraints, se
   return keep, pruned
 
 
+def estimated_target(cfg) -> str | None:
+  """The TPU chip of search.measure.target = 'tpu:<chip>' (latency estimated by XLA's TPU cost model,
+  in this process: ad/aot.py estimate_latency), else None."""
+  target = cfg.search.measure.get("target") or ""
+  return target[len("tpu:"):] if target.startswith("tpu:") else None
+
+
+def remote_target(cfg) -> str | None:
+  """search.measure.target when it names a machine whose `ad worker --role measure` processes measure
+  the trials (not an estimated TPU target), else None."""
+  target = cfg.search.measure.get("target") or None
+  return None if estimated_target(cfg) else target
+
+
 def measure(arch: space_lib.Arch, cfg, trace_dir: str, model_cfg=None) -> dict[str, Any]:
-  """The search's latency measurement of one architecture (config search.measure), on this backend.
-  The tabular benchmark calls it too, so both measure the same way. model_cfg: the model section
-  to build it with (default: the config's)."""
+  """The search's latency measurement of one architecture (config search.measure), on this backend,
+  or with search.measure.target = 'tpu:<chip>' the TPU estimate of XLA's cost model. The tabular
+  benchmark calls it too, so both measure the same way. model_cfg: the model section to build it
+  with (default: the config's)."""
   from profiling import harness
   m = cfg.search.measure
+  chip = estimated_target(cfg)
+  if chip:
+    from ad import aot
+    return aot.estimate_latency(arch, cfg.model if model_cfg is None else model_cfg, chip, batch=m.batch, seq=m.seq)
   return harness.measure_arch(arch, cfg.model if model_cfg is None else model_cfg, batch=m.batch, seq=m.seq,
                               trace_dir=trace_dir,
                               target_rel_ci=m.target_rel_ci, max_reps=m.max_reps, chunk=m.chunk,
@@ -187,8 +206,9 @@ def checkpoint_model_cfg(path: str, cfg) -> tuple[Any, dict]:
   """(StudentConfig, model section) of a MobileBERT-family HF checkpoint directory: its own shape
   and options, computed like the search's students (config.model's dtype and kernels)."""
   from ad.models import hf
+  from ad.models import student as student_lib
   scfg = hf.student_config_from_hf(hf.read_config(path), os.path.join(path, hf.CONFIG_FILE))
-  section = {f.name: getattr(scfg, f.name) for f in dataclasses.fields(scfg) if f.name != "arch"}
+  section = student_lib.model_section(scfg)
   section.update({k: cfg.model[k] for k in ("dtype", "attention_impl", "ffn_impl") if k in cfg.model})
   return scfg, section
 
@@ -646,7 +666,7 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
   bar = tqdm(total=s.num_trials, initial=done_designed() if is_main else 0, disable=not (progress and is_main),
              dynamic_ncols=True, desc="search")
   try:
-    if workers > 1 or s.measure.get("target"):  # workers, or measurement on another machine: over the store
+    if workers > 1 or remote_target(cfg):  # workers, or measurement on another machine: over the store
       from ad.search import parallel
       parallel.coordinate(cfg, run_dir, store, store_url, workers, initial, des, names, designer, bar,
                           on_result=record_scalars, hv_now=hv_now, log=log)

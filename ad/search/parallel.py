@@ -128,7 +128,7 @@ def coordinate(cfg, run_dir: str, store: TrialStore, store_url: str | None, work
   from ad.search import loop
   s = cfg.search
   poll = float(s.workers.poll_s)
-  target = s.measure.get("target") or None  # measured by `ad worker --role measure --target NAME`
+  target = loop.remote_target(cfg)  # measured by `ad worker --role measure --target NAME`
   waiting_said = False
   requeued = store.requeue_unleased()
   if requeued:
@@ -243,7 +243,7 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
   from ad.search import loop
   names = [o["name"] for o in cfg.search.objectives]
   lease, poll = float(cfg.search.workers.lease_s), float(cfg.search.workers.poll_s)
-  if role == "measure" and target != (cfg.search.measure.get("target") or None):
+  if role == "measure" and target != loop.remote_target(cfg):
     raise ValueError(f"--target {target!r}: the search in {run_dir} measures on "
                      f"{cfg.search.measure.get('target') or 'its training workers (no search.measure.target)'}")
   log(f"worker {worker}: joined the search in {run_dir} ({store.path}) as {role}"

@@ -84,8 +84,21 @@ def choose_finals(rows: list[dict], names, directions, final_cfg) -> list[str]:
 
 
 def _measured_latency(m: dict) -> str:
-  """'median (p90)' of a measurement, in ms ('' when not measured)."""
+  """'median (p90)' of a measurement, in ms ('' when not measured); an estimate says so."""
+  if m.get("estimate") and m.get("latency_ms_median"):
+    return f"{_fmt(m['latency_ms_median'])} (estimate, {m.get('target', 'TPU')})"
   return f"{_fmt(m['latency_ms_median'])} ({_fmt(m.get('latency_ms_p90'))})" if m.get("latency_ms_median") else ""
+
+
+def latency_source(cfg: dict) -> str:
+  """How the search's latency objective was obtained, in words (for report.md and pareto.png)."""
+  target = cfg["search"]["measure"].get("target") or ""
+  m = cfg["search"]["measure"]
+  if target.startswith("tpu:"):
+    return (f"latency estimated by XLA's TPU cost model for one {target[4:]} chip at batch {m['batch']}, seq "
+            f"{m['seq']} (compiled ahead of time, never run: an estimate, not a measurement)")
+  where = f"on `{target}` by its measure workers" if target else "on the machine the trials ran on"
+  return f"latency measured from XLA traces {where} at batch {m['batch']}, seq {m['seq']}"
 
 
 def se_of(row: dict, name: str) -> float:
@@ -173,8 +186,9 @@ def _fmt(v, digits=4) -> str:
   return str(v)
 
 
-def plot(path: str, rows: list[dict], names, directions) -> dict:
-  """Draws pareto.png; returns what was drawn (points and their 2-standard-error bars), for tests."""
+def plot(path: str, rows: list[dict], names, directions, latency_note: str = "") -> dict:
+  """Draws pareto.png; returns what was drawn (points and their 2-standard-error bars), for tests.
+  latency_note: appended to the latency axis' label (e.g. that it is a TPU estimate)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -212,8 +226,11 @@ def plot(path: str, rows: list[dict], names, directions) -> dict:
       ax.errorbar([bx], [by], xerr=[bxe], yerr=[bye], fmt="none", ecolor="C2", elinewidth=1.0, capsize=3, zorder=3)
       ax.scatter([bx], [by], marker="D", s=90, c="C2", edgecolors="k", label=f"{r['arch']} (as it is)", zorder=4)
       drawn["checkpoint"] = dict(arch=r["arch"], x=bx, y=by, xerr=bxe, yerr=bye)
-  ax.set_xlabel(f"{xn} ({'lower' if directions[names.index(xn)] == 'min' else 'higher'} is better)")
-  ax.set_ylabel(f"{yn} ({'lower' if directions[names.index(yn)] == 'min' else 'higher'} is better)")
+  label = lambda n: (f"{n} ({'lower' if directions[names.index(n)] == 'min' else 'higher'} is better)"
+                     + (f"\n{latency_note}" if latency_note and n == "latency_ms" else ""))
+  ax.set_xlabel(label(xn))
+  ax.set_ylabel(label(yn))
+  drawn.update(x_label=label(xn), y_label=label(yn))
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
@@ -247,14 +264,16 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
   dominating, dominating_raw = dominating_baseline(ok, baseline, names, directions)
   checkpoint = next((r for r in rows if r["role"] == CHECKPOINT_ROLE), None)
   over_checkpoint, over_checkpoint_raw = dominating_baseline(ok, checkpoint, names, directions)
-  plot(os.path.join(run_dir, "pareto.png"), rows, names, directions)
-
   cfg = record["config"]
+  estimated = (cfg["search"]["measure"].get("target") or "").startswith("tpu:")
+  drawn = plot(os.path.join(run_dir, "pareto.png"), rows, names, directions,
+               latency_note=f"estimated by XLA's TPU cost model ({cfg['search']['measure']['target']}), not measured"
+       if estimated else "")
+
   counts = {st: sum(1 for r in rows if r["status"] == st) for st in ("ok", "failed", "infeasible", "running", "queued")}
   L = [f"# Search report: {os.path.basename(os.path.normpath(run_dir))}", "",
        f"Designer **{record['designer']}**, seed {cfg['search']['seed']}, {cfg['model']['num_blocks']}-block students, "
-       f"teacher `{cfg['teacher']['source'] or 'MiniLM-L6-H384 (packaged)'}`, measured at batch "
-       f"{cfg['search']['measure']['batch']}, seq {cfg['search']['measure']['seq']}. Accuracy proxy: "
+       f"teacher `{cfg['teacher']['source'] or 'MiniLM-L6-H384 (packaged)'}`, {latency_source(cfg)}. Accuracy proxy: "
        f"**{PROXY_WORDS[cfg['search'].get('proxy', 'flash')]}**.", "",
        "Objectives: " + ", ".join(f"`{n}` ({'maximize' if d == 'max' else 'minimize'}, reference {r})"
                                   for n, d, r in zip(names, directions, reference)) + ".", "",
@@ -307,7 +326,7 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
   else:
     L.append("None yet (config `final.count`).")
   L += ["", "## Trials", "",
-        "| id | arch | role | status | " + " | ".join(names) + " | nsp_accuracy | measured latency ms (p90) | peak mem MB "
+        "| id | arch | role | status | " + " | ".join(names) + " | nsp_accuracy | latency ms (p90, or estimate) | peak mem MB "
         "| params | GFLOPs | measure s | distill s | note |", "|" + "---|" * (len(names) + 12)]
   for r in rows:
     mm, dd = r["measurement"] or {}, r["distill"] or {}
@@ -342,7 +361,8 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
         "Profiles: `traces/<arch>/` (open with TensorBoard's profile plugin); trial runs: `trials/<arch>/` "
         "(losses.jsonl, tb/); search scalars: `tb/`.", ""]
   files.write_text(os.path.join(run_dir, "report.md"), "\n".join(L))
-  return dict(trials=len(rows), status_counts=counts, hypervolume=float(hv_hist[-1]) if len(hv_hist) else 0.0,
+  return dict(trials=len(rows), pareto_axes=[drawn["x_label"], drawn["y_label"]], status_counts=counts,
+              hypervolume=float(hv_hist[-1]) if len(hv_hist) else 0.0,
               hypervolume_history=[float(h) for h in hv_hist],
               pareto=[_with_se(r, names) for r, m in zip(ok, mask) if m],
               baseline=_with_se(baseline, names) if baseline else None,

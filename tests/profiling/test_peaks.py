@@ -12,27 +12,20 @@ from profiling import peaks
 pytestmark = pytest.mark.serial
 
 
-def test_gpu_table_lookup():
+def test_gpu_table_lookup_and_float32_is_the_cuda_core_rate():
   p = peaks.gpu_peaks("NVIDIA H100 80GB HBM3", "bfloat16")
   assert p.flops_per_s == 989e12 and p.bytes_per_s == 3.35e12
   assert peaks.gpu_peaks("NVIDIA H100 PCIe", "bfloat16").bytes_per_s == 2.0e12  # not the SXM row
   assert peaks.gpu_peaks("NVIDIA H200", "float32").bytes_per_s == 4.8e12
-  for kind in ("NVIDIA A100-SXM4-40GB", "NVIDIA A100-SXM4-80GB", "NVIDIA L4"):
-    assert peaks.gpu_peaks(kind, "bfloat16").flops_per_s > 0
+  for kind in ("NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA A100-SXM4-40GB", "NVIDIA A100-SXM4-80GB", "NVIDIA L4"):
+    f32, tf32 = peaks.gpu_peaks(kind, "float32").flops_per_s, peaks.gpu_peaks(kind, "tfloat32").flops_per_s
+    # FP32 on CUDA cores is 2-16x below TF32 on tensor cores on these data sheets (L4: 30.3 vs 60)
+    assert 1.9 <= tf32 / f32 <= 16, kind
 
 
 def test_unknown_gpu_is_an_error_that_says_where_to_add_it():
   with pytest.raises(ValueError, match="not in profiling/peaks.py GPU_PEAKS"):
     peaks.gpu_peaks("NVIDIA GeForce GT 710", "float32")
-
-
-def test_tpu_peaks_from_pallas_chip_info():
-  v5e = peaks.tpu_peaks("TPU v5 lite", "bfloat16")
-  assert v5e.flops_per_s == pytest.approx(197e12) and v5e.bytes_per_s == pytest.approx(820e9)
-  v4 = peaks.tpu_peaks("TPU v4", "bfloat16", cores_per_device=2)  # megacore: both TensorCores
-  assert v4.flops_per_s == pytest.approx(275e12)
-  with pytest.raises(ValueError, match="not in profiling/peaks.py"):
-    peaks.tpu_peaks("TPU v99", "bfloat16")
 
 
 class FakeLoad:

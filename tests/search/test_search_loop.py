@@ -191,3 +191,30 @@ def test_objective_and_choice_errors_name_the_key(tiny_teacher):
     loop.objective_spec(cfg.search)
   with pytest.raises(ValueError, match="final.choose='best'"):
     report.choose_finals([], ["mlm_accuracy"], ["max"], configs.ml_collections.ConfigDict(dict(count=1, choose="best")))
+
+
+def test_a_search_with_a_tpu_target_uses_and_labels_xla_estimates(tmp_path, tiny_teacher):
+  """search.measure.target = 'tpu:v5e': each trial's latency is XLA's estimate for one v5e chip
+  (compiled here, never run), stored and reported as an estimate; objectives that need no training
+  (latency and parameters) keep the test to compilation."""
+  cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{
+      "search.num_initial": 2, "search.num_trials": 2, "search.designer": "random",
+      "search.measure.target": "tpu:v5e", "search.measure.seq": 128}))
+  cfg.search.objectives = [dict(name="latency_ms", direction="min", reference=10.0),
+                           dict(name="params", direction="min", reference=1e9)]
+  run_dir = str(tmp_path / "tpu_search")
+  summary = loop.run_search(cfg, run_dir, log=lambda *_: None, progress=False)
+  rows = _rows(run_dir)
+  assert len(rows) == 3 and all(r["status"] == "ok" for r in rows), [(r["arch"], r["error"]) for r in rows]
+  from ad import aot
+  for r in rows:
+    m = json.loads(r["measurement"])
+    assert m["estimate"] and m["target"] == "tpu:v5e" and m["device_kind"] == "TPU v5 lite"
+    assert m["kernels"]["impl"] == aot.ESTIMATE_KERNELS
+    again = aot.estimate_latency(r["arch"], cfg.model, "v5e", batch=1, seq=128, log=lambda *_: None)
+    assert json.loads(r["objectives"])["latency_ms"] == again["latency_ms_median"] > 0
+  text = open(os.path.join(run_dir, "report.md")).read()
+  assert "latency estimated by XLA's TPU cost model for one v5e chip" in text and "(estimate, tpu:v5e)" in text
+  assert summary["trials"] == 3
+  assert "estimated by XLA's TPU cost model (tpu:v5e), not measured" in [a for a in summary["pareto_axes"]
+                                                                          if a.startswith("latency_ms")][0]
