@@ -19,6 +19,31 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                  help="override a config field, e.g. --set model.num_blocks=4 (repeatable)")
 
 
+def _at_least(low: int):
+  """An argparse type: an integer >= low (argparse's error then names the option)."""
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low:
+      raise argparse.ArgumentTypeError(f"{value}: expected an integer >= {low}")
+    return value
+  parse.__name__ = f"integer >= {low}"
+  return parse
+
+
+def _share(text: str) -> float:
+  """An argparse type: a number strictly between 0 and 1."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  if not 0 < value < 1:
+    raise argparse.ArgumentTypeError(f"{value}: expected a number between 0 and 1 (a share), e.g. 0.02")
+  return value
+
+
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
   """Accepts big_vision-style `--config.key=value` as well as `--set key=value`."""
   rest, overrides = [], []
@@ -216,6 +241,9 @@ def cmd_distill(args) -> int:
   cfg = configs.load_config(args.config, args.overrides)
   if not args.outside_space:
     space_lib.DesignSpace.from_config(cfg.space).check(args.arch)
+  if args.export:
+    from ad import export
+    export.check_out(args.export, args.force, source=args.workdir, what="--export")
   # The student alone is always saved (workdir/student), so `ad export WORKDIR` works on any finished run.
   metrics = trainer.distill(args.arch, cfg, args.schedule, args.workdir, resume=args.resume,
                             log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress,
@@ -256,9 +284,7 @@ def cmd_superlm(args) -> int:
 
 def cmd_export(args) -> int:
   from ad import export
-  if os.path.exists(args.out) and os.listdir(args.out) and not args.force:
-    raise FileExistsError(f"--out {args.out} exists and is not empty; choose another or pass --force to overwrite "
-                          "the files an export writes there")
+  export.check_out(args.out, args.force, source=args.path)
   for d in export.export_path(args.path, args.out, log=lambda m: print(m, file=sys.stderr)):
     print(d)
   return 0
@@ -274,8 +300,7 @@ def cmd_finetune(args) -> int:
   results = []
   for task in args.task:
     for ckpt in finetune_lib.checkpoints_of(args.checkpoint):
-      name = os.path.basename(os.path.normpath(ckpt))
-      workdir = os.path.join(args.workdir or os.path.join("runs", "finetune"), f"{name}_{task}")
+      workdir = finetune_lib.result_dir(args.workdir or os.path.join("runs", "finetune"), ckpt, task)
       results.append(finetune_lib.finetune(ckpt, task, fcfg, workdir, log=lambda m: print(m, file=sys.stderr),
                                            progress=not args.no_progress))
   print(json.dumps([{k: v for k, v in r.items() if k != "history"} for r in results], indent=2))
@@ -307,10 +332,12 @@ def cmd_worker(args) -> int:
 
 def cmd_report(args) -> int:
   from ad.search import report, store as store_lib
-  summary = report.write_report(args.run_dir, store_lib.TrialStore(args.run_dir, create=False, url=args.store)
-                                if args.store else None)
+  store = store_lib.TrialStore(args.run_dir, url=args.store, readonly=True) if args.store else None
+  if store is not None:
+    store.check_run_dir(args.run_dir)  # never another search's content in this run directory
+  summary = report.write_report(args.run_dir, store, out_dir=args.out)
   print(json.dumps({k: v for k, v in summary.items() if k != "hypervolume_history"}, indent=2))
-  print(f"report: {os.path.join(os.path.abspath(args.run_dir), 'report.md')}", file=sys.stderr)
+  print(f"report: {os.path.join(os.path.abspath(args.out or args.run_dir), 'report.md')}", file=sys.stderr)
   return 0
 
 
@@ -343,9 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("arch", help="parameter counts and forward FLOPs of architectures")
   p.add_argument("names", nargs="+", metavar="NAME", help="architecture names H_B_A_I_F, e.g. 512_128_4_512_4")
-  p.add_argument("--blocks", type=int, default=None, help="number of blocks (default: config model.num_blocks)")
-  p.add_argument("--seq", type=int, default=128)
-  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--blocks", type=_at_least(1), default=None, help="number of blocks (default: config model.num_blocks)")
+  p.add_argument("--seq", type=_at_least(8), default=128)
+  p.add_argument("--batch", type=_at_least(1), default=1)
   p.add_argument("--dtype", default=None, help="compute dtype (default: config model.dtype)")
   p.add_argument("--json", action="store_true")
   p.add_argument("--outside-space", action="store_true",
@@ -355,15 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("profile", help="measure a student's latency, throughput and utilization from XLA traces")
   p.add_argument("--arch", required=True, help="architecture name H_B_A_I_F")
-  p.add_argument("--blocks", type=int, default=None, help="number of blocks (default: config model.num_blocks)")
-  p.add_argument("--batch", type=int, default=1)
-  p.add_argument("--seq", type=int, default=128)
+  p.add_argument("--blocks", type=_at_least(1), default=None, help="number of blocks (default: config model.num_blocks)")
+  p.add_argument("--batch", type=_at_least(1), default=1)
+  p.add_argument("--seq", type=_at_least(8), default=128)
   p.add_argument("--dtype", default=None, help="compute dtype (default: config model.dtype)")
   p.add_argument("--trace-dir", default=None, help="where traces are kept (default: a new temp dir)")
-  p.add_argument("--target-ci", type=float, default=0.02,
+  p.add_argument("--target-ci", type=_share, default=0.02,
                  help="stop when the 95%% CI of the median is within this fraction of it")
-  p.add_argument("--max-reps", type=int, default=300, help="stop after this many executions even if not converged")
-  p.add_argument("--min-reps", type=int, default=20, help="at least this many executions (capped by --max-reps)")
+  p.add_argument("--max-reps", type=_at_least(1), default=300, help="stop after this many executions even if not converged")
+  p.add_argument("--min-reps", type=_at_least(1), default=20, help="at least this many executions (capped by --max-reps)")
   p.add_argument("--compile-only", action="store_true", help="FLOPs, bytes and memory without running")
   p.add_argument("--target", default=None, metavar="tpu:CHIP",
                  help="instead of measuring here: the latency XLA's TPU cost model estimates on one chip (tpu:v4, "
@@ -384,12 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
                  help="flash / regular: the distillation steps (progressive and pre-training); superlm: the SuperLM "
                       "step; teacher: the teacher adaptation step; inference: the batch-B forward")
   p.add_argument("--arch", default=None, help="architecture H_B_A_I_F (default: the config's search.baseline_arch)")
-  p.add_argument("--batch", type=int, default=None, help="global batch (default: distill.batch_size; inference: 1)")
-  p.add_argument("--seq", type=int, default=None, help="sequence length (default: data.seq_len; inference: "
+  p.add_argument("--batch", type=_at_least(1), default=None, help="global batch (default: distill.batch_size; inference: 1)")
+  p.add_argument("--seq", type=_at_least(8), default=None, help="sequence length (default: data.seq_len; inference: "
                  "search.measure.seq)")
-  p.add_argument("--blocks", type=int, default=None, help="number of blocks (default: model.num_blocks)")
+  p.add_argument("--blocks", type=_at_least(1), default=None, help="number of blocks (default: model.num_blocks)")
   p.add_argument("--dtype", default=None, help="compute dtype (default: model.dtype)")
-  p.add_argument("--mesh-model", type=int, default=None, help="devices on the mesh's model axis (default: "
+  p.add_argument("--mesh-model", type=_at_least(1), default=None, help="devices on the mesh's model axis (default: "
                  "distill.mesh_model); the rest form the data axis")
   p.add_argument("--largest-batch", action="store_true",
                  help="instead: the largest global batch whose programs fit the devices' HBM")
@@ -422,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--export", default=None, metavar="DIR",
                  help="also export the final student as a complete Hugging Face directory (weights, config, "
                       "tokenizer, model card)")
+  p.add_argument("--force", action="store_true", help="with --export: write into a non-empty DIR")
   p.add_argument("--init-student", default=None, metavar="DIR",
                  help="start from this orbax student checkpoint of the same architecture (e.g. `ad superlm extract`'s "
                       "OUT/student) instead of a random one")
@@ -468,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "glue_qnli, glue_rte, glue_wnli, squad_v1 (a prepared TFDS data dir, or --squad-dir); repeatable")
   p.add_argument("--workdir", default=None,
                  help="results go to WORKDIR/<checkpoint name>_<task> (default: runs/finetune)")
-  p.add_argument("--epochs", type=int, default=None, help="default: config finetune.epochs")
+  p.add_argument("--epochs", type=_at_least(1), default=None, help="default: config finetune.epochs")
   p.add_argument("--tfds-data-dir", default=None,
                  help="where prepared GLUE/SQuAD TFDS datasets are (finetune.tfds_data_dir)")
   p.add_argument("--squad-dir", default=None,
@@ -486,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="the accuracy objective's proxy: flash distillation of each candidate (003), or candidates "
                       "extracted from a one-shot (004) / few-shot (001) SuperLM trained once in RUN_DIR/<proxy> "
                       "(default: config search.proxy)")
-  p.add_argument("--workers", type=int, default=1,
+  p.add_argument("--workers", type=_at_least(1), default=1,
                  help="run trials in N worker processes, each pinned to its share of the CPU cores (default 1: "
                       "in this process); more can join with `ad worker`")
   p.add_argument("--store", default=None, metavar="URL",
@@ -502,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="the search's run directory (its SQLite store, and where trials write checkpoints and traces)")
   p.add_argument("--store", default=None, metavar="URL", help="the search's PostgreSQL store, if it has one")
   p.add_argument("--worker-id", default=None, help="this worker's name in the store (default: host:pid)")
-  p.add_argument("--max-trials", type=int, default=0, help="stop after this many trials (default 0: until done)")
+  p.add_argument("--max-trials", type=_at_least(0), default=0, help="stop after this many trials (default 0: until done)")
   p.add_argument("--role", default="train", choices=("train", "measure"),
                  help="train: claim and distill trials (and measure them, unless the search has "
                       "search.measure.target); measure: measure trials on this machine for --target")
@@ -516,14 +544,16 @@ def build_parser() -> argparse.ArgumentParser:
                      "report its error on held-out ones")
   p.add_argument("source", help="a search's --run-dir, or a CSV of measurements (e.g. experiments/results/tabular.csv)")
   p.add_argument("--store", default=None, metavar="URL", help="the search's PostgreSQL store, if it has one")
-  p.add_argument("--folds", type=int, default=5)
-  p.add_argument("--seed", type=int, default=0, help="how architectures are dealt into folds")
+  p.add_argument("--folds", type=_at_least(2), default=5)
+  p.add_argument("--seed", type=_at_least(0), default=0, help="how architectures are dealt into folds")
   p.add_argument("--json", action="store_true")
   p.set_defaults(fn=cmd_latency_model)
 
   p = sub.add_parser("report", help="rebuild report.md and pareto.png of a search from its trial store")
   p.add_argument("run_dir", help="the --run-dir of an `ad search`")
   p.add_argument("--store", default=None, metavar="URL", help="the search's PostgreSQL store, if it has one")
+  p.add_argument("--out", default=None, metavar="DIR",
+                 help="where report.md and pareto.png go (default: the run directory; give one for a read-only run)")
   p.set_defaults(fn=cmd_report)
   return parser
 
@@ -568,11 +598,12 @@ def main(argv=None) -> int:
     return args.fn(args) or 0
   except (interrupt.Interrupted, KeyboardInterrupt) as e:
     where = f" ({e})" if isinstance(e, interrupt.Interrupted) else ""
-    again = ("run the same command again: it resumes" if args.command in ("teacher", "worker")
-             else "run the same command with --resume to continue")
+    again = {"teacher": "run the same command again: it resumes", "worker": "run the same command again: it resumes",
+             "finetune": "run the same command again: a fine-tuning keeps no checkpoint and starts afresh"}.get(
+                 args.command, "run the same command with --resume to continue")
     print(f"ad {args.command}: interrupted{where}; {again}", file=sys.stderr)
     return 130
-  except (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError, MemoryError,
+  except (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError, FloatingPointError, MemoryError,
           files.LockedError, _service_error(), _search_stopped()) as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"ad {args.command}: error: {msg}", file=sys.stderr)

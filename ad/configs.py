@@ -121,3 +121,20 @@ def _parse_like(current, raw: str, key: str):
     except ValueError:
       raise ValueError(f"override {key}={raw!r}: expected a number") from None
   return raw
+
+
+def check_range(name: str, value, *, low=None, high=None, low_open: bool = False, high_open: bool = False) -> None:
+  """One place for numeric settings' ranges: `value` must be a finite number within [low, high]
+  (open ends as asked), else a ValueError that names the setting, the value and the range."""
+  import math
+  lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
+  hi = "" if high is None else (f"< {high}" if high_open else f"<= {high}")
+  want = " and ".join(x for x in (lo, hi) if x) or "a finite number"
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name}={value!r}: expected a number {want}") from None
+  ok = math.isfinite(v) and (low is None or (v > low if low_open else v >= low)) and (
+      high is None or (v < high if high_open else v <= high))
+  if not ok:
+    raise ValueError(f"{name}={value!r}: expected a finite number {want}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sys
 
 from ad import files
 
@@ -38,7 +37,7 @@ def write_student_info(workdir: str, scfg, vocab, data_cfg, teacher_dir: str, sc
   config["arch"] = scfg.arch.name
   info = dict(student_config=config, lower_case=vocab.lower_case, vocab_file=VOCAB_COPY, seq_len=data_cfg.seq_len,
               data_sources=list(data_cfg.sources), teacher_dir=teacher_dir, schedule=schedule,
-              command=" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))
+              command=files.command_line())
   files.write_json(os.path.join(workdir, STUDENT_INFO), info)
   return info
 
@@ -100,7 +99,7 @@ def load_student(workdir: str):
   """(Student, student.json, metrics.json or None) of a finished distillation workdir."""
   import jax
   import orbax.checkpoint as ocp
-  from ad.distill.params import Rebuild
+  from ad.distill.params import Rebuild, nonfinite
   from ad.models import student as student_lib
   info_path = os.path.join(workdir, STUDENT_INFO)
   if not os.path.isfile(info_path):
@@ -117,11 +116,36 @@ def load_student(workdir: str):
   scfg = student_lib.config_from_dict(arch, c)
   rebuild = Rebuild(student_lib.abstract_student(scfg))
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), rebuild.params)
-  with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(os.path.abspath(ckpt), target)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      params = checkpointer.restore(os.path.abspath(ckpt), target)
+  except Exception as e:  # orbax/tensorstore raise many types for a truncated or foreign checkpoint
+    raise files.BadFileError(f"{ckpt}: cannot restore the student ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
+                             "the checkpoint is damaged or incomplete: distill it again (`ad distill ... --resume` "
+                             "rewrites it from the run's last checkpoint)") from None
+  bad = nonfinite(params)
+  if bad:
+    raise files.BadFileError(f"{ckpt}: non-finite parameters {bad[:3]}; the checkpoint is damaged: distill it again "
+                             "(`ad distill ... --resume`)")
   metrics_path = os.path.join(workdir, "metrics.json")
   metrics = files.read_json(metrics_path, "metrics") if os.path.isfile(metrics_path) else None
   return rebuild(params), info, metrics
+
+
+def check_out(out: str, force: bool, source: str | None = None, what: str = "--out") -> None:
+  """An export's destination: never a file, never inside (or holding) its source, never a non-empty
+  directory unless `force` (an export writes config.json, model.safetensors, README.md, the
+  tokenizer's files: a user's own would be overwritten)."""
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise FileExistsError(f"{what} {out}: a file is in the way; give a directory")
+  if source:
+    a, b = os.path.realpath(out), os.path.realpath(source)
+    if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
+      raise ValueError(f"{what} {out} is (or contains, or is inside) the export's source {source}; choose another "
+                       "directory")
+  if os.path.isdir(out) and os.listdir(out) and not force:
+    raise FileExistsError(f"{what} {out} exists and is not empty; choose another or pass --force to overwrite the "
+                          "files an export writes there")
 
 
 def export_path(path: str, out: str, log=print) -> list[str]:
@@ -162,7 +186,7 @@ def _search_latencies(run_dir: str) -> dict:
   from ad.search import store as store_lib
   if not os.path.isfile(os.path.join(run_dir, store_lib.STORE_FILE)):
     return {}
-  store = store_lib.TrialStore(run_dir, create=False)
+  store = store_lib.TrialStore(run_dir, readonly=True)
   try:
     trials = store.trials("ok")
   finally:

@@ -10,8 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import sys
 import tempfile
 from typing import Any
+
+
+def redact(text: str) -> str:
+  """`text` with the password of every database URL in it replaced by *** (postgresql://user:***@host):
+  what a command line or a URL becomes before it is written anywhere or shown."""
+  return re.sub(r"(\w+://[^:/@\s]+):[^@\s]*@", r"\1:***@", text)
+
+
+def command_line() -> str:
+  """This process's command line as it may be recorded (lock files, model cards): passwords redacted."""
+  return redact(" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))
 
 
 def cache_root() -> str:
@@ -21,8 +34,29 @@ def cache_root() -> str:
   return os.path.join(base, "autodistill-jax")
 
 
+def umask() -> int:
+  """This process's umask (read without changing it where /proc allows: os.umask is process-wide)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def as_created(path: str) -> str:
+  """Gives `path` the mode an ordinary new file gets (0666 less the umask): files made through a
+  private temporary file (mkstemp, safetensors) are 0600 otherwise, unreadable to a colleague."""
+  os.chmod(path, 0o666 & ~umask())
+  return path
+
+
 def write_text(path: str, text: str) -> str:
-  """Writes `text` to `path` atomically; returns the path."""
+  """Writes `text` to `path` atomically, with the umask's mode; returns the path."""
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
@@ -31,6 +65,7 @@ def write_text(path: str, text: str) -> str:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
+    as_created(tmp)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -94,9 +129,18 @@ class DirectoryLock:
   def __enter__(self):
     import fcntl
     import socket
-    import sys
-    os.makedirs(self.directory, exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+      raise FileExistsError(f"{self.directory}: a file is in the way of this {self.what}; give a directory path")
+    try:
+      os.makedirs(self.directory, exist_ok=True)
+    except OSError as e:
+      raise PermissionError(f"{self.directory}: cannot create this {self.what} ({e.strerror}); choose a writable "
+                            "place") from None
+    try:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise PermissionError(f"{self.directory}: cannot lock this {self.what} ({e.strerror}): it is read-only here; "
+                            "use a writable copy") from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
     except BlockingIOError:
@@ -105,7 +149,7 @@ class DirectoryLock:
       raise LockedError(f"{self.directory}: this {self.what} is in use by another process ({holder}); wait for it "
                         "to finish or stop it, or use another directory") from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv)[:200]}\n".encode(), 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}: {command_line()[:200]}\n".encode(), 0)
     self.fd = fd
     return self
 

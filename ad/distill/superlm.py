@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from typing import Callable, Sequence
 
@@ -43,7 +44,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ad import files, interrupt, multihost
+from ad import configs, files, interrupt, multihost
 from ad import space as space_lib
 from ad.distill import evaluation, losses, optim, sharding, trainer
 from ad.distill.params import Rebuild, without
@@ -67,8 +68,9 @@ class SuperLMConfig:
 
   def __post_init__(self):
     for k in ("steps", "samples_per_step", "fewshot_count", "checkpoint_every"):
-      if getattr(self, k) <= 0:
-        raise ValueError(f"superlm.{k.replace('fewshot_', 'fewshot.')}={getattr(self, k)} must be positive")
+      configs.check_range(f"superlm.{k.replace('fewshot_', 'fewshot.')}", getattr(self, k), low=1)
+    for k in ("lr", "warmup_steps", "seed"):  # lr 0: distill.lr
+      configs.check_range(f"superlm.{k}", getattr(self, k), low=0)
     if self.sampling not in SAMPLINGS:
       raise ValueError(f"superlm.sampling={self.sampling!r}: expected one of {SAMPLINGS}")
     if self.sampling == "sandwich" and self.samples_per_step < 3:
@@ -533,6 +535,7 @@ def load(workdir: str, cfg):
     key = (workdir, step)
     if key not in _LOADED:
       super_cfg = student_lib.config_from_dict(record["arch"], cfg.model)
+      _check_same_model(workdir, record, student_lib.resolve_kernels(super_cfg, jax.default_backend()))
       abstract = Rebuild(nnx.eval_shape(lambda: student_lib.Student(super_cfg, nnx.Rngs(0)))).params
       params = ckpts.restore(step, params=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract))
       _LOADED.clear()  # one SuperLM in memory at a time
@@ -540,6 +543,19 @@ def load(workdir: str, cfg):
   finally:
     ckpts.close()
   return _LOADED[key]
+
+
+def _check_same_model(workdir: str, record: dict, super_cfg) -> None:
+  """The config's model section must be the one the SuperLM was trained with (its run record): a
+  checkpoint of another shape would not restore, and the fault is the config's, not the checkpoint's."""
+  trained = record.get("model", "")
+  differ = [f"model.{f.name}: trained with {m.group(1)}, the config has {getattr(super_cfg, f.name)!r}"
+            for f in dataclasses.fields(super_cfg) if f.name != "arch"
+            for m in [re.search(rf"\b{f.name}=('[^']*'|[^,)]+)", trained)]
+            if m and m.group(1) != repr(getattr(super_cfg, f.name))]
+  if differ:
+    raise ValueError(f"the SuperLM in {workdir} was trained with another model section ({'; '.join(differ)}); score "
+                     "it with the config it was trained with (its run.json), the checkpoint itself is fine")
 
 
 def proxy_scores(arch, cfg, workdir: str, log: Callable = print) -> dict:
@@ -576,13 +592,16 @@ def save_extracted(arch, cfg, workdir: str, out_dir: str) -> str:
   from ad.models import student as student_lib
   import orbax.checkpoint as ocp
   arch = space_lib.Arch.parse(arch)
+  path = os.path.join(os.path.abspath(out_dir), "student")
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise FileExistsError(f"--out {out_dir}: a file is in the way; give a directory (the student goes to OUT/student)")
+  if os.path.exists(path):
+    raise FileExistsError(f"{path} exists; choose another --out")
   owner = _owner(os.path.abspath(workdir), arch)
   params, _, _ = load(owner, cfg)
   student = extract(params, student_lib.config_from_dict(arch, cfg.model))
   pure = Rebuild(student).params
-  path = os.path.join(os.path.abspath(out_dir), "student")
-  if os.path.exists(path):
-    raise FileExistsError(f"{path} exists; choose another --out")
+  os.makedirs(os.path.abspath(out_dir), exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, pure)
   return path

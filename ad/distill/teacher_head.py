@@ -45,7 +45,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from ad import files, interrupt
+from ad import configs, files, interrupt
 from ad.distill import evaluation, losses, optim, sharding
 from ad.distill.params import Rebuild, nonfinite
 from ad.models import hf, student as student_lib, teacher as teacher_lib
@@ -309,7 +309,16 @@ def settings_from_config(teacher_cfg) -> dict:
   missing = [k for k in SETTINGS if k not in teacher_cfg]
   if missing:
     raise KeyError(f"config.teacher lacks {missing}; see experiments/configs/common.py default_teacher()")
-  return {k: teacher_cfg[k] for k in SETTINGS}
+  s = {k: teacher_cfg[k] for k in SETTINGS}
+  for k in ("head_pool_batches", "head_positions_per_step", "batch_size", "adapt_batch_size"):
+    configs.check_range(f"teacher.{k}", s[k], low=1)
+  for k in ("head_steps", "adapt_steps", "adapt_warmup_steps", "seed"):
+    configs.check_range(f"teacher.{k}", s[k], low=0)
+  for k in ("head_lr", "adapt_lr", "adapt_head_lr"):
+    configs.check_range(f"teacher.{k}", s[k], low=0, low_open=True)
+  if s["adapt_dtype"] not in ("float32", "bfloat16", "float16"):
+    raise ValueError(f"teacher.adapt_dtype={s['adapt_dtype']!r}: expected float32, bfloat16 or float16")
+  return s
 
 
 def prepare_from_config(teacher_cfg, data_cfg, *, source: str | None = None, out_dir: str | None = None,
@@ -334,12 +343,10 @@ def _same_place(a: str, b: str) -> bool:
   return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
 
 
-def prepare(source_dir: str | None, out_dir: str | None, data_cfg, settings: dict, *, force: bool = False,
-            log=print, progress: bool = True) -> tuple[str, dict]:
-  """Prepares the teacher (module docstring) into `out_dir`; returns (out_dir, teacher.json contents).
-
-  A prepared teacher with the same key is reused unless `force`; one with another key is an error.
-  """
+def _where_prepared(source_dir, out_dir, data_cfg, settings: dict, force: bool):
+  """(source_dir, vocab, key parts, key, out_dir, teacher.json of a teacher already prepared there with
+  this key or None) of a preparation, checked without writing anything: the source is an HF checkpoint,
+  and out_dir holds this teacher, nothing, or (with force) a teacher to replace."""
   from ad.data import pretrain
   source_dir = source_dir or hf.minilm_dir()
   hf.read_config(source_dir)  # a clear error for a directory that is not an HF checkpoint
@@ -354,17 +361,40 @@ def prepare(source_dir: str | None, out_dir: str | None, data_cfg, settings: dic
   meta_path = os.path.join(out_dir, META_FILE)
   if os.path.isfile(meta_path):
     meta = files.read_json(meta_path, "teacher.json")
-    if meta.get("key") == key and not force:
-      log(f"teacher: using prepared {out_dir}")
-      return out_dir, meta
+    if meta.get("key") == key:
+      return source_dir, vocab, parts, key, out_dir, meta
     if not force:
       old = meta.get("key_parts", {})
       differs = sorted(k for k in parts if old.get(k) != parts[k]) or ["(a teacher.json without a key)"]
       raise ValueError(f"{out_dir} holds a teacher prepared differently (it differs in {differs}); pass --force "
-                       "to prepare it again there, or choose another --out")
+                       "to prepare it again there, or choose another --out (teacher.prepared_dir)")
+  elif os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise FileExistsError(f"{out_dir}: a file is in the way of the prepared teacher; choose another --out")
   elif os.path.isdir(out_dir) and os.listdir(out_dir):
     raise FileExistsError(f"{out_dir} is not empty and holds no prepared teacher ({META_FILE}); refusing to write "
-                          "into it: choose a new or empty --out")
+                          "into it: choose a new or empty --out (teacher.prepared_dir)")
+  return source_dir, vocab, parts, key, out_dir, None
+
+
+def check_config(teacher_cfg, data_cfg) -> None:
+  """The config's teacher section, checked as `prepare_from_config` would check it but writing
+  nothing: its settings' ranges, the source checkpoint, and a given prepared_dir that holds another
+  teacher. `ad search` calls it before it writes a run directory."""
+  settings = settings_from_config(teacher_cfg)
+  _where_prepared(teacher_cfg.source or None, teacher_cfg.prepared_dir or None, data_cfg, settings, force=False)
+
+
+def prepare(source_dir: str | None, out_dir: str | None, data_cfg, settings: dict, *, force: bool = False,
+            log=print, progress: bool = True) -> tuple[str, dict]:
+  """Prepares the teacher (module docstring) into `out_dir`; returns (out_dir, teacher.json contents).
+
+  A prepared teacher with the same key is reused unless `force`; one with another key is an error.
+  """
+  source_dir, vocab, parts, key, out_dir, meta = _where_prepared(source_dir, out_dir, data_cfg, settings, force)
+  if meta is not None and not force:
+    log(f"teacher: using prepared {out_dir}")
+    return out_dir, meta
+  meta_path = os.path.join(out_dir, META_FILE)
 
   partial = out_dir.rstrip("/") + ".partial"
   with files.DirectoryLock(partial, "teacher preparation", blocking=True):

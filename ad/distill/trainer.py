@@ -40,7 +40,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from ad import export, files, interrupt, multihost
+from ad import configs, export, files, interrupt, multihost
 from ad.distill import evaluation, losses, optim, sharding
 from ad.distill.params import Rebuild, nonfinite, without
 from profiling.compile_stats import compile_concurrently
@@ -81,15 +81,15 @@ class DistillConfig:
   def __post_init__(self):
     if self.recipe not in RECIPES:
       raise ValueError(f"distill.recipe={self.recipe!r}: expected one of {RECIPES}")
-    for k in ("pretrain_steps", "batch_size", "checkpoint_every", "log_every"):
-      if getattr(self, k) <= 0:
-        raise ValueError(f"distill.{k}={getattr(self, k)} must be positive")
-    if not 0 <= self.alpha <= 1:
-      raise ValueError(f"distill.alpha={self.alpha}: eq. 3 needs 0 <= alpha <= 1")
-    if self.temperature <= 0:
-      raise ValueError(f"distill.temperature={self.temperature} must be positive")
-    if not 0 < self.warmup_max_fraction <= 1:
-      raise ValueError(f"distill.warmup_max_fraction={self.warmup_max_fraction}: expected a share in (0, 1]")
+    for k in ("pretrain_steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints", "mesh_model"):
+      configs.check_range(f"distill.{k}", getattr(self, k), low=1)
+    for k in ("progressive_lr", "weight_decay", "mha_weight", "fm_weight", "earlier_blocks_lr_scale", "steps_per_block",
+              "warmup_steps", "mesh_data", "seed"):
+      configs.check_range(f"distill.{k}", getattr(self, k), low=0)
+    for k in ("lr", "temperature", "progressive_ratio"):
+      configs.check_range(f"distill.{k}", getattr(self, k), low=0, low_open=True)
+    configs.check_range("distill.alpha", self.alpha, low=0, high=1)  # eq. 3's mixing weight
+    configs.check_range("distill.warmup_max_fraction", self.warmup_max_fraction, low=0, high=1, low_open=True)
 
   def stage_warmup(self, stage_steps: int) -> int:
     """Warm-up steps of a stage of `stage_steps`: warmup_steps, capped at warmup_max_fraction of the
@@ -482,22 +482,26 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   scfg = student_lib.config_from_dict(arch, cfg.model)
   K = scfg.num_blocks
   is_main = multihost.is_main()
-  os.makedirs(workdir, exist_ok=True)
-  record = dict(arch=scfg.arch.name, schedule=schedule, distill=dataclasses.asdict(dcfg), data=repr(data_cfg),
-                model=repr(student_lib.resolve_kernels(scfg, jax.default_backend())), teacher=dict(cfg.teacher))
-  if init_student:  # only when given, so the records of runs made before the option still match
-    init_student = os.path.abspath(init_student)
-    record["init_student"] = init_student
-  check_run_record(workdir, record, resume)
 
-  # ---- mesh ----------------------------------------------------------------------------------
+  # ---- mesh, teacher, starting checkpoint: checked before the workdir holds anything -------------
   mesh, mesh_data = sharding.training_mesh(dcfg)
-
-  # ---- teacher (frozen, never checkpointed here), in the student's compute dtype ------------------
+  # The teacher (frozen, never checkpointed here), in the student's compute dtype.
   teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log, progress=progress)
   teacher, teacher_meta = teacher_head.load_for_training(teacher_dir, scfg.dtype)
   if teacher.cfg.vocab_size != scfg.vocab_size:
     raise ValueError(f"teacher vocab {teacher.cfg.vocab_size} != student vocab {scfg.vocab_size} (config.model.vocab_size)")
+  if init_student:
+    init_student = os.path.abspath(init_student)
+    if not (resume and os.path.isdir(os.path.join(workdir, "checkpoints"))):  # a wrong one fails before anything
+      check_student_checkpoint(init_student, Rebuild(student_lib.abstract_student(scfg)).params)
+
+  # ---- run record: a workdir holds one run; --resume must continue the same one -------------------
+  os.makedirs(workdir, exist_ok=True)
+  record = dict(arch=scfg.arch.name, schedule=schedule, distill=dataclasses.asdict(dcfg), data=repr(data_cfg),
+                model=repr(student_lib.resolve_kernels(scfg, jax.default_backend())), teacher=dict(cfg.teacher))
+  if init_student:  # only when given, so the records of runs made before the option still match
+    record["init_student"] = init_student
+  check_run_record(workdir, record, resume)
 
   # ---- data: per-host shard, deterministic for the seed; the fixed evaluation set ---------------
   vocab = pretrain.load_vocab(data_cfg, teacher_meta["source_dir"])
@@ -515,8 +519,6 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   # From host memory: every process holds the same teacher values, and device_put onto a mesh
   # that spans other hosts' devices takes host arrays.
   t_params = jax.device_put(jax.device_get(progs.teacher_of.params), progs.teacher_sh)
-  if init_student and not resume:  # a wrong checkpoint fails before anything compiles
-    check_student_checkpoint(init_student, params_abs["student"])
   prog_steps = dcfg.block_steps(K)
   prog_lr, pre_lr = stage_schedules(dcfg, K)
 

@@ -31,10 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ad import files, stats
+from ad import configs, files, interrupt, stats
 from ad.finetune import tasks as tasks_lib
 
 RESULT_FILE = "result.json"
+SOURCE_FILE = "checkpoint.json"  # which checkpoint a result directory belongs to
 LOG_EVERY = 5  # steps between logged training losses
 
 
@@ -57,17 +58,15 @@ class FinetuneConfig:
   squad_dir: str = ""  # the official SQuAD v1.1 JSON files; '' = TFDS squad/v1.1
 
   def __post_init__(self):
-    positive = ("epochs", "batch_size", "seq_len", "evals_per_epoch", "patience")
-    for k in positive:
-      if getattr(self, k) <= 0:
-        raise ValueError(f"finetune.{k}={getattr(self, k)}: expected a positive integer")
-    if not self.lr > 0:
-      raise ValueError(f"finetune.lr={self.lr}: expected a positive learning rate")
-    if not 0 <= self.warmup_fraction < 1 or not 0 <= self.dropout < 1:
-      raise ValueError(f"finetune.warmup_fraction={self.warmup_fraction}, finetune.dropout={self.dropout}: "
-                       "expected fractions in [0, 1)")
-    if self.seq_len < 8:
-      raise ValueError(f"finetune.seq_len={self.seq_len}: need at least 8 tokens")
+    for k in ("epochs", "batch_size", "evals_per_epoch", "patience"):
+      configs.check_range(f"finetune.{k}", getattr(self, k), low=1)
+    configs.check_range("finetune.seq_len", self.seq_len, low=8)  # [CLS] text [SEP] and a few tokens
+    configs.check_range("finetune.lr", self.lr, low=0, low_open=True)
+    configs.check_range("finetune.weight_decay", self.weight_decay, low=0)
+    for k in ("warmup_fraction", "dropout"):
+      configs.check_range(f"finetune.{k}", getattr(self, k), low=0, high=1, high_open=True)
+    for k in ("seed", "max_train_examples", "max_eval_examples"):
+      configs.check_range(f"finetune.{k}", getattr(self, k), low=0)
 
 
 def config_from_dict(d) -> FinetuneConfig:
@@ -115,6 +114,53 @@ def load_backbone(path: str) -> Backbone:
       f"{path}: not a student or teacher checkpoint; expected a distillation workdir ({export.STUDENT_INFO} and "
       f"student/), a search run directory (final/<arch>), a prepared teacher ({teacher_head.META_FILE}) or a "
       "Hugging Face BERT/MobileBERT directory (config.json, model.safetensors, vocab.txt)")
+
+
+def result_dir(root: str, checkpoint: str, task: str) -> str:
+  """ROOT/<checkpoint folder name>-<hash of its full path>_<task>: two checkpoints with the same
+  folder name (the same arch in two searches, any two `.../hf` exports) get two directories."""
+  name = os.path.basename(os.path.normpath(checkpoint))
+  return os.path.join(root, f"{name}-{files.fingerprint(os.path.realpath(checkpoint), 6)}_{task}")
+
+
+def claim_result_dir(workdir: str, checkpoint: str, task: str, write: bool = True) -> None:
+  """Makes `workdir` the fine-tuning of (checkpoint, task), or refuses one that holds another's or a
+  finished result; a run that stopped before its result (interrupted, failed) is started afresh,
+  its TensorBoard events removed so that two runs never mix. write=False: only the checks."""
+  import shutil
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise FileExistsError(f"--workdir {workdir}: a file is in the way; give a directory path")
+  source = os.path.join(workdir, SOURCE_FILE)
+  mine = dict(checkpoint=os.path.realpath(checkpoint), task=task)
+  if os.path.isfile(source):
+    theirs = files.read_json(source, "fine-tuning source record")
+    if theirs != mine:
+      raise FileExistsError(f"{workdir} holds the fine-tuning of {theirs.get('checkpoint')} on {theirs.get('task')}, "
+                            f"not of {mine['checkpoint']} on {task}; choose another --workdir")
+    if os.path.isfile(os.path.join(workdir, RESULT_FILE)):
+      raise FileExistsError(f"{workdir} already holds a finished result of {checkpoint} on {task} ({RESULT_FILE}); "
+                            "delete the directory to fine-tune again, or choose another --workdir")
+  elif os.path.isdir(workdir) and os.listdir(workdir):
+    raise FileExistsError(f"{workdir} is not empty and holds no fine-tuning of this tool ({SOURCE_FILE}); choose "
+                          "another --workdir")
+  if not write:
+    parent = _existing_parent(workdir)
+    if not os.access(parent, os.W_OK):
+      raise FileExistsError(f"--workdir {workdir}: {parent} is not writable; choose a writable place")
+    return
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise FileExistsError(f"--workdir {workdir}: cannot create it ({e.strerror}); choose a writable place") from None
+  shutil.rmtree(os.path.join(workdir, "tb"), ignore_errors=True)
+  files.write_json(source, mine)
+
+
+def _existing_parent(path: str) -> str:
+  path = os.path.abspath(path)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  return path
 
 
 def checkpoints_of(path: str) -> list[str]:
@@ -236,6 +282,7 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
   from ad.distill import optim, teacher_head
   from ad.distill.params import Rebuild, nonfinite, without
   t_start = time.time()
+  claim_result_dir(workdir, checkpoint, task_name, write=False)  # refuse a wrong --workdir before any work
   spec = tasks_lib.get(task_name)
   tasks_lib.check_data(spec, fcfg.tfds_data_dir or None, fcfg.squad_dir or None)
   bb = load_backbone(checkpoint)
@@ -302,7 +349,7 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
   def score(p, split: str) -> float:
     return kind.score(split, predict(p, split))
 
-  os.makedirs(workdir, exist_ok=True)
+  claim_result_dir(workdir, checkpoint, task_name)
   writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
   opt_state = tx.init(params)
   best = dict(value=-math.inf, step=0, params=jax.device_get(params))
@@ -318,6 +365,8 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
         params, opt_state, loss = train_step(params, opt_state, b, np.int32(step))
         step += 1
         bar.update(1)
+        # Ctrl-C / SIGTERM: stop here (a fine-tuning keeps no checkpoint: running it again starts afresh)
+        interrupt.check(f"step {step} of fine-tuning {bb.name} on {spec.name}")
         if step % LOG_EVERY == 0 or step == 1:
           loss_v = float(loss)
           if not math.isfinite(loss_v):

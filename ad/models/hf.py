@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ad import files
 from ad.models import student as student_lib
 from ad.models import teacher as teacher_lib
 from ad.space import Arch
@@ -351,7 +352,9 @@ def export_mobilebert(model: student_lib.Student, out_dir: str) -> str:
   tensors = extract(model, mobilebert_table(model.cfg))
   with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
     json.dump(student_config_to_hf(model.cfg), f, indent=2)
-  save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE), metadata={"format": "pt"})
+  path = os.path.join(out_dir, WEIGHTS_FILE)
+  save_file(tensors, path, metadata={"format": "pt"})
+  files.as_created(path)  # safetensors writes 0600
   return out_dir
 
 
@@ -379,7 +382,9 @@ def export_bert_mlm(model: teacher_lib.Bert, out_dir: str) -> str:
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
     json.dump(bert_config_to_hf(cfg), f, indent=2)
-  save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE), metadata={"format": "pt"})
+  path = os.path.join(out_dir, WEIGHTS_FILE)
+  save_file(tensors, path, metadata={"format": "pt"})
+  files.as_created(path)  # safetensors writes 0600
   return out_dir
 
 

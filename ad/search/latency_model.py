@@ -151,18 +151,33 @@ def from_measurements(measurements: Sequence[dict]) -> dict:
   names, features [N, 6], latency_ms [N], flops [N]. A later measurement of the same architecture
   and depth replaces an earlier one."""
   by_key = {}
-  for m in measurements:
+  for i, m in enumerate(measurements):
+    where = m.get("_where") or f"the measurement of {m.get('arch', '?')}"
     for k in ("arch", "num_blocks", "latency_ms_median", "flops"):
-      if m.get(k) is None:
-        raise ValueError(f"a measurement of {m.get('arch', '?')} lacks {k!r}; expected the harness's fields "
-                         "(profiling/harness.py measure_arch)")
-    by_key[(m["arch"], int(m["num_blocks"]))] = m
+      if m.get(k) in (None, ""):
+        raise ValueError(f"{where} lacks {k!r}; expected the harness's fields (profiling/harness.py measure_arch)")
+    try:
+      arch = space_lib.Arch.parse(m["arch"])
+    except ValueError as e:
+      raise ValueError(f"{where}: column 'arch': {e}") from None
+    values = {k: _positive(m, k, where) for k in ("num_blocks", "latency_ms_median", "flops")}
+    by_key[(arch.name, int(values["num_blocks"]))] = (arch, values)
   rows = list(by_key.values())
-  archs = [space_lib.Arch.parse(m["arch"]) for m in rows]
-  return dict(names=[f"{m['arch']}x{int(m['num_blocks'])}" for m in rows],
-              x=features(archs, [int(m["num_blocks"]) for m in rows]),
-              latency_ms=np.asarray([float(m["latency_ms_median"]) for m in rows]),
-              flops=np.asarray([float(m["flops"]) for m in rows]))
+  return dict(names=[f"{a.name}x{int(v['num_blocks'])}" for a, v in rows],
+              x=features([a for a, _ in rows], [int(v["num_blocks"]) for _, v in rows]),
+              latency_ms=np.asarray([v["latency_ms_median"] for _, v in rows]),
+              flops=np.asarray([v["flops"] for _, v in rows]))
+
+
+def _positive(m: dict, key: str, where: str) -> float:
+  """m[key] as a finite positive number, or an error naming the row and column."""
+  try:
+    value = float(m[key])
+  except (TypeError, ValueError):
+    raise ValueError(f"{where}: column {key!r} is {m[key]!r}, expected a number") from None
+  if not np.isfinite(value) or value <= 0:
+    raise ValueError(f"{where}: column {key!r} is {value}, expected a finite positive number")
+  return value
 
 
 def load_measurements(source: str, store_url: str | None = None) -> list[dict]:
@@ -172,9 +187,10 @@ def load_measurements(source: str, store_url: str | None = None) -> list[dict]:
   import csv
   if os.path.isdir(source) or store_url:
     from ad.search import store as store_lib
-    store = store_lib.TrialStore(source, create=False, url=store_url)
+    store = store_lib.TrialStore(source, url=store_url, readonly=True)
     try:
-      return [t["measurement"] for t in store.trials() if t.get("measurement")]
+      return [dict(t["measurement"], _where=f"{store.path} trial {t['id']} ({t['arch']}), measurement")
+              for t in store.trials() if t.get("measurement")]
     finally:
       store.close()
   if not os.path.isfile(source):
@@ -184,7 +200,7 @@ def load_measurements(source: str, store_url: str | None = None) -> list[dict]:
   need = {"arch", "num_blocks", "latency_ms_median", "flops"}
   if not rows or not need <= set(rows[0]):
     raise ValueError(f"{source}: expected a CSV with the columns {sorted(need)}; got {sorted(rows[0]) if rows else 'no rows'}")
-  return rows
+  return [dict(r, _where=f"{source} row {i}") for i, r in enumerate(rows, 2)]  # row 1 is the header
 
 
 # ---------------------------------------------------------------------------------------------

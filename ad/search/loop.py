@@ -30,10 +30,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ad import export, files, interrupt, multihost
+from ad import configs, export, files, interrupt, multihost
 from ad import space as space_lib
 from ad.search import designers as designers_lib
 from ad.search import pareto, report as report_lib
+from ad.search import store as store_lib
 from ad.search.store import IN_FLIGHT, TrialStore
 
 # Objectives the search knows how to read from a trial; those in TRAINED need flash distillation
@@ -495,6 +496,34 @@ def designer_trials(rows: list[dict], names) -> list[dict]:
   return out
 
 
+def check_search_ranges(cfg) -> None:
+  """The numeric settings of the search, measure and constraints sections, each within what a run
+  can use (ad/configs.py check_range names the setting, the value and the range)."""
+  s, c, check = cfg.search, cfg.constraints, configs.check_range
+  for k in ("seed", "max_failed_trials", "num_initial"):
+    check(f"search.{k}", s[k], low=0)
+  check("search.num_trials", s.num_trials, low=1)
+  # a worker renews its lease every lease_s / 3: shorter than a few seconds, leases lapse between beats
+  check("search.workers.lease_s", s.workers.lease_s, low=5)
+  check("search.workers.poll_s", s.workers.poll_s, low=0, high=s.workers.lease_s / 3, low_open=True)
+  for k in ("batch", "max_reps", "chunk"):
+    check(f"search.measure.{k}", s.measure[k], low=1)
+  check("search.measure.seq", s.measure.seq, low=8)
+  check("search.measure.target_rel_ci", s.measure.target_rel_ci, low=0, high=1, low_open=True, high_open=True)
+  for o in s.objectives:
+    check(f"search.objectives[{o.get('name')}].reference", o.get("reference"))
+  for k in c:  # 0 turns a constraint off
+    check(f"constraints.{k}", c[k], low=0)
+  check("search.bo.likelihood_variance", s.bo.likelihood_variance, low=0, low_open=True)
+  check("search.evolution.population", s.evolution.population, low=2)
+  for k in ("mutation_prob", "explore_prob"):
+    check(f"search.evolution.{k}", s.evolution[k], low=0, high=1)
+  check("search.firefly.population", s.firefly.population, low=1)
+  for k in ("beta0", "gamma", "alpha"):
+    check(f"search.firefly.{k}", s.firefly[k], low=0)
+  check("final.count", cfg.final.count, low=0)
+
+
 def _validated(cfg, run_dir: str, designer: str | None):
   """Everything a search needs, checked before anything is written (a bad config must leave no
   search record behind): (designer, objective spec, space, feasible candidates, pruned)."""
@@ -503,6 +532,12 @@ def _validated(cfg, run_dir: str, designer: str | None):
   if designer not in designers_lib.DESIGNERS:
     raise ValueError(f"designer {designer!r}: expected one of {designers_lib.DESIGNERS}")
   names, directions, reference = objective_spec(s)
+  check_search_ranges(cfg)
+  if estimated_target(cfg):
+    from profiling import tpu
+    if tpu.parse_topology(estimated_target(cfg))[1] is not None:
+      raise ValueError(f"search.measure.target={s.measure.target!r}: a latency estimate is for one chip, "
+                       "'tpu:<chip>' (tpu:v4, tpu:v5e, tpu:v5p, tpu:v6e)")
   space = space_lib.DesignSpace.from_config(cfg.space)
   feasible, pruned = feasible_candidates(space, cfg.model, cfg.constraints, s.measure.seq)
   cands = designers_lib.Candidates(feasible, space)
@@ -530,8 +565,10 @@ def _validated(cfg, run_dir: str, designer: str | None):
     raise ValueError(f"search.proxy={proxy_of(cfg)!r}: expected one of {superlm.PROXIES}")
   if proxy_of(cfg) != "flash":
     superlm.config_from(cfg)
-  pretrain.config_from_dict(cfg.data)
+  data_cfg = pretrain.config_from_dict(cfg.data)
   student_lib.config_from_dict(feasible[0], cfg.model)
+  from ad.distill import teacher_head
+  teacher_head.check_config(cfg.teacher, data_cfg)  # a teacher that does not fit fails now, not in every trial
   return designer, (names, directions, reference), space, cands, pruned
 
 
@@ -582,6 +619,8 @@ def run_search(cfg, run_dir: str, *, resume: bool = False, designer: str | None 
   designer, spec, space, cands, pruned = _validated(cfg, run_dir, designer)
   if workers < 1:
     raise ValueError(f"--workers {workers}: expected at least 1")
+  if store_url:
+    store_lib.check_url(store_url)  # before the run directory is made
   import jax
   if workers > 1 and jax.process_count() > 1:
     raise ValueError("--workers runs trials in worker processes on one host; a multi-host search (AD_NUM_PROCESSES) "
@@ -616,6 +655,7 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
   # ---- run record: a run directory holds one search; --resume must continue the same one -------
   store = multihost.main_only(lambda: TrialStore(run_dir, url=store_url), dict(trials=list, finals=list))
   record = dict(config=json.loads(cfg.to_json_best_effort()), designer=designer)
+  store.bind_coordinator(run_dir)  # this run directory's search, and only one coordinator at a time
   old = store.get_meta("record")
   if old is not None and not resume:
     raise FileExistsError(f"{run_dir} already holds a search ({len(store.trials())} trials); pass --resume to "
@@ -671,7 +711,9 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
       parallel.coordinate(cfg, run_dir, store, store_url, workers, initial, des, names, designer, bar,
                           on_result=record_scalars, hv_now=hv_now, log=log)
     else:
+      store.set_meta("search_state", "sequential")  # a worker that joins is told there is nothing to claim
       _sequential_trials(cfg, run_dir, store, initial, des, names, designer, bar, record_scalars, hv_now, log)
+      store.set_meta("search_state", "done")
   finally:
     bar.close()
     if des is not None and hasattr(des, "close"):

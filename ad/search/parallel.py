@@ -238,6 +238,16 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
   record = store.get_meta("record")
   if record is None:
     raise ValueError(f"{store.path}: no search recorded in this store yet; start `ad search` first")
+  store.check_run_dir(run_dir)
+  state = store.get_meta("search_state")
+  if state in (None, "sequential"):  # (None: a search recorded before states, or one not yet running)
+    raise ValueError(f"{run_dir}: this search runs its trials in its own process (`ad search` without --workers or "
+                     "search.measure.target), so a worker has nothing to claim; start the search with --workers N "
+                     "to share its trials")
+  if state == "done":
+    log(f"worker {worker_id or default_worker_id()}: the search in {run_dir} is finished; nothing to claim")
+    store.close()
+    return 0
   run_dir = os.path.abspath(run_dir)
   cfg = ml_collections.ConfigDict(record["config"])
   from ad.search import loop

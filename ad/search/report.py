@@ -38,6 +38,14 @@ def checkpoint_name(path: str) -> str:
   return "checkpoint:" + os.path.basename(os.path.normpath(path))
 
 
+def _existing(path: str) -> str:
+  """`path`, or its nearest parent that exists."""
+  path = os.path.abspath(path)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  return path
+
+
 def _spec(store: TrialStore):
   record = store.get_meta("record")
   if record is None:
@@ -246,10 +254,15 @@ PROXY_WORDS = {"flash": "flash distillation of each candidate (003)",
                "fewshot": "sub-networks of few-shot weight-sharing SuperLMs, scored without training (001)"}
 
 
-def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any]:
-  """Rebuilds report.md and pareto.png in `run_dir` from its trial store; returns the summary."""
+def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | None = None) -> dict[str, Any]:
+  """Rebuilds report.md and pareto.png in `out_dir` (default `run_dir`) from the run's trial store
+  (opened read-only when not given); returns the summary."""
+  out_dir = out_dir or run_dir
+  if not os.access(_existing(out_dir), os.W_OK):
+    raise PermissionError(f"{out_dir} is read-only: give the report another place (`ad report RUN_DIR --out DIR`)")
+  os.makedirs(out_dir, exist_ok=True)
   own = store is None
-  store = store or TrialStore(run_dir, create=False)
+  store = store or TrialStore(run_dir, readonly=True)
   try:
     names, directions, reference, record = _spec(store)
     rows, finals, finetunes = store.trials(), store.finals(), store.finetunes()
@@ -266,7 +279,7 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
   over_checkpoint, over_checkpoint_raw = dominating_baseline(ok, checkpoint, names, directions)
   cfg = record["config"]
   estimated = (cfg["search"]["measure"].get("target") or "").startswith("tpu:")
-  drawn = plot(os.path.join(run_dir, "pareto.png"), rows, names, directions,
+  drawn = plot(os.path.join(out_dir, "pareto.png"), rows, names, directions,
                latency_note=f"estimated by XLA's TPU cost model ({cfg['search']['measure']['target']}), not measured"
        if estimated else "")
 
@@ -360,7 +373,7 @@ def write_report(run_dir: str, store: TrialStore | None = None) -> dict[str, Any
   L += ["", f"Hypervolume after each search trial: {', '.join(_fmt(float(h), 4) for h in hv_hist)}", "",
         "Profiles: `traces/<arch>/` (open with TensorBoard's profile plugin); trial runs: `trials/<arch>/` "
         "(losses.jsonl, tb/); search scalars: `tb/`.", ""]
-  files.write_text(os.path.join(run_dir, "report.md"), "\n".join(L))
+  files.write_text(os.path.join(out_dir, "report.md"), "\n".join(L))
   return dict(trials=len(rows), pareto_axes=[drawn["x_label"], drawn["y_label"]], status_counts=counts,
               hypervolume=float(hv_hist[-1]) if len(hv_hist) else 0.0,
               hypervolume_history=[float(h) for h in hv_hist],

@@ -28,14 +28,21 @@ import re
 import sqlite3
 import subprocess
 import time
+import urllib.parse
 from typing import Any
 
+from ad import files
+
 STORE_FILE = "trials.sqlite"
+SEARCH_FILE = "search.json"  # in a run directory: the id of the search (in its store) it belongs to
 # 'trained': distilled, waiting for its measurement on the target (search.measure.target).
 STATUSES = ("queued", "running", "trained", "ok", "failed", "infeasible")
 IN_FLIGHT = ("queued", "running", "trained")
 DONE = ("ok", "failed", "infeasible")
 SCHEMA_VERSION = 4
+
+# The PostgreSQL advisory lock a search's coordinator holds (bind_coordinator): one store, one search.
+_COORDINATOR_LOCK = 0x6164_5f73_6561_7263  # "ad_searc"
 
 # {ID}, {FLOAT}: the dialect's auto-increment key and 8-byte float (SQLite: INTEGER PRIMARY KEY,
 # REAL; PostgreSQL: BIGSERIAL PRIMARY KEY, DOUBLE PRECISION).
@@ -96,6 +103,28 @@ _MIGRATIONS = {
         ("trials", "measure_lease_until", "{FLOAT}")),
 }
 _JSON_COLUMNS = ("objectives", "objective_se", "measurement", "distill", "screening", "metrics", "timings", "result")
+# What each objective may be, checked when a trial is recorded and again when it is read back (a
+# value edited into a store, or written by a broken version, never reaches a report or a designer):
+# (low, high), None for no bound; every value must be finite; standard errors finite and >= 0.
+OBJECTIVE_RANGES = {"mlm_accuracy": (0, 1), "teacher_agreement": (0, 1), "nsp_accuracy": (0, 1),
+                    "mlm_cross_entropy": (0, None), "latency_ms": (0, None), "predicted_latency_ms": (0, None),
+                    "throughput_per_s": (0, None), "flops_utilization": (0, None), "peak_memory_bytes": (0, None),
+                    "params": (0, None), "flops": (0, None)}
+
+
+def objective_errors(objectives, objective_se) -> list[str]:
+  """What is wrong with a trial's objectives and their standard errors (empty when nothing is)."""
+  bad = []
+  for name, v in (objectives or {}).items():
+    low, high = OBJECTIVE_RANGES.get(name, (None, None))
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (
+        low is not None and v < low) or (high is not None and v > high):
+      bad.append(f"{name}={v!r} (expected a finite number" + (f" in [{low}, {high if high is not None else 'inf'}])"
+                                                               if low is not None else ")"))
+  for name, v in (objective_se or {}).items():
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+      bad.append(f"the standard error of {name}={v!r} (expected a finite number >= 0)")
+  return bad
 _DIALECT_TYPES = dict(sqlite=dict(ID="INTEGER PRIMARY KEY", FLOAT="REAL"),
                       postgresql=dict(ID="BIGSERIAL PRIMARY KEY", FLOAT="DOUBLE PRECISION"))
 
@@ -122,9 +151,10 @@ class StoreError(ValueError):
 class _Database:
   """One connection to a store's database with '?' placeholders and dict rows, in autocommit
   mode; `transaction()` groups statements (SQLite: BEGIN IMMEDIATE, so two claimers serialize
-  on the write lock; PostgreSQL: a transaction, with row locks taken by the claim's SELECT)."""
+  on the write lock; PostgreSQL: a transaction, with row locks taken by the claim's SELECT).
+  readonly: SQLite opened read-only, so a run directory without write access can be read."""
 
-  def __init__(self, where: str):
+  def __init__(self, where: str, readonly: bool = False):
     self.where = where
     if where.startswith(("postgresql://", "postgres://")):
       try:
@@ -139,9 +169,11 @@ class _Database:
         raise StoreError(f"{_redacted(where)}: cannot connect to the PostgreSQL store ({str(e).strip()})") from None
     else:
       self.dialect, self.errors = "sqlite", (sqlite3.DatabaseError,)
-      self.conn = sqlite3.connect(where, timeout=60, isolation_level=None, check_same_thread=False)
+      self.conn = _sqlite_readonly(where) if readonly else sqlite3.connect(where, timeout=60, isolation_level=None,
+                                                                            check_same_thread=False)
       self.conn.row_factory = lambda cur, row: {c[0]: v for c, v in zip(cur.description, row)}
-      self.conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+      if not readonly:
+        self.conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
       self.conn.execute("PRAGMA busy_timeout=60000")
     self._depth = 0
 
@@ -193,9 +225,41 @@ class _Database:
     self.conn.close()
 
 
+def _sqlite_readonly(path: str) -> sqlite3.Connection:
+  """A read-only connection. A WAL-mode database needs its -shm file even to be read, which a
+  directory without write access cannot give: then the file is opened as immutable (nobody can
+  write it there either)."""
+  uri = "file:" + urllib.parse.quote(os.path.abspath(path))
+  conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+  try:
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    return conn
+  except sqlite3.OperationalError:
+    conn.close()
+    return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+
+
+def check_url(url: str) -> str:
+  """`url` if it is a PostgreSQL store URL (postgresql://user:password@host/dbname, or with
+  ?host=/socket/dir), else an error that says what --store takes."""
+  if re.fullmatch(r"postgres(ql)?://[^\s]*/[^/\s?]+(\?\S*)?", url or ""):
+    return url
+  if str(url).startswith("sqlite:"):
+    raise StoreError(f"--store {_redacted(str(url))!r}: SQLite stores are not given by URL; a search's SQLite store is "
+                     f"always RUN_DIR/{STORE_FILE}: leave --store out")
+  raise StoreError(f"--store {_redacted(str(url))!r}: expected a PostgreSQL URL, postgresql://user:password@host/dbname "
+                   f"(one database per search); without --store a search uses RUN_DIR/{STORE_FILE}")
+
+
+def _make_dir(run_dir: str) -> None:
+  if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+    raise FileExistsError(f"--run-dir {run_dir}: a file is in the way; give a directory path")
+  os.makedirs(run_dir, exist_ok=True)
+
+
 def _redacted(url: str) -> str:
   """A database URL without its password, for messages."""
-  return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+  return files.redact(url)
 
 
 class TrialStore:
@@ -205,21 +269,44 @@ class TrialStore:
   `url`: a PostgreSQL URL (postgresql://user:password@host/dbname, one database per search),
   else the SQLite file in the run directory."""
 
-  def __init__(self, run_dir: str, create: bool = True, url: str | None = None):
+  def __init__(self, run_dir: str, create: bool = True, url: str | None = None, readonly: bool = False):
+    """create=False: the store must exist; readonly: only read (reports, exports, the latency model:
+    a run directory without write access serves them)."""
     self.run_dir = os.path.abspath(run_dir)
-    self.url = url or None
+    self.url = check_url(url) if url else None
     self.path = _redacted(url) if url else os.path.join(self.run_dir, STORE_FILE)
+    self.readonly = readonly
     if not url:
-      if not create and not os.path.isfile(self.path):
+      if (readonly or not create) and not os.path.isfile(self.path):
         raise FileNotFoundError(f"{self.path}: no trial store there; is {run_dir} the run directory of an `ad search`?")
-      os.makedirs(run_dir, exist_ok=True)
+      if not readonly:
+        _make_dir(run_dir)
     try:
-      self.db = _Database(url or self.path)
-      with self.db.transaction():
-        self._create_or_migrate()
+      self.db = _Database(url or self.path, readonly=readonly)
+      if readonly:
+        self._check_version()
+      else:
+        with self.db.transaction():
+          self._create_or_migrate()
     except sqlite3.DatabaseError as e:
+      if not readonly and not os.access(os.path.dirname(self.path), os.W_OK) or "readonly" in str(e):
+        raise StoreError(f"{self.path}: cannot be written ({e}): the run directory is read-only; reports, exports "
+                         "and the latency model read it as it is, a search needs a writable copy") from None
       raise StoreError(f"{self.path}: not a readable SQLite trial store ({e}); the file is damaged or is not a "
                        "store: move it aside to start a new search in this directory") from None
+
+  def _check_version(self) -> None:
+    """Read-only: the store must be of this schema version (older ones need one writable open)."""
+    version = self._version(self._query("SELECT value FROM meta WHERE key = 'schema_version'"))
+    if version != SCHEMA_VERSION:
+      raise StoreError(f"{self.path}: schema version {version}, this code's is {SCHEMA_VERSION}; it is upgraded when "
+                       "opened with write access (e.g. `ad report` on a writable copy of the run directory)")
+
+  def _version(self, row) -> int:
+    try:
+      return int(json.loads(row[0]["value"])) if row else 1
+    except (ValueError, TypeError):
+      raise StoreError(f"{self.path}: meta row 'schema_version' is {row[0]['value']!r}, expected an integer") from None
 
   def _create_or_migrate(self) -> None:
     db = self.db
@@ -227,10 +314,7 @@ class TrialStore:
       if statement.strip():
         db.execute(statement)
     row = db.query("SELECT value FROM meta WHERE key = 'schema_version'")
-    try:
-      version = int(json.loads(row[0]["value"])) if row else 1
-    except (ValueError, TypeError):
-      raise StoreError(f"{self.path}: meta row 'schema_version' is {row[0]['value']!r}, expected an integer") from None
+    version = self._version(row)
     if version > SCHEMA_VERSION:
       raise StoreError(f"{self.path}: the store has schema version {version}, written by a newer version of this "
                        f"code (this one reads up to {SCHEMA_VERSION}); update the code (git pull) to open it")
@@ -278,6 +362,42 @@ class TrialStore:
   def set_meta(self, key: str, value) -> None:
     with self.db.transaction():
       self._upsert_meta(key, value)
+
+  # ---- which search, which run directory, which coordinator ------------------------------------
+  def check_run_dir(self, run_dir: str) -> None:
+    """Refuses `run_dir` unless it is the run directory of this store's search (its search.json
+    holds the store's search id; a store without an id, from before ids, matches a run directory
+    without one): `ad report` and `ad worker` must never mix two searches."""
+    mine = self.get_meta("search_id")
+    path = os.path.join(run_dir, SEARCH_FILE)
+    theirs = files.read_json(path, "search record").get("search_id") if os.path.isfile(path) else None
+    if mine != theirs:
+      what = f"the search {theirs}" if theirs else "no search of this store (no search.json)"
+      raise StoreError(f"{run_dir} holds {what}, but {self.path} holds the search {mine or '(no id)'}; give the "
+                       "run directory and the store of one search")
+
+  def bind_coordinator(self, run_dir: str) -> None:
+    """Makes this process the coordinator of the store's search, run from `run_dir`: a new store gets
+    a search id (written to run_dir/search.json too); a store that already holds a search must be
+    this run directory's; and on PostgreSQL only one coordinator at a time holds the store (an
+    advisory lock, released when this connection closes: a killed coordinator releases it), so two
+    coordinators with two run directories cannot run one search twice. (SQLite's store lives in
+    the run directory, whose lock already covers it.)"""
+    import socket
+    import uuid
+    if self.db.dialect == "postgresql":
+      got = self.db.query("SELECT pg_try_advisory_lock(?) AS got", (_COORDINATOR_LOCK,))[0]["got"]
+      if not got:
+        holder = self.get_meta("coordinator") or {}
+        raise files.LockedError(f"{self.path}: another `ad search` coordinates this store's search (pid "
+                                f"{holder.get('pid', '?')} on {holder.get('host', '?')}, run directory "
+                                f"{holder.get('run_dir', '?')}); wait for it, or give another database")
+    if self.get_meta("search_id") is None and self.get_meta("record") is None:
+      self.set_meta("search_id", uuid.uuid4().hex)
+      files.write_json(os.path.join(run_dir, SEARCH_FILE), dict(search_id=self.get_meta("search_id"), store=self.path))
+    self.check_run_dir(run_dir)
+    self.set_meta("coordinator", dict(pid=os.getpid(), host=socket.gethostname(), run_dir=run_dir,
+                                      since=time.time()))
 
   # ---- trials ----------------------------------------------------------------------------------
   def _insert_trial(self, arch, role, designer, status, seed, screening, workdir, measure_target=None) -> int:
@@ -399,6 +519,9 @@ class TrialStore:
     (False, and nothing written, when its lease ran out and another worker claimed it)."""
     if status not in DONE:
       raise ValueError(f"trial status {status!r}: expected one of {DONE}")
+    bad = objective_errors(objectives, objective_se)
+    if bad:
+      raise ValueError(f"trial {trial_id}: refusing to record {'; '.join(bad)}")
     if measurement and measurement.get("trace_dir"):
       measurement = dict(measurement, trace_dir=self.rel(measurement["trace_dir"]))
     # A holder writes only while it holds the trial; anyone else only into a trial still in flight.
@@ -436,6 +559,10 @@ class TrialStore:
         if bad:
           raise StoreError(f"{self.path}: trial {r['id']} ({r['arch']}) is 'ok' but its objectives {obj} lack a finite "
                            f"value for {bad}; the row is damaged")
+      bad = objective_errors(r["objectives"], r["objective_se"])
+      if bad:
+        raise StoreError(f"{self.path}: trial {r['id']} ({r['arch']}) holds {'; '.join(bad)}; the row is damaged or "
+                         "was edited by hand")
       r["workdir"] = self.abs(r["workdir"])
       if r["measurement"] and r["measurement"].get("trace_dir"):
         r["measurement"]["trace_dir"] = self.abs(r["measurement"]["trace_dir"])
@@ -479,14 +606,24 @@ class TrialStore:
     return [self._row(r, "finetunes") for r in self._query("SELECT * FROM finetunes ORDER BY started")]
 
   def _row(self, r: dict, table: str) -> dict[str, Any]:
+    """A row with its JSON columns parsed, each checked to be what the code writes there: a JSON object
+    (or null), and for a trial the closed-form screening (params and FLOPs) always."""
     d = dict(r)
+    which = {"trials": f"trial {d.get('id')} ({d.get('arch')})", "finals": f"final {d.get('arch')}"}.get(
+        table, f"{table} row {d.get('model')}/{d.get('task')}")
     for k in _JSON_COLUMNS:
       if k in d and d[k] is not None:
         try:
           d[k] = json.loads(d[k])
         except json.JSONDecodeError as e:
-          which = {"trials": f"trial {d.get('id')}", "finals": f"final {d.get('arch')}"}.get(
-              table, f"{table} row {d.get('model')}/{d.get('task')}")
           raise StoreError(f"{self.path}: {which}, column {k!r}, is not valid JSON ({e.msg}); the row is damaged") \
               from None
+        if not isinstance(d[k], dict):
+          raise StoreError(f"{self.path}: {which}, column {k!r}, holds a JSON {type(d[k]).__name__} "
+                           f"({str(d[k])[:80]}); expected an object: the row is damaged or was edited by hand")
+    if table == "trials":
+      sc = d.get("screening")
+      if not isinstance(sc, dict) or not all(isinstance(sc.get(n), (int, float)) for n in ("params", "flops")):
+        raise StoreError(f"{self.path}: {which}, column 'screening', is {sc!r}; expected an object with the numbers "
+                         "params and flops: the row is damaged or was edited by hand")
     return d

@@ -142,6 +142,10 @@ def test_superlm_resumes_exactly_scores_extracted_students_and_serves_a_search(t
       direct["mlm_accuracy"], direct["mlm_cross_entropy"], direct["teacher_agreement"])
   with pytest.raises(ValueError, match="not in the space the SuperLM in .* was trained on"):
     superlm.proxy_scores("512_64_2_256_1", cfg, str(tmp_path / "whole"))
+  superlm._LOADED.clear()  # scored with another model section: the config is named, not the checkpoint
+  with pytest.raises(ValueError, match=r"trained with another model section \(model.num_blocks: trained with 1, the "
+                                       r"config has 2\).*the checkpoint itself is fine"):
+    superlm.proxy_scores(arch, _cfg(tiny_teacher, **{"model.num_blocks": 2}), str(tmp_path / "whole"))
 
   # Extracted, saved alone, and distilled from there: the run starts from the SuperLM's weights.
   ckpt = superlm.save_extracted(arch, cfg, str(tmp_path / "whole"), str(tmp_path / "extracted"))
