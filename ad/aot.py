@@ -294,8 +294,9 @@ def estimate_latency(arch, model_cfg, chip: str, *, num_blocks=None, batch: int 
 
 
 def largest_batch(cfg, req: Request, log: Callable = print, limit: int = 1 << 20) -> dict:
-  """The largest global batch (a multiple of the mesh's data axis) whose programs fit HBM: doubling,
-  then bisection, compiling only the programs training runs (no costing)."""
+  """The largest global batch (a multiple of the mesh's data axis) whose programs fit HBM, to within
+  1/16 (`smallest_over` is the smallest batch found not to fit): doubling, then bisection, compiling
+  only the programs training runs (no costing)."""
   devices = tpu.topology_devices(req.topology)
   if tpu.parse_topology(req.topology)[1] is None:
     devices = devices[:1]
@@ -318,13 +319,15 @@ def largest_batch(cfg, req: Request, log: Callable = print, limit: int = 1 << 20
           f"({'fits' if tried[b][1] else 'over'} HBM)")
     return tried[b][1]
 
-  lo, hi = 0, unit
+  # doubling from the requested batch (or one per data-parallel device), then bisection to within
+  # 1/16 of the answer: each probe compiles the programs anew (a minute or more at paper scale)
+  lo, hi = 0, max(unit, (req.batch or unit) // unit * unit)
   while hi <= limit and fits(hi):
     lo, hi = hi, hi * 2
-  while hi - lo > unit:
+  while hi - lo > max(unit, lo // 16):
     mid = (lo + hi) // 2 // unit * unit
     lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-  return dict(largest_global_batch=lo, per_device=lo // unit if unit else 0,
+  return dict(largest_global_batch=lo, per_device=lo // unit if unit else 0, smallest_over=hi,
               tried={b: dict(bytes_per_device=v[0], fits=v[1]) for b, v in sorted(tried.items())})
 
 

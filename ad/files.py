@@ -110,7 +110,11 @@ def fingerprint(obj: Any, length: int = 12) -> str:
 
 
 class LockedError(RuntimeError):
-  """Another process holds the lock: names the path and the holder."""
+  """Another process holds the lock: names the path and the holder; `directory`: the locked one."""
+
+  def __init__(self, message: str, directory: str | None = None):
+    super().__init__(message)
+    self.directory = directory
 
 
 class DirectoryLock:
@@ -121,8 +125,10 @@ class DirectoryLock:
   never blocks anyone. blocking=False raises LockedError naming the holder; blocking=True waits.
   """
 
-  def __init__(self, directory: str, what: str = "directory", blocking: bool = False):
-    self.directory, self.what, self.blocking = os.path.abspath(directory), what, blocking
+  def __init__(self, directory: str, what: str = "directory", blocking: bool = False, wait_s: float = 0.0):
+    """wait_s: without blocking, keep trying for this long before refusing (a worker that took a
+    trial over waits for the trial's previous holder to notice and let go)."""
+    self.directory, self.what, self.blocking, self.wait_s = os.path.abspath(directory), what, blocking, wait_s
     self.path = os.path.join(self.directory, ".lock")
     self.fd = None
 
@@ -141,13 +147,20 @@ class DirectoryLock:
     except OSError as e:
       raise PermissionError(f"{self.directory}: cannot lock this {self.what} ({e.strerror}): it is read-only here; "
                             "use a writable copy") from None
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
-    except BlockingIOError:
-      holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
-      os.close(fd)
-      raise LockedError(f"{self.directory}: this {self.what} is in use by another process ({holder}); wait for it "
-                        "to finish or stop it, or use another directory") from None
+    import time
+    deadline = time.monotonic() + self.wait_s
+    while True:
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+        break
+      except BlockingIOError:
+        if time.monotonic() < deadline:
+          time.sleep(0.5)
+          continue
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LockedError(f"{self.directory}: this {self.what} is in use by another process ({holder}); wait for it "
+                          "to finish or stop it, or use another directory", self.directory) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}: {command_line()[:200]}\n".encode(), 0)
     self.fd = fd

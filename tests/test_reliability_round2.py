@@ -354,3 +354,12 @@ def test_latency_model_names_the_row_and_column_of_a_bad_number(tmp_path, capsys
       f"128_64_1_384_{f},3,{1 + f},1e9\n" for f in (1, 2, 4, 6)) + "128_64_2_384_2,3,fast,1e9\n")
   assert cli.main(["latency-model", str(csv), "--folds", "2"]) == 2
   assert f"{csv} row 6: column 'latency_ms_median' is 'fast', expected a number" in capsys.readouterr().err
+
+
+def test_a_finetune_workdir_under_a_read_only_parent_is_refused_before_any_work(tmp_path):
+  parent = tmp_path / "shared"
+  parent.mkdir()
+  with read_only(parent):
+    with pytest.raises(FileExistsError, match=r"shared is not writable; choose a writable place"):
+      finetune_lib.claim_result_dir(str(parent / "ft" / "x_rotten_tomatoes"), str(tmp_path), "rotten_tomatoes",
+                                    write=False)

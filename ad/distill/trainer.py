@@ -16,7 +16,7 @@ Compiled programs, whatever K (one of each per run; the persistent cache serves 
   own warm-up and linear decay), one evaluation.
 Frozen parameters get an update of exactly zero, so they stay bit-for-bit equal.
 
-Resumable: orbax checkpoints every `checkpoint_every` steps, at the end and on an interrupt
+Resumable: orbax checkpoints every `checkpoint_every` steps, at the end of every stage and on an interrupt
 hold the parameters (student + adapters), the stage's optimizer state and the
 position; the data stream is deterministic for the seed and index-addressable, so a resumed run
 starts reading at its step instead of replaying the batches already used. The frozen teacher is never checkpointed. A workdir is locked while a run uses it.
@@ -441,7 +441,7 @@ def distill_programs(scfg, dcfg: DistillConfig, data_cfg, teacher, mesh, cost_st
 
 def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: Callable = print,
             progress: bool = True, save_student: bool = False, export_dir: str | None = None,
-            card_latency: dict | None = None, init_student: str | None = None) -> dict:
+            card_latency: dict | None = None, init_student: str | None = None, lock_wait_s: float = 0.0) -> dict:
   """Flash- or regular-distills `arch` per `cfg` (a loaded experiment ConfigDict); returns metrics.
 
   init_student: an orbax checkpoint of this architecture's student parameters alone (e.g. a
@@ -449,11 +449,13 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   initialization; the adapters start as usual.
   save_student: also write the final student alone (no adapters, no optimizer) as an orbax
   checkpoint in `workdir/student`; export_dir: also export it there as a complete Hugging Face
-  directory (ad/export.py; card_latency: the measured latency for its model card).
+  directory (ad/export.py; card_latency: the measured latency for its model card). lock_wait_s:
+  how long to wait for the workdir held by another process (a trial's previous holder) before
+  files.LockedError.
   """
   from profiling.compile_stats import CompileLog
   workdir = os.path.abspath(workdir)
-  lock = files.DirectoryLock(workdir, "distillation workdir") if multihost.is_main() else None
+  lock = files.DirectoryLock(workdir, "distillation workdir", wait_s=lock_wait_s) if multihost.is_main() else None
   with CompileLog() as compiles:
     if lock:
       lock.__enter__()
@@ -609,7 +611,9 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
           bar.set_postfix(loss=f"{loss_v:.4f}")
           g += 1
           bar.update(1)
-          saved = g % dcfg.checkpoint_every == 0 or g == total_steps  # a resume repeats at most checkpoint_every
+          # A resume repeats at most checkpoint_every steps, and never a finished stage: a stage's end
+          # is always saved (short flash stages are shorter than checkpoint_every).
+          saved = g % dcfg.checkpoint_every == 0 or g == stage.end
           if saved:
             ckpt_s += save(g, opt_state)
           if interrupt.requested():  # Ctrl-C / SIGTERM: leave a checkpoint at this step, then stop

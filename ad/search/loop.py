@@ -170,7 +170,7 @@ def latency_verdict(measurement: dict, cfg) -> str | None:
 
 
 def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, names, log: Callable,
-                   measure_here: bool = True, proxy_workdir: str = "") -> dict[str, Any]:
+                   measure_here: bool = True, proxy_workdir: str = "", lock_wait_s: float = 0.0) -> dict[str, Any]:
   """Measures, checks the latency constraint, flash-distills; returns the trial's record fields.
 
   The accuracy objectives come from the search's proxy (search.proxy): a flash distillation in
@@ -194,7 +194,8 @@ def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, name
     t0 = time.time()
     proxy = proxy_of(cfg)
     if proxy == "flash":
-      out["distill"] = trainer.distill(arch, cfg, "flash", workdir, resume=True, log=log, progress=False)
+      out["distill"] = trainer.distill(arch, cfg, "flash", workdir, resume=True, log=log, progress=False,
+                                       lock_wait_s=lock_wait_s)
     else:  # extracted from the SuperLM(s) trained before the first trial, scored without training
       from ad.distill import superlm
       out["distill"] = superlm.proxy_scores(arch, cfg, proxy_workdir, log=log)
@@ -326,8 +327,8 @@ def is_checkpoint_trial(name: str, cfg) -> bool:
   return bool(ckpt_path) and name == report_lib.checkpoint_name(ckpt_path)
 
 
-def trial_target(name: str, cfg, run_dir: str, names,
-                 measure_here: bool = True) -> tuple[str, dict, Callable[[], dict]]:
+def trial_target(name: str, cfg, run_dir: str, names, measure_here: bool = True,
+                 lock_wait_s: float = 0.0) -> tuple[str, dict, Callable[[], dict]]:
   """(workdir, screening, evaluate) of a trial: a student of the space, or the baseline
   checkpoint (search.baseline_checkpoint, named by report.checkpoint_name; always measured
   where it is scored)."""
@@ -343,7 +344,7 @@ def trial_target(name: str, cfg, run_dir: str, names,
   workdir = os.path.join(run_dir, "trials", arch.name)
   return (workdir, with_prediction(screening(arch, cfg.model, s.measure.seq), arch, names, cfg),
           lambda: evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None, measure_here=measure_here,
-                                 proxy_workdir=proxy_dir(run_dir, proxy_of(cfg))))
+                                 proxy_workdir=proxy_dir(run_dir, proxy_of(cfg)), lock_wait_s=lock_wait_s))
 
 
 def with_prediction(screen: dict, arch: space_lib.Arch, names, cfg) -> dict:
@@ -407,11 +408,21 @@ def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designe
   on). With `worker`, the result is written only while that worker still holds the trial."""
   name = row["arch"]
   remote = bool(row.get("measure_target")) and not is_checkpoint_trial(name, cfg)  # measured by a measure worker
-  _, screen, evaluate = trial_target(name, cfg, run_dir, names, measure_here=not remote)
+  # A worker that took the trial over waits up to a lease for its previous holder, alive but late,
+  # to learn it lost the trial (its heartbeat) and let go of the workdir.
+  wait = float(cfg.search.workers.lease_s) if worker else 0.0
+  workdir, screen, evaluate = trial_target(name, cfg, run_dir, names, measure_here=not remote, lock_wait_s=wait)
   try:
     r = evaluate()
   except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
     raise  # the trial stays in flight: --resume (or the next worker) runs it again from its checkpoints
+  except files.LockedError as e:
+    if not worker or e.directory != os.path.abspath(workdir):
+      raise
+    # Still held after a lease: not the trial's fault. It goes back to the queue, not into the failures.
+    store.release_trial(row["id"], worker)
+    log(f"search: trial {name} is still held by its previous holder after {wait:.0f} s; back in the queue")
+    return dict(status="released", recorded=False)
   except Exception as e:
     err = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
     log(f"search: trial {name} failed: {type(e).__name__}: {str(e)[:300]}")

@@ -188,10 +188,13 @@ def test_pallas_kernels_train_with_the_same_losses_as_xla(reference, tmp_path, t
   np.testing.assert_allclose([r["loss"] for r in ours], [r["loss"] for r in ref], rtol=2e-4, atol=1e-5)
 
 
-def test_the_number_of_compiled_programs_does_not_grow_with_the_block_count(tmp_path, tiny_teacher):
+def test_compiled_programs_do_not_grow_with_the_block_count_and_every_stage_ends_in_a_checkpoint(tmp_path,
+                                                                                                tiny_teacher):
   """Every XLA compilation during a run is counted (jax.monitoring): 1 and 8 blocks compile the
   same programs (one progressive step for all stages, one pre-training step, ...). 8 blocks from
-  the 6-layer teacher: a student deeper than its teacher trains (losses.block_mapping groups)."""
+  the 6-layer teacher: a student deeper than its teacher trains (losses.block_mapping groups).
+  With checkpoint_every longer than the run, every stage's end is still checkpointed, so an
+  interrupted run resumes at its last finished stage."""
   import jax
   from ad.distill import teacher_head
   got = {}
@@ -199,9 +202,12 @@ def test_the_number_of_compiled_programs_does_not_grow_with_the_block_count(tmp_
     jax.clear_caches()  # both runs compile from nothing
     teacher_head._LOADED.clear()
     m = _run(tmp_path / f"k{k}", tiny_teacher, **{"model.num_blocks": k, "distill.mesh_data": 1,
-                                                  "distill.flash.steps_per_block": 1})
+                                                  "distill.flash.steps_per_block": 1,
+                                                  "distill.checkpoint_every": 1000, "distill.keep_checkpoints": 20})
     got[k] = (m["programs_compiled"], m["compiled_steps"])
   assert got[1] == got[8], got
+  saved = sorted(int(p.name) for p in (tmp_path / "k8" / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved == [1, 2, 3, 4, 5, 6, 7, 8, 11], saved  # 8 one-step stages, then 3 pre-training steps
   stages = [r["stage"] for r in _losses(tmp_path / "k8")]
   deep = json.loads((tmp_path / "k8" / "metrics.json").read_text())
   assert stages[:8] == [f"progressive_block_{b}" for b in range(8)] and deep["num_blocks"] == 8

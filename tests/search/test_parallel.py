@@ -148,3 +148,40 @@ def test_measurement_on_another_worker_class_and_a_restarted_coordinator_over_po
     assert r["worker"] != "measurer" and r["distill"]["mlm_accuracy"] == r["objectives"]["mlm_accuracy"]
     assert r["objectives"]["latency_ms"] == r["measurement"]["latency_ms_median"] > 0
   assert json.loads(out[out.index("{"):])["status_counts"]["ok"] == 1
+
+
+@pytest.mark.parametrize("holder_lets_go_after_s", [3.0, None])
+def test_a_trial_taken_over_from_a_live_holder_waits_for_it_and_never_fails_for_its_lock(tmp_path, tiny_teacher,
+                                                                                         holder_lets_go_after_s):
+  """Worker A claimed a trial, stopped heartbeating (its lease ran out) but is alive and still holds
+  the trial's workdir; worker B takes the trial over. B waits up to a lease for the workdir: when A
+  lets go (it learns from its heartbeat that it lost the trial), B runs the trial to the end; when A
+  never does, B gives the trial back to the queue. Either way the trial is never 'failed'."""
+  import threading
+  from ad import configs, files
+  from ad.search import loop
+  cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{
+      "search.num_initial": 1, "search.num_trials": 1, "search.baseline_arch": "",
+      "search.workers.lease_s": 5.0, "search.workers.poll_s": 0.2}))
+  names = [o["name"] for o in cfg.search.objectives]
+  run_dir = str(tmp_path / "search")
+  store = store_lib.TrialStore(run_dir)
+  workdir, screen, _ = loop.trial_target("128_64_1_256_1", cfg, run_dir, names)
+  store.enqueue_trial("128_64_1_256_1", "initial", "initial", 0, screen, workdir)
+  assert store.claim_trial("A", lease_s=0.01)["worker"] == "A"
+  held = files.DirectoryLock(workdir, "distillation workdir").__enter__()  # A: alive, still in its trial
+  time.sleep(0.05)  # A's lease is over
+  row = store.claim_trial("B", lease_s=60.0)
+  assert row["worker"] == "B" and row["attempts"] == 2
+  if holder_lets_go_after_s:
+    threading.Timer(holder_lets_go_after_s, lambda: held.__exit__(None, None, None)).start()
+  t0 = time.time()
+  r = loop.run_trial(cfg, run_dir, store, row, names, log=lambda *_: None, worker="B")
+  (after,) = store.trials()
+  if holder_lets_go_after_s:
+    assert r["status"] == after["status"] == "ok" and time.time() - t0 > holder_lets_go_after_s
+  else:
+    held.__exit__(None, None, None)
+    assert r["status"] == "released" and after["status"] == "queued" and after["worker"] is None
+    assert 5.0 <= time.time() - t0 < 30  # it waited one lease, then let the trial go
+  assert not after["error"]
