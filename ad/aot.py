@@ -60,10 +60,11 @@ class Request:
         raise ValueError(f"--{name.replace('_', '-')} {value}: expected a positive integer")
 
 
-def compile_program(cfg, req: Request, log: Callable = print, cost: bool = True, only=None) -> dict:
-  """Compiles `req` for its topology; returns the report (module docstring). cost=False: memory only
-  (the costing variants are not compiled); only: the names of the step programs to compile (default
-  all of the program's: progressive and pretrain_distill for flash/regular, step, forward)."""
+def compile_program(cfg, req: Request, log: Callable = print, cost=True, only=None) -> dict:
+  """Compiles `req` for its topology; returns the report (module docstring). cost: True estimates
+  every step program, False none (memory only: the costing variants are not compiled), or the names
+  of those to estimate; only: the names of the step programs to compile (default all of the
+  program's: progressive and pretrain_distill for flash/regular, step, forward)."""
   devices = tpu.topology_devices(req.topology)
   chip, shape = tpu.parse_topology(req.topology)
   if shape is None:  # a chip named alone: one chip
@@ -88,58 +89,67 @@ def compile_program(cfg, req: Request, log: Callable = print, cost: bool = True,
     dcfg = dataclasses.replace(dcfg, mesh_data=len(devices), mesh_model=1)
   batch = dcfg.batch_size
   mesh, mesh_data = _mesh(dcfg, devices, req)
-  log(f"ad compile: {req.program} of {arch.name} ({scfg.num_blocks} blocks, {scfg.dtype}) for {req.topology}: "
+  what, blocks, dtype = model_name(cfg, req.program, scfg), scfg.num_blocks, scfg.dtype
+  if req.program == "teacher":  # the teacher's own layers and adaptation dtype
+    blocks, dtype = teacher_head.abstract_teacher(cfg.teacher, cfg.teacher.adapt_dtype).cfg.num_layers, \
+        cfg.teacher.adapt_dtype
+  log(f"ad compile: {req.program} of {what} ({blocks} blocks, {dtype}) for {req.topology}: "
       f"{len(devices)} devices on {tpu.hosts(devices)} hosts, mesh data={mesh_data} x model={dcfg.mesh_model}, "
       f"global batch {batch}, seq {seq}")
 
   real, costing = _programs(cfg, req.program, scfg, dcfg, data_cfg, mesh, batch, seq)
   if only is not None:
     real = {k: v for k, v in real.items() if k in only}
-    costing = {k: v for k, v in costing.items() if k.split("@")[0] in only}
+  costing = {k: v for k, v in costing.items() if k.split("@")[0] in real and (cost is True or (
+      cost and k.split("@")[0] in cost))}
   t0 = time.time()
-  where = f"{req.program} of {arch.name} at global batch {batch}, seq {seq} on {req.topology}"
+  where = f"{req.program} of {what} at global batch {batch}, seq {seq} on {req.topology}"
   compiled = _compile(real, mesh, where)
   compile_s = time.time() - t0
   t0 = time.time()
-  costed = _compile(costing, mesh, where) if cost else {}
+  costed = _compile(costing, mesh, where)
   costing_compile_s = time.time() - t0
 
   device = devices[0]
   facts = tpu.device_facts(device)
-  steps = {}
-  for name, exe in compiled.items():
-    mem = tpu.memory(exe, device)
-    if not cost:
-      steps[name] = dict(memory=mem)
-      continue
-    variants = [costed[k] for k in costing if k == name or k.startswith(name + "@")]
-    estimates = [tpu.estimate(c, device, what=f"{req.program} {name}") for c in variants]
-    est = {k: sum(e[k] for e in estimates) / len(estimates)
-           for k in ("estimated_s", "xla_optimal_seconds", "flops", "bytes_accessed", "roofline_s")}
-    tokens = batch * seq
-    steps[name] = dict(
-        memory=mem, flops_per_device=est["flops"], flops_total=est["flops"] * len(mesh.devices.flat),
-        bytes_per_device=est["bytes_accessed"], estimated_step_s=est["estimated_s"],
-        xla_optimal_seconds=est["xla_optimal_seconds"], roofline_s=est["roofline_s"],
-        sentinel_ops=max(len(e["sentinel_ops"]) for e in estimates),
-        tokens_per_s=tokens / est["estimated_s"],
-        mfu=est["flops"] / (est["estimated_s"] * facts.bf16_flops_per_s),
-        costed_as=("mean of the first and the last progressive stage" if len(estimates) > 1 else "one step"),
-        mosaic_kernels=(exe.as_text() or "").count("tpu_custom_call"))
+  steps = {name: _step_report(req.program, name, exe, [costed[k] for k in costing if k.split("@")[0] == name],
+                              device, batch * seq, len(mesh.devices.flat))
+           for name, exe in compiled.items()}
   report = dict(
       program=req.program, topology=req.topology, chip=chip, device_kind=device.device_kind, devices=len(devices),
-      hosts=tpu.hosts(devices), mesh=dict(data=mesh_data, model=dcfg.mesh_model), arch=arch.name,
-      num_blocks=scfg.num_blocks, dtype=scfg.dtype, global_batch=batch, seq_len=seq,
+      hosts=tpu.hosts(devices), mesh=dict(data=mesh_data, model=dcfg.mesh_model), arch=what,
+      num_blocks=blocks, dtype=dtype, global_batch=batch, seq_len=seq,
       hbm_bytes_per_device=int(facts.hbm_bytes), bf16_peak_per_device=facts.bf16_flops_per_s,
-      hbm_bytes_per_s_per_device=facts.hbm_bytes_per_s, kernels=kernel_report(scfg, "tpu"), steps=steps,
+      hbm_bytes_per_s_per_device=facts.hbm_bytes_per_s, kernels=kernel_report(scfg, "tpu", req.program), steps=steps,
       fits=all(s["memory"]["fits"] for s in steps.values()), compile_s=compile_s,
       costing_compile_s=costing_compile_s, jax_version=jax.__version__,
       note=("estimated by XLA's TPU cost model, not measured; FLOPs are XLA's count of the whole program"
-            + (" (student, teacher forward, optimizer)" if req.program != "inference" else "")
+            + {"inference": "", "teacher": " (the teacher, its optimizer)"}.get(
+                req.program, " (student, teacher forward, optimizer)")
             + "; a Pallas kernel is costed by its own CostEstimate"))
-  if cost and req.program in ("flash", "regular") and len(steps) == 2:
+  if req.program in ("flash", "regular") and all("estimated_step_s" in steps.get(n, {}) for n in
+                                                 ("progressive", trainer.PRETRAIN)):
     report["schedule"] = _schedule_estimate(dcfg, scfg.num_blocks, steps)
   return report
+
+
+def _step_report(program: str, name: str, exe, costed: list, device, tokens: int, devices: int) -> dict:
+  """One step program's figures: its memory (as training runs it) and, when its costing variants were
+  compiled, XLA's estimate (their mean: the progressive step's first and last stage) and what follows
+  from it."""
+  out = dict(memory=tpu.memory(exe, device), mosaic_kernels=(exe.as_text() or "").count("tpu_custom_call"))
+  if not costed:
+    return out
+  facts = tpu.device_facts(device)
+  estimates = [tpu.estimate(c, device, what=f"{program} {name}") for c in costed]
+  est = {k: sum(e[k] for e in estimates) / len(estimates)
+         for k in ("estimated_s", "xla_optimal_seconds", "flops", "bytes_accessed", "roofline_s")}
+  return dict(out, flops_per_device=est["flops"], flops_total=est["flops"] * devices,
+              bytes_per_device=est["bytes_accessed"], estimated_step_s=est["estimated_s"],
+              xla_optimal_seconds=est["xla_optimal_seconds"], roofline_s=est["roofline_s"],
+              sentinel_ops=max(len(e["sentinel_ops"]) for e in estimates), tokens_per_s=tokens / est["estimated_s"],
+              mfu=est["flops"] / (est["estimated_s"] * facts.bf16_flops_per_s),
+              costed_as="mean of the first and the last progressive stage" if len(estimates) > 1 else "one step")
 
 
 class DoesNotFit(ValueError):
@@ -149,7 +159,8 @@ class DoesNotFit(ValueError):
 def _compile(jobs: dict, mesh, where: str) -> dict:
   """compile_concurrently, with the compiler's out-of-memory refusal as DoesNotFit."""
   try:
-    return compile_concurrently(jobs, mesh)
+    with tpu.persistent_cache_off():
+      return compile_concurrently(jobs, mesh)
   except jax.errors.JaxRuntimeError as e:
     text = str(e)
     if "RESOURCE_EXHAUSTED" not in text:
@@ -217,9 +228,25 @@ def _schedule_estimate(dcfg, num_blocks: int, steps: dict) -> dict:
               estimated_hours=total / 3600)
 
 
-def kernel_report(scfg, platform: str) -> dict:
+def model_name(cfg, program: str, scfg) -> str:
+  """What `program` trains or runs: the student's architecture, the SuperLM's super architecture, or
+  the teacher."""
+  if program == "superlm":
+    return "SuperLM " + superlm._run_record(cfg, None, None)[1][5].arch.name
+  if program == "teacher":
+    t = teacher_head.abstract_teacher(cfg.teacher, cfg.teacher.adapt_dtype).cfg
+    return f"teacher BERT L{t.num_layers} H{t.hidden_size}" if hasattr(t, "num_layers") else "teacher"
+  return scfg.arch.name
+
+
+def kernel_report(scfg, platform: str, program: str = "flash") -> dict:
   """Which implementation every block's attention and FFN uses on `platform`, and why; the FFN's
-  kernel count per block when its FFNs run as groups (kernels/fused_ffn.py)."""
+  kernel count per block when its FFNs run as groups (kernels/fused_ffn.py). The SuperLM's elastic
+  forward and the BERT teacher run XLA's path (they have no fused kernels)."""
+  if program in ("superlm", "teacher"):
+    why = ("the SuperLM's elastic forward masks features per sub-network (ad/distill/superlm.py)"
+           if program == "superlm" else "the BERT teacher has no fused kernels")
+    return {w: dict(impl="xla", why=why, blocks=scfg.num_blocks) for w in ("attention", "ffn")}
   out = {}
   for which in ("attention", "ffn"):
     impl, why = student_lib.kernel_choice(scfg, which, platform)
@@ -268,7 +295,7 @@ def estimate_latency(arch, model_cfg, chip: str, *, num_blocks=None, batch: int 
   fn, args, _ = harness.inference_program(scfg.arch, student_lib.model_section(scfg), mesh=mesh,
                                           num_blocks=scfg.num_blocks, batch=batch, seq=seq, dtype=scfg.dtype)
   t0 = time.time()
-  compiled = compile_concurrently({"forward": (fn, args)}, mesh)["forward"]
+  compiled = _compile({"forward": (fn, args)}, mesh, f"the inference of {scfg.arch.name} on {chip}")["forward"]
   compile_s = time.time() - t0
   est = tpu.estimate(compiled, device, what=f"the inference of {scfg.arch.name} on {chip}")
   mem = tpu.memory(compiled, device)
@@ -353,6 +380,6 @@ def format_report(r: dict) -> str:
   if "schedule" in r:
     sch = r["schedule"]
     lines.append(f"  schedule: {sch['progressive_steps']} progressive + {sch['pretrain_steps']} pre-training steps, "
-                 f"estimated {sch['estimated_hours']:.2f} h")
+                 f"estimated {sch['estimated_s']:.1f} s ({sch['estimated_hours']:.2f} h)")
   lines.append(f"  ({r['note']})")
   return "\n".join(lines)

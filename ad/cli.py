@@ -585,7 +585,10 @@ def main(argv=None) -> int:
   from ad import files, interrupt
   argv = list(sys.argv[1:] if argv is None else argv)
   argv, dotted = _split_config_overrides(argv)
-  args = build_parser().parse_args(argv)
+  try:
+    args = build_parser().parse_args(argv)
+  except SystemExit as e:  # argparse printed the usage and the error (or --help): its code, not an exception
+    return e.code if isinstance(e.code, int) else 2
   if hasattr(args, "overrides"):
     args.overrides = dotted + args.overrides
   interrupt.install()  # Ctrl-C / SIGTERM stop at the next step or trial boundary

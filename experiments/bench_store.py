@@ -59,7 +59,8 @@ def run(backend: str, workers: int, trials: int) -> dict:
   table = _lookup()
   t0 = time.perf_counter()
   for i in range(trials):  # names are unique per trial; the objective is the table row's
-    store.enqueue_trial(f"t{i}/{table[i % len(table)]['arch']}", "designer", "sim", 0, {}, run_dir)
+    store.enqueue_trial(f"t{i}/{table[i % len(table)]['arch']}", "designer", "sim", 0,
+                        dict(params=0, flops=0), run_dir)  # simulated: no model, so no closed-form size
   enqueue_s = time.perf_counter() - t0
   ctx = mp.get_context("spawn")
   q = ctx.Queue()

@@ -34,7 +34,7 @@ FFN_COUNTS = range(1, 7)
 def _compile(fn, args, device) -> str:
   sh = jax.sharding.SingleDeviceSharding(device)
   args = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh) for a in args]
-  with jax.set_mesh(jax.sharding.Mesh([device], ("data",))):
+  with jax.set_mesh(jax.sharding.Mesh([device], ("data",))), tpu.persistent_cache_off():
     return jax.jit(fn).lower(*args).compile().as_text()
 
 

@@ -24,6 +24,7 @@ model of the kernel body.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 
@@ -79,6 +80,20 @@ def topology_devices(name: str) -> tuple:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise TopologyError(f"libtpu cannot describe TPU topology {name!r}: {first} (expected {TOPOLOGY_FORMS})") from None
   return tuple(topo.devices)
+
+
+@contextlib.contextmanager
+def persistent_cache_off():
+  """Compiles inside do not use JAX's persistent compilation cache: an executable compiled for
+  compile-only TPU devices cannot be read back from it (libtpu: "PjRtCompiler must be constructed
+  with a Client"), so caching one only fills the disk and warns on the next compile."""
+  import jax
+  old = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", old)
 
 
 def device_facts(device) -> peaks.DeviceFacts:

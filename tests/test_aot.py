@@ -21,27 +21,26 @@ def cfg():
 def test_the_two_block_flash_steps_compile_for_a_v5e_2x2_with_the_project_shardings_and_kernels(cfg):
   req = aot.Request(topology="v5e:2x2", program="flash", arch="128_64_2_384_2", batch=8, blocks=2, dtype="bfloat16",
                     mesh_model=2)
-  r = aot.compile_program(cfg, req, log=lambda *_: None)
+  # the longer step as training runs it (the progressive step is built by the same code), with its estimate
+  r = aot.compile_program(cfg, req, log=lambda *_: None, only=("pretrain_distill",))
   assert r["mesh"] == dict(data=2, model=2) and r["devices"] == 4 and r["device_kind"] == "TPU v5 lite"
   assert r["kernels"]["attention"]["impl"] == "pallas" and r["kernels"]["ffn"]["impl"] == "pallas"
-  assert set(r["steps"]) == {"progressive", "pretrain_distill"}
+  assert set(r["steps"]) == {"pretrain_distill"}
   for name, step in r["steps"].items():
     assert step["memory"]["fits"] and 0 < step["memory"]["total_bytes"] < r["hbm_bytes_per_device"], name
-    assert step["estimated_step_s"] > 0 and step["flops_per_device"] > 0, name
     assert step["mosaic_kernels"] >= 2, name  # the attention and FFN kernels, inside shard_map on the mesh
-  # the schedule's time is its steps at these step times
-  sch = r["schedule"]
-  assert sch["estimated_s"] == pytest.approx(sch["progressive_steps"] * r["steps"]["progressive"]["estimated_step_s"]
-                                             + sch["pretrain_steps"] * r["steps"]["pretrain_distill"]["estimated_step_s"])
+  step = r["steps"]["pretrain_distill"]
+  assert step["estimated_step_s"] > 0 and step["flops_per_device"] > 0
 
 
 def test_the_flash_steps_compile_for_a_two_host_topology(cfg):
   req = aot.Request(topology="v4:2x2x2", program="flash", arch="128_64_2_384_2", batch=16, blocks=2, dtype="bfloat16")
-  r = aot.compile_program(cfg, req, log=lambda *_: None, only=("pretrain_distill",))
+  # memory only: the estimate (a second, unrolled compile) is the v5e test's
+  r = aot.compile_program(cfg, req, log=lambda *_: None, only=("pretrain_distill",), cost=False)
   assert r["hosts"] == 2 and r["devices"] == 8 and r["mesh"] == dict(data=8, model=1)
   step = r["steps"]["pretrain_distill"]
   assert r["fits"] and 0 < step["memory"]["total_bytes"] < r["hbm_bytes_per_device"]
-  assert step["estimated_step_s"] > 0 and step["mosaic_kernels"] >= 2
+  assert step["mosaic_kernels"] >= 2 and "estimated_step_s" not in step
 
 
 def test_bad_requests_name_what_was_asked(cfg, capsys):

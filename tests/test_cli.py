@@ -31,7 +31,7 @@ def test_arch_json_reports_parts_and_flops(capsys):
     (["arch", "512_128_4_512"], "malformed architecture name"),
     (["arch", "512_128_4_512_8"], "num_ffn=8 is outside the design space"),
     (["arch", "512_128_4_512_4", "--seq", "600"], r"--seq 600 is outside \(0, 512\]"),
-    (["arch", "512_128_4_512_4", "--batch", "0"], "--batch must be positive"),
+    (["arch", "512_128_4_512_4", "--batch", "0"], r"--batch: 0: expected an integer >= 1"),
     (["space", "--config", "no_such_config"], "config .no_such_config.: not a config name"),
     (["space", "--config.model.num_blockz=3"], "has no key 'model.num_blockz'"),
     (["space", "--config.model.num_blocks=three"], "expected an integer"),

@@ -7,18 +7,14 @@ import re
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 
 import ml_collections
 import pytest
 
-from ad import cli, configs, files
+from ad import cli, configs, files, interrupt
 from ad.search import loop, store as store_lib
 from tests.conftest import distill_overrides
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---- the trial store ------------------------------------------------------------------------------
@@ -46,7 +42,7 @@ def test_a_damaged_row_is_an_error_naming_the_row_and_column(tmp_path):
   with db:
     db.execute("UPDATE trials SET objectives = '{\"mlm_accuracy\": 0.3,'")
   db.close()
-  with pytest.raises(store_lib.StoreError, match=r"trial 1, column 'objectives', is not valid JSON"):
+  with pytest.raises(store_lib.StoreError, match=r"trials.sqlite: trial 1 \(128_64_1_384_1\), column 'objectives', is not valid JSON"):
     store_lib.TrialStore(str(tmp_path)).trials()
 
 
@@ -72,7 +68,7 @@ def test_a_missing_objective_and_a_nan_objective_never_reach_the_designer(tmp_pa
       "search.baseline_arch": "", "final.count": 0}))
   calls = []
 
-  def fake_trial(arch, cfg, workdir, trace_dir, names, log, measure_here=True, proxy_workdir=""):
+  def fake_trial(arch, cfg, workdir, trace_dir, names, log, **_):
     calls.append(arch.name)
     acc = float("nan") if len(calls) == 1 else 0.25
     return dict(status="ok", measure_s=0.0, distill_s=0.0,
@@ -188,33 +184,44 @@ def test_the_suite_cannot_reach_the_network():
 
 # ---- Ctrl-C, resume, the persistent compilation cache --------------------------------------------------
 
-def test_sigint_stops_at_a_step_with_a_checkpoint_and_resume_reuses_compiled_programs(tmp_path, tiny_teacher):
-  """SIGINT mid-run: exit 130 with the resume hint, a checkpoint at the step it stopped on, no
-  traceback; --resume finishes the run with no step logged twice and loads its programs from the
-  persistent compilation cache instead of compiling them again."""
+def test_sigint_stops_at_a_step_with_a_checkpoint_and_resume_reuses_compiled_programs(tmp_path, tiny_teacher,
+                                                                                        capsys):
+  """A real SIGINT mid-run (sent to this process, through `ad`'s own handler): exit 130 with the
+  resume hint, a checkpoint at the step it stopped on, no traceback; --resume finishes the run with
+  no step logged twice and loads its programs from the persistent compilation cache instead of
+  compiling them again. (A SIGINT to an `ad` subprocess: test_ctrl_c_stops_a_fine_tuning_...)"""
+  import threading
   wd = tmp_path / "wd"
-  args = [sys.executable, "-m", "ad.cli", "distill", "--arch", "128_64_2_384_2", "--workdir", str(wd), "--no-progress",
-          "--config", "quickstart"] + [f"--set={o}" for o in distill_overrides(
-              tiny_teacher, **{"distill.mesh_data": 1, "distill.checkpoint_every": 100,
-                               "distill.flash.pretrain_steps": 20})]
-  env = dict(os.environ, PYTHONPATH=ROOT)  # the test session's devices and cache: tests/distill compiled these programs
-  proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if (wd / "losses.jsonl").exists() and len((wd / "losses.jsonl").read_text().splitlines()) >= 6:
-      break
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGINT)
-  out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 130, err[-3000:]
-  assert "interrupted" in err and "--resume" in err and "Traceback" not in err
-  steps = [json.loads(l)["step"] for l in (wd / "losses.jsonl").read_text().splitlines()]
-  assert str(len(steps)) in os.listdir(wd / "checkpoints") and len(steps) < 24
-  done = subprocess.run(args + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-  assert done.returncode == 0, done.stderr[-3000:]
-  m = json.loads(done.stdout)
+  args = ["distill", "--arch", "128_64_2_384_2", "--workdir", str(wd), "--no-progress", "--config", "quickstart"]
+  args += [f"--set={o}" for o in distill_overrides(tiny_teacher, **{
+      "distill.mesh_data": 1, "distill.checkpoint_every": 100, "distill.flash.pretrain_steps": 20})]
+  losses = wd / "losses.jsonl"
+
+  def interrupt_at_step_6():
+    deadline = time.time() + 300
+    while time.time() < deadline and not (losses.exists() and len(losses.read_text().splitlines()) >= 6):
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)
+
+  handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    sender = threading.Thread(target=interrupt_at_step_6, daemon=True)
+    sender.start()
+    assert cli.main(args) == 130
+    sender.join()
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    steps = [json.loads(l)["step"] for l in losses.read_text().splitlines()]
+    assert str(len(steps)) in os.listdir(wd / "checkpoints") and len(steps) < 24
+    interrupt.reset()  # what a new process starts with
+    assert cli.main(args + ["--resume"]) == 0
+  finally:
+    interrupt.reset()
+    for s, h in handlers.items():
+      signal.signal(s, h)
+  m = json.loads((wd / "metrics.json").read_text())
   assert m["resumed_from"] == len(steps)
-  assert [json.loads(l)["step"] for l in (wd / "losses.jsonl").read_text().splitlines()] == list(range(24))
+  assert [json.loads(l)["step"] for l in losses.read_text().splitlines()] == list(range(24))
   assert m["compile_cache_hits"] >= 2, m  # the progressive and pre-training steps, at least
 
 

@@ -439,6 +439,7 @@ def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designe
   status, error = r["status"], r.get("error")
   if nonfinite_objectives(objectives):  # a NaN objective must never reach the designer or the Pareto set
     status, error = "failed", nonfinite_objectives(objectives)
+    objectives = ses = None  # the error names the values; the store holds finite numbers only
     log(f"search: trial {name} failed: {error}")
   recorded = store.finish_trial(row["id"], status, objectives=objectives, objective_se=ses,
                                 measurement=r["measurement"], distill=r["distill"], error=error,

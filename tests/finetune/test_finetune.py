@@ -3,6 +3,7 @@ transformers paths learning from the same checkpoint, and bad input."""
 
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_jax_and_transformers_fine_tuning_both_learn_from_the_same_checkpoint(ch
                    str(tmp_path / "jax"), "--no-progress", *sets]) == 0
   (r,) = json.loads(capsys.readouterr().out)
   assert r["task"] == "rotten_tomatoes" and r["kind"] == "hf" and r["steps"] == 32
-  run = tmp_path / "jax" / "mobilebert_tiny_rotten_tomatoes"
+  run = pathlib.Path(trainer.result_dir(str(tmp_path / "jax"), checkpoint, "rotten_tomatoes"))
   saved = json.loads((run / trainer.RESULT_FILE).read_text())
   losses = [h["loss"] for h in saved["train_losses"]]
   assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses

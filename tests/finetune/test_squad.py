@@ -3,6 +3,7 @@ context exactly, the JSON reader's errors, and a span head that learns through `
 
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -151,7 +152,7 @@ def test_a_span_head_learns_squad_through_the_command(tmp_path, capsys):
   for key in ("test", "test_exact_match"):
     t = r[key]
     assert 0 <= t["ci95"][0] <= t["value"] <= t["ci95"][1] <= 1 and t["se"] >= 0 and t["examples"] == 32
-  saved = json.loads((tmp_path / "runs" / "mobilebert_tiny_squad_v1" / trainer.RESULT_FILE).read_text())
+  saved = json.loads((pathlib.Path(trainer.result_dir(str(tmp_path / "runs"), ckpt, "squad_v1")) / trainer.RESULT_FILE).read_text())
   assert saved["test_exact_match"] == r["test_exact_match"]
 
   assert cli.main(["finetune", "--checkpoint", ckpt, "--task", "squad_v1", "--squad-dir", str(tmp_path), *sets]) == 2

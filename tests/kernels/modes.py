@@ -15,7 +15,6 @@ from profiling import tpu
 ON_ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
 INTERPRET = None if ON_ACCELERATOR else True  # None: the kernels compile for the backend they run on
 MODE = "compiled" if ON_ACCELERATOR else "interpret"
-MOSAIC_CHIPS = ("v5e", "v4")
 
 
 def compile_for_tpu(fn, args, chip: str) -> str:
@@ -24,7 +23,7 @@ def compile_for_tpu(fn, args, chip: str) -> str:
   mesh = jax.sharding.Mesh([device], ("data",))
   sharding = jax.sharding.SingleDeviceSharding(device)
   args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), args)
-  with jax.set_mesh(mesh):  # the kernels follow the devices compiled for (kernels/devices.py)
+  with jax.set_mesh(mesh), tpu.persistent_cache_off():  # the kernels follow the devices compiled for
     return jax.jit(fn).lower(*args).compile().as_text()
 
 

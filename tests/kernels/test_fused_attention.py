@@ -76,16 +76,17 @@ class TestFusedAttention:
 
 
 # Table 1 attention shapes (bottleneck / heads = D), sampled: every head count, the smallest and the
-# largest head size, both sequence-length ends and both dtypes.
-MOSAIC_SHAPES = [(1, 128, 1, 160, jnp.bfloat16), (2, 128, 2, 48, jnp.float32), (2, 512, 4, 24, jnp.bfloat16),
-                 (2, 128, 8, 8, jnp.float32), (1, 512, 8, 20, jnp.float32)]
+# largest head size, both sequence-length ends and both dtypes, the chips taking turns. Every shape on
+# both chips: experiments/tpu_kernel_sweep.py (672 programs per chip).
+MOSAIC_SHAPES = [(1, 128, 1, 160, jnp.bfloat16, "v5e"), (2, 128, 2, 48, jnp.float32, "v4"),
+                 (2, 512, 4, 24, jnp.bfloat16, "v4"), (2, 128, 8, 8, jnp.float32, "v5e"),
+                 (1, 512, 8, 20, jnp.float32, "v5e")]
 
 
 class TestFusedAttentionMosaic:
   """Compiled through Mosaic for TPU chips (compile-only devices; nothing runs)."""
 
-  @pytest.mark.parametrize("chip", modes.MOSAIC_CHIPS)
-  @pytest.mark.parametrize("B,T,A,D,dtype", MOSAIC_SHAPES)
+  @pytest.mark.parametrize("B,T,A,D,dtype,chip", MOSAIC_SHAPES)
   def test_forward_probabilities_and_backward_compile_to_mosaic(self, chip, B, T, A, D, dtype):
     S = jax.ShapeDtypeStruct
     args = (S((B, T, A, D), dtype),) * 3 + (S((B, 1, 1, T), jnp.float32),)

@@ -73,16 +73,17 @@ class TestFusedFFN:
 
 
 # Table 1 FFN shapes (bottleneck Bn, intermediate I, F FFNs), sampled: every Bn and I, F from 1 to 6,
-# both dtypes; (160, 640, 6) is too large for one kernel and runs as two groups of 3.
-MOSAIC_SHAPES = [(64, 384, 2, jnp.bfloat16, 1), (96, 512, 1, jnp.float32, 1), (128, 640, 4, jnp.bfloat16, 1),
-                 (160, 384, 3, jnp.float32, 1), (160, 640, 6, jnp.bfloat16, 2)]
+# both dtypes, the chips taking turns; (160, 640, 6) is too large for one kernel and runs as two
+# groups of 3. Every shape on both chips: experiments/tpu_kernel_sweep.py (672 programs per chip).
+MOSAIC_SHAPES = [(64, 384, 2, jnp.bfloat16, 1, "v5e"), (96, 512, 1, jnp.float32, 1, "v4"),
+                 (128, 640, 4, jnp.bfloat16, 1, "v5e"), (160, 384, 3, jnp.float32, 1, "v4"),
+                 (160, 640, 6, jnp.bfloat16, 2, "v5e")]
 
 
 class TestFusedFFNMosaic:
   """Compiled through Mosaic for TPU chips (compile-only devices; nothing runs)."""
 
-  @pytest.mark.parametrize("chip", modes.MOSAIC_CHIPS)
-  @pytest.mark.parametrize("Bn,I,F,dtype,kernels", MOSAIC_SHAPES)
+  @pytest.mark.parametrize("Bn,I,F,dtype,kernels,chip", MOSAIC_SHAPES)
   def test_forward_and_backward_compile_to_mosaic(self, chip, Bn, I, F, dtype, kernels):
     S = jax.ShapeDtypeStruct
     args = (S((2, 128, Bn), dtype), S((F, Bn, I), jnp.float32), S((F, I), jnp.float32), S((F, I, Bn), jnp.float32),

@@ -91,7 +91,7 @@ def test_profile_json_has_every_field(capsys, tmp_path):
 @pytest.mark.parametrize("argv,match", [
     (["profile", "--arch", "512_128_4_512_8"], "num_ffn=8 is outside the design space"),
     (["profile", "--arch", "foo"], "malformed architecture name"),
-    (["profile", "--arch", "128_64_2_384_2", "--batch", "0"], "batch must be positive"),
+    (["profile", "--arch", "128_64_2_384_2", "--batch", "0"], r"--batch: 0: expected an integer >= 1"),
     (["profile", "--arch", "128_64_2_384_2", "--seq", "513"], r"seq 513 is outside \(0, 512\]"),
 ])
 def test_profile_bad_arguments(capsys, argv, match):

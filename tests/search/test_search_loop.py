@@ -45,14 +45,15 @@ def _rows(run_dir):
     db.close()
 
 
-def test_kill_and_resume_loses_and_repeats_nothing_then_distills_and_exports_the_knee(tmp_path, tiny_teacher):
+def test_kill_and_resume_loses_and_repeats_nothing_and_the_report_is_rebuilt_from_the_store(tmp_path, tiny_teacher):
   """A real SIGKILL mid-search: the baseline, then one initial trial (designers' suggestions are
   tested in test_failed_trial_..., the BO service's restart and reproducibility in
-  test_trieste_service.py, and the quickstart runs BO end to end)."""
+  test_trieste_service.py; the finals, their export and model cards in
+  test_reliability_round2.py::test_a_postgresql_password_is_written_nowhere_in_a_finished_run)."""
   run_dir = str(tmp_path / "search")
   args = [sys.executable, "-m", "ad.cli", "search", "--config", "quickstart", "--run-dir", run_dir, "--no-progress"]
   args += [f"--set={o}" for o in _overrides(tiny_teacher, **{"search.num_initial": 1, "search.num_trials": 1,
-                                                               "final.count": 1, "search.designer": "random"})]
+                                                               "search.designer": "random"})]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 400
@@ -84,19 +85,7 @@ def test_kill_and_resume_loses_and_repeats_nothing_then_distills_and_exports_the
 
   summary = json.loads(done.stdout)
   assert summary["trials"] == 2 and summary["pareto"] and summary["hypervolume"] > 0
-  final, base_final = summary["finals"]  # the knee, then the baseline (a like-for-like final comparison)
-  assert final["status"] == "ok" and final["arch"] in {p["arch"] for p in summary["pareto"]}
-  assert base_final["arch"] == BASELINE and base_final["status"] == "ok" and final["mlm_accuracy_se"] > 0
   assert summary["time_split"]["trials"] == 2 and 0 < summary["time_split"]["train_steps_share"] < 1
-  assert os.path.isfile(os.path.join(final["hf_dir"], "model.safetensors"))
-  with open(os.path.join(final["hf_dir"], "README.md")) as f:  # the model card states the measured latency
-    card = f.read()
-  lat = json.loads(next(r for r in rows if r["arch"] == final["arch"])["objectives"])["latency_ms"]
-  assert f"{lat:.3f} ms" in card and final["arch"] in card
-  assert os.path.isdir(final["checkpoint"])
-  from ad.models import hf
-  exported = hf.load_mobilebert(final["hf_dir"])
-  assert exported.cfg.arch.name == final["arch"]
 
   # The report is rebuilt from the trial store alone (`ad report`), in a directory holding nothing else.
   with open(os.path.join(run_dir, "report.md")) as f:
@@ -108,7 +97,7 @@ def test_kill_and_resume_loses_and_repeats_nothing_then_distills_and_exports_the
   with open(alone / "report.md") as f:
     assert f.read().splitlines()[1:] == first.splitlines()[1:]  # all but the title (the directory's name)
   assert os.path.getsize(alone / "pareto.png") > 10_000
-  assert f"`{final['arch']}` | ok" in first and "Pareto set" in first
+  assert "Pareto set" in first and all(f"`{p['arch']}`" in first for p in summary["pareto"])
 
 
 def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_teacher, monkeypatch):

@@ -30,8 +30,12 @@ def store_at(request, tmp_path):
   yield lambda run_dir=str(tmp_path / "run"), **kw: TrialStore(run_dir, url=url, **kw)
 
 
+# What the search writes for every trial: the closed-form size and cost (the store checks it on read).
+SCREENING = {"params": 1_500_000, "flops": 400_000_000}
+
+
 def _queue(store, n: int) -> list[int]:
-  return [store.enqueue_trial(f"128_64_1_384_{i}", "designer", "bo", 0, {}, os.path.join(store.run_dir, f"t{i}"))
+  return [store.enqueue_trial(f"128_64_1_384_{i}", "designer", "bo", 0, SCREENING, os.path.join(store.run_dir, f"t{i}"))
           for i in range(n)]
 
 
@@ -91,7 +95,7 @@ def test_released_and_unleased_trials_go_back_to_the_queue(store_at):
   st.claim_trial("A", 60)
   st.release_trial(t1, "A")  # a worker stopped by SIGTERM gives its trial back
   assert st.claim_trial("B", 60)["id"] == t1
-  t3 = st.start_trial("128_64_1_512_1", "designer", "bo", 0, {}, "x")  # a sequential run's trial, interrupted
+  t3 = st.start_trial("128_64_1_512_1", "designer", "bo", 0, SCREENING, "x")  # a sequential run's trial, interrupted
   assert st.requeue_unleased() == 1
   assert {r["id"]: r["status"] for r in st.trials()} == {t1: "running", t2: "queued", t3: "queued"}
 
@@ -116,8 +120,9 @@ def test_a_store_of_the_first_schema_is_migrated(tmp_path):
       status TEXT NOT NULL, objectives TEXT, measurement TEXT, distill TEXT, screening TEXT, error TEXT,
       seed INTEGER NOT NULL, code_version TEXT NOT NULL, started REAL NOT NULL, finished REAL, measure_s REAL,
       distill_s REAL, workdir TEXT);
-    INSERT INTO trials (arch, role, designer, status, objectives, seed, code_version, started)
-      VALUES ('128_64_1_384_1', 'initial', 'initial', 'ok', '{"mlm_accuracy": 0.1}', 0, 'old', 1.0);""")
+    INSERT INTO trials (arch, role, designer, status, objectives, screening, seed, code_version, started)
+      VALUES ('128_64_1_384_1', 'initial', 'initial', 'ok', '{"mlm_accuracy": 0.1}',
+              '{"params": 1500000, "flops": 400000000}', 0, 'old', 1.0);""")
   db.commit()
   db.close()
   st = TrialStore(str(tmp_path))
@@ -139,7 +144,7 @@ def test_a_trial_measured_elsewhere_is_joined_by_whichever_half_finishes_second(
   trial; the half recorded second gets the complete row (to compute the objectives), the first
   gets None; a measure lease expires and is taken over like a training lease."""
   st = store_at()
-  a, b = [st.enqueue_trial(f"128_64_1_384_{i}", "designer", "bo", 0, {}, "w", measure_target="tpu-v4i")
+  a, b = [st.enqueue_trial(f"128_64_1_384_{i}", "designer", "bo", 0, SCREENING, "w", measure_target="tpu-v4i")
           for i in range(2)]
   assert st.claim_measurement("m", "other-target", 60) is None  # only its own target's measurements
   # Trial a: the measurement first, then the training.
