@@ -232,7 +232,8 @@ def model_name(cfg, program: str, scfg) -> str:
   """What `program` trains or runs: the student's architecture, the SuperLM's super architecture, or
   the teacher."""
   if program == "superlm":
-    return "SuperLM " + superlm._run_record(cfg, None, None)[1][5].arch.name
+    _, (_, _, _, _, _, super_cfg) = superlm._run_record(cfg, None, None)
+    return "SuperLM " + super_cfg.arch.name
   if program == "teacher":
     t = teacher_head.abstract_teacher(cfg.teacher, cfg.teacher.adapt_dtype).cfg
     return f"teacher BERT L{t.num_layers} H{t.hidden_size}" if hasattr(t, "num_layers") else "teacher"
