@@ -31,15 +31,6 @@ SEQS = (128, 256, 384, 512)
 FFN_COUNTS = range(1, 7)
 
 
-def _compile(fn, args, device) -> str:
-  sh = jax.sharding.SingleDeviceSharding(device)
-  args = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh) for a in args]
-  with jax.set_mesh(jax.sharding.Mesh([device], ("data",))), tpu.persistent_cache_off():
-    return jax.jit(fn).lower(*args).compile().as_text()
-
-
-def _kernels(hlo: str, name: str) -> int:
-  return sum(1 for line in hlo.splitlines() if "tpu_custom_call" in line and name in line)
 
 
 def attention_cases():
@@ -80,8 +71,8 @@ def sweep(chip: str, log=print) -> dict:
   t0 = time.time()
   for name, fn, args, expect in list(attention_cases()) + list(ffn_cases()):
     try:
-      hlo = _compile(fn, args, device)
-      counts = {k: _kernels(hlo, k) for k in expect}
+      hlo = tpu.compile_on_device(fn, args, device).as_text()
+      counts = {k: tpu.mosaic_calls(hlo, k) for k in expect}
       if counts != expect:
         raise AssertionError(f"Mosaic kernels {counts}, expected {expect}")
       out["compiled"] += 1

@@ -96,6 +96,21 @@ def persistent_cache_off():
     jax.config.update("jax_enable_compilation_cache", old)
 
 
+def compile_on_device(fn, args, device):
+  """fn compiled for one (compile-only or real) `device` on abstract `args` (ShapeDtypeStructs), under a
+  one-device mesh so that the kernels follow the device compiled for (kernels/devices.py)."""
+  import jax
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), args)
+  with jax.set_mesh(jax.sharding.Mesh([device], ("data",))), persistent_cache_off():
+    return jax.jit(fn).lower(*args).compile()
+
+
+def mosaic_calls(hlo: str, name: str) -> int:
+  """How many Mosaic (TPU Pallas) custom calls named `name` a compiled program's HLO text holds."""
+  return sum(1 for line in hlo.splitlines() if "tpu_custom_call" in line and name in line)
+
+
 def device_facts(device) -> peaks.DeviceFacts:
   """HBM, bf16 peak and HBM bandwidth of one (compile-only or real) TPU device."""
   return peaks.tpu_device_facts(device.device_kind, getattr(device, "num_cores", 1) or 1)

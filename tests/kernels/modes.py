@@ -19,14 +19,7 @@ MODE = "compiled" if ON_ACCELERATOR else "interpret"
 
 def compile_for_tpu(fn, args, chip: str) -> str:
   """fn compiled for one `chip` device on abstract `args` (ShapeDtypeStructs); the compiled HLO text."""
-  device = tpu.topology_devices(chip)[0]
-  mesh = jax.sharding.Mesh([device], ("data",))
-  sharding = jax.sharding.SingleDeviceSharding(device)
-  args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), args)
-  with jax.set_mesh(mesh), tpu.persistent_cache_off():  # the kernels follow the devices compiled for
-    return jax.jit(fn).lower(*args).compile().as_text()
+  return tpu.compile_on_device(fn, args, tpu.topology_devices(chip)[0]).as_text()
 
 
-def mosaic_calls(hlo: str, name: str) -> int:
-  """How many Mosaic (TPU Pallas) custom calls named `name` a compiled program holds."""
-  return sum(1 for line in hlo.splitlines() if "tpu_custom_call" in line and name in line)
+mosaic_calls = tpu.mosaic_calls
