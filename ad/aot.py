@@ -89,10 +89,7 @@ def compile_program(cfg, req: Request, log: Callable = print, cost=True, only=No
     dcfg = dataclasses.replace(dcfg, mesh_data=len(devices), mesh_model=1)
   batch = dcfg.batch_size
   mesh, mesh_data = _mesh(dcfg, devices, req)
-  what, blocks, dtype = model_name(cfg, req.program, scfg), scfg.num_blocks, scfg.dtype
-  if req.program == "teacher":  # the teacher's own layers and adaptation dtype
-    blocks, dtype = teacher_head.abstract_teacher(cfg.teacher, cfg.teacher.adapt_dtype).cfg.num_layers, \
-        cfg.teacher.adapt_dtype
+  what, blocks, dtype = described_model(cfg, req.program, scfg)
   log(f"ad compile: {req.program} of {what} ({blocks} blocks, {dtype}) for {req.topology}: "
       f"{len(devices)} devices on {tpu.hosts(devices)} hosts, mesh data={mesh_data} x model={dcfg.mesh_model}, "
       f"global batch {batch}, seq {seq}")
@@ -228,16 +225,17 @@ def _schedule_estimate(dcfg, num_blocks: int, steps: dict) -> dict:
               estimated_hours=total / 3600)
 
 
-def model_name(cfg, program: str, scfg) -> str:
-  """What `program` trains or runs: the student's architecture, the SuperLM's super architecture, or
-  the teacher."""
+def described_model(cfg, program: str, scfg) -> tuple[str, int, str]:
+  """(name, blocks, compute dtype) of what `program` trains or runs: the student, the SuperLM's super
+  architecture, or the teacher (its own layers and adaptation dtype)."""
   if program == "superlm":
     _, (_, _, _, _, _, super_cfg) = superlm._run_record(cfg, None, None)
-    return "SuperLM " + super_cfg.arch.name
+    return "SuperLM " + super_cfg.arch.name, scfg.num_blocks, scfg.dtype
   if program == "teacher":
     t = teacher_head.abstract_teacher(cfg.teacher, cfg.teacher.adapt_dtype).cfg
-    return f"teacher BERT L{t.num_layers} H{t.hidden_size}" if hasattr(t, "num_layers") else "teacher"
-  return scfg.arch.name
+    name = f"teacher BERT L{t.num_layers} H{t.hidden_size}" if hasattr(t, "num_layers") else "teacher"
+    return name, getattr(t, "num_layers", scfg.num_blocks), cfg.teacher.adapt_dtype
+  return scfg.arch.name, scfg.num_blocks, scfg.dtype
 
 
 def kernel_report(scfg, platform: str, program: str = "flash") -> dict:
