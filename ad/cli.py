@@ -146,9 +146,11 @@ def cmd_profile(args) -> int:
   if args.compile_only:
     r = harness.compile_only_arch(args.arch, cfg.model, **kw)
   else:
+    if args.reference:
+      space_lib.Arch.parse(args.reference)
     r = harness.measure_arch(args.arch, cfg.model, trace_dir=args.trace_dir, target_rel_ci=args.target_ci,
                              max_reps=args.max_reps, min_reps=min(args.min_reps, args.max_reps),
-                             recalibrate=args.recalibrate, **kw)
+                             recalibrate=args.recalibrate, reference=args.reference or None, **kw)
   if args.json:
     print(json.dumps(r, indent=2))
     return 0
@@ -162,6 +164,10 @@ def cmd_profile(args) -> int:
   print(f"  latency (trace)  median {r['latency_ms_median']:.3f} ms  mean {r['latency_ms_mean']:.3f}  "
         f"p90 {r['latency_ms_p90']:.3f}  cv {r['latency_cv']:.3f}  (+-{100 * r['latency_rel_ci95']:.1f}% 95% CI "
         f"of the median, {r['repetitions']} reps{'' if r['converged'] else ', NOT converged'})")
+  if args.reference:
+    print(f"  paired with {r['reference']} (called in turn): ratio {r['latency_ratio']:.4f} "
+          f"(+-{100 * r['latency_ratio_rel_ci95']:.1f}% 95% CI); the reference's median in these rounds "
+          f"{r['reference_ms_median']:.3f} ms. The ratio holds where each latency alone drifts with the machine.")
   print(f"  latency (wall)   median {r['wall_ms_median']:.3f} ms  (wall - device {r['wall_minus_device_ms']:+.3f} ms)")
   print(f"  throughput {r['throughput_per_s']:.1f} seq/s, {r['tokens_per_s']:.0f} tokens/s")
   print(f"  {r['flops'] / 1e9:.3f} GFLOP, {r['bytes_accessed'] / 1e6:.1f} MB accessed"
@@ -392,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-reps", type=_at_least(1), default=300, help="stop after this many executions even if not converged")
   p.add_argument("--min-reps", type=_at_least(1), default=20, help="at least this many executions (capped by --max-reps)")
   p.add_argument("--compile-only", action="store_true", help="FLOPs, bytes and memory without running")
+  p.add_argument("--reference", default=None, metavar="ARCH",
+                 help="also time this architecture, the two called in turn, and report the latency ratio to it "
+                      "(stops when the ratio's 95%% CI is within --target-ci; what the search does with its baseline)")
   p.add_argument("--target", default=None, metavar="tpu:CHIP",
                  help="instead of measuring here: the latency XLA's TPU cost model estimates on one chip (tpu:v4, "
                       "tpu:v5e, tpu:v5p, tpu:v6e), compiled ahead of time on this machine")

@@ -51,9 +51,10 @@ def _stats(event) -> dict:
     return {}
 
 
-def parse(xplane_path: str, module_substr: str) -> TraceStats:
-  """Per-execution device times of the XLA module whose name contains `module_substr`."""
-  data = ProfileData.from_file(xplane_path)
+def parse(xplane: str | ProfileData, module_substr: str) -> TraceStats:
+  """Per-execution device times of the XLA module whose name contains `module_substr`, from an
+  xplane file or one already read (a trace of several programs is read once, parsed per program)."""
+  data = ProfileData.from_file(xplane) if isinstance(xplane, str) else xplane
   device_planes = [p for p in data.planes if p.name.startswith("/device:") and not p.name.startswith("/device:CUSTOM")]
   if device_planes:
     stats = _parse_device_planes(device_planes, module_substr)

@@ -52,6 +52,7 @@ PREDICTED = ("predicted_latency_ms",)
 RESUMABLE_SEARCH_KEYS = ("max_failed_trials", "workers")
 # search.* settings added after runs were recorded, with the value an older record means by lacking them.
 ADDED_SEARCH_KEYS = {"latency_model": {"source": ""}, "proxy": "flash"}
+ADDED_MEASURE_KEYS = {"reference": ""}  # the same for search.measure: older runs timed each student alone
 
 
 def proxy_of(cfg) -> str:
@@ -144,33 +145,109 @@ def remote_target(cfg) -> str | None:
   return None if estimated_target(cfg) else target
 
 
-def measure(arch: space_lib.Arch, cfg, trace_dir: str, model_cfg=None) -> dict[str, Any]:
+def measurement_reference(cfg) -> str | None:
+  """The architecture each latency is measured against (search.measure.reference): 'baseline' is
+  search.baseline_arch (none without a baseline), '' measures each alone. None for an estimated
+  TPU target: an estimate does not drift."""
+  ref = cfg.search.measure.get("reference", "")
+  if estimated_target(cfg) or not ref:
+    return None
+  return (cfg.search.baseline_arch or None) if ref == "baseline" else ref
+
+
+LATENCY_SCALE_KEY = "latency_reference"  # store meta: the reference's first reading, the run-wide scale
+
+
+def latency_scale_key(target: str = "") -> str:
+  """The store meta key of the latency scale of the machine `target` ('' where the trials train)."""
+  return f"{LATENCY_SCALE_KEY}:{target}" if target else LATENCY_SCALE_KEY
+
+
+def measure(arch: space_lib.Arch, cfg, trace_dir: str, model_cfg=None, store=None, target: str = "") -> dict[str, Any]:
   """The search's latency measurement of one architecture (config search.measure), on this backend,
   or with search.measure.target = 'tpu:<chip>' the TPU estimate of XLA's cost model. The tabular
   benchmark calls it too, so both measure the same way. model_cfg: the model section to build it
-  with (default: the config's)."""
+  with (default: the config's).
+
+  Paired (search.measure.reference): measured alternately with the reference architecture, its
+  latency is `latency_ms_paired` = its ratio to the reference x the run's scale, the reference's
+  median in the first paired measurement the store records (one constant per run, so every trial
+  is on one scale however the machine drifts between them; one scale per machine: `target`, the
+  measure workers' search.measure.target, or '' where the trials train); without a store, this
+  measurement's."""
   from profiling import harness
   m = cfg.search.measure
   chip = estimated_target(cfg)
   if chip:
     from ad import aot
     return aot.estimate_latency(arch, cfg.model if model_cfg is None else model_cfg, chip, batch=m.batch, seq=m.seq)
-  return harness.measure_arch(arch, cfg.model if model_cfg is None else model_cfg, batch=m.batch, seq=m.seq,
-                              trace_dir=trace_dir,
-                              target_rel_ci=m.target_rel_ci, max_reps=m.max_reps, chunk=m.chunk,
-                              min_reps=min(20, m.max_reps))
+  reference = measurement_reference(cfg)
+  r = harness.measure_arch(arch, cfg.model if model_cfg is None else model_cfg, batch=m.batch, seq=m.seq,
+                           trace_dir=trace_dir, target_rel_ci=m.target_rel_ci, max_reps=m.max_reps, chunk=m.chunk,
+                           min_reps=min(20, m.max_reps), reference=reference, reference_model_cfg=cfg.model)
+  if reference:
+    first = dict(arch=r["reference"], ms=r["reference_ms_median"], target=target)
+    scale = (store.first_meta(latency_scale_key(target), first) if store is not None else None) or first
+    r.update(reference_scale_ms=float(scale["ms"]), latency_ms_paired=r["latency_ratio"] * float(scale["ms"]))
+  return r
+
+
+REMEASURED_KEY = "remeasured"  # store meta: the Pareto set and the reference timed together before the finals
+
+
+def remeasure_front(cfg, run_dir: str, store, names, directions, log: Callable) -> dict | None:
+  """Before the finals: the Pareto students and the reference timed together, in turn, in one
+  process (harness.measure_together), so the front's latencies are compared within one session
+  rather than across the search's hours of drift. Kept in the store's meta (once per front:
+  a resumed run does not time the same front again); report.md shows it beside the search's."""
+  from profiling import harness
+  reference = measurement_reference(cfg)
+  if not reference or remote_target(cfg) or not set(TIMED) & set(names):
+    return None  # nothing paired, or the target machine is elsewhere
+  ok, mask = report_lib.front(store.trials(), names, directions)
+  archs = sorted(r["arch"] for r, m in zip(ok, mask) if m)
+  done = store.get_meta(REMEASURED_KEY)
+  if not archs or (done and done["archs"] == archs):
+    return done
+  m = cfg.search.measure
+  programs = []
+  for name in [reference] + [a for a in archs if a != reference]:
+    fn, args, scfg = harness.student_forward(name, cfg.model, batch=m.batch, seq=m.seq)
+    programs.append((name, fn, args))
+  log(f"search: timing the Pareto set ({len(archs)}) and the reference {reference} together before the finals")
+  rows = harness.measure_together(programs, reference=0, trace_dir=trace_dir_of(run_dir, "remeasure"),
+                                  chunk=m.chunk, min_reps=min(20, m.max_reps), max_reps=m.max_reps,
+                                  target_rel_ci=m.target_rel_ci,
+                                  compiler_options=harness.inference_compiler_options(scfg.dtype) or None)
+  scale = (store.get_meta(LATENCY_SCALE_KEY) or {}).get("ms") or rows[0]["latency_ms_median"]
+  out = dict(reference=reference, scale_ms=float(scale), archs=archs, when=time.time(),
+             rows={r["name"]: dict(latency_ms=r["latency_ratio"] * float(scale), rel_ci95=r["latency_ratio_rel_ci95"],
+                                   latency_ratio=r["latency_ratio"], alone_ms=r["latency_ms_median"],
+                                   repetitions=r["repetitions"]) for r in rows})
+  store.set_meta(REMEASURED_KEY, out)
+  return out
+
+
+def latency_of(measurement: dict) -> tuple[float, float]:
+  """(latency in ms, relative half-width of its 95% CI) of a measurement: paired where it was
+  (ratio x run scale, the ratio's CI), else its median and the median's CI."""
+  if "latency_ms_paired" in measurement:
+    return float(measurement["latency_ms_paired"]), float(measurement["latency_ratio_rel_ci95"])
+  return float(measurement["latency_ms_median"]), float(measurement["latency_rel_ci95"])
 
 
 def latency_verdict(measurement: dict, cfg) -> str | None:
   """The error of a measurement that breaks constraints.max_latency_ms, else None."""
   limit = cfg.constraints.max_latency_ms
-  if limit and measurement["latency_ms_median"] > limit:
-    return f"latency {measurement['latency_ms_median']:.3f} ms > constraints.max_latency_ms {limit}"
+  latency = latency_of(measurement)[0]
+  if limit and latency > limit:
+    return f"latency {latency:.3f} ms > constraints.max_latency_ms {limit}"
   return None
 
 
 def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, names, log: Callable,
-                   measure_here: bool = True, proxy_workdir: str = "", lock_wait_s: float = 0.0) -> dict[str, Any]:
+                   measure_here: bool = True, proxy_workdir: str = "", lock_wait_s: float = 0.0,
+                   store=None) -> dict[str, Any]:
   """Measures, checks the latency constraint, flash-distills; returns the trial's record fields.
 
   The accuracy objectives come from the search's proxy (search.proxy): a flash distillation in
@@ -184,7 +261,7 @@ def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, name
   out = dict(measurement=None, measure_s=None, distill=None, distill_s=None)
   if measure_here:
     t0 = time.time()
-    out["measurement"] = measure(arch, cfg, trace_dir)
+    out["measurement"] = measure(arch, cfg, trace_dir, store=store)
     out["measure_s"] = time.time() - t0
     error = latency_verdict(out["measurement"], cfg)
     if multihost.broadcast_str("infeasible" if error else "ok") == "infeasible":
@@ -232,7 +309,7 @@ def check_baseline_checkpoint(path: str, cfg) -> None:
                      f"{data_vocab}; its scores on the held-out set would mean nothing")
 
 
-def evaluate_checkpoint(path: str, cfg, trace_dir: str, log: Callable) -> dict[str, Any]:
+def evaluate_checkpoint(path: str, cfg, trace_dir: str, log: Callable, store=None) -> dict[str, Any]:
   """A baseline checkpoint, as it is (no distillation): measured like a trial (its own shape, this
   backend, search.measure) and scored on the held-out evaluation set with its standard errors,
   teacher agreement against the search's teacher."""
@@ -241,7 +318,7 @@ def evaluate_checkpoint(path: str, cfg, trace_dir: str, log: Callable) -> dict[s
   from ad.models import hf
   scfg, section = checkpoint_model_cfg(path, cfg)
   t0 = time.time()
-  measurement = measure(scfg.arch, cfg, trace_dir, model_cfg=section)
+  measurement = measure(scfg.arch, cfg, trace_dir, model_cfg=section, store=store)
   measure_s = time.time() - t0
   t0 = time.time()
   data_cfg = pretrain.config_from_dict(cfg.data)
@@ -310,9 +387,17 @@ def objective_values(names, distill: dict | None, measurement: dict | None,
       vals[n], ses[n] = float(distill[n]), float(distill[f"{n}_se"])
     elif n in PREDICTED:
       vals[n], ses[n] = float(screen[n]), float(screen[f"{n}_se"])
+    elif n in TIMED:  # all three follow the latency, paired where it was
+      latency, rel_ci = latency_of(measurement)
+      if n == "latency_ms":
+        vals[n] = latency
+      elif n == "throughput_per_s":
+        vals[n] = measurement["batch"] * 1e3 / latency
+      else:  # the utilization at the paired latency instead of the median alone
+        vals[n] = float(measurement["flops_utilization"]) * float(measurement["latency_ms_median"]) / latency
+      ses[n] = abs(vals[n]) * rel_ci / 1.96
     elif n in MEASURED:
-      vals[n] = float(measurement[MEASURED[n]])
-      ses[n] = abs(vals[n]) * float(measurement["latency_rel_ci95"]) / 1.96 if n in TIMED else 0.0
+      vals[n], ses[n] = float(measurement[MEASURED[n]]), 0.0
     else:
       vals[n], ses[n] = float(screen[n]), 0.0
   return vals, ses
@@ -328,7 +413,7 @@ def is_checkpoint_trial(name: str, cfg) -> bool:
 
 
 def trial_target(name: str, cfg, run_dir: str, names, measure_here: bool = True,
-                 lock_wait_s: float = 0.0) -> tuple[str, dict, Callable[[], dict]]:
+                 lock_wait_s: float = 0.0, store=None) -> tuple[str, dict, Callable[[], dict]]:
   """(workdir, screening, evaluate) of a trial: a student of the space, or the baseline
   checkpoint (search.baseline_checkpoint, named by report.checkpoint_name; always measured
   where it is scored)."""
@@ -339,12 +424,13 @@ def trial_target(name: str, cfg, run_dir: str, names, measure_here: bool = True,
     model_cfg = checkpoint_model_cfg(ckpt_path, cfg)[0]
     screen = with_prediction(screening_of(model_cfg, s.measure.seq), model_cfg.arch, names, cfg)
     return (os.path.abspath(ckpt_path), screen,
-            lambda: evaluate_checkpoint(ckpt_path, cfg, trace_dir, log=lambda m: None))
+            lambda: evaluate_checkpoint(ckpt_path, cfg, trace_dir, log=lambda m: None, store=store))
   arch = space_lib.Arch.parse(name)
   workdir = os.path.join(run_dir, "trials", arch.name)
   return (workdir, with_prediction(screening(arch, cfg.model, s.measure.seq), arch, names, cfg),
           lambda: evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None, measure_here=measure_here,
-                                 proxy_workdir=proxy_dir(run_dir, proxy_of(cfg)), lock_wait_s=lock_wait_s))
+                                 proxy_workdir=proxy_dir(run_dir, proxy_of(cfg)), lock_wait_s=lock_wait_s,
+                                 store=store))
 
 
 def with_prediction(screen: dict, arch: space_lib.Arch, names, cfg) -> dict:
@@ -386,7 +472,8 @@ def run_measurement(cfg, run_dir: str, store, row: dict, names, log: Callable, w
   name = row["arch"]
   try:
     t0 = time.time()
-    measurement = measure(space_lib.Arch.parse(name), cfg, trace_dir_of(run_dir, name))
+    measurement = measure(space_lib.Arch.parse(name), cfg, trace_dir_of(run_dir, name), store=store,
+                          target=row["measure_target"])
     measure_s = time.time() - t0
   except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
     raise
@@ -411,7 +498,8 @@ def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designe
   # A worker that took the trial over waits up to a lease for its previous holder, alive but late,
   # to learn it lost the trial (its heartbeat) and let go of the workdir.
   wait = float(cfg.search.workers.lease_s) if worker else 0.0
-  workdir, screen, evaluate = trial_target(name, cfg, run_dir, names, measure_here=not remote, lock_wait_s=wait)
+  workdir, screen, evaluate = trial_target(name, cfg, run_dir, names, measure_here=not remote, lock_wait_s=wait,
+                                           store=store)
   try:
     r = evaluate()
   except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
@@ -558,6 +646,13 @@ def _validated(cfg, run_dir: str, designer: str | None):
                      f"0 <= num_initial <= num_trials <= {len(cands)} feasible architectures")
   if s.baseline_arch:
     space_lib.Arch.parse(s.baseline_arch)
+  timed_against = s.measure.get("reference", "")
+  if timed_against not in ("", "baseline"):
+    try:
+      space_lib.Arch.parse(timed_against)
+    except ValueError as e:
+      raise ValueError(f"search.measure.reference={timed_against!r}: expected 'baseline' (search.baseline_arch), '' "
+                       f"(each student timed alone) or an architecture such as 512_128_4_512_4 ({e})") from None
   if s.get("baseline_checkpoint"):
     check_baseline_checkpoint(s.baseline_checkpoint, cfg)
   if cfg.final.choose not in report_lib.CHOICES:
@@ -675,6 +770,7 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
   if old is not None:
     def comparable(config: dict) -> dict:  # what may change between runs: how, not what, is searched
       search = dict(ADDED_SEARCH_KEYS, **config.get("search", {}))
+      search["measure"] = dict(ADDED_MEASURE_KEYS, **search.get("measure", {}))
       search = {k: v for k, v in search.items() if k not in RESUMABLE_SEARCH_KEYS}
       # and what runs after the search (the final distillations and their fine-tuning), and the
       # SuperLM settings of a search that does not use them
@@ -684,6 +780,10 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
     diff = sorted(k for k in set(new_c) | set(old_c)
                   if json.dumps(new_c.get(k), sort_keys=True) != json.dumps(old_c.get(k), sort_keys=True))
     if diff or old["designer"] != designer:
+      search_diff = sorted(f"search.{k}" for k in set(new_c["search"]) | set(old_c["search"])
+                           if json.dumps(new_c["search"].get(k), sort_keys=True) !=
+                           json.dumps(old_c["search"].get(k), sort_keys=True))
+      diff = [d for d in diff if d != "search"] + search_diff
       raise ValueError(f"{store.path}: cannot resume, the config differs in {diff or ['designer']}")
   store.set_meta("record", record)
 
@@ -733,6 +833,8 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
 
   # ---- regular distillation of the chosen Pareto students, and of the baseline (like for like) ----
   if is_main:
+    interrupt.check("the re-measurement of the Pareto set")
+    remeasure_front(cfg, run_dir, store, names, directions, log)
     report_lib.write_report(run_dir, store)  # the search's report exists before the long final runs
   chosen = report_lib.choose_finals(store.trials(), names, directions, cfg.final) if is_main else []
   if is_main and cfg.final.include_baseline and s.baseline_arch and chosen:

@@ -1,20 +1,24 @@
 """Parallel trials over the shared trial store: `ad search --workers N` and `ad worker`.
 
 The coordinator (the `ad search` process) owns the designer. It keeps up to N trials queued or
-running in the store, asking the designer with the trials in flight as pending points (never
-suggested twice, trieste's batch mechanism), and starts N local worker processes, each pinned to
-its share of the CPU cores (and of the GPUs, by CUDA_VISIBLE_DEVICES). Workers (`ad worker`,
-local or on other machines against the same store) claim a trial atomically, renew a lease on
-it from a heartbeat thread while they run it, and write its result only while they still hold
-it. A worker killed with -9 stops renewing; once its lease runs out the next claimer takes the
-trial over and its distillation resumes from the trial's own checkpoints. A local worker that dies is restarted (up to RESTARTS times). A failed
-trial is recorded with its error and reaches the designer as failed, never as an observation;
-more than search.max_failed_trials failures stop the search with a message.
+running in the store, asking the designer for one point at a time with the trials in flight
+removed from the candidates: none is suggested twice, but the GP and its acquisition are not
+conditioned on them, so N suggestions can sit side by side. It starts N local worker processes,
+each pinned to its share of the CPU cores (and of the GPUs, by CUDA_VISIBLE_DEVICES). Workers
+(`ad worker`, local or on other machines against the same store) claim a trial atomically, renew
+a lease on it from a heartbeat thread while they run it, and write its result only while they
+still hold it. A worker killed with -9 stops renewing; once its lease runs out the next claimer
+takes the trial over and its distillation resumes from the trial's own checkpoints. A local
+worker that dies is restarted (up to RESTARTS times). A failed trial is recorded with its error
+and reaches the designer as failed, never as an observation; more than search.max_failed_trials
+failures stop the search with a message.
 
 Decoupled measurement (003 measures on the target machine, not the training one): with
 search.measure.target = NAME, training workers only distill, and `ad worker --role measure
 --target NAME` processes on the target machine claim the measurements (leases as for training);
-whichever half of a trial finishes second joins them into its objectives in the store. The
+whichever half of a trial finishes second joins them into its objectives in the store. A measure
+worker times each student paired with search.measure.reference, like a local measurement, on the
+scale of the first paired reading the store records. The
 baseline checkpoint is measured where it is scored. The latency constraint is then checked at the
 join, after training.
 

@@ -92,10 +92,39 @@ def choose_finals(rows: list[dict], names, directions, final_cfg) -> list[str]:
 
 
 def _measured_latency(m: dict) -> str:
-  """'median (p90)' of a measurement, in ms ('' when not measured); an estimate says so."""
+  """A measurement's latency in ms ('' when not measured): 'paired (alone median)' where it was
+  timed against the reference, else 'median (p90)'; an estimate says so."""
   if m.get("estimate") and m.get("latency_ms_median"):
     return f"{_fmt(m['latency_ms_median'])} (estimate, {m.get('target', 'TPU')})"
+  if m.get("latency_ms_paired"):
+    return f"{_fmt(m['latency_ms_paired'])} (alone {_fmt(m['latency_ms_median'])})"
   return f"{_fmt(m['latency_ms_median'])} ({_fmt(m.get('latency_ms_p90'))})" if m.get("latency_ms_median") else ""
+
+
+def paired_latency_lines(rows: list[dict], remeasured: dict | None) -> list[str]:
+  """report.md's account of the paired latencies: how far the reference itself drifted over the
+  run (what pairing removes), and the Pareto set timed together before the finals."""
+  paired = [r for r in rows if (r["measurement"] or {}).get("latency_ms_paired")]
+  if not paired:
+    return []
+  m0 = paired[0]["measurement"]
+  ref_ms = np.asarray([r["measurement"]["reference_ms_median"] for r in paired])
+  L = ["", "## Latency, paired with the reference", "",
+       f"Each student was timed alternately with the reference `{m0['reference']}`; its latency is its ratio to the "
+       f"reference x the run's scale, {_fmt(m0['reference_scale_ms'])} ms (the reference's first reading), with the "
+       f"ratio's standard error. Over the {len(paired)} paired measurements the reference itself read "
+       f"{_fmt(float(np.median(ref_ms)))} ms (median), {_fmt(float(ref_ms.min()))} to {_fmt(float(ref_ms.max()))}: "
+       f"the drift the pairing takes out."]
+  if remeasured:
+    L += ["", f"Before the finals the Pareto set and the reference were timed together, in turn, in one process "
+          f"(scale {_fmt(remeasured['scale_ms'])} ms):", "",
+          "| arch | search (paired) | re-measured together | ratio to reference | alone now |", "|---|---|---|---|---|"]
+    by_arch = {r["arch"]: r for r in rows}
+    for name, t in remeasured["rows"].items():
+      trial = (by_arch.get(name) or {}).get("measurement") or {}
+      L.append(f"| `{name}` | {_fmt(trial.get('latency_ms_paired'))} | {_fmt(t['latency_ms'])} ± "
+               f"{_fmt(t['latency_ms'] * t['rel_ci95'] / 1.96)} | {_fmt(t['latency_ratio'])} | {_fmt(t['alone_ms'])} |")
+  return L
 
 
 def latency_source(cfg: dict) -> str:
@@ -140,10 +169,12 @@ def dominating_baseline(ok: list[dict], baseline: dict | None, names, directions
   return beyond, raw
 
 
-def final_rows(finals: list[dict], rows: list[dict], names) -> list[dict]:
+def final_rows(finals: list[dict], rows: list[dict], names, remeasured: dict | None = None) -> list[dict]:
   """Each successful final distillation as a trial-like row: the trained objectives (and their
-  standard errors and per-sequence counts) from the regular run, the measured ones from its trial."""
+  standard errors and per-sequence counts) from the regular run, the measured ones from its trial,
+  the latency from the re-measurement before the finals where the final was in it."""
   by_arch = {r["arch"]: r for r in rows}
+  together = (remeasured or {}).get("rows") or {}
   out = []
   for f in finals:
     trial, m = by_arch.get(f["arch"]), f["metrics"] or {}
@@ -153,6 +184,9 @@ def final_rows(finals: list[dict], rows: list[dict], names) -> list[dict]:
     for n in names:
       if n in m:
         obj[n], se[n] = float(m[n]), float(m.get(f"{n}_se") or 0.0)
+    if "latency_ms" in names and f["arch"] in together:
+      t = together[f["arch"]]
+      obj["latency_ms"], se["latency_ms"] = t["latency_ms"], t["latency_ms"] * t["rel_ci95"] / 1.96
     out.append(dict(trial, objectives=obj, objective_se=se, distill=m))
   return out
 
@@ -266,6 +300,7 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
   try:
     names, directions, reference, record = _spec(store)
     rows, finals, finetunes = store.trials(), store.finals(), store.finetunes()
+    remeasured = store.get_meta("remeasured")  # ad/search/loop.py REMEASURED_KEY
   finally:
     if own:
       store.close()
@@ -314,13 +349,14 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
       L.append(f"| `{r['arch']}` | " + " | ".join(_pm(r, n) for n in names)
                + f" | {r['screening']['params']:,} | {r['id']} |")
   L += ["", "## Final distillation (regular schedule)", ""]
-  fin = final_rows(finals, rows, names)
+  fin = final_rows(finals, rows, names, remeasured)
   base_final = next((f for f in fin if baseline and f["arch"] == baseline["arch"]), None)
   fin_beyond, fin_raw = dominating_baseline([f for f in fin if f is not base_final], base_final, names, directions)
   if base_final:
     L += [f"After regular distillation, against the regular-distilled baseline `{base_final['arch']}` ("
           + ", ".join(f"{n} {_pm(base_final, n)}" for n in names) + "): dominating it beyond the noise: "
-          f"**{', '.join(fin_beyond) or 'none'}**; noise-blind: {', '.join(fin_raw) or 'none'}.", ""]
+          f"**{', '.join(fin_beyond) or 'none'}**; noise-blind: {', '.join(fin_raw) or 'none'}."
+          + (" Latencies here are those re-measured together before the finals." if remeasured else ""), ""]
   fin_over_ckpt, fin_over_ckpt_raw = dominating_baseline([f for f in fin if f is not base_final], checkpoint, names,
                                                          directions)
   if checkpoint and fin:
@@ -339,7 +375,7 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
   else:
     L.append("None yet (config `final.count`).")
   L += ["", "## Trials", "",
-        "| id | arch | role | status | " + " | ".join(names) + " | nsp_accuracy | latency ms (p90, or estimate) | peak mem MB "
+        "| id | arch | role | status | " + " | ".join(names) + " | nsp_accuracy | latency ms (paired (alone), median (p90) or estimate) | peak mem MB "
         "| params | GFLOPs | measure s | distill s | note |", "|" + "---|" * (len(names) + 12)]
   for r in rows:
     mm, dd = r["measurement"] or {}, r["distill"] or {}
@@ -352,6 +388,7 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
              f"{_fmt(peak / 1e6 if peak else None)} | {r['screening']['params']:,} | "
              f"{_fmt(r['screening']['flops'] / 1e9)} | {_fmt(r['measure_s'], 3)} | {_fmt(r['distill_s'], 3)} | {note} |")
   L += finetune_table(finetunes, finals, rows, baseline)
+  L += paired_latency_lines(rows, remeasured)
   split = time_split(rows)
   if split:
     L += ["", "## Where a trial's time goes", "",
@@ -383,7 +420,7 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
               dominating_checkpoint=over_checkpoint, finals_dominating_checkpoint=fin_over_ckpt,
               dominating_baseline=dominating, dominating_baseline_noise_blind=dominating_raw,
               finals_dominating_baseline=fin_beyond, finals_dominating_baseline_noise_blind=fin_raw,
-              time_split=split, workers=per_worker,
+              time_split=split, workers=per_worker, remeasured=remeasured,
               finetune=[dict(model=f["model"], task=f["task"], status=f["status"],
                              **({k: f["result"]["test"][k] for k in ("metric", "value", "se", "ci95")}
                                 if f["status"] == "ok" else {})) for f in finetunes],

@@ -363,6 +363,14 @@ class TrialStore:
     with self.db.transaction():
       self._upsert_meta(key, value)
 
+  def first_meta(self, key: str, value):
+    """The meta row `key`, set to `value` unless a process already set it: the first writer wins,
+    and every process reads the same value back (a run-wide constant such as the latency scale)."""
+    with self.db.transaction():
+      self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                      (key, json.dumps(value)))
+    return self.get_meta(key)
+
   # ---- which search, which run directory, which coordinator ------------------------------------
   def check_run_dir(self, run_dir: str) -> None:
     """Refuses `run_dir` unless it is the run directory of this store's search (its search.json

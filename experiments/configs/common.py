@@ -81,7 +81,11 @@ def search(num_initial: int, num_trials: int, measure_seq: int, latency_referenc
                   dict(name="latency_ms", direction="min", reference=latency_reference_ms)],
       # chunk: runs per trace; target: '' = trials are measured where they train, else the name of
       # the machine whose `ad worker --role measure --target NAME` processes measure them.
-      measure=dict(batch=1, seq=measure_seq, target_rel_ci=0.05, max_reps=100, chunk=10, target=""),
+      # reference: each student is timed alternately with this architecture and its latency is its
+      # ratio to it x one run-wide scale, since this machine drifts 15-40% between readings that
+      # each claim 1-4% ('baseline': search.baseline_arch; '': each timed alone).
+      measure=dict(batch=1, seq=measure_seq, target_rel_ci=0.05, max_reps=100, chunk=10, target="",
+                   reference="baseline"),
       # The learned latency predictor behind the objective predicted_latency_ms (004): fitted on
       # the measurements of a search's run directory or a CSV such as experiments/results/tabular.csv.
       latency_model=dict(source=""),

@@ -93,6 +93,7 @@ def test_profile_json_has_every_field(capsys, tmp_path):
     (["profile", "--arch", "foo"], "malformed architecture name"),
     (["profile", "--arch", "128_64_2_384_2", "--batch", "0"], r"--batch: 0: expected an integer >= 1"),
     (["profile", "--arch", "128_64_2_384_2", "--seq", "513"], r"seq 513 is outside \(0, 512\]"),
+    (["profile", "--arch", "128_64_2_384_2", "--reference", "mobilebert"], "malformed architecture name 'mobilebert'"),
 ])
 def test_profile_bad_arguments(capsys, argv, match):
   import re
@@ -103,3 +104,64 @@ def test_profile_bad_arguments(capsys, argv, match):
 def test_compile_only_matches_measured_flops():
   c = harness.compile_only_arch("128_64_2_384_2", num_blocks=1, seq=32)
   assert c["flops"] > 0 and c["peak_bytes"] > 0 and "compiled" not in c
+
+
+def _drifting_timer(speed: float, n_programs_ms: list[float], seed: int):
+  """run_round for harness.interleaved_rounds on a synthetic machine: every call's time is its
+  program's true latency x the machine's speed, which ramps by 2x within the process (a load
+  arriving), x 3% noise; the programs are called in the harness's own order (call_order)."""
+  rng = np.random.default_rng(seed)
+  state = dict(call=0, turn=0)
+
+  def run_round(k):
+    out = [[] for _ in n_programs_ms]
+    for _ in range(k):
+      for i in harness.call_order(state["turn"], len(n_programs_ms)):
+        drift = speed * (1.0 + min(state["call"] / 200.0, 1.0))
+        out[i].append(n_programs_ms[i] * 1e6 * drift * rng.lognormal(0.0, 0.03))
+        state["call"] += 1
+      state["turn"] += 1
+    return out
+
+  return run_round
+
+
+def test_paired_latency_holds_where_the_unpaired_one_drifts():
+  """Three processes on a machine whose speed differs by up to 1.9x between them and ramps 2x
+  within each: each alone-median claims a few percent and misses the others by far more, while
+  the paired ratio to the reference (timed alternately) agrees with the truth and with itself."""
+  true_ms, reference_ms = 1.3, 1.0
+  alone, paired = [], []
+  for seed, speed in enumerate((0.75, 1.0, 1.4)):
+    times, precision = harness.interleaved_rounds(_drifting_timer(speed, [true_ms, reference_ms], seed), 2,
+                                                  chunk=10, min_reps=20, max_reps=200, target_rel_ci=0.02,
+                                                  reference=1)
+    assert precision <= 0.02 and len(times[0]) == len(times[1]) < 200
+    alone.append((np.median(times[0]) / 1e6, harness.relative_ci(times[0])))
+    paired.append(harness.paired_ratio(times[0], times[1]))
+  def disjoint(a, b):  # two (estimate, relative CI half-width) intervals that do not overlap
+    (lo, lo_ci), (hi, hi_ci) = sorted([a, b])
+    return lo * (1 + lo_ci) < hi * (1 - hi_ci)
+  # alone: the slowest and the fastest process disagree far beyond what each claims
+  assert disjoint(alone[0], alone[2]), alone
+  # paired: every two processes agree within their intervals, and each holds the truth
+  assert not any(disjoint(paired[i], paired[j]) for i in range(3) for j in range(i + 1, 3)), paired
+  for ratio, ci in paired:
+    assert abs(ratio / (true_ms / reference_ms) - 1) <= max(ci, 0.01), (ratio, ci)
+
+
+def test_measure_fn_paired_with_a_reference_gives_the_ratio_of_the_two_programs(tmp_path):
+  a = jnp.ones((192, 192)) * 0.01
+  once = lambda x: jnp.tanh(x @ x)
+  four_times = lambda x: jnp.tanh(jnp.tanh(jnp.tanh(jnp.tanh(x @ x) @ x) @ x) @ x)
+  r = harness.measure_fn(four_times, (a,), name="four", batch=1, trace_dir=str(tmp_path), min_reps=20, max_reps=200,
+                         target_rel_ci=0.05, reference=(once, (a,), "once"))
+  assert r["reference"] == "once"
+  assert r["latency_ratio_rel_ci95"] <= 0.05 or r["repetitions"] == 200
+  assert 2.0 < r["latency_ratio"] < 6.0, r["latency_ratio"]  # 4x the matmuls (and their launch costs)
+  assert r["reference_ms_median"] < r["latency_ms_median"]
+  together = harness.measure_together([("once", once, (a,)), ("four", four_times, (a,))], reference=0,
+                                      trace_dir=str(tmp_path / "together"), min_reps=20, max_reps=200,
+                                      target_rel_ci=0.05)
+  assert [t["name"] for t in together] == ["once", "four"] and together[0]["latency_ratio"] == 1.0
+  assert 2.0 < together[1]["latency_ratio"] < 6.0

@@ -76,6 +76,16 @@ def test_kill_and_resume_loses_and_repeats_nothing_and_the_report_is_rebuilt_fro
   for arch, r in before.items():  # completed trials were neither lost nor run again
     after = next(x for x in rows if x["arch"] == arch)
     assert (after["id"], after["finished"], after["objectives"]) == (r["id"], r["finished"], r["objectives"])
+  # Latencies are paired with the baseline and on one scale across the kill: its first reading.
+  db = store_lib.TrialStore(run_dir, readonly=True)
+  scale, remeasured = db.get_meta(loop.LATENCY_SCALE_KEY), db.get_meta(loop.REMEASURED_KEY)
+  db.close()
+  assert scale["arch"] == BASELINE and scale["ms"] == json.loads(rows[0]["measurement"])["reference_ms_median"]
+  for r in rows:
+    m = json.loads(r["measurement"])
+    assert m["reference"] == BASELINE and m["reference_scale_ms"] == scale["ms"]
+    assert json.loads(r["objectives"])["latency_ms"] == pytest.approx(m["latency_ratio"] * scale["ms"])
+  assert remeasured["reference"] == BASELINE and set(remeasured["rows"]) == {BASELINE, rows[1]["arch"]}
   for r in rows:
     m = json.loads(r["measurement"])
     assert not os.path.isabs(m["trace_dir"]) and not os.path.isabs(r["workdir"])  # a moved run dir stays readable
@@ -98,6 +108,7 @@ def test_kill_and_resume_loses_and_repeats_nothing_and_the_report_is_rebuilt_fro
     assert f.read().splitlines()[1:] == first.splitlines()[1:]  # all but the title (the directory's name)
   assert os.path.getsize(alone / "pareto.png") > 10_000
   assert "Pareto set" in first and all(f"`{p['arch']}`" in first for p in summary["pareto"])
+  assert "## Latency, paired with the reference" in first and "| re-measured together |" in first
 
 
 def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_teacher, monkeypatch):
