@@ -11,6 +11,7 @@ Where the time is in an xplane (`jax.profiler.ProfileData`):
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import glob
@@ -84,19 +85,26 @@ def _parse_cpu_host(data: ProfileData, module_substr: str) -> TraceStats:
 
 
 def _parse_device_planes(planes: Iterable, module_substr: str) -> TraceStats:
+  """Executions of the module from each device plane's "XLA Modules" line; its ops from the "XLA
+  Ops" line, those that start inside one of its executions (a trace of several programs, e.g. a
+  student timed in turn with a reference, holds the others' ops too)."""
   per_device: list[list[tuple[float, float]]] = []
   op_time, op_count = collections.Counter(), collections.Counter()
   for plane in planes:
-    execs = []
-    for line in plane.lines:
-      if line.name == "XLA Modules":
-        execs += [(ev.start_ns, ev.duration_ns) for ev in line.events if module_substr in ev.name]
-      elif line.name == "XLA Ops":
-        for ev in line.events:
+    lines = list(plane.lines)
+    execs = sorted((ev.start_ns, ev.duration_ns) for line in lines if line.name == "XLA Modules"
+                   for ev in line.events if module_substr in ev.name)
+    starts = [s for s, _ in execs]
+    for line in lines:
+      if line.name != "XLA Ops":
+        continue
+      for ev in line.events:
+        k = bisect.bisect_right(starts, ev.start_ns) - 1
+        if k >= 0 and ev.start_ns <= execs[k][0] + execs[k][1]:
           op_time[ev.name] += ev.duration_ns
           op_count[ev.name] += 1
     if execs:
-      per_device.append(sorted(execs))
+      per_device.append(execs)
   if not per_device:
     return TraceStats([], {}, {}, "device_plane")
   n = min(len(d) for d in per_device)

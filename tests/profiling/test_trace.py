@@ -103,3 +103,19 @@ ENTRY %main (a: f32[8,8]) -> f32[8,8] {
   stats = trace.TraceStats([3.0], {"dot.1": 3.0, "fusion.2": 1.0}, {"dot.1": 1, "fusion.2": 1}, "cpu_host_ops")
   assert trace.matmul_share(stats, {"dot.1"}) == 0.75
   assert trace.matmul_share(trace.TraceStats([], {}, {}, "cpu_host_ops"), {"dot.1"}) == 0.0
+
+
+def test_device_planes_count_only_the_ops_inside_the_modules_executions():
+  """A GPU/TPU trace of two programs called in turn (a student paired with a reference): each
+  program's executions come from the "XLA Modules" line, and only the ops that ran inside them are
+  its ops (the parser's input format: planes of lines of events, as jax.profiler.ProfileData has)."""
+  from types import SimpleNamespace as NS
+  ev = lambda name, start, dur: NS(name=name, start_ns=start, duration_ns=dur)
+  modules = NS(name="XLA Modules", events=[ev("jit_ad_measure_a(1)", 0, 10), ev("jit_ad_reference_b(2)", 20, 30),
+                                           ev("jit_ad_measure_a(1)", 60, 12)])
+  ops = NS(name="XLA Ops", events=[ev("dot.a", 1, 8), ev("dot.b", 21, 25), ev("add.b", 47, 2), ev("dot.a", 61, 9)])
+  plane = NS(name="/device:GPU:0", lines=[modules, ops])
+  a = trace._parse_device_planes([plane], "ad_measure_a")
+  b = trace._parse_device_planes([plane], "ad_reference_b")
+  assert a.run_times_ns == [10, 12] and a.op_time_ns == {"dot.a": 17} and a.op_count == {"dot.a": 2}
+  assert b.run_times_ns == [30] and b.op_time_ns == {"dot.b": 25, "add.b": 2}
