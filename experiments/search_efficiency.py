@@ -16,12 +16,28 @@ initial design included, the baseline not. Reported per designer over the seeds:
 the first and to three architectures that dominate the baseline, and the hypervolume (as a
 fraction of the true front's, same reference point) after each iteration.
 
+  fidelity  the 12 + 1 students of the fidelity study (experiments/README.md section 3b): their 5%
+            flash accuracy and measured latency, each with its standard error; their regular
+            accuracy is the truth a search is after.
+The table and fidelity problems tell the designer each value's standard error (the table's
+accuracy: binomial over its masked tokens; latency: its median's CI), as a search does (since
+2026-12-02; section 2's runs of 2026-11-22 gave values only).
+
 `--study objectives` runs BO with accuracy only, latency only and both on the table (003 4.6).
+`--study workers` simulates 1, 2, 4 workers (rounds of trials of equal length) with each of
+search.bo.pending's ways to treat the trials in flight (issue 30 item 4).
+`--study priors` runs BO with and without the training-free features (log parameters, log FLOPs)
+as extra GP inputs, search.bo.training_free (issue 30 item 2).
 
 Command:  .venv/bin/python -m experiments.search_efficiency --problem table|analytic [--seeds 5]
           .venv/bin/python -m experiments.search_efficiency --study objectives [--seeds 3]
-Output:   experiments/results/search_<problem>.{json,png}, experiments/results/objectives.{json,png};
-          one JSON per (problem, designer, seed) under runs/search_efficiency/ (a rerun skips those).
+          .venv/bin/python -m experiments.search_efficiency --problem analytic --study workers
+              --workers 4,1 --pending exclude,hippo,believer --seeds 5 --budget 40
+          .venv/bin/python -m experiments.search_efficiency --problem table|fidelity --study priors
+              [--initial 4] [--budget N]
+Output:   experiments/results/search_<problem>.{json,png}, experiments/results/objectives.{json,png},
+          search_workers_<problem>.json, search_priors_<problem>.json; one JSON per run under
+          runs/search_efficiency/ (a rerun skips those).
 """
 
 from __future__ import annotations
@@ -56,9 +72,20 @@ class Problem:
   directions: list[str]
   reference: list[float]  # the hypervolume's reference point, own units
   baseline: space_lib.Arch
+  noise: np.ndarray | None = None  # [N, M] standard errors of the values (None: exact)
+  features: np.ndarray | None = None  # [N, 2] training_free_features (log params, log FLOPs)
+  truth: np.ndarray | None = None  # [N] what the values stand in for (regular-distilled accuracy)
 
   def value(self, arch) -> list[float]:
     return [float(v) for v in self.values[self.cands.index[arch.name]]]
+
+  def trial(self, arch) -> dict:
+    """What a designer is told of `arch`: its values, with their standard errors where known."""
+    i = self.cands.index[arch.name]
+    t = dict(arch=arch, status="ok", values=self.value(arch))
+    if self.noise is not None:
+      t["noise"] = [float(e) for e in self.noise[i]]
+    return t
 
   def true_hypervolume(self) -> float:
     return pareto.hypervolume(pareto.to_min(self.values, self.directions), pareto.to_min([self.reference],
@@ -90,9 +117,40 @@ def table_problem(csv_path: str) -> Problem:
   values = np.asarray([[float(r["mlm_accuracy"]), float(r["latency_ms_median"])] for r in rows])
   if space_lib.MOBILEBERT.name not in {a.name for a in archs}:
     raise ValueError(f"{csv_path}: the baseline {space_lib.MOBILEBERT.name} is not in the table")
+  # The noise the search would be told: the accuracy's binomial SE over the masked tokens, the
+  # latency's median CI as an SE; and the closed-form size the table recorded.
+  acc_se = [float(np.sqrt(v * (1 - v) / float(r["masked_tokens"]))) for v, r in zip(values[:, 0], rows)]
+  lat_se = [float(r["latency_rel_ci95"]) * v / 1.96 for v, r in zip(values[:, 1], rows)]
+  sizes = [(float(r["params"]), float(r["flops"])) for r in rows]
   # Reference: accuracy 0, latency 10% beyond the slowest, so every architecture counts.
   return Problem("table", designers_lib.Candidates(archs, space), values, ["mlm_accuracy", "latency_ms"],
-                 ["max", "min"], [0.0, 1.1 * float(values[:, 1].max())], space_lib.MOBILEBERT)
+                 ["max", "min"], [0.0, 1.1 * float(values[:, 1].max())], space_lib.MOBILEBERT,
+                 noise=np.stack([acc_se, lat_se], 1), features=designers_lib.training_free_features(sizes))
+
+
+def fidelity_problem(runs_dir: str) -> Problem:
+  """The 12 + 1 students of the fidelity study (experiments/README.md section 3b): a search sees
+  their 5% flash accuracy (with its SE) and their measured latency; the truth is their regular
+  accuracy. runs_dir: the study's run directory (experiments/flash_signals.py unpacks it)."""
+  from experiments.configs import fidelity as fidelity_config
+  from ad.search import loop
+  names = sorted(a for a in os.listdir(runs_dir) if os.path.isfile(os.path.join(runs_dir, a, "regular.json")))
+  if not names:
+    raise FileNotFoundError(f"{runs_dir}: no fidelity runs; unpack experiments/results/fidelity_12/"
+                            "runs_fidelity_12.tar.gz into runs/ first (python -m experiments.flash_signals does)")
+  read = lambda a, f: files.read_json(os.path.join(runs_dir, a, f))
+  archs = [space_lib.Arch.parse(a) for a in names]
+  space = space_lib.DesignSpace(**{f: tuple(sorted({getattr(a, f) for a in archs})) for f in space_lib.FACTORS})
+  flash, measure = [read(a, "flash_0.05.json") for a in names], [read(a, "measure.json") for a in names]
+  values = np.asarray([[f["mlm_accuracy"], m["latency_ms_median"]] for f, m in zip(flash, measure)])
+  noise = np.asarray([[f["mlm_accuracy_se"], m["latency_rel_ci95"] * m["latency_ms_median"] / 1.96]
+                      for f, m in zip(flash, measure)])
+  cfg = fidelity_config.get_config()
+  sizes = [(s["params"], s["flops"]) for s in (loop.screening(a, cfg.model, cfg.search.measure.seq) for a in archs)]
+  return Problem("fidelity", designers_lib.Candidates(archs, space), values, ["mlm_accuracy", "latency_ms"],
+                 ["max", "min"], [0.0, 1.1 * float(values[:, 1].max())], space_lib.MOBILEBERT, noise=noise,
+                 features=designers_lib.training_free_features(sizes),
+                 truth=np.asarray([read(a, "regular.json")["mlm_accuracy"] for a in names]))
 
 
 def dtlz2(points: np.ndarray) -> np.ndarray:
@@ -110,27 +168,130 @@ def analytic_problem() -> Problem:
 
 
 def run_one(problem: Problem, designer: str, seed: int, budget: int, num_initial: int,
-            log_path: str | None = None) -> dict:
-  """One search by lookup: returns the evaluated architectures in order and the derived metrics."""
+            log_path: str | None = None, training_free: bool = False) -> dict:
+  """One search by lookup: returns the evaluated architectures in order and the derived metrics.
+  training_free: BO's GPs also see the problem's training-free features (search.bo.training_free)."""
   cands = problem.cands
-  d = designers_lib.make_designer(designer, cands, problem.directions, problem.reference, seed, log_path=log_path)
-  trials = [dict(arch=problem.baseline, status="ok", values=problem.value(problem.baseline))]
+  d = designers_lib.make_designer(designer, cands, problem.directions, problem.reference, seed, log_path=log_path,
+                                  features=problem.features if training_free else None)
+  trials = [problem.trial(problem.baseline)]
   # The shared initial design, minus the baseline (already known to every designer).
   initial = [a for a in designers_lib.initial_design(cands, num_initial + 1, seed) if a != problem.baseline]
   order = initial[:num_initial]
-  trials += [dict(arch=a, status="ok", values=problem.value(a)) for a in order]
+  trials += [problem.trial(a) for a in order]
   t0 = time.time()
   try:
     while len(order) < budget:
       d.update(trials)
       (arch,) = d.suggest(1)
       order.append(arch)
-      trials.append(dict(arch=arch, status="ok", values=problem.value(arch)))
+      trials.append(problem.trial(arch))
   finally:
     if hasattr(d, "close"):
       d.close()
   return dict(problem=problem.name, designer=designer, seed=seed, budget=budget, num_initial=num_initial,
               objectives=problem.objectives, order=[a.name for a in order], wall_s=time.time() - t0)
+
+
+def run_workers(problem: Problem, seed: int, budget: int, num_initial: int, workers: int, pending: str,
+                log_path: str | None = None) -> dict:
+  """A BO search with `workers` simulated workers and every trial taking one unit of time: trials
+  run in rounds of `workers` (the initial design too), and within a round each suggestion is asked
+  for with the round's earlier ones in flight (search.bo.pending = `pending` says what the GPs make
+  of them), as the coordinator asks when workers free up together. Returns the evaluated
+  architectures in order and the round each ran in."""
+  cands = problem.cands
+  d = designers_lib.make_designer("bo", cands, problem.directions, problem.reference, seed,
+                                  search_cfg=dict(bo=dict(pending=pending)), log_path=log_path)
+  trials = [problem.trial(problem.baseline)]
+  initial = [a for a in designers_lib.initial_design(cands, num_initial + 1, seed) if a != problem.baseline]
+  order = initial[:num_initial]
+  rounds = [i // workers for i in range(len(order))]
+  trials += [problem.trial(a) for a in order]
+  t0 = time.time()
+  try:
+    while len(order) < budget:
+      d.update(trials)
+      in_flight: list = []
+      for _ in range(min(workers, budget - len(order))):
+        (arch,) = d.suggest(1, pending=in_flight)
+        in_flight.append(arch)
+      rounds += [(rounds[-1] + 1) if rounds else 0] * len(in_flight)
+      order += in_flight
+      trials += [problem.trial(a) for a in in_flight]
+  finally:
+    if hasattr(d, "close"):
+      d.close()
+  return dict(problem=problem.name, designer="bo", pending=pending, workers=workers, seed=seed, budget=budget,
+              num_initial=num_initial, order=[a.name for a in order], rounds=rounds, wall_s=time.time() - t0)
+
+
+def workers_study(problem: Problem, seeds: int, budget: int, num_initial: int, run_dir: str, workers: list[int],
+                  methods: list[str]) -> dict:
+  """Trials and rounds (wall time in units of one trial) to the first and to three architectures
+  that dominate the baseline, per (workers, pending method), over the seeds. Seed by seed, every
+  setting in turn, so a study cut short has whole seeds."""
+  os.makedirs(run_dir, exist_ok=True)
+  settings = [(n, m) for n in workers for m in (methods if n > 1 else ["exclude"])]  # one worker: nothing in flight
+  runs: dict[str, list] = {f"{n}_{m}": [] for n, m in settings}
+  for seed in range(seeds):
+    for n, method in settings:
+      path = os.path.join(run_dir, f"{n}_{method}_{seed}.json")
+      if os.path.exists(path):
+        r = files.read_json(path)
+      else:
+        r = run_workers(problem, seed, budget, num_initial, n, method, log_path=os.path.join(run_dir, "trieste.log"))
+        files.write_json(path, r)
+      r.update(metrics(problem, r))
+      to_round = lambda k: None if k is None else r["rounds"][k - 1] + 1
+      r.update(first_round=to_round(r["first"]), three_round=to_round(r["three"]))
+      runs[f"{n}_{method}"].append(r)
+      print(f"{problem.name} workers {n} {method} seed {seed}: first {r['first']} (round {r['first_round']}), "
+            f"three {r['three']} (round {r['three_round']}), HV {r['hv'][-1]:.3f} ({r['wall_s']:.0f} s)", flush=True)
+  out = dict(problem=problem.name, budget=budget, num_initial=num_initial, seeds=seeds,
+             dominating_in_space=int(problem.dominates_baseline().sum()), runs={})
+  keys = ("first", "three", "first_round", "three_round")
+  for (n, method), (key, rs) in zip(settings, runs.items()):
+    hv = np.asarray([r["hv"] for r in rs])
+    out["runs"][key] = dict(workers=n, pending=method, **{k: [r[k] for r in rs] for k in keys},
+                            **{f"{k}_summary": _summarize([r[k] for r in rs], budget) for k in keys},
+                            hv_mean=hv.mean(0).tolist(), hv_std=hv.std(0).tolist(), wall_s=[r["wall_s"] for r in rs])
+  return out
+
+
+def priors_study(problem: Problem, seeds: int, budget: int, num_initial: int, run_dir: str) -> dict:
+  """BO with and without the training-free features as GP inputs (search.bo.training_free), seed
+  by seed: trials to the first and to three baseline-dominating architectures, hypervolume after
+  each trial, and where the problem has a truth (the fidelity set), trials until the truth's top 3
+  have all been evaluated."""
+  os.makedirs(run_dir, exist_ok=True)
+  runs: dict[str, list] = {"encoding": [], "encoding + log params, log FLOPs": []}
+  for seed in range(seeds):
+    for key, free in zip(runs, (False, True)):
+      path = os.path.join(run_dir, f"{'with' if free else 'without'}_{seed}.json")
+      if os.path.exists(path):
+        r = files.read_json(path)
+      else:
+        r = run_one(problem, "bo", seed, budget, num_initial, log_path=os.path.join(run_dir, "trieste.log"),
+                    training_free=free)
+        files.write_json(path, r)
+      r.update(metrics(problem, r))
+      if problem.truth is not None:
+        top3 = {problem.cands.archs[i].name for i in np.argsort(-problem.truth)[:3]}
+        when = dict({n: k + 1 for k, n in enumerate(r["order"])}, **{problem.baseline.name: 0})  # known from the start
+        r["top3"] = max(when[n] for n in top3) if top3 <= set(when) else None
+      runs[key].append(r)
+      print(f"{problem.name} {key} seed {seed}: first {r['first']}, three {r['three']}, top3 {r.get('top3')}, "
+            f"HV {r['hv'][-1]:.3f} ({r['wall_s']:.0f} s)", flush=True)
+  out = dict(problem=problem.name, candidates=len(problem.cands), budget=budget, num_initial=num_initial, seeds=seeds,
+             dominating_in_space=int(problem.dominates_baseline().sum()), inputs={})
+  for key, rs in runs.items():
+    hv = np.asarray([r["hv"] for r in rs])
+    keys = ("first", "three") + (("top3",) if problem.truth is not None else ())
+    out["inputs"][key] = dict(**{k: [r[k] for r in rs] for k in keys},
+                              **{f"{k}_summary": _summarize([r[k] for r in rs], budget) for k in keys},
+                              hv_mean=hv.mean(0).tolist(), hv_std=hv.std(0).tolist(), wall_s=[r["wall_s"] for r in rs])
+  return out
 
 
 def metrics(problem: Problem, result: dict) -> dict:
@@ -279,8 +440,11 @@ def plot_objectives(problem: Problem, out: dict, path: str) -> None:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--problem", choices=("table", "analytic"), default="table")
-  p.add_argument("--study", choices=("efficiency", "objectives"), default="efficiency")
+  p.add_argument("--problem", choices=("table", "analytic", "fidelity"), default="table")
+  p.add_argument("--study", choices=("efficiency", "objectives", "workers", "priors"), default="efficiency")
+  p.add_argument("--workers", default="1,2,4", help="--study workers: simulated worker counts")
+  p.add_argument("--pending", default="exclude,believer,hippo",
+                 help="--study workers: what BO makes of trials in flight (search.bo.pending)")
   p.add_argument("--table", default=os.path.join(RESULTS, "tabular.csv"))
   p.add_argument("--seeds", type=int, default=5)
   p.add_argument("--budget", type=int, default=0, help="iterations per search (default: 50 table, 80 analytic)")
@@ -304,7 +468,38 @@ def main(argv=None) -> int:
       print(f"{mode:14s} HV {d['hv']:.3f}  front points found {d['front_found']:.1f}/{out['front_size']}  "
             f"best acc {d['best_accuracy']:.4f}  best latency {d['best_latency_ms']:.3f} ms")
     return 0
-  problem = table_problem(args.table) if args.problem == "table" else analytic_problem()
+  problem = {"table": lambda: table_problem(args.table), "analytic": analytic_problem,
+             "fidelity": lambda: fidelity_problem(os.path.join(ROOT, "runs", "fidelity_12"))}[args.problem]()
+  if args.study == "priors":
+    budget = args.budget or min(30, len(problem.cands) - 1)  # the baseline is known, not searched for
+    out = priors_study(problem, args.seeds, budget, args.initial, os.path.join(args.run_dir, f"priors_{problem.name}"))
+    out.update(command=command, wall_s=time.time() - t0)
+    files.write_json(os.path.join(args.out, f"search_priors_{problem.name}.json"), out)
+    print(f"{problem.name}: {out['candidates']} candidates, {out['dominating_in_space']} dominate the baseline; "
+          f"median over {args.seeds} seeds (range):")
+    for key, d in out["inputs"].items():
+      extra = f", all of regular's top 3 after {d['top3_summary']}" if "top3_summary" in d else ""
+      print(f"  GP inputs {key}: first better {d['first_summary']}, three {d['three_summary']}{extra}; "
+            f"HV after {min(10, budget)} {d['hv_mean'][min(9, budget - 1)]:.3f}, after {budget} {d['hv_mean'][-1]:.3f}")
+    return 0
+  if args.study == "workers":
+    budget = args.budget or 40
+    workers = [int(w) for w in args.workers.split(",") if w]
+    methods = [m for m in args.pending.split(",") if m]
+    from ad.search import trieste_service
+    bad = [m for m in methods if m not in trieste_service.PENDING_METHODS]
+    if bad:
+      raise ValueError(f"--pending: {bad} not among {trieste_service.PENDING_METHODS}")
+    out = workers_study(problem, args.seeds, budget, args.initial,
+                        os.path.join(args.run_dir, f"workers_{problem.name}"), workers, methods)
+    out.update(command=command, wall_s=time.time() - t0)
+    files.write_json(os.path.join(args.out, f"search_workers_{problem.name}.json"), out)
+    print(f"{problem.name}: {out['dominating_in_space']} architectures dominate the baseline; median over "
+          f"{args.seeds} seeds (range), trials and rounds (wall time in trials) to the first / three better:")
+    for key, d in out["runs"].items():
+      print(f"  {d['workers']} worker(s), {d['pending']:9s}: trials {d['first_summary']} / {d['three_summary']}; "
+            f"rounds {d['first_round_summary']} / {d['three_round_summary']}; HV@{budget} {d['hv_mean'][-1]:.3f}")
+    return 0
   budget = args.budget or (50 if args.problem == "table" else 80)
   designers = [d for d in args.designers.split(",") if d]
   bad = [d for d in designers if d not in DESIGNERS]

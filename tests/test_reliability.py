@@ -90,6 +90,7 @@ def test_a_missing_objective_and_a_nan_objective_never_reach_the_designer(tmp_pa
     ({"search.num_trials": 10_000}, "search.num_trials=10000"),
     ({"distill.recipe": "tinybert"}, "distill.recipe='tinybert'"),
     ({"search.measure.reference": "mobilebert"}, "search.measure.reference='mobilebert': expected 'baseline'"),
+    ({"search.bo.pending": "nearest"}, "search.bo.pending='nearest': expected one of ('exclude', 'believer', 'hippo')"),
 ])
 def test_a_config_that_fails_validation_writes_nothing(tmp_path, tiny_teacher, override, match):
   cfg = configs.load_config("quickstart", distill_overrides(tiny_teacher, **override))

@@ -218,8 +218,13 @@ class TriesteDesigner:
 
   def __init__(self, cands: Candidates, directions: Sequence[str], reference: Sequence[float], seed: int = 0,
                python: str = "", likelihood_variance: float = 1e-3, timeout_s: float = 600.0,
-               log_path: str | None = None):
+               log_path: str | None = None, pending_method: str = "exclude", features: np.ndarray | None = None):
     self.cands, self.directions, self.seed = cands, list(directions), seed
+    # [N, K] columns the GPs see beside the encoding (training_free_features): what is known for free
+    self.features = None if features is None else np.asarray(features, dtype=np.float64)
+    if self.features is not None and (self.features.ndim != 2 or len(self.features) != len(cands)):
+      raise ValueError(f"features: expected [{len(cands)}, K] values per candidate, got shape {self.features.shape}")
+    self.pending_method = pending_method  # what the GPs make of trials in flight (trieste_service.suggest)
     self.reference = [float(r) for r in reference]
     self.python = optimizer_python(python)
     self.likelihood_variance, self.timeout_s, self.log_path = likelihood_variance, timeout_s, log_path
@@ -237,8 +242,10 @@ class TriesteDesigner:
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
                                  env=env)
     self.sent = 0
-    self._call(dict(op="init", points=self.cands.points.tolist(), directions=self.directions,
-                    reference=self.reference, seed=self.seed, likelihood_variance=self.likelihood_variance))
+    points = self.cands.points if self.features is None else np.concatenate([self.cands.points, self.features], 1)
+    self._call(dict(op="init", points=points.tolist(), directions=self.directions,
+                    reference=self.reference, seed=self.seed, likelihood_variance=self.likelihood_variance,
+                    prior_columns=0 if self.features is None else self.features.shape[1]))
 
   def _call(self, req: dict) -> dict:
     proc = self.proc
@@ -311,7 +318,8 @@ class TriesteDesigner:
 
     def ask():
       self._sync()
-      return self._call(dict(op="suggest", count=count, pending=self.cands.indices(pending)))["indices"]
+      return self._call(dict(op="suggest", count=count, pending=self.cands.indices(pending),
+                             pending_method=self.pending_method))["indices"]
     return [self.cands.archs[i] for i in self._with_restart(ask)]
 
   def state(self) -> dict:
@@ -328,14 +336,26 @@ class TriesteDesigner:
     return self._with_restart(ask)
 
 
+def training_free_features(sizes: Sequence[tuple[float, float]]) -> np.ndarray:
+  """[N, 2] GP inputs from each candidate's (parameters, FLOPs): their logarithms scaled to [0, 1]
+  over the candidates, like the encoding. With them the GPs start from what the size predicts
+  (accuracy and latency grow with it) and the flash measurements refine it."""
+  x = np.log(np.asarray(sizes, dtype=np.float64))
+  span = np.ptp(x, axis=0)
+  return (x - x.min(0)) / np.where(span > 0, span, 1.0)
+
+
 def make_designer(name: str, cands: Candidates, directions: Sequence[str], reference: Sequence[float], seed: int,
-                  search_cfg=None, log_path: str | None = None):
-  """The designer called `name` with its options from the config's `search` section."""
+                  search_cfg=None, log_path: str | None = None, features: np.ndarray | None = None):
+  """The designer called `name` with its options from the config's `search` section; `features`:
+  [N, K] inputs BO's GPs see beside the encoding (training_free_features; search.bo.training_free)."""
   get = lambda section, key, default: (search_cfg[section][key] if search_cfg is not None and section in search_cfg
                                        and key in search_cfg[section] else default)
   if name == "bo":
     return TriesteDesigner(cands, directions, reference, seed, python=get("bo", "optimizer_python", ""),
-                           likelihood_variance=get("bo", "likelihood_variance", 1e-3), log_path=log_path)
+                           likelihood_variance=get("bo", "likelihood_variance", 1e-3), log_path=log_path,
+                           pending_method=get("bo", "pending", "exclude"),
+                           features=features)
   if name == "random":
     return RandomDesigner(cands, directions, seed)
   if name == "evolutionary":

@@ -35,6 +35,7 @@ from ad import space as space_lib
 from ad.search import designers as designers_lib
 from ad.search import pareto, report as report_lib
 from ad.search import store as store_lib
+from ad.search import trieste_service  # its PENDING_METHODS (imported, it loads numpy only)
 from ad.search.store import IN_FLIGHT, TrialStore
 
 # Objectives the search knows how to read from a trial; those in TRAINED need flash distillation
@@ -646,6 +647,10 @@ def _validated(cfg, run_dir: str, designer: str | None):
                      f"0 <= num_initial <= num_trials <= {len(cands)} feasible architectures")
   if s.baseline_arch:
     space_lib.Arch.parse(s.baseline_arch)
+  if s.bo.get("pending", "exclude") not in trieste_service.PENDING_METHODS:
+    raise ValueError(f"search.bo.pending={s.bo.pending!r}: expected one of {trieste_service.PENDING_METHODS}")
+  if not isinstance(s.bo.get("training_free", False), bool):
+    raise ValueError(f"search.bo.training_free={s.bo.training_free!r}: expected True or False")
   timed_against = s.measure.get("reference", "")
   if timed_against not in ("", "baseline"):
     try:
@@ -771,6 +776,9 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
     def comparable(config: dict) -> dict:  # what may change between runs: how, not what, is searched
       search = dict(ADDED_SEARCH_KEYS, **config.get("search", {}))
       search["measure"] = dict(ADDED_MEASURE_KEYS, **search.get("measure", {}))
+      # what BO makes of trials in flight, and what it sees beside the encoding, are how, not what,
+      # is searched
+      search["bo"] = {k: v for k, v in search.get("bo", {}).items() if k not in ("pending", "training_free")}
       search = {k: v for k, v in search.items() if k not in RESUMABLE_SEARCH_KEYS}
       # and what runs after the search (the final distillations and their fine-tuning), and the
       # SuperLM settings of a search that does not use them
@@ -789,8 +797,13 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
 
   log(f"search: {len(cands)} feasible architectures of {len(space)} ({len(pruned)} pruned by constraints); "
       f"designer {designer}, {s.num_initial} initial + {s.num_trials - s.num_initial} designed trials")
+  features = None
+  if designer == "bo" and s.bo.get("training_free", False):  # what the size predicts, as GP inputs
+    features = designers_lib.training_free_features(
+        [(sc["params"], sc["flops"]) for sc in (screening(a, cfg.model, s.measure.seq) for a in cands.archs)])
   des = (designers_lib.make_designer(designer, cands, directions, reference, s.seed, s,
-                                     log_path=os.path.join(run_dir, "optimizer_service.log")) if is_main else None)
+                                     log_path=os.path.join(run_dir, "optimizer_service.log"), features=features)
+         if is_main else None)
   initial = designers_lib.initial_design(cands, s.num_initial, s.seed)
   writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb")) if is_main else None
 

@@ -6,13 +6,20 @@ hides every accelerator from TensorFlow. Protocol: one JSON object per line on s
 JSON reply per line on stdout ({"ok": true, ...} or {"ok": false, "error": "..."}):
 
   {"op": "init", "points": [[...], ...], "directions": ["max", "min"], "reference": [0.0, 50.0],
-   "seed": 0, "likelihood_variance": 1e-3}
-        points: [N, D] the encoded feasible architectures (a DiscreteSearchSpace);
+   "seed": 0, "likelihood_variance": 1e-3, "prior_columns": 0}
+        points: [N, D] the encoded feasible architectures (a DiscreteSearchSpace); their last
+        prior_columns columns are training-free features, on which the GPs' mean is linear;
         reference: the reference point in the objectives' own units.
   {"op": "update", "trials": [{"index": 3, "status": "ok", "values": [0.1, 5.2], "noise": [0.004, 0.05]},
                               {"index": 7, "status": "failed"}]}
         noise: each value's standard error in its own units (optional; null where unknown)
-  {"op": "suggest", "count": 1, "pending": [12]}  -> {"ok": true, "indices": [...]}
+  {"op": "suggest", "count": 1, "pending": [12], "pending_method": "exclude"}  -> {"ok": true, "indices": [...]}
+        pending: points being evaluated (by other workers); never suggested. pending_method:
+        'exclude' only that; 'believer' also conditions the GPs on them (Kriging believer: each
+        pending point observed at its posterior mean, hyperparameters kept from the real data),
+        so EHVI counts the improvement they are expected to bring as made already; 'hippo'
+        multiplies EHVI by trieste's HIPPO penalty, which is small where a candidate's predicted
+        objectives are close to a pending point's.
   {"op": "predict", "indices": [3, 7]}  -> the GPs' posterior mean and variance there, in the
         objectives' own units (fitted on the current observations; a diagnostic and a test hook)
   {"op": "state"}  -> observations, failures, fixed-noise refits, hypervolume of the observed front
@@ -25,9 +32,10 @@ not capture (training noise of a flash distillation, model misfit). gpflow's GPR
 likelihood whose variance is a function of the inputs; the known variances ride along as
 extra input columns that the kernel ignores (active_dims), zero for candidate points, whose
 latent predictions (what EHVI uses) involve no observation noise.
-Acquisition: Expected Hypervolume Improvement for one candidate; HIPPO (EHVI with a
-diversity penalty) for a batch; with a single objective (003 4.6's single-objective searches),
-Expected Improvement, one candidate at a time. Both are maximized by enumerating the discrete space,
+Acquisition: Expected Hypervolume Improvement for one candidate (what the pending points do to
+it: see suggest's pending_method; on the fresh path below they are only excluded); HIPPO (EHVI
+with a diversity penalty) for a batch; with a single objective (003 4.6's single-objective
+searches), Expected Improvement, one candidate at a time. Both are maximized by enumerating the discrete space,
 which never contains an evaluated, failed or pending point, so nothing is suggested twice.
 Seeded: the TF and numpy seeds are reset from (seed, number of observations) before each
 suggestion, so the same seed and the same observations give the same suggestions.
@@ -42,9 +50,10 @@ import os
 import sys
 import traceback
 
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the optimizer must never take an accelerator
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+if __name__ == "__main__":  # the service process; imported (for PENDING_METHODS) it changes nothing
+  os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the optimizer must never take an accelerator
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 
@@ -96,12 +105,36 @@ def KnownNoisePlusFloor(col: int, floor: float, trainable: bool):
   return _known_noise_class()(col, floor, trainable)
 
 
+@functools.lru_cache(maxsize=None)
+def _linear_prior_class():
+  import gpflow
+
+  class LinearInColumns(gpflow.functions.MeanFunction):
+    """A constant plus a linear function of the input's columns [start, stop): the GP's prior mean
+    from the training-free features, fitted with the kernel, so the GP models what they miss."""
+
+    def __init__(self, start: int, stop: int, constant: float):
+      super().__init__()
+      self.start, self.stop = start, stop
+      self.A = gpflow.Parameter(np.zeros((stop - start, 1)))
+      self.b = gpflow.Parameter(np.asarray([constant], dtype=np.float64))
+
+    def __call__(self, X):
+      import tensorflow as tf
+      return tf.linalg.matmul(X[..., self.start:self.stop], self.A) + self.b
+
+  return LinearInColumns
+
+
+PENDING_METHODS = ("exclude", "believer", "hippo")
+
+
 class Service:
 
   def __init__(self):
     self.points = None
 
-  def init(self, points, directions, reference, seed=0, likelihood_variance=1e-3):
+  def init(self, points, directions, reference, seed=0, likelihood_variance=1e-3, prior_columns=0):
     import tensorflow as tf
     import trieste
     tf.config.set_visible_devices([], "GPU")
@@ -114,6 +147,11 @@ class Service:
       raise ValueError(f"init: reference has {self.reference.size} values for {self.signs.size} objectives")
     self.seed = int(seed)
     self.likelihood_variance = float(likelihood_variance)
+    # the last `prior_columns` columns of the points are training-free features (log parameters, log
+    # FLOPs): inputs like the others, and the GPs' prior mean is linear in them
+    self.prior_columns = int(prior_columns)
+    if not 0 <= self.prior_columns < self.points.shape[1]:
+      raise ValueError(f"init: prior_columns={prior_columns}; expected 0 <= it < {self.points.shape[1]} columns")
     self.values: dict[int, np.ndarray] = {}
     self.noise: dict[int, np.ndarray] = {}  # standard errors in the objectives' units (0 where unknown)
     self.failed: set[int] = set()
@@ -152,7 +190,7 @@ class Service:
                 trieste=trieste.__version__, numpy=np.__version__,
                 hypervolume=pareto.hypervolume(y, self.reference * self.signs) if len(y) else 0.0)
 
-  def suggest(self, count, pending=()):
+  def suggest(self, count, pending=(), pending_method="exclude"):
     import tensorflow as tf
     from trieste.acquisition.function import HIPPO, ExpectedHypervolumeImprovement, ExpectedImprovement
     from trieste.acquisition.rule import EfficientGlobalOptimization
@@ -163,8 +201,11 @@ class Service:
     from trieste.space import DiscreteSearchSpace
 
     self._need_init()
+    if pending_method not in PENDING_METHODS:
+      raise ValueError(f"suggest: pending_method={pending_method!r}; expected one of {PENDING_METHODS}")
     count = int(count)
-    taken = set(self.values) | self.failed | {int(p) for p in pending}
+    pending = sorted({int(p) for p in pending} - set(self.values) - self.failed)
+    taken = set(self.values) | self.failed | set(pending)
     free = np.asarray([i for i in range(len(self.points)) if i not in taken])
     if count < 1 or count > len(free):
       raise ValueError(f"suggest: count={count}, but {len(free)} points are neither evaluated nor pending")
@@ -181,7 +222,7 @@ class Service:
       raise ValueError(f"suggest: count={count}; a single-objective search asks for one point at a time")
     if count == 1 and np.all(np.ptp(yz, axis=0) > 1e-12):
       try:
-        return dict(indices=[self._suggest_one(x, yz, ref, free)])
+        return dict(indices=[self._suggest_one(x, yz, ref, free, pending, pending_method)])
       except tf.errors.InvalidArgumentError:
         self.kept = None  # a singular fit: the fresh path below refits with a noise floor
 
@@ -212,7 +253,7 @@ class Service:
       out.append(i)
     return dict(indices=out)
 
-  def _suggest_one(self, x, yz, ref, free) -> int:
+  def _suggest_one(self, x, yz, ref, free, pending=(), pending_method="exclude") -> int:
     """One suggestion with the GPs and the acquisition function kept from the previous call.
 
     Building new gpflow models and a new EHVI per call makes TensorFlow trace the training loss
@@ -222,10 +263,12 @@ class Service:
     evaluated ones masked, so the result is the same function of (seed, observations) as a fresh
     build, which a restarted service relies on. The priors are the first call's; build_gpr's
     depend only on the search-space bounds and the standardized variance (1), which stay put.
+    pending, pending_method: the points in flight and what the GPs make of them (see suggest).
     """
     import gpflow
     import tensorflow as tf
     from trieste.acquisition.function import ExpectedHypervolumeImprovement, ExpectedImprovement
+    from trieste.acquisition.function.multi_objective import hippo_penalizer
     from trieste.data import Dataset
     from trieste.models.gpflow import GaussianProcessRegression
     from trieste.models.interfaces import TrainableModelStack
@@ -238,7 +281,7 @@ class Service:
       # loss function for them on every call); each fit starts from build_gpr's values instead.
       models = [GaussianProcessRegression(g, optimizer=_KeptLossOptimizer(gpflow.optimizers.Scipy()),
                                           num_kernel_samples=0) for g in fresh]
-      self.kept = dict(models=models, stack=TrainableModelStack(*[(m, 1) for m in models]), fn=None,
+      self.kept = dict(models=models, stack=TrainableModelStack(*[(m, 1) for m in models]), fn=None, hippo=None,
                        builder=(ExpectedImprovement() if yz.shape[1] == 1 else
                                 ExpectedHypervolumeImprovement(reference_point_spec=lambda mean: self.kept["ref"])))
     else:
@@ -248,11 +291,23 @@ class Service:
     stack = self.kept["stack"]
     stack.update(data)
     stack.optimize(data)
+    q = tf.constant(self._candidates(pending)) if len(pending) else None
+    if q is not None and pending_method == "believer":  # the pending points observed at their latent mean
+      mean, _ = stack.predict(q)
+      data = Dataset(tf.concat([data.query_points, q], 0), tf.concat([data.observations, mean], 0))
+      stack.update(data)  # the hyperparameters stay those fitted on the real observations
     if self.kept["fn"] is None:
       self.kept["fn"] = self.kept["builder"].prepare_acquisition_function(stack, dataset=data)
     else:
       self.kept["fn"] = self.kept["builder"].update_acquisition_function(self.kept["fn"], stack, dataset=data)
-    values = self.kept["fn"](tf.constant(self._candidates(np.arange(len(self.points))))[:, None, :]).numpy()[:, 0]
+    everything = tf.constant(self._candidates(np.arange(len(self.points))))[:, None, :]
+    values = self.kept["fn"](everything).numpy()[:, 0]
+    if q is not None and pending_method == "hippo" and yz.shape[1] > 1:
+      if self.kept["hippo"] is None:
+        self.kept["hippo"] = hippo_penalizer(stack, q)
+      else:
+        self.kept["hippo"].update(q)
+      values = values * self.kept["hippo"](everything).numpy().reshape(-1)
     return int(free[np.argmax(values[free])])
 
   def _standardized(self):
@@ -297,7 +352,10 @@ class Service:
       base.kernel.active_dims = slice(0, D)
       floor = self.likelihood_variance if noise_floor is None else noise_floor
       noise = KnownNoisePlusFloor(D + m, floor, trainable=noise_floor is None)
-      out.append(gpflow.models.GPR((tf_constant(x), tf_constant(yz[:, m:m + 1])), base.kernel, base.mean_function,
+      mean = base.mean_function
+      if self.prior_columns:
+        mean = _linear_prior_class()(D - self.prior_columns, D, float(np.ravel(base.mean_function.c.numpy())[0]))
+      out.append(gpflow.models.GPR((tf_constant(x), tf_constant(yz[:, m:m + 1])), base.kernel, mean,
                                    likelihood=gpflow.likelihoods.Gaussian(variance=noise)))
     return out
 

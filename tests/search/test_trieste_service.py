@@ -121,3 +121,53 @@ def test_each_observation_enters_the_gp_with_its_own_noise(cands, history):
   assert v1[2, 0] > 3 * np.median(v1[others, 0]), v1[:, 0]  # the noisy observation counts for less
   assert abs(m1[2, 0] - y[2, 0]) > abs(m0[2, 0] - y[2, 0])
   assert v1[2, 1] < 1.5 * np.median(v1[others, 1]), v1[:, 1]
+
+
+def test_hippo_moves_the_next_suggestion_away_from_a_pending_point_and_unknown_methods_are_named(bo, cands, history):
+  """With a trial in flight, 'exclude' only avoids it, 'hippo' also penalizes candidates whose
+  predicted objectives are close to the pending point's, 'believer' conditions the GPs on it; each
+  suggests a new point, and HIPPO's lies farther from the pending one in objective space."""
+  seen = {t["arch"].name for t in history}
+  (pending,) = bo.suggest(1)
+  picked = {}
+  try:
+    for method in ("exclude", "believer", "hippo"):
+      bo.pending_method = method
+      (picked[method],) = bo.suggest(1, pending=[pending])
+      assert picked[method] != pending and picked[method].name not in seen
+    bo.pending_method = "nearest"
+    with pytest.raises(designers.OptimizerServiceError, match=r"pending_method='nearest'; expected one of "
+                                                              r"\('exclude', 'believer', 'hippo'\)"):
+      bo.suggest(1, pending=[pending])
+  finally:
+    bo.pending_method = "exclude"
+  mean = np.asarray(bo.predict([pending, picked["exclude"], picked["hippo"]])["mean"])
+  scale = np.abs(mean).max(0)
+  distance = lambda i: float(np.linalg.norm((mean[i] - mean[0]) / scale))
+  assert picked["hippo"] != picked["exclude"] and distance(2) > distance(1), (picked, mean)
+
+
+def test_training_free_features_let_the_gps_predict_what_size_predicts(cands, tmp_path):
+  """Objectives that follow the size: with log size among its inputs (search.bo.training_free), BO's
+  GPs, fitted on 6 observations, predict the other candidates far better than from the encoding
+  alone."""
+  size = lambda a: a.hidden * (a.intermediate * a.num_ffn + 4 * a.bottleneck) / 1e5
+  objectives = lambda a: [float(np.log(size(a))), float(np.sqrt(size(a)))]
+  features = designers.training_free_features([(size(a), size(a) * a.heads) for a in cands.archs])
+  assert features.shape == (len(cands), 2) and features.min() == 0.0 and features.max() == 1.0
+  seen = designers.initial_design(cands, 6, seed=1)
+  others = [a for a in cands.archs if a not in seen]
+  truth = np.asarray([objectives(a) for a in others])
+  errors = []
+  for f in (None, features):
+    d = designers.TriesteDesigner(cands, DIRECTIONS, REFERENCE, seed=0, features=f, log_path=str(tmp_path / "s.log"))
+    try:
+      d.update([dict(arch=a, status="ok", values=objectives(a)) for a in seen])
+      mean = np.asarray(d.predict(others)["mean"])
+    finally:
+      d.close()
+    errors.append(np.sqrt(((mean - truth) ** 2).mean(0)) / truth.std(0))  # RMSE in units of the spread
+  without, with_features = errors
+  assert np.all(with_features < 0.5 * without), (without, with_features)
+  with pytest.raises(ValueError, match=r"features: expected \[116, K\]"):
+    designers.TriesteDesigner(cands, DIRECTIONS, REFERENCE, features=features[:3])
