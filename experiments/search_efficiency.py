@@ -109,7 +109,7 @@ def table_problem(csv_path: str) -> Problem:
   with open(csv_path) as f:
     rows = list(csv.DictReader(f))
   for i, r in enumerate(rows):
-    for key in ("arch", "mlm_accuracy", "latency_ms_median"):
+    for key in ("arch", "mlm_accuracy", "latency_ms_median", "latency_rel_ci95", "masked_tokens", "params", "flops"):
       if not r.get(key):
         raise ValueError(f"{csv_path}: row {i + 2} has no {key!r}; expected the columns written by experiments.tabular")
   archs = [space_lib.Arch.parse(r["arch"]) for r in rows]
@@ -194,14 +194,14 @@ def run_one(problem: Problem, designer: str, seed: int, budget: int, num_initial
 
 
 def run_workers(problem: Problem, seed: int, budget: int, num_initial: int, workers: int, pending: str,
-                log_path: str | None = None) -> dict:
+                log_path: str | None = None, designer: str = "bo") -> dict:
   """A BO search with `workers` simulated workers and every trial taking one unit of time: trials
   run in rounds of `workers` (the initial design too), and within a round each suggestion is asked
   for with the round's earlier ones in flight (search.bo.pending = `pending` says what the GPs make
   of them), as the coordinator asks when workers free up together. Returns the evaluated
   architectures in order and the round each ran in."""
   cands = problem.cands
-  d = designers_lib.make_designer("bo", cands, problem.directions, problem.reference, seed,
+  d = designers_lib.make_designer(designer, cands, problem.directions, problem.reference, seed,
                                   search_cfg=dict(bo=dict(pending=pending)), log_path=log_path)
   trials = [problem.trial(problem.baseline)]
   initial = [a for a in designers_lib.initial_design(cands, num_initial + 1, seed) if a != problem.baseline]
@@ -222,7 +222,7 @@ def run_workers(problem: Problem, seed: int, budget: int, num_initial: int, work
   finally:
     if hasattr(d, "close"):
       d.close()
-  return dict(problem=problem.name, designer="bo", pending=pending, workers=workers, seed=seed, budget=budget,
+  return dict(problem=problem.name, designer=designer, pending=pending, workers=workers, seed=seed, budget=budget,
               num_initial=num_initial, order=[a.name for a in order], rounds=rounds, wall_s=time.time() - t0)
 
 
