@@ -69,9 +69,9 @@ def _safe_name(name: str) -> str:
 
 def paired_ratio(times, reference_times) -> tuple[float, float]:
   """(ratio, relative half-width of its 95% CI) of a program's latency to a reference's, from calls
-  made alternately (times[i] just before reference_times[i]): the median of the per-pair log
-  ratios, with the order-statistic CI of that median. Drift slower than one pair of calls cancels
-  in each ratio, so the ratio holds where each latency alone drifts."""
+  made in turn (times[i] and reference_times[i] in the same turn, call_order): the median of the
+  per-pair log ratios, with the order-statistic CI of that median. Drift slower than one turn
+  cancels in each ratio, so the ratio holds where each latency alone drifts."""
   logs = np.log(np.asarray(times, np.float64) / np.asarray(reference_times, np.float64))
   mid = float(np.median(logs))
   lo, hi = median_ci95(logs)
@@ -166,7 +166,8 @@ def measure_fn(fn: Callable, args: tuple, *, name: str, batch: int, seq: int | N
   """Measures `fn(*args)`. reference=(fn, args, name): measured paired with that program, the two
   called alternately in the same traces until the ratio of their latencies is within
   `target_rel_ci`; the result adds `latency_ratio` (to the reference), its relative 95% CI and
-  the reference's own median in these rounds (paired_ratio)."""
+  the reference's own median in these rounds (paired_ratio); compile_s and fused_ffn_ran then
+  cover both programs."""
   if batch <= 0:
     raise ValueError(f"batch must be positive, got {batch}")
   if not 0 < target_rel_ci < 1:

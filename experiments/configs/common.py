@@ -95,10 +95,13 @@ def search(num_initial: int, num_trials: int, measure_seq: int, latency_referenc
       proxy="flash",
       # pending: what BO makes of the trials other workers are running when it is asked for one
       # ('exclude': never suggests them; 'believer': also conditions its GPs on them at their
-      # posterior mean, so N workers do not get N neighbours; experiments/README.md section 12).
+      # posterior mean; 'hippo': penalizes candidates predicted close to them). 'believer' reached
+      # three better models in the fewest rounds with 4 workers (experiments/README.md section 12).
       # training_free: the GPs also see each candidate's log parameters and log FLOPs (scaled to
-      # [0, 1]), so BO starts from what the size predicts (experiments/README.md section 13).
-      bo=dict(optimizer_python="", likelihood_variance=1e-3, pending="exclude", training_free=False),
+      # [0, 1]), with a prior mean linear in them, so BO starts from what the size predicts. Off:
+      # it found regular's top 3 sooner and covered the front better, but found students that
+      # dominate the baseline later (experiments/README.md section 13).
+      bo=dict(optimizer_python="", likelihood_variance=1e-3, pending="believer", training_free=False),
       evolution=dict(population=25, mutation_prob=0.5, explore_prob=0.5),  # 004 Algorithm 2
       firefly=dict(population=10, beta0=1.0, gamma=1.0, alpha=0.2))  # Yang (2010)
   base.update(kw)
