@@ -150,6 +150,21 @@ def _traced_round_fn(compiled: list, args: list[tuple], tags: list[str], trace_d
   return run_round
 
 
+def _warm_and_time(compiled: list, args: list[tuple], tags: list[str], trace_dir: str, *, warmup: int, chunk: int,
+                   min_reps: int, max_reps: int, target_rel_ci: float, reference: int | None):
+  """Warms the compiled programs up, then times them in turn (interleaved_rounds over traced
+  rounds): (times per program, precision, program 0's per-round trace stats, its wall times)."""
+  for _ in range(warmup):
+    for c, a in zip(compiled, args):
+      jax.block_until_ready(c(*a))
+  op_stats: list[trace_lib.TraceStats] = []
+  wall_ns: list[float] = []
+  times, precision = interleaved_rounds(_traced_round_fn(compiled, args, tags, trace_dir, op_stats, wall_ns),
+                                        len(compiled), chunk=chunk, min_reps=min_reps, max_reps=max_reps,
+                                        target_rel_ci=target_rel_ci, reference=reference)
+  return times, precision, op_stats, wall_ns
+
+
 def _tagged(fn: Callable, tag: str) -> Callable:
   """`fn` under a unique module name, so the trace parser finds its executions and nothing else."""
   def target(*a):
@@ -186,16 +201,9 @@ def measure_fn(fn: Callable, args: tuple, *, name: str, batch: int, seq: int | N
              for (f, a), tag in zip(programs, tags)]
   compiled = [s["compiled"] for s in stats]
   compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    for c, (_, a) in zip(compiled, programs):
-      jax.block_until_ready(c(*a))
-
-  op_stats: list[trace_lib.TraceStats] = []
-  wall_ns: list[float] = []
-  times, precision = interleaved_rounds(
-      _traced_round_fn(compiled, [a for _, a in programs], tags, trace_dir, op_stats, wall_ns), len(programs),
-      chunk=chunk, min_reps=min_reps, max_reps=max_reps, target_rel_ci=target_rel_ci,
-      reference=1 if reference else None)
+  times, precision, op_stats, wall_ns = _warm_and_time(
+      compiled, [a for _, a in programs], tags, trace_dir, warmup=warmup, chunk=chunk, min_reps=min_reps,
+      max_reps=max_reps, target_rel_ci=target_rel_ci, reference=1 if reference else None)
   device_ns = times[0]
   n = len(device_ns)
   op_time, op_count = {}, {}
@@ -262,12 +270,9 @@ def measure_together(programs: list[tuple[str, Callable, tuple]], *, reference: 
   tags = [f"ad_together_{i}_{_safe_name(name)}" for i, (name, _, _) in enumerate(programs)]
   compiled = [compile_stats.compile_stats(_tagged(fn, tag), *args, compiler_options=compiler_options)["compiled"]
               for (_, fn, args), tag in zip(programs, tags)]
-  for _ in range(warmup):
-    for c, (_, _, a) in zip(compiled, programs):
-      jax.block_until_ready(c(*a))
-  times, precision = interleaved_rounds(_traced_round_fn(compiled, [a for _, _, a in programs], tags, trace_dir, [], []),
-                                        len(programs), chunk=chunk, min_reps=min_reps, max_reps=max_reps,
-                                        target_rel_ci=target_rel_ci, reference=reference)
+  times, precision, _, _ = _warm_and_time(compiled, [a for _, _, a in programs], tags, trace_dir, warmup=warmup,
+                                          chunk=chunk, min_reps=min_reps, max_reps=max_reps,
+                                          target_rel_ci=target_rel_ci, reference=reference)
   out = []
   for (name, _, _), t in zip(programs, times):
     ratio, ratio_ci = paired_ratio(t, times[reference])

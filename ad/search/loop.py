@@ -193,9 +193,6 @@ def measure(arch: space_lib.Arch, cfg, trace_dir: str, model_cfg=None, store=Non
   return r
 
 
-REMEASURED_KEY = "remeasured"  # store meta: the Pareto set and the reference timed together before the finals
-
-
 def remeasure_front(cfg, run_dir: str, store, names, directions, log: Callable) -> dict | None:
   """Before the finals: the Pareto students and the reference timed together, in turn, in one
   process (harness.measure_together), so the front's latencies are compared within one session
@@ -207,7 +204,7 @@ def remeasure_front(cfg, run_dir: str, store, names, directions, log: Callable) 
     return None  # nothing paired, or the target machine is elsewhere
   ok, mask = report_lib.front(store.trials(), names, directions)
   archs = sorted(r["arch"] for r, m in zip(ok, mask) if m)
-  done = store.get_meta(REMEASURED_KEY)
+  done = store.get_meta(report_lib.REMEASURED_KEY)
   if not archs or (done and done["archs"] == archs):
     return done
   m = cfg.search.measure
@@ -225,7 +222,7 @@ def remeasure_front(cfg, run_dir: str, store, names, directions, log: Callable) 
              rows={r["name"]: dict(latency_ms=r["latency_ratio"] * float(scale), rel_ci95=r["latency_ratio_rel_ci95"],
                                    latency_ratio=r["latency_ratio"], alone_ms=r["latency_ms_median"],
                                    repetitions=r["repetitions"]) for r in rows})
-  store.set_meta(REMEASURED_KEY, out)
+  store.set_meta(report_lib.REMEASURED_KEY, out)
   return out
 
 

@@ -91,6 +91,9 @@ def choose_finals(rows: list[dict], names, directions, final_cfg) -> list[str]:
   return [pts[i]["arch"] for i in order[:k]]
 
 
+REMEASURED_KEY = "remeasured"  # store meta: the Pareto set and the reference timed together before the finals
+
+
 def _measured_latency(m: dict) -> str:
   """A measurement's latency in ms ('' when not measured): 'paired (alone median)' where it was
   timed against the reference, else 'median (p90)'; an estimate says so."""
@@ -300,7 +303,7 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
   try:
     names, directions, reference, record = _spec(store)
     rows, finals, finetunes = store.trials(), store.finals(), store.finetunes()
-    remeasured = store.get_meta("remeasured")  # ad/search/loop.py REMEASURED_KEY
+    remeasured = store.get_meta(REMEASURED_KEY)
   finally:
     if own:
       store.close()

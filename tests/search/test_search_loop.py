@@ -78,7 +78,7 @@ def test_kill_and_resume_loses_and_repeats_nothing_and_the_report_is_rebuilt_fro
     assert (after["id"], after["finished"], after["objectives"]) == (r["id"], r["finished"], r["objectives"])
   # Latencies are paired with the baseline and on one scale across the kill: its first reading.
   db = store_lib.TrialStore(run_dir, readonly=True)
-  scale, remeasured = db.get_meta(loop.LATENCY_SCALE_KEY), db.get_meta(loop.REMEASURED_KEY)
+  scale, remeasured = db.get_meta(loop.LATENCY_SCALE_KEY), db.get_meta(report.REMEASURED_KEY)
   db.close()
   assert scale["arch"] == BASELINE and scale["ms"] == json.loads(rows[0]["measurement"])["reference_ms_median"]
   for r in rows:
