@@ -1,5 +1,6 @@
 """Standard errors of the evaluation's ratios and of differences between two evaluations, and the
-downstream-task metrics with their bootstrap noise (numpy; scipy for Spearman).
+downstream-task metrics with their bootstrap noise, and how two rankings of the same students
+agree (numpy; scipy for Spearman and Kendall).
 
 An evaluation score is a ratio over sequences: accuracy = sum_i c_i / sum_i n_i, with c_i the
 correct masked tokens and n_i the masked tokens of sequence i. Tokens of one sequence are not
@@ -19,6 +20,7 @@ The optimizer service (numpy 1.x) never imports this; the report and the search 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -68,6 +70,63 @@ def paired_difference(num_a, num_b, den) -> tuple[float, float]:
 def difference_se(se_a: float, se_b: float) -> float:
   """Standard error of a difference of two independent estimates."""
   return math.sqrt(se_a ** 2 + se_b ** 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Agreement of two rankings of the same students (a proxy's against regular distillation's).
+
+def kendall_tau(a, b) -> float:
+  """Kendall's tau-b of two scorings of the same students."""
+  from scipy import stats as sstats  # scipy: only where rankings are compared
+  return float(sstats.kendalltau(a, b).statistic)
+
+
+def pairwise_accuracy(a, b) -> float:
+  """Fraction of pairs ordered the same by a and b (both strict the same way, or both tied)."""
+  agree = total = 0
+  for i, j in itertools.combinations(range(len(a)), 2):
+    total += 1
+    agree += int(np.sign(a[i] - a[j]) == np.sign(b[i] - b[j]))
+  return agree / total
+
+
+def bootstrap_interval(a, b, fn, resamples: int, seed: int) -> tuple[float, float]:
+  """95% percentile interval of fn(a, b) over students resampled with replacement (resamples with
+  fewer than 3 distinct students skipped; NaN, NaN when none is left, e.g. with 3 students)."""
+  rng = np.random.default_rng(seed)
+  a, b = np.asarray(a), np.asarray(b)
+  vals = []
+  for _ in range(resamples):
+    idx = rng.integers(0, len(a), len(a))
+    if len(set(idx.tolist())) < 3:
+      continue
+    v = fn(a[idx], b[idx])
+    if np.isfinite(v):
+      vals.append(v)
+  if not vals:
+    return float("nan"), float("nan")
+  return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+
+
+def resolved_pairs(scores, ses, per_sequence=None) -> list[tuple[int, int, int]]:
+  """(i, j, sign of scores_i - scores_j) for the pairs whose scores differ by more than 2 standard
+  errors of the difference: paired over the shared evaluation set where every student has its
+  per-sequence counts (dicts with 'mlm_correct' and 'masked'), else unpaired."""
+  out = []
+  for i, j in itertools.combinations(range(len(scores) if scores is not None else len(per_sequence)), 2):
+    if per_sequence is not None and per_sequence[i] and per_sequence[j]:
+      d, se = paired_difference(per_sequence[i]["mlm_correct"], per_sequence[j]["mlm_correct"],
+                                per_sequence[i]["masked"])
+    else:
+      d, se = scores[i] - scores[j], difference_se(ses[i], ses[j])
+    if abs(d) > 2 * se:
+      out.append((i, j, int(np.sign(d))))
+  return out
+
+
+def agreement_on(resolved: list[tuple[int, int, int]], proxy) -> int:
+  """How many of the `resolved` pairs `proxy` orders the same way."""
+  return sum(int(np.sign(proxy[i] - proxy[j]) == sign) for i, j, sign in resolved)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from ad import configs, files
-from experiments.fidelity import bootstrap_interval, kendall_tau, pairwise_accuracy
+from ad.stats import bootstrap_interval, kendall_tau, pairwise_accuracy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "experiments", "results")

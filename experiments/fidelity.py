@@ -34,6 +34,7 @@ import traceback
 import numpy as np
 
 from ad import configs, files, stats
+from ad.stats import bootstrap_interval, kendall_tau, pairwise_accuracy
 from ad import space as space_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,35 +63,6 @@ def choose(cfg, count: int) -> list[str]:
         heads_seen[a.heads] = heads_seen.get(a.heads, 0) + 1
         break
   return picks + [space_lib.MOBILEBERT.name]
-
-
-def pairwise_accuracy(a, b) -> float:
-  """Fraction of pairs ordered the same by a and b (both strict the same way, or both tied)."""
-  agree = total = 0
-  for i, j in itertools.combinations(range(len(a)), 2):
-    total += 1
-    agree += int(np.sign(a[i] - a[j]) == np.sign(b[i] - b[j]))
-  return agree / total
-
-
-def bootstrap_interval(a, b, fn, resamples: int, seed: int) -> tuple[float, float]:
-  """95% percentile interval of fn(a, b) over students resampled with replacement."""
-  rng = np.random.default_rng(seed)
-  a, b = np.asarray(a), np.asarray(b)
-  vals = []
-  for _ in range(resamples):
-    idx = rng.integers(0, len(a), len(a))
-    if len(set(idx.tolist())) < 3:
-      continue
-    v = fn(a[idx], b[idx])
-    if np.isfinite(v):
-      vals.append(v)
-  return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
-
-
-def kendall_tau(a, b) -> float:
-  from scipy import stats as sstats
-  return float(sstats.kendalltau(a, b).statistic)
 
 
 def schedule_overrides(cfg, fraction: float) -> list[str]:

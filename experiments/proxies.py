@@ -8,7 +8,7 @@ shaped baseline, regular-distilled for 1,480 steps, and flash-distilled at 5%) a
   total step budget,
 - training-free proxies: parameters and closed-form FLOPs,
 and each ranking is compared with regular distillation's: Kendall tau-b and pairwise accuracy, each
-with a 95% bootstrap interval over students (experiments/fidelity.py's functions). The cost of each
+with a 95% bootstrap interval over students (ad/stats.py). The cost of each
 proxy is its wall time on this machine: flash sums the students' flash runs (fidelity study, two
 runs side by side), a SuperLM proxy is its training plus scoring every student.
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import os
 import sys
 import time
@@ -39,7 +38,6 @@ import numpy as np
 
 from ad import configs, files, stats
 from ad import space as space_lib
-from experiments import fidelity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "experiments", "results")
@@ -55,12 +53,6 @@ def eta_squared(values, groups) -> float:
   return float(between / total) if total > 0 else 0.0
 
 
-def resolved_pairs(values, ses) -> int:
-  """Pairs whose scores differ by more than 2 standard errors of the (unpaired) difference."""
-  return sum(int(abs(values[i] - values[j]) > 2 * np.hypot(ses[i], ses[j]))
-             for i, j in itertools.combinations(range(len(values)), 2))
-
-
 def regular_resolved(archs, runs_dir: str) -> list[tuple[int, int, int]] | None:
   """(i, j, sign of regular_i - regular_j) for the pairs the regular runs separate beyond 2 SE of
   the paired difference on the shared evaluation set (the fidelity study's per-sequence counts),
@@ -71,12 +63,7 @@ def regular_resolved(archs, runs_dir: str) -> list[tuple[int, int, int]] | None:
     if not os.path.isfile(path):
       return None
     per_seq.append(files.read_json(path, "fidelity run")["per_sequence"])
-  out = []
-  for i, j in itertools.combinations(range(len(archs)), 2):
-    d, se = stats.paired_difference(per_seq[i]["mlm_correct"], per_seq[j]["mlm_correct"], per_seq[i]["masked"])
-    if abs(d) > 2 * se:
-      out.append((i, j, int(np.sign(d))))
-  return out
+  return stats.resolved_pairs(None, None, per_seq)
 
 
 def ranking(name: str, proxy, regular, cfg, cost_s: float | None, ses=None, resolved=None, **extra) -> dict:
@@ -85,16 +72,15 @@ def ranking(name: str, proxy, regular, cfg, cost_s: float | None, ses=None, reso
   b, seed = cfg.fidelity.bootstrap, cfg.fidelity.seed
   proxy, regular = np.asarray(proxy, float), np.asarray(regular, float)
   if resolved:  # agreement on the pairs the reference itself tells apart
-    agree = sum(int(np.sign(proxy[i] - proxy[j]) == sign) for i, j, sign in resolved)
-    extra["agreement_on_regular_resolved_pairs"] = f"{agree}/{len(resolved)}"
+    extra["agreement_on_regular_resolved_pairs"] = f"{stats.agreement_on(resolved, proxy)}/{len(resolved)}"
   if ses is not None:
     n = len(proxy)
-    extra.update(pairs_resolved_beyond_2se=f"{resolved_pairs(proxy, ses)}/{n * (n - 1) // 2}",
+    extra.update(pairs_resolved_beyond_2se=f"{len(stats.resolved_pairs(proxy, ses))}/{n * (n - 1) // 2}",
                  spread_in_se=float((proxy.max() - proxy.min()) / np.mean(ses)))
-  return dict(proxy=name, kendall_tau=fidelity.kendall_tau(proxy, regular),
-              kendall_tau_ci95=fidelity.bootstrap_interval(proxy, regular, fidelity.kendall_tau, b, seed),
-              pairwise_accuracy=fidelity.pairwise_accuracy(proxy, regular),
-              pairwise_accuracy_ci95=fidelity.bootstrap_interval(proxy, regular, fidelity.pairwise_accuracy, b, seed),
+  return dict(proxy=name, kendall_tau=stats.kendall_tau(proxy, regular),
+              kendall_tau_ci95=stats.bootstrap_interval(proxy, regular, stats.kendall_tau, b, seed),
+              pairwise_accuracy=stats.pairwise_accuracy(proxy, regular),
+              pairwise_accuracy_ci95=stats.bootstrap_interval(proxy, regular, stats.pairwise_accuracy, b, seed),
               cost_s=cost_s, **extra)
 
 

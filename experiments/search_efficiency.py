@@ -28,6 +28,12 @@ accuracy: binomial over its masked tokens; latency: its median's CI), as a searc
 search.bo.pending's ways to treat the trials in flight (issue 30 item 4).
 `--study priors` runs BO with and without the training-free features (log parameters, log FLOPs)
 as extra GP inputs, search.bo.training_free (issue 30 item 2).
+`--study constraints --max-latency MS` adds a latency limit that binds: a trial over it is
+infeasible (it counts as a trial, with no accuracy), as in a search with constraints.max_latency_ms.
+BO either only excludes infeasible points (search.bo.constraints = 'filter') or models the
+constraint with a GP and weighs EHVI by its probability of feasibility ('model'); reported: the
+infeasible suggestions and the trials to the first and three feasible architectures that
+dominate the baseline (issue 30 item 5).
 
 Command:  .venv/bin/python -m experiments.search_efficiency --problem table|analytic [--seeds 5]
           .venv/bin/python -m experiments.search_efficiency --study objectives [--seeds 3]
@@ -35,8 +41,11 @@ Command:  .venv/bin/python -m experiments.search_efficiency --problem table|anal
               --workers 4,1 --pending exclude,hippo,believer --seeds 5 --budget 40
           .venv/bin/python -m experiments.search_efficiency --problem table|fidelity --study priors
               [--initial 4] [--budget N]
+          .venv/bin/python -m experiments.search_efficiency --problem table --study constraints
+              --max-latency 3.5 [--budget 30]
 Output:   experiments/results/search_<problem>.{json,png}, experiments/results/objectives.{json,png},
-          search_workers_<problem>.json, search_priors_<problem>.json; one JSON per run under
+          search_workers_<problem>.json, search_priors_<problem>.json,
+          search_constraints_<problem>.json; one JSON per run under
           runs/search_efficiency/ (a rerun skips those).
 """
 
@@ -79,13 +88,26 @@ class Problem:
   def value(self, arch) -> list[float]:
     return [float(v) for v in self.values[self.cands.index[arch.name]]]
 
-  def trial(self, arch) -> dict:
-    """What a designer is told of `arch`: its values, with their standard errors where known."""
+  def trial(self, arch, max_latency: float = 0.0, modelled: bool = False) -> dict:
+    """What a designer is told of `arch`: its values, with their standard errors where known. With
+    a latency limit, a slower architecture is infeasible (its accuracy never measured); `modelled`:
+    the designer also gets the measured latency as the constraint's value (search.bo.constraints)."""
     i = self.cands.index[arch.name]
     t = dict(arch=arch, status="ok", values=self.value(arch))
     if self.noise is not None:
       t["noise"] = [float(e) for e in self.noise[i]]
+    if max_latency:
+      lat = self.objectives.index("latency_ms")
+      if modelled:
+        t.update(constraints=[t["values"][lat]], constraint_noise=[t["noise"][lat]] if "noise" in t else None)
+      if t["values"][lat] > max_latency:
+        t = dict(t, status="infeasible", values=None, noise=None)
     return t
+
+  def feasible(self, max_latency: float) -> np.ndarray:
+    """[N] bool: candidates within the latency limit (all of them with none)."""
+    return self.values[:, self.objectives.index("latency_ms")] <= max_latency if max_latency else np.ones(
+        len(self.values), bool)
 
   def true_hypervolume(self) -> float:
     return pareto.hypervolume(pareto.to_min(self.values, self.directions), pareto.to_min([self.reference],
@@ -168,24 +190,29 @@ def analytic_problem() -> Problem:
 
 
 def run_one(problem: Problem, designer: str, seed: int, budget: int, num_initial: int,
-            log_path: str | None = None, training_free: bool = False) -> dict:
+            log_path: str | None = None, training_free: bool = False, max_latency: float = 0.0,
+            constraints: str = "filter") -> dict:
   """One search by lookup: returns the evaluated architectures in order and the derived metrics.
-  training_free: BO's GPs also see the problem's training-free features (search.bo.training_free)."""
+  training_free: BO's GPs also see the problem's training-free features (search.bo.training_free);
+  max_latency: a latency limit, 'filter'ed or 'model'led (search.bo.constraints)."""
   cands = problem.cands
+  modelled = bool(max_latency) and constraints == "model"
   d = designers_lib.make_designer(designer, cands, problem.directions, problem.reference, seed, log_path=log_path,
-                                  features=problem.features if training_free else None)
-  trials = [problem.trial(problem.baseline)]
+                                  features=problem.features if training_free else None,
+                                  constraints=[max_latency] if modelled else ())
+  observe = lambda a: problem.trial(a, max_latency, modelled)
+  trials = [observe(problem.baseline)]
   # The shared initial design, minus the baseline (already known to every designer).
   initial = [a for a in designers_lib.initial_design(cands, num_initial + 1, seed) if a != problem.baseline]
   order = initial[:num_initial]
-  trials += [problem.trial(a) for a in order]
+  trials += [observe(a) for a in order]
   t0 = time.time()
   try:
     while len(order) < budget:
       d.update(trials)
       (arch,) = d.suggest(1)
       order.append(arch)
-      trials.append(problem.trial(arch))
+      trials.append(observe(arch))
   finally:
     if hasattr(d, "close"):
       d.close()
@@ -294,11 +321,55 @@ def priors_study(problem: Problem, seeds: int, budget: int, num_initial: int, ru
   return out
 
 
-def metrics(problem: Problem, result: dict) -> dict:
+def constraints_study(problem: Problem, seeds: int, budget: int, num_initial: int, run_dir: str,
+                      max_latency: float) -> dict:
+  """BO under a latency limit that binds, the constraint filtered (infeasible points excluded) or
+  modelled (a GP, EHVI x probability of feasibility), seed by seed: infeasible suggestions (initial
+  design excluded, the same for both) and trials to the first and to three feasible architectures
+  that dominate the baseline."""
+  os.makedirs(run_dir, exist_ok=True)
+  feasible = problem.feasible(max_latency)
+  methods = ("filter", "model")
+  runs: dict[str, list] = {m: [] for m in methods}
+  for seed in range(seeds):
+    for method in methods:
+      path = os.path.join(run_dir, f"{method}_{max_latency:g}_{seed}.json")
+      if os.path.exists(path):
+        r = files.read_json(path)
+      else:
+        r = run_one(problem, "bo", seed, budget, num_initial, log_path=os.path.join(run_dir, "trieste.log"),
+                    max_latency=max_latency, constraints=method)
+        files.write_json(path, r)
+      r.update(metrics(problem, r, max_latency))
+      idx = [problem.cands.index[n] for n in r["order"][num_initial:]]
+      r["infeasible"] = int((~feasible[idx]).sum())
+      # what reaching three costs where an infeasible trial is only measured, never trained (the
+      # search measures before it trains): the feasible trials up to the third hit
+      every = [problem.cands.index[n] for n in r["order"]]
+      r["three_trained"] = int(feasible[every[:r["three"]]].sum()) if r["three"] else None
+      runs[method].append(r)
+      print(f"{problem.name} constraints {method} seed {seed}: infeasible {r['infeasible']}/{len(idx)} designed, "
+            f"first {r['first']}, three {r['three']} ({r['wall_s']:.0f} s)", flush=True)
+  out = dict(problem=problem.name, candidates=len(problem.cands), max_latency_ms=max_latency,
+             feasible_in_space=int(feasible.sum()),
+             feasible_dominating_in_space=int((problem.dominates_baseline() & feasible).sum()),
+             budget=budget, num_initial=num_initial, seeds=seeds, methods={})
+  for method, rs in runs.items():
+    keys = ("first", "three", "three_trained", "infeasible")
+    out["methods"][method] = dict(**{k: [r[k] for r in rs] for k in keys},
+                                  **{f"{k}_summary": _summarize([r[k] for r in rs], budget) for k in keys},
+                                  infeasible_mean=float(np.mean([r["infeasible"] for r in rs])),
+                                  infeasible_se=float(np.std([r["infeasible"] for r in rs], ddof=1) / np.sqrt(len(rs)))
+                                  if len(rs) > 1 else None, wall_s=[r["wall_s"] for r in rs])
+  return out
+
+
+def metrics(problem: Problem, result: dict, max_latency: float = 0.0) -> dict:
   """Iterations (1-based, initial design included) to the first and third baseline-dominating
-  architecture (None if not reached), and the hypervolume fraction after each iteration."""
+  architecture (within the latency limit, if any; None if not reached), and the hypervolume
+  fraction after each iteration."""
   idx = [problem.cands.index[n] for n in result["order"]]
-  dom = problem.dominates_baseline()[idx]
+  dom = (problem.dominates_baseline() & problem.feasible(max_latency))[idx]
   hits = np.flatnonzero(dom) + 1
   y = pareto.to_min(problem.values[idx], problem.directions)
   ref = pareto.to_min([problem.reference], problem.directions)[0]
@@ -441,7 +512,9 @@ def plot_objectives(problem: Problem, out: dict, path: str) -> None:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--problem", choices=("table", "analytic", "fidelity"), default="table")
-  p.add_argument("--study", choices=("efficiency", "objectives", "workers", "priors"), default="efficiency")
+  p.add_argument("--study", choices=("efficiency", "objectives", "workers", "priors", "constraints"),
+                 default="efficiency")
+  p.add_argument("--max-latency", type=float, default=3.5, help="--study constraints: the latency limit (ms)")
   p.add_argument("--workers", default="1,2,4", help="--study workers: simulated worker counts")
   p.add_argument("--pending", default="exclude,believer,hippo",
                  help="--study workers: what BO makes of trials in flight (search.bo.pending)")
@@ -481,6 +554,21 @@ def main(argv=None) -> int:
       extra = f", all of regular's top 3 after {d['top3_summary']}" if "top3_summary" in d else ""
       print(f"  GP inputs {key}: first better {d['first_summary']}, three {d['three_summary']}{extra}; "
             f"HV after {min(10, budget)} {d['hv_mean'][min(9, budget - 1)]:.3f}, after {budget} {d['hv_mean'][-1]:.3f}")
+    return 0
+  if args.study == "constraints":
+    if "latency_ms" not in problem.objectives:
+      raise ValueError(f"--study constraints: the {problem.name} problem has no latency (use --problem table)")
+    budget = args.budget or 30
+    out = constraints_study(problem, args.seeds, budget, args.initial,
+                            os.path.join(args.run_dir, f"constraints_{problem.name}"), args.max_latency)
+    out.update(command=command, wall_s=time.time() - t0)
+    files.write_json(os.path.join(args.out, f"search_constraints_{problem.name}.json"), out)
+    print(f"{problem.name}: {out['feasible_in_space']} of {out['candidates']} within {args.max_latency} ms, "
+          f"{out['feasible_dominating_in_space']} of them dominate the baseline; median over {args.seeds} seeds (range):")
+    for method, d in out["methods"].items():
+      print(f"  {method:6s}: infeasible designed trials {d['infeasible_mean']:.1f} ± {d['infeasible_se'] or 0:.1f}; "
+            f"trials to the first feasible better {d['first_summary']}, to three {d['three_summary']} "
+            f"({d['three_trained_summary']} of them feasible, i.e. trained)")
     return 0
   if args.study == "workers":
     budget = args.budget or 40

@@ -115,7 +115,8 @@ def distill_overrides(teacher_dir: str, **extra) -> list[str]:
   """Config overrides for a seconds-long distillation run on the CPU."""
   base = {"teacher.prepared_dir": teacher_dir, "model.num_blocks": 2, "distill.batch_size": 8,
           "distill.flash.steps_per_block": 2, "distill.flash.pretrain_steps": 3, "distill.flash.warmup_steps": 1,
-          "distill.checkpoint_every": 2, "distill.log_every": 1, "model.dtype": "float32"}
+          "distill.checkpoint_every": 2, "distill.log_every": 1, "model.dtype": "float32",
+          "search.calibrate": 0}  # a search test distills no more than it asks for (test_calibration.py does)
   base.update({f"data.{k}": v for k, v in TINY_DATA.items()})
   base.update({f"teacher.{k}": v for k, v in TINY_TEACHER.items()})
   base.update(extra)

@@ -4,7 +4,9 @@ Interface (docs/DESIGN.md): `update(trials)` hands over the whole history, `sugg
 returns `count` architectures that are neither evaluated nor pending. A trial is a dict with
 `arch` (Arch), `status` ('ok', 'failed' or 'infeasible'), `values` ([M] objective values in
 their own units, for 'ok') and optionally `noise` ([M] standard errors; the BO designer's GPs
-weight each observation by it, the others ignore it). Every designer is a function of (seed, history): it re-seeds from
+weight each observation by it, the others ignore it), and where the BO designer models constraints
+(search.bo.constraints = 'model') `constraints` and `constraint_noise` ([C] measured values and
+standard errors, for 'ok' and 'infeasible'). Every designer is a function of (seed, history): it re-seeds from
 the number of observations, so a resumed search makes the same suggestions as an uninterrupted
 one and the same seed with the same observations gives the same suggestions.
 
@@ -218,8 +220,12 @@ class TriesteDesigner:
 
   def __init__(self, cands: Candidates, directions: Sequence[str], reference: Sequence[float], seed: int = 0,
                python: str = "", likelihood_variance: float = 1e-3, timeout_s: float = 600.0,
-               log_path: str | None = None, pending_method: str = "exclude", features: np.ndarray | None = None):
+               log_path: str | None = None, pending_method: str = "exclude", features: np.ndarray | None = None,
+               constraints: Sequence[float] = ()):
     self.cands, self.directions, self.seed = cands, list(directions), seed
+    # limits of the constraints measured with each trial (values <= limit are feasible): the service
+    # models them and weighs its suggestions by the probability that they are met
+    self.constraints = [float(c) for c in constraints]
     # [N, K] columns the GPs see beside the encoding (training_free_features): what is known for free
     self.features = None if features is None else np.asarray(features, dtype=np.float64)
     if self.features is not None and (self.features.ndim != 2 or len(self.features) != len(cands)):
@@ -245,7 +251,8 @@ class TriesteDesigner:
     points = self.cands.points if self.features is None else np.concatenate([self.cands.points, self.features], 1)
     self._call(dict(op="init", points=points.tolist(), directions=self.directions,
                     reference=self.reference, seed=self.seed, likelihood_variance=self.likelihood_variance,
-                    prior_columns=0 if self.features is None else self.features.shape[1]))
+                    prior_columns=0 if self.features is None else self.features.shape[1],
+                    constraints=self.constraints))
 
   def _call(self, req: dict) -> dict:
     proc = self.proc
@@ -303,12 +310,14 @@ class TriesteDesigner:
       i = self.cands.index.get(t["arch"].name)
       if i is None:
         continue  # outside the candidates (e.g. a baseline outside the space): nothing to model
+      floats = lambda xs: None if xs is None else [None if e is None else float(e) for e in xs]
       if t["status"] == "ok":
-        noise = t.get("noise")
-        msgs.append(dict(index=i, status="ok", values=[float(v) for v in t["values"]],
-                         noise=None if noise is None else [None if e is None else float(e) for e in noise]))
+        msg = dict(index=i, status="ok", values=[float(v) for v in t["values"]], noise=floats(t.get("noise")))
       else:
-        msgs.append(dict(index=i, status="failed"))
+        msg = dict(index=i, status="infeasible" if t["status"] == "infeasible" else "failed")
+      if self.constraints and t.get("constraints") is not None:
+        msg.update(constraints=floats(t["constraints"]), constraint_noise=floats(t.get("constraint_noise")))
+      msgs.append(msg)
     if msgs:
       self._call(dict(op="update", trials=msgs))
     self.sent = len(self.trials)
@@ -346,16 +355,19 @@ def training_free_features(sizes: Sequence[tuple[float, float]]) -> np.ndarray:
 
 
 def make_designer(name: str, cands: Candidates, directions: Sequence[str], reference: Sequence[float], seed: int,
-                  search_cfg=None, log_path: str | None = None, features: np.ndarray | None = None):
+                  search_cfg=None, log_path: str | None = None, features: np.ndarray | None = None,
+                  constraints: Sequence[float] = ()):
   """The designer called `name` with its options from the config's `search` section; `features`:
-  [N, K] inputs BO's GPs see beside the encoding (training_free_features; search.bo.training_free)."""
+  [N, K] inputs BO's GPs see beside the encoding (training_free_features; search.bo.training_free);
+  `constraints`: limits BO models (search.bo.constraints = 'model'); the other designers only
+  avoid what the search filtered out or found infeasible."""
   get = lambda section, key, default: (search_cfg[section][key] if search_cfg is not None and section in search_cfg
                                        and key in search_cfg[section] else default)
   if name == "bo":
     return TriesteDesigner(cands, directions, reference, seed, python=get("bo", "optimizer_python", ""),
                            likelihood_variance=get("bo", "likelihood_variance", 1e-3), log_path=log_path,
                            pending_method=get("bo", "pending", "exclude"),
-                           features=features)
+                           features=features, constraints=constraints)
   if name == "random":
     return RandomDesigner(cands, directions, seed)
   if name == "evolutionary":

@@ -26,12 +26,13 @@ import json
 import os
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ad import configs, export, files, interrupt, multihost
 from ad import space as space_lib
+from ad.search import calibration
 from ad.search import designers as designers_lib
 from ad.search import pareto, report as report_lib
 from ad.search import store as store_lib
@@ -49,11 +50,15 @@ SCREENED = ("params", "flops")
 # Predicted before anything runs by the learned latency predictor (ad/search/latency_model.py),
 # fitted on the measurements in search.latency_model.source; its noise is the held-out error.
 PREDICTED = ("predicted_latency_ms",)
-# search.* settings a resumed run may change: the failure budget and how trials are spread over workers.
-RESUMABLE_SEARCH_KEYS = ("max_failed_trials", "workers")
+# search.* settings a resumed run may change: the failure budget, how trials are spread over workers, and
+# the calibration that runs after the search.
+RESUMABLE_SEARCH_KEYS = ("max_failed_trials", "workers", "calibrate")
 # search.* settings added after runs were recorded, with the value an older record means by lacking them.
 ADDED_SEARCH_KEYS = {"latency_model": {"source": ""}, "proxy": "flash"}
 ADDED_MEASURE_KEYS = {"reference": ""}  # the same for search.measure: older runs timed each student alone
+# search.bo.constraints: what BO makes of a limit known only once a trial runs (modelled_constraints)
+CONSTRAINT_METHODS = ("filter", "model")
+CONSTRAINT_KINDS = ("max_params", "max_flops", "max_latency_ms")  # the constraints section's keys (0: off)
 
 
 def proxy_of(cfg) -> str:
@@ -450,7 +455,7 @@ def finish_joined(cfg, store, row: dict, names, log: Callable) -> dict:
   objectives (or 'infeasible' when the measurement breaks the latency constraint)."""
   error = latency_verdict(row["measurement"], cfg)
   if error:
-    store.finish_trial(row["id"], "infeasible", error=error)
+    store.finish_trial(row["id"], "infeasible", error=error, measurement=row["measurement"])  # BO models it
     return dict(status="infeasible", objectives=None)
   objectives, ses = objective_values(names, row["distill"], row["measurement"], row["screening"])
   error = nonfinite_objectives(objectives)
@@ -572,15 +577,24 @@ def next_trial(cfg, rows: list[dict], initial, des, names, designer: str, pendin
   if n_initial < s.num_initial and todo:
     return todo[0].name, "initial", "initial", 0.0
   t0 = time.time()
-  des.update(designer_trials(rows, names))
+  des.update(designer_trials(rows, names, modelled_constraints(cfg)))
   pending_archs = [space_lib.Arch.parse(a) for a in pending]
   return des.suggest(1, pending_archs)[0].name, "designer", designer, time.time() - t0
 
 
-def designer_trials(rows: list[dict], names) -> list[dict]:
+def modelled_constraints(cfg) -> list[float]:
+  """The limits BO models rather than only filters (search.bo.constraints = 'model'): those known
+  only once a trial runs. Today that is constraints.max_latency_ms, a measurement; the params and
+  FLOPs limits are closed-form and prune the space before the search (feasible_candidates)."""
+  limit = float(cfg.constraints.max_latency_ms)
+  return [limit] if limit and cfg.search.designer == "bo" and cfg.search.bo.get("constraints") == "model" else []
+
+
+def designer_trials(rows: list[dict], names, constraints: Sequence[float] = ()) -> list[dict]:
   """Store rows -> the designer's view (arch, status, values and standard errors in objective
   order). Trials in flight are the designer's pending points, not observations; failed ones are
-  reported as failed (never as an observation of the GP)."""
+  reported as failed (never as an observation of the GP). With modelled `constraints` (the latency
+  limit), every measured trial, feasible or not, also carries its latency and standard error."""
   out = []
   for r in rows:
     if r["status"] in IN_FLIGHT or r["role"] == report_lib.CHECKPOINT_ROLE:  # not a student of the space
@@ -590,6 +604,9 @@ def designer_trials(rows: list[dict], names) -> list[dict]:
       t["values"] = [r["objectives"][n] for n in names]
       se = r.get("objective_se") or {}
       t["noise"] = [se.get(n) for n in names]  # None where an older store has no standard error
+    if constraints and r.get("measurement"):
+      latency, rel_ci95 = latency_of(r["measurement"])
+      t.update(constraints=[latency], constraint_noise=[latency * rel_ci95 / 1.96])
     out.append(t)
   return out
 
@@ -648,6 +665,16 @@ def _validated(cfg, run_dir: str, designer: str | None):
     raise ValueError(f"search.bo.pending={s.bo.pending!r}: expected one of {trieste_service.PENDING_METHODS}")
   if not isinstance(s.bo.get("training_free", False), bool):
     raise ValueError(f"search.bo.training_free={s.bo.training_free!r}: expected True or False")
+  if s.bo.get("constraints", "filter") not in CONSTRAINT_METHODS:
+    raise ValueError(f"search.bo.constraints={s.bo.constraints!r}: expected one of {CONSTRAINT_METHODS} ('filter': "
+                     "an infeasible trial is only excluded; 'model': BO models the measured latency's limit)")
+  k = s.get("calibrate", 0)
+  if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+    raise ValueError(f"search.calibrate={k!r}: expected a whole number >= 0 of search students to regular-distill "
+                     "after the finals (0: off; more than the search has: all of them)")
+  unknown = sorted(set(cfg.constraints) - set(CONSTRAINT_KINDS))
+  if unknown:
+    raise ValueError(f"constraints.{unknown[0]}: unknown constraint; expected one of {CONSTRAINT_KINDS}")
   timed_against = s.measure.get("reference", "")
   if timed_against not in ("", "baseline"):
     try:
@@ -775,7 +802,8 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
       search["measure"] = dict(ADDED_MEASURE_KEYS, **search.get("measure", {}))
       # what BO makes of trials in flight, and what it sees beside the encoding, are how, not what,
       # is searched
-      search["bo"] = {k: v for k, v in search.get("bo", {}).items() if k not in ("pending", "training_free")}
+      search["bo"] = {k: v for k, v in search.get("bo", {}).items()
+                      if k not in ("pending", "training_free", "constraints")}
       search = {k: v for k, v in search.items() if k not in RESUMABLE_SEARCH_KEYS}
       # and what runs after the search (the final distillations and their fine-tuning), and the
       # SuperLM settings of a search that does not use them
@@ -799,7 +827,8 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
     features = designers_lib.training_free_features(
         [(sc["params"], sc["flops"]) for sc in (screening(a, cfg.model, s.measure.seq) for a in cands.archs)])
   des = (designers_lib.make_designer(designer, cands, directions, reference, s.seed, s,
-                                     log_path=os.path.join(run_dir, "optimizer_service.log"), features=features)
+                                     log_path=os.path.join(run_dir, "optimizer_service.log"), features=features,
+                                     constraints=modelled_constraints(cfg))
          if is_main else None)
   initial = designers_lib.initial_design(cands, s.num_initial, s.seed)
   writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb")) if is_main else None
@@ -871,6 +900,18 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
       store.finish_final(name, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}")
       continue
     store.finish_final(name, "ok", metrics=m, checkpoint=m.get("student_checkpoint"), hf_dir=m.get("hf_dir"))
+
+  # ---- calibration: regular runs of search.calibrate more students, to grade the proxy (report.md) ----
+  if int(s.get("calibrate", 0)) > 0 and "mlm_accuracy" not in names:
+    log(f"search: search.calibrate={s.calibrate} skipped: it grades the accuracy proxy, and the objectives {names} "
+        "have no mlm_accuracy")
+  elif int(s.get("calibrate", 0)) > 0:
+    todo = (calibration.todo(store, *report_lib.front(store.trials(), names, directions), chosen, int(s.calibrate),
+                             log) if is_main else [])
+    todo = [c for c in multihost.broadcast_str(",".join(todo)).split(",") if c]
+    calibration.distill_students(cfg, run_dir, todo, trainer.distill,
+                                 calibration.record_in(store) if is_main else (lambda name, entry: None), log,
+                                 progress)
 
   if is_main and cfg.final.get("finetune_tasks"):
     finetune_finals(cfg, run_dir, store, log, progress)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ad import files, stats
-from ad.search import pareto
+from ad.search import calibration, pareto
 from ad.search.store import TrialStore
 
 # Objectives scored per sequence on the shared evaluation set: name -> per-sequence numerator.
@@ -304,6 +304,7 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
     names, directions, reference, record = _spec(store)
     rows, finals, finetunes = store.trials(), store.finals(), store.finetunes()
     remeasured = store.get_meta(REMEASURED_KEY)
+    calibrated = store.get_meta(calibration.CALIBRATION_KEY)
   finally:
     if own:
       store.close()
@@ -390,6 +391,9 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
              + f" | {_metric(dd, 'nsp_accuracy')} | {_measured_latency(mm)} | "
              f"{_fmt(peak / 1e6 if peak else None)} | {r['screening']['params']:,} | "
              f"{_fmt(r['screening']['flops'] / 1e9)} | {_fmt(r['measure_s'], 3)} | {_fmt(r['distill_s'], 3)} | {note} |")
+  graded = calibration.agreement(calibration.students(rows, finals, calibrated))
+  if "mlm_accuracy" in names and (graded["count"] >= 2 or cfg["search"].get("calibrate")):
+    L += calibration.report_lines(graded, PROXY_WORDS[cfg["search"].get("proxy", "flash")])
   L += finetune_table(finetunes, finals, rows, baseline)
   L += paired_latency_lines(rows, remeasured)
   split = time_split(rows)
@@ -423,7 +427,7 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
               dominating_checkpoint=over_checkpoint, finals_dominating_checkpoint=fin_over_ckpt,
               dominating_baseline=dominating, dominating_baseline_noise_blind=dominating_raw,
               finals_dominating_baseline=fin_beyond, finals_dominating_baseline_noise_blind=fin_raw,
-              time_split=split, workers=per_worker, remeasured=remeasured,
+              time_split=split, workers=per_worker, remeasured=remeasured, calibration=graded,
               finetune=[dict(model=f["model"], task=f["task"], status=f["status"],
                              **({k: f["result"]["test"][k] for k in ("metric", "value", "se", "ci95")}
                                 if f["status"] == "ok" else {})) for f in finetunes],

@@ -6,13 +6,21 @@ hides every accelerator from TensorFlow. Protocol: one JSON object per line on s
 JSON reply per line on stdout ({"ok": true, ...} or {"ok": false, "error": "..."}):
 
   {"op": "init", "points": [[...], ...], "directions": ["max", "min"], "reference": [0.0, 50.0],
-   "seed": 0, "likelihood_variance": 1e-3, "prior_columns": 0}
+   "seed": 0, "likelihood_variance": 1e-3, "prior_columns": 0, "constraints": [6.0]}
         points: [N, D] the encoded feasible architectures (a DiscreteSearchSpace); their last
         prior_columns columns are training-free features, on which the GPs' mean is linear;
-        reference: the reference point in the objectives' own units.
-  {"op": "update", "trials": [{"index": 3, "status": "ok", "values": [0.1, 5.2], "noise": [0.004, 0.05]},
+        reference: the reference point in the objectives' own units; constraints: the limits of
+        the constraints known only once a trial runs (a measured latency), each met when its
+        value is <= the limit; each gets a GP, and suggestions weigh the acquisition by the
+        probability of feasibility (none: filtered only, failed trials excluded).
+  {"op": "update", "trials": [{"index": 3, "status": "ok", "values": [0.1, 5.2], "noise": [0.004, 0.05],
+                               "constraints": [5.2], "constraint_noise": [0.05]},
+                              {"index": 5, "status": "infeasible", "constraints": [7.9]},
                               {"index": 7, "status": "failed"}]}
-        noise: each value's standard error in its own units (optional; null where unknown)
+        noise: each value's standard error in its own units (optional; null where unknown);
+        constraints: the constraint values where measured (an infeasible trial has only these),
+        constraint_noise their standard errors (optional). Failed and infeasible points are never
+        suggested again.
   {"op": "suggest", "count": 1, "pending": [12], "pending_method": "exclude"}  -> {"ok": true, "indices": [...]}
         pending: points being evaluated (by other workers); never suggested. pending_method:
         'exclude' only that; 'believer' also conditions the GPs on them (Kriging believer: each
@@ -37,6 +45,13 @@ it: see suggest's pending_method; on the fresh path below they are only excluded
 with a diversity penalty) for a batch; with a single objective (003 4.6's single-objective
 searches), Expected Improvement, one candidate at a time. Both are maximized by enumerating the discrete space,
 which never contains an evaluated, failed or pending point, so nothing is suggested twice.
+With fewer than 2 feasible observations (an initial design mostly infeasible or failed) there
+are no GPs to fit: the suggestion is a seeded draw over the free points (_explore).
+Constraints (init's constraints): one GP per constraint, built like the objectives' and fitted on
+every trial whose constraint was measured, feasible or not; the acquisition is multiplied by
+trieste's ProbabilityOfFeasibility of each (EHVI x PoF, Gardner et al. 2014), so a student the
+GPs expect to break a limit is not suggested, while the observed front holds feasible trials
+only. A batch (count > 1) uses the same product as HIPPO's base acquisition.
 Seeded: the TF and numpy seeds are reset from (seed, number of observations) before each
 suggestion, so the same seed and the same observations give the same suggestions.
 Speed: one-point suggestions keep their GPs and EHVI between calls (data replaced, hyper-
@@ -127,6 +142,7 @@ def _linear_prior_class():
 
 
 PENDING_METHODS = ("exclude", "believer", "hippo")
+CONSTRAINT_TAG = "constraint{}"  # trieste's tag of constraint c's model and data (the objectives': OBJECTIVE)
 
 
 class Service:
@@ -134,7 +150,7 @@ class Service:
   def __init__(self):
     self.points = None
 
-  def init(self, points, directions, reference, seed=0, likelihood_variance=1e-3, prior_columns=0):
+  def init(self, points, directions, reference, seed=0, likelihood_variance=1e-3, prior_columns=0, constraints=()):
     import tensorflow as tf
     import trieste
     tf.config.set_visible_devices([], "GPU")
@@ -152,11 +168,18 @@ class Service:
     self.prior_columns = int(prior_columns)
     if not 0 <= self.prior_columns < self.points.shape[1]:
       raise ValueError(f"init: prior_columns={prior_columns}; expected 0 <= it < {self.points.shape[1]} columns")
+    self.limits = np.asarray(constraints, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(self.limits)):
+      raise ValueError(f"init: constraints={constraints}; expected finite limits")
     self.values: dict[int, np.ndarray] = {}
     self.noise: dict[int, np.ndarray] = {}  # standard errors in the objectives' units (0 where unknown)
-    self.failed: set[int] = set()
+    self.cvalues: dict[int, np.ndarray] = {}  # measured constraint values (feasible or not)
+    self.cnoise: dict[int, np.ndarray] = {}
+    self.failed: set[int] = set()  # failed or infeasible: never suggested again
+    self.infeasible: set[int] = set()
     self.refits = 0  # suggestions that needed the fixed-noise refit (see suggest)
     self.kept = None  # models and acquisition kept across one-point suggestions (see _suggest_one)
+    self.kept_constraints = None  # the same for the constraints' GPs and PoF functions (_feasibility)
     return dict(points=len(self.points), trieste=trieste.__version__, tensorflow=tf.__version__,
                 numpy=np.__version__)
 
@@ -178,24 +201,39 @@ class Service:
         self.values[i] = v
         self.noise[i] = np.nan_to_num(se, nan=0.0)
         self.failed.discard(i)
-      else:
+      elif t["status"] in ("failed", "infeasible"):
         self.failed.add(i)
+        if t["status"] == "infeasible":
+          self.infeasible.add(i)
+      else:
+        raise ValueError(f"update: trial {i} has status {t['status']!r}; expected 'ok', 'failed' or 'infeasible'")
+      if t.get("constraints") is not None and len(self.limits):
+        c = np.asarray(t["constraints"], dtype=np.float64)
+        ce = np.asarray([0.0 if e is None else e for e in (t.get("constraint_noise") or [None] * c.size)], np.float64)
+        if c.shape != self.limits.shape or not np.all(np.isfinite(c)) or ce.shape != c.shape or np.any(ce < 0):
+          raise ValueError(f"update: trial {i} has constraints {t['constraints']} (noise {t.get('constraint_noise')}); "
+                           f"expected {self.limits.size} finite values and standard errors >= 0")
+        self.cvalues[i], self.cnoise[i] = c, ce
     return self.state()
 
   def state(self):
     self._need_init()
     y = self._y_min()
     import trieste
-    return dict(observations=len(self.values), failed=len(self.failed), refits=self.refits,
+    return dict(observations=len(self.values), failed=len(self.failed - self.infeasible),
+                infeasible=len(self.infeasible), refits=self.refits,
                 trieste=trieste.__version__, numpy=np.__version__,
                 hypervolume=pareto.hypervolume(y, self.reference * self.signs) if len(y) else 0.0)
 
   def suggest(self, count, pending=(), pending_method="exclude"):
     import tensorflow as tf
-    from trieste.acquisition.function import HIPPO, ExpectedHypervolumeImprovement, ExpectedImprovement
+    from trieste.acquisition.combination import Product
+    from trieste.acquisition.function import (HIPPO, ExpectedHypervolumeImprovement, ExpectedImprovement,
+                                              ProbabilityOfFeasibility)
     from trieste.acquisition.rule import EfficientGlobalOptimization
     from trieste.ask_tell_optimization import AskTellOptimizer
     from trieste.data import Dataset
+    from trieste.observer import OBJECTIVE
     from trieste.models.gpflow import GaussianProcessRegression
     from trieste.models.interfaces import TrainableModelStack
     from trieste.space import DiscreteSearchSpace
@@ -209,10 +247,9 @@ class Service:
     free = np.asarray([i for i in range(len(self.points)) if i not in taken])
     if count < 1 or count > len(free):
       raise ValueError(f"suggest: count={count}, but {len(free)} points are neither evaluated nor pending")
-    if len(self.values) < 2:
-      raise ValueError(f"suggest: the GPs need at least 2 observations, have {len(self.values)}; "
-                       "the search evaluates its initial design first")
     tf.random.set_seed(self.seed * 1_000_003 + len(self.values))
+    if len(self.values) < 2:
+      return dict(indices=self._explore(count, free))
     np.random.seed((self.seed * 1_000_003 + len(self.values)) % 2**32)
 
     x, yz, ref, mu, sd = self._standardized()
@@ -226,25 +263,39 @@ class Service:
       except tf.errors.InvalidArgumentError:
         self.kept = None  # a singular fit: the fresh path below refits with a noise floor
 
-    def rule():  # a fresh one per attempt: acquisition builders keep state
-      ehvi = ExpectedHypervolumeImprovement(reference_point_spec=ref)
-      if yz.shape[1] == 1:
-        return EfficientGlobalOptimization(ExpectedImprovement())  # the 1-D hypervolume is the best value
-      if count == 1:
-        return EfficientGlobalOptimization(ehvi)
-      return EfficientGlobalOptimization(HIPPO(base_acquisition_function_builder=ehvi), num_query_points=count)
+    constrained = self._modelled_constraints()
+    if constrained:
+      xc, zc, limits = self._constraint_data()
+    tags = [CONSTRAINT_TAG.format(c) for c in range(len(self.limits))] if constrained else []
 
-    def models(noise_floor: float | None):
-      return TrainableModelStack(*[(GaussianProcessRegression(g), 1) for g in self._gprs(x, yz, noise_floor)])
+    def rule():  # a fresh one per attempt: acquisition builders keep state
+      # the 1-D hypervolume is the best value: Expected Improvement for a single objective
+      base = ExpectedImprovement() if yz.shape[1] == 1 else ExpectedHypervolumeImprovement(reference_point_spec=ref)
+      if constrained:  # x the probability that each constraint is met
+        base = Product(base.using(OBJECTIVE), *[ProbabilityOfFeasibility(float(limits[c])).using(tag)
+                                                for c, tag in enumerate(tags)])
+      if count == 1:
+        return EfficientGlobalOptimization(base)
+      return EfficientGlobalOptimization(HIPPO(base_acquisition_function_builder=base), num_query_points=count)
+
+    def ask(noise_floor: float | None):
+      models = TrainableModelStack(*[(GaussianProcessRegression(g), 1) for g in self._gprs(x, yz, noise_floor)])
+      if not constrained:
+        return AskTellOptimizer(space, data, models, rule(), fit_model=True).ask().numpy()  # [count, D]
+      datasets, all_models = {OBJECTIVE: data}, {OBJECTIVE: models}
+      for c, (tag, g) in enumerate(zip(tags, self._gprs(xc, zc, noise_floor))):
+        datasets[tag] = Dataset(tf.constant(xc), tf.constant(zc[:, c:c + 1]))
+        all_models[tag] = GaussianProcessRegression(g)
+      return AskTellOptimizer(space, datasets, all_models, rule(), fit_model=True).ask().numpy()
 
     try:
-      q = AskTellOptimizer(space, data, models(None), rule(), fit_model=True).ask().numpy()  # [count, D]
+      q = ask(None)
     except tf.errors.InvalidArgumentError:
       # A noise-free objective (an analytic test problem, or latency measured to many digits) can
       # drive the trained noise to ~0 and the Cholesky factor to NaN: refit with a fixed noise of
       # 1% of the standardized variance.
       self.refits += 1
-      q = AskTellOptimizer(space, data, models(1e-2), rule(), fit_model=True).ask().numpy()
+      q = ask(1e-2)
     out = []
     for row in q:
       i = int(free[np.argmin(np.abs(self.points[free] - row[:self.points.shape[1]]).sum(1))])
@@ -302,6 +353,8 @@ class Service:
       self.kept["fn"] = self.kept["builder"].update_acquisition_function(self.kept["fn"], stack, dataset=data)
     everything = tf.constant(self._candidates(np.arange(len(self.points))))[:, None, :]
     values = self.kept["fn"](everything).numpy()[:, 0]
+    if self._modelled_constraints():
+      values = values * self._feasibility(everything)
     if q is not None and pending_method == "hippo" and yz.shape[1] > 1:
       if self.kept["hippo"] is None:
         self.kept["hippo"] = hippo_penalizer(stack, q)
@@ -309,6 +362,62 @@ class Service:
         self.kept["hippo"].update(q)
       values = values * self.kept["hippo"](everything).numpy().reshape(-1)
     return int(free[np.argmax(values[free])])
+
+  def _explore(self, count: int, free) -> list[int]:
+    """Suggestions without objective GPs (fewer than 2 feasible observations: an initial design
+    mostly infeasible or failed): a uniform draw over the free points, seeded by (seed, history),
+    among those the constraints' GPs expect to be feasible (PoF >= 0.5) where they are modelled."""
+    pool = np.asarray(free)
+    if self._modelled_constraints():
+      import tensorflow as tf
+      pof = self._feasibility(tf.constant(self._candidates(pool))[:, None, :])
+      if (pof >= 0.5).sum() >= count:
+        pool = pool[pof >= 0.5]
+    rng = np.random.default_rng((self.seed * 1_000_003 + len(self.values) + len(self.failed)) % 2**32)
+    return [int(i) for i in rng.choice(pool, size=count, replace=False)]
+
+  def _modelled_constraints(self) -> bool:
+    return len(self.limits) > 0 and len(self.cvalues) >= 2  # a GP needs two observations
+
+  def _constraint_data(self):
+    """(x [N, D + C] with the standardized noise variances appended, z [N, C], limits [C]) of the
+    trials whose constraints were measured, standardized like the objectives."""
+    idx = np.asarray(sorted(self.cvalues))
+    c = np.stack([self.cvalues[i] for i in idx])
+    mu, sd = c.mean(0), c.std(0)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    noise_var = np.stack([self.cnoise[i] for i in idx]) ** 2 / sd ** 2
+    return np.concatenate([self.points[idx], noise_var], axis=1), (c - mu) / sd, (self.limits - mu) / sd
+
+  def _feasibility(self, everything):
+    """[N] probability that every constraint is met at each candidate of `everything` (the GP input
+    layout), from constraint GPs kept across calls like the objectives' (see _suggest_one)."""
+    import gpflow
+    import tensorflow as tf
+    from trieste.acquisition.function import ProbabilityOfFeasibility
+    from trieste.data import Dataset
+    from trieste.models.gpflow import GaussianProcessRegression
+    xc, zc, limits = self._constraint_data()
+    fresh = self._gprs(xc, zc, None)
+    kept = self.kept_constraints
+    if kept is None:
+      kept = self.kept_constraints = dict(fns=[None] * len(fresh), models=[
+          GaussianProcessRegression(g, optimizer=_kept_loss_optimizer()(gpflow.optimizers.Scipy()), num_kernel_samples=0)
+          for g in fresh])
+    else:
+      for model, g in zip(kept["models"], fresh):
+        gpflow.utilities.multiple_assign(model.model, gpflow.utilities.parameter_dict(g))
+    p = np.ones(len(everything))
+    for c, model in enumerate(kept["models"]):
+      data = Dataset(tf.constant(xc), tf.constant(zc[:, c:c + 1]))
+      model.update(data)
+      model.optimize(data)
+      if kept["fns"][c] is None:
+        kept["fns"][c] = ProbabilityOfFeasibility(float(limits[c])).prepare_acquisition_function(model)
+      else:
+        kept["fns"][c].update(float(limits[c]))  # the standardized limit moves with the data
+      p *= kept["fns"][c](everything).numpy().reshape(-1)
+    return p
 
   def _standardized(self):
     """(x [N, D + M] with the standardized noise variances appended, yz [N, M], reference, mu, sd).

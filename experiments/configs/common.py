@@ -101,7 +101,17 @@ def search(num_initial: int, num_trials: int, measure_seq: int, latency_referenc
       # [0, 1]), with a prior mean linear in them, so BO starts from what the size predicts. Off:
       # it found regular's top 3 sooner and covered the front better, but found students that
       # dominate the baseline later (experiments/README.md section 13).
-      bo=dict(optimizer_python="", likelihood_variance=1e-3, pending="believer", training_free=False),
+      # constraints: what BO makes of a limit known only once a trial runs (constraints.max_latency_ms):
+      # 'filter' excludes an infeasible trial only; 'model' fits a GP to every measured latency and
+      # weighs EHVI by the probability that the limit is met (ad/search/trieste_service.py).
+      bo=dict(optimizer_python="", likelihood_variance=1e-3, pending="believer", training_free=False,
+              constraints="filter"),
+      # calibrate: after the finals, regular-distill this many more search students, spread along the
+      # front, and grade the accuracy proxy against regular distillation and the parameter count on
+      # the finals and them (report.md's "Calibration"; ad/search/calibration.py). 0: the finals only;
+      # more than the search has: all of them. Only with the objective mlm_accuracy (the proxy graded:
+      # flash distillation, or the SuperLM score with proxy superlm / fewshot).
+      calibrate=0,
       evolution=dict(population=25, mutation_prob=0.5, explore_prob=0.5),  # 004 Algorithm 2
       firefly=dict(population=10, beta0=1.0, gamma=1.0, alpha=0.2))  # Yang (2010)
   base.update(kw)

@@ -6,7 +6,8 @@ Machine:  2-core CPU (AVX512-BF16/AMX), no accelerator; the target machine is th
 Expected: see README.md "Measurements" for the measured wall time, trial count and results:
           the MobileBERT-shaped baseline + 4 initial + 8 BO trials, each measured (batch 1,
           seq 128, this CPU) and flash-distilled, then regular distillation of the knee of the
-          Pareto front and of the baseline, saved with orbax and exported to HF MobileBERT.
+          Pareto front and of the baseline, saved with orbax and exported to HF MobileBERT, and of
+          two more students that grade the flash signal (search.calibrate).
 Scale:    chosen by measurement to fit 15 minutes from a fresh HOME (teacher preparation
           included) on 2 cores: 3-block students (the teacher has 6 layers), seq 64, batch 16,
           bf16 compute (parameters f32), flash = 24 progressive + 50 pre-training steps,
@@ -33,6 +34,10 @@ def get_config():
   c.constraints = ml_collections.ConfigDict(dict(max_params=0, max_flops=0.0, max_latency_ms=0.0))  # 0 = off
   c.search = common.search(num_initial=4, num_trials=12, measure_seq=128, latency_reference_ms=20.0)
   c.search.measure.update(max_reps=40, chunk=20)
+  # Two more regular distillations after the finals grade the flash signal on this search's own
+  # students (report.md "Calibration"); a regular run here is 3x a flash one (cost: experiments/README.md
+  # section 15).
+  c.search.calibrate = 2
   # The compute of the 13 trials' flash runs (13 x 74 = 962 steps) as 240 steps x 4 sub-networks;
   # the warm-up as measured (experiments/README.md section 8).
   c.superlm = common.superlm(steps=240, warmup_steps=24)

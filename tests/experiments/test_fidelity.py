@@ -4,17 +4,17 @@ import json
 
 import numpy as np
 
-from ad import configs
+from ad import configs, stats
 from ad import space as space_lib
 from experiments import fidelity
 
 
 def test_pairwise_accuracy_counts_agreeing_orders_and_ties():
-  assert fidelity.pairwise_accuracy([1, 2, 3], [10, 20, 30]) == 1.0
-  assert fidelity.pairwise_accuracy([1, 2, 3], [30, 20, 10]) == 0.0
+  assert stats.pairwise_accuracy([1, 2, 3], [10, 20, 30]) == 1.0
+  assert stats.pairwise_accuracy([1, 2, 3], [30, 20, 10]) == 0.0
   # pairs (0,1) agree, (0,2) agree, (1,2): a tie in a only -> disagree
-  assert fidelity.pairwise_accuracy([1, 2, 2], [1, 2, 3]) == 2 / 3
-  assert fidelity.pairwise_accuracy([1, 1], [5, 5]) == 1.0
+  assert stats.pairwise_accuracy([1, 2, 2], [1, 2, 3]) == 2 / 3
+  assert stats.pairwise_accuracy([1, 1], [5, 5]) == 1.0
 
 
 def test_choose_spreads_over_cost_varies_heads_and_adds_the_baseline():

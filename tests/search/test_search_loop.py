@@ -218,3 +218,22 @@ def test_a_search_with_a_tpu_target_uses_and_labels_xla_estimates(tmp_path, tiny
   assert summary["trials"] == 3
   assert "estimated by XLA's TPU cost model (tpu:v5e), not measured" in [a for a in summary["pareto_axes"]
                                                                           if a.startswith("latency_ms")][0]
+
+
+def test_bo_models_the_latency_limit_only_when_asked_and_sees_every_measured_latency(tiny_teacher):
+  """search.bo.constraints = 'model' hands BO constraints.max_latency_ms, and the designer's view
+  of the store gives every measured trial, infeasible ones too, its latency and standard error."""
+  cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{"constraints.max_latency_ms": 3.0}))
+  assert loop.modelled_constraints(cfg) == []  # the default: filtered only
+  with cfg.unlocked():
+    cfg.search.bo.constraints = "model"
+  assert loop.modelled_constraints(cfg) == [3.0]
+  m = lambda ms: dict(latency_ms_median=ms, latency_rel_ci95=0.0392)
+  rows = [dict(arch="128_64_1_256_1", role="initial", status="ok", objectives=dict(mlm_accuracy=0.1, latency_ms=2.0),
+               objective_se=dict(mlm_accuracy=0.01, latency_ms=0.04), measurement=m(2.0)),
+          dict(arch="256_64_1_256_1", role="initial", status="infeasible", objectives=None, measurement=m(5.0)),
+          dict(arch="256_64_2_256_1", role="designer", status="failed", objectives=None, measurement=None)]
+  view = loop.designer_trials(rows, ["mlm_accuracy", "latency_ms"], [3.0])
+  assert [t.get("constraints") for t in view] == [[2.0], [5.0], None]
+  assert view[1]["status"] == "infeasible" and view[1]["constraint_noise"] == [pytest.approx(0.1)]
+  assert "constraints" not in loop.designer_trials(rows, ["mlm_accuracy", "latency_ms"])[1]

@@ -171,3 +171,60 @@ def test_training_free_features_let_the_gps_predict_what_size_predicts(cands, tm
   assert np.all(with_features < 0.5 * without), (without, with_features)
   with pytest.raises(ValueError, match=r"features: expected \[116, K\]"):
     designers.TriesteDesigner(cands, DIRECTIONS, REFERENCE, features=features[:3])
+
+
+def test_a_modelled_constraint_keeps_suggestions_feasible_where_excluding_infeasible_points_does_not(cands, tmp_path):
+  """Accuracy grows with the size and a latency limit (known only once a trial is measured) caps
+  the size at its median. Told only that some trials were infeasible, BO keeps proposing big
+  students; modelling the measured latencies (search.bo.constraints = 'model', EHVI or EI x the
+  probability of feasibility), it stays under the limit."""
+  size = lambda a: a.hidden * (a.intermediate * a.num_ffn + 4 * a.bottleneck) / 1e5
+  limit = float(np.median([size(a) for a in cands.archs]))
+
+  def observe(a, modelled):
+    t = dict(arch=a, status="ok", values=[float(np.log(size(a)))])
+    if modelled:
+      t.update(constraints=[size(a)], constraint_noise=[0.0])
+    return dict(t, status="infeasible", values=None) if size(a) > limit else t
+
+  infeasible = {}
+  for modelled in (False, True):
+    d = designers.TriesteDesigner(cands, ["max"], [0.0], seed=0, log_path=str(tmp_path / "s.log"),
+                                  constraints=[limit] if modelled else ())
+    try:
+      trials = [observe(a, modelled) for a in designers.initial_design(cands, 16, seed=3)]
+      assert any(t["status"] == "infeasible" for t in trials) and sum(t["status"] == "ok" for t in trials) >= 2
+      picked = []
+      for _ in range(6):
+        d.update(trials)
+        (a,) = d.suggest(1)
+        picked.append(a)
+        trials.append(observe(a, modelled))
+      infeasible[modelled] = sum(size(a) > limit for a in picked)
+      if modelled:
+        assert d.state()["infeasible"] == sum(t["status"] == "infeasible" for t in trials)
+    finally:
+      d.close()
+  assert infeasible[True] == 0 and infeasible[False] >= 2, infeasible
+
+
+def test_a_batch_under_a_modelled_constraint_and_bad_constraint_values_are_refused(cands, history, tmp_path):
+  d = designers.TriesteDesigner(cands, DIRECTIONS, REFERENCE, seed=0, log_path=str(tmp_path / "s.log"),
+                                constraints=[3.0])
+  try:
+    d.update([dict(t, constraints=[t["values"][1]]) if t["status"] == "ok" else t for t in history])
+    batch = d.suggest(2)  # HIPPO over EHVI x PoF (the fresh path's tagged models)
+    assert len({a.name for a in batch}) == 2
+    # one feasible observation (no GPs to fit): a seeded draw, among points the constraint GP expects
+    # to be feasible, instead of the error that used to stop a search whose initial design was infeasible
+    few = [history[0]] + [dict(arch=t["arch"], status="infeasible", constraints=[t["values"][1]])
+                          for t in history[1:] if t["status"] == "ok"]
+    d.close()
+    d.update(few)
+    (a,) = d.suggest(1)
+    assert a.name not in {t["arch"].name for t in history}
+    d.update(history + [dict(arch=cands.archs[0], status="infeasible", constraints=[1.0, 2.0])])
+    with pytest.raises(designers.OptimizerServiceError, match=r"constraints \[1.0, 2.0\].*expected 1 finite"):
+      d.suggest(1)
+  finally:
+    d.close()
