@@ -392,7 +392,7 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
              f"{_fmt(peak / 1e6 if peak else None)} | {r['screening']['params']:,} | "
              f"{_fmt(r['screening']['flops'] / 1e9)} | {_fmt(r['measure_s'], 3)} | {_fmt(r['distill_s'], 3)} | {note} |")
   graded = calibration.agreement(calibration.students(rows, finals, calibrated))
-  if "mlm_accuracy" in names and (graded["count"] >= 2 or cfg["search"].get("calibrate")):
+  if "mlm_accuracy" in names and graded["count"] >= 2:  # (before the finals: none yet)
     L += calibration.report_lines(graded, PROXY_WORDS[cfg["search"].get("proxy", "flash")])
   L += finetune_table(finetunes, finals, rows, baseline)
   L += paired_latency_lines(rows, remeasured)
