@@ -585,9 +585,10 @@ def next_trial(cfg, rows: list[dict], initial, des, names, designer: str, pendin
 def modelled_constraints(cfg) -> list[float]:
   """The limits BO models rather than only filters (search.bo.constraints = 'model'): those known
   only once a trial runs. Today that is constraints.max_latency_ms, a measurement; the params and
-  FLOPs limits are closed-form and prune the space before the search (feasible_candidates)."""
+  FLOPs limits are closed-form and prune the space before the search (feasible_candidates). Only the
+  BO designer uses them; the others ignore them."""
   limit = float(cfg.constraints.max_latency_ms)
-  return [limit] if limit and cfg.search.designer == "bo" and cfg.search.bo.get("constraints") == "model" else []
+  return [limit] if limit and cfg.search.bo.get("constraints") == "model" else []
 
 
 def designer_trials(rows: list[dict], names, constraints: Sequence[float] = ()) -> list[dict]:
