@@ -189,6 +189,15 @@ def analytic_problem() -> Problem:
                  space_lib.MOBILEBERT)
 
 
+def saved_or_run(path: str, run) -> dict:
+  """The search saved at `path` (a rerun skips it), else run() saved there."""
+  if os.path.exists(path):
+    return files.read_json(path)
+  r = run()
+  files.write_json(path, r)
+  return r
+
+
 def run_one(problem: Problem, designer: str, seed: int, budget: int, num_initial: int,
             log_path: str | None = None, training_free: bool = False, max_latency: float = 0.0,
             constraints: str = "filter") -> dict:
@@ -264,11 +273,8 @@ def workers_study(problem: Problem, seeds: int, budget: int, num_initial: int, r
   for seed in range(seeds):
     for n, method in settings:
       path = os.path.join(run_dir, f"{n}_{method}_{seed}.json")
-      if os.path.exists(path):
-        r = files.read_json(path)
-      else:
-        r = run_workers(problem, seed, budget, num_initial, n, method, log_path=os.path.join(run_dir, "trieste.log"))
-        files.write_json(path, r)
+      r = saved_or_run(path, lambda: run_workers(problem, seed, budget, num_initial, n, method,
+                                                 log_path=os.path.join(run_dir, "trieste.log")))
       r.update(metrics(problem, r))
       to_round = lambda k: None if k is None else r["rounds"][k - 1] + 1
       r.update(first_round=to_round(r["first"]), three_round=to_round(r["three"]))
@@ -296,12 +302,8 @@ def priors_study(problem: Problem, seeds: int, budget: int, num_initial: int, ru
   for seed in range(seeds):
     for key, free in zip(runs, (False, True)):
       path = os.path.join(run_dir, f"{'with' if free else 'without'}_{seed}.json")
-      if os.path.exists(path):
-        r = files.read_json(path)
-      else:
-        r = run_one(problem, "bo", seed, budget, num_initial, log_path=os.path.join(run_dir, "trieste.log"),
-                    training_free=free)
-        files.write_json(path, r)
+      r = saved_or_run(path, lambda: run_one(problem, "bo", seed, budget, num_initial,
+                                             log_path=os.path.join(run_dir, "trieste.log"), training_free=free))
       r.update(metrics(problem, r))
       if problem.truth is not None:
         top3 = {problem.cands.archs[i].name for i in np.argsort(-problem.truth)[:3]}
@@ -334,12 +336,9 @@ def constraints_study(problem: Problem, seeds: int, budget: int, num_initial: in
   for seed in range(seeds):
     for method in methods:
       path = os.path.join(run_dir, f"{method}_{max_latency:g}_{seed}.json")
-      if os.path.exists(path):
-        r = files.read_json(path)
-      else:
-        r = run_one(problem, "bo", seed, budget, num_initial, log_path=os.path.join(run_dir, "trieste.log"),
-                    max_latency=max_latency, constraints=method)
-        files.write_json(path, r)
+      r = saved_or_run(path, lambda: run_one(problem, "bo", seed, budget, num_initial,
+                                             log_path=os.path.join(run_dir, "trieste.log"), max_latency=max_latency,
+                                             constraints=method))
       r.update(metrics(problem, r, max_latency))
       idx = [problem.cands.index[n] for n in r["order"][num_initial:]]
       r["infeasible"] = int((~feasible[idx]).sum())
@@ -395,12 +394,8 @@ def efficiency(problem: Problem, seeds: int, budget: int, num_initial: int, run_
     runs = []
     for seed in range(seeds):
       path = os.path.join(run_dir, f"{name}_{seed}.json")
-      if os.path.exists(path):
-        with open(path) as f:
-          r = json.load(f)
-      else:
-        r = run_one(problem, name, seed, budget, num_initial, log_path=os.path.join(run_dir, "trieste.log"))
-        files.write_json(path, r)
+      r = saved_or_run(path, lambda: run_one(problem, name, seed, budget, num_initial,
+                                             log_path=os.path.join(run_dir, "trieste.log")))
       r.update(metrics(problem, r))
       runs.append(r)
       print(f"{problem.name} {name} seed {seed}: first {r['first']}, three {r['three']}, "
@@ -458,12 +453,8 @@ def objectives_study(problem: Problem, seeds: int, budget: int, num_initial: int
           r = dict(r, order=r["order"][:budget], budget=budget, wall_s=None, reused=longer)
           with open(path, "w") as f:
             json.dump(r, f)
-      if os.path.exists(path):
-        with open(path) as f:
-          r = json.load(f)
-      else:
-        r = run_one(sub, "bo", seed, budget, num_initial, log_path=os.path.join(run_dir, "trieste.log"))
-        files.write_json(path, r)
+      r = saved_or_run(path, lambda: run_one(sub, "bo", seed, budget, num_initial,
+                                             log_path=os.path.join(run_dir, "trieste.log")))
       idx = [problem.cands.index[n] for n in r["order"]]
       designed = idx[num_initial:]
       per_seed.append(dict(

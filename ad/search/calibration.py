@@ -43,7 +43,8 @@ def choose(ok: list[dict], on_front, exclude, k: int) -> list[str]:
   """K of the search's 'ok' students (`on_front`: their Pareto mask, report.front) to regular-distill
   besides `exclude` (the finals): spread along the front by proxy accuracy; if the front has fewer,
   the rest spread over the other students' proxy accuracy, so the pairs span what the search saw."""
-  keep = [(r, m) for r, m in zip(ok, on_front) if r["arch"] not in set(exclude)]
+  exclude = set(exclude)
+  keep = [(r, m) for r, m in zip(ok, on_front) if r["arch"] not in exclude]
   accuracy = lambda r: r["objectives"]["mlm_accuracy"]
   picks = _spaced(sorted((r for r, m in keep if m), key=accuracy), k)
   if len(picks) < k:

@@ -903,12 +903,13 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
     store.finish_final(name, "ok", metrics=m, checkpoint=m.get("student_checkpoint"), hf_dir=m.get("hf_dir"))
 
   # ---- calibration: regular runs of search.calibrate more students, to grade the proxy (report.md) ----
-  if int(s.get("calibrate", 0)) > 0 and "mlm_accuracy" not in names:
-    log(f"search: search.calibrate={s.calibrate} skipped: it grades the accuracy proxy, and the objectives {names} "
+  k = int(s.get("calibrate", 0))
+  if k > 0 and "mlm_accuracy" not in names:
+    log(f"search: search.calibrate={k} skipped: it grades the accuracy proxy, and the objectives {names} "
         "have no mlm_accuracy")
-  elif int(s.get("calibrate", 0)) > 0:
-    todo = (calibration.todo(store, *report_lib.front(store.trials(), names, directions), chosen, int(s.calibrate),
-                             log) if is_main else [])
+  elif k > 0:
+    todo = (calibration.todo(store, *report_lib.front(store.trials(), names, directions), chosen, k, log)
+            if is_main else [])
     todo = [c for c in multihost.broadcast_str(",".join(todo)).split(",") if c]
     calibration.distill_students(cfg, run_dir, todo, trainer.distill,
                                  calibration.record_in(store) if is_main else (lambda name, entry: None), log,

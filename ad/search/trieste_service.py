@@ -141,6 +141,22 @@ def _linear_prior_class():
   return LinearInColumns
 
 
+def _kept_models(fresh: list, kept: list | None = None) -> list:
+  """trieste models kept across suggestions: built around the gpflow GPRs `fresh` (their loss
+  traced once, _kept_loss_optimizer), or, given `kept`, those with their hyperparameters reset to
+  fresh's starting values (the data are replaced by the caller)."""
+  import gpflow
+  from trieste.models.gpflow import GaussianProcessRegression
+  if kept is not None:
+    for model, g in zip(kept, fresh):
+      gpflow.utilities.multiple_assign(model.model, gpflow.utilities.parameter_dict(g))
+    return kept
+  # num_kernel_samples=0: no random restarts of the hyperparameters (trieste would trace a new
+  # loss function for them on every call); each fit starts from build_gpr's values instead.
+  return [GaussianProcessRegression(g, optimizer=_kept_loss_optimizer()(gpflow.optimizers.Scipy()),
+                                    num_kernel_samples=0) for g in fresh]
+
+
 PENDING_METHODS = ("exclude", "believer", "hippo")
 CONSTRAINT_TAG = "constraint{}"  # trieste's tag of constraint c's model and data (the objectives': OBJECTIVE)
 
@@ -316,28 +332,21 @@ class Service:
     depend only on the search-space bounds and the standardized variance (1), which stay put.
     pending, pending_method: the points in flight and what the GPs make of them (see suggest).
     """
-    import gpflow
     import tensorflow as tf
     from trieste.acquisition.function import ExpectedHypervolumeImprovement, ExpectedImprovement
     from trieste.acquisition.function.multi_objective import hippo_penalizer
     from trieste.data import Dataset
-    from trieste.models.gpflow import GaussianProcessRegression
     from trieste.models.interfaces import TrainableModelStack
 
-    _KeptLossOptimizer = _kept_loss_optimizer()
     data = Dataset(tf.constant(x), tf.constant(yz))
     fresh = self._gprs(x, yz, None)
     if self.kept is None or len(self.kept["models"]) != yz.shape[1]:
-      # num_kernel_samples=0: no random restarts of the hyperparameters (trieste would trace a new
-      # loss function for them on every call); each fit starts from build_gpr's values instead.
-      models = [GaussianProcessRegression(g, optimizer=_KeptLossOptimizer(gpflow.optimizers.Scipy()),
-                                          num_kernel_samples=0) for g in fresh]
+      models = _kept_models(fresh)
       self.kept = dict(models=models, stack=TrainableModelStack(*[(m, 1) for m in models]), fn=None, hippo=None,
                        builder=(ExpectedImprovement() if yz.shape[1] == 1 else
                                 ExpectedHypervolumeImprovement(reference_point_spec=lambda mean: self.kept["ref"])))
     else:
-      for model, g in zip(self.kept["models"], fresh):
-        gpflow.utilities.multiple_assign(model.model, gpflow.utilities.parameter_dict(g))
+      _kept_models(fresh, self.kept["models"])
     self.kept["ref"] = tf.constant(ref)
     stack = self.kept["stack"]
     stack.update(data)
@@ -392,21 +401,16 @@ class Service:
   def _feasibility(self, everything):
     """[N] probability that every constraint is met at each candidate of `everything` (the GP input
     layout), from constraint GPs kept across calls like the objectives' (see _suggest_one)."""
-    import gpflow
     import tensorflow as tf
     from trieste.acquisition.function import ProbabilityOfFeasibility
     from trieste.data import Dataset
-    from trieste.models.gpflow import GaussianProcessRegression
     xc, zc, limits = self._constraint_data()
     fresh = self._gprs(xc, zc, None)
     kept = self.kept_constraints
     if kept is None:
-      kept = self.kept_constraints = dict(fns=[None] * len(fresh), models=[
-          GaussianProcessRegression(g, optimizer=_kept_loss_optimizer()(gpflow.optimizers.Scipy()), num_kernel_samples=0)
-          for g in fresh])
+      kept = self.kept_constraints = dict(fns=[None] * len(fresh), models=_kept_models(fresh))
     else:
-      for model, g in zip(kept["models"], fresh):
-        gpflow.utilities.multiple_assign(model.model, gpflow.utilities.parameter_dict(g))
+      _kept_models(fresh, kept["models"])
     p = np.ones(len(everything))
     for c, model in enumerate(kept["models"]):
       data = Dataset(tf.constant(xc), tf.constant(zc[:, c:c + 1]))
