@@ -115,16 +115,34 @@ def run_job(config: str, overrides, arch_name: str, tag: str, run_dir: str) -> N
         f"{metrics['steps']} steps ({metrics['distill_s']:.0f} s)", flush=True)
 
 
+class RunMeta:
+  """The run directory's one-value-per-key record (meta.json), in the role the trial store plays
+  for a search's measurements: the first latency scale recorded stays the run's scale."""
+
+  def __init__(self, run_dir: str):
+    self.path = os.path.join(run_dir, "meta.json")
+
+  def first_meta(self, key: str, value):
+    meta = files.read_json(self.path) if os.path.exists(self.path) else {}
+    if key not in meta:
+      meta[key] = value
+      files.write_json(self.path, meta)
+    return meta[key]
+
+
 def measure_latencies(cfg, archs, run_dir: str) -> dict[str, float]:
-  """Batch-1 latency of each student (the search's measurement), measured before any training runs."""
+  """Batch-1 latency of each student (the search's measurement), measured before any training
+  runs: paired with the reference where search.measure.reference is set, on the run's one scale
+  (the reference's first reading), as a search measures its trials."""
   from ad.search import loop
   out = {}
   for a in archs:
     path = os.path.join(run_dir, a, "measure.json")
     if not os.path.exists(path):
       os.makedirs(os.path.dirname(path), exist_ok=True)
-      files.write_json(path, loop.measure(space_lib.Arch.parse(a), cfg, os.path.join(run_dir, a, "trace")))
-    out[a] = files.read_json(path)["latency_ms_median"]
+      files.write_json(path, loop.measure(space_lib.Arch.parse(a), cfg, os.path.join(run_dir, a, "trace"),
+                                          store=RunMeta(run_dir)))
+    out[a] = loop.latency_of(files.read_json(path))[0]
   return out
 
 
