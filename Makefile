@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 OPT := .venv-opt
 
-.PHONY: setup search demo experiments test bench device-check clean
+.PHONY: setup search demo experiments test device-check clean
 
 setup: $(VENV)/.stamp $(OPT)/.stamp
 

@@ -27,6 +27,23 @@ def command_line() -> str:
   return redact(" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))
 
 
+def portable(obj: Any, root: str) -> Any:
+  """`obj` (JSON-like) with every absolute path in it made machine-free, for results committed to
+  the repository: under `root` (the repository) relative to it, under the cache root
+  `<cache>/...`, under the home directory `~/...`."""
+  if isinstance(obj, dict):
+    return {k: portable(v, root) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [portable(v, root) for v in obj]
+  if not isinstance(obj, str) or not os.path.isabs(obj):
+    return obj
+  for base, shown in ((os.path.abspath(root), None), (cache_root(), "<cache>"), (os.path.expanduser("~"), "~")):
+    if obj == base or obj.startswith(base.rstrip(os.sep) + os.sep):
+      rel = os.path.relpath(obj, base)
+      return rel if shown is None else os.path.join(shown, rel)
+  return obj
+
+
 def cache_root() -> str:
   """$XDG_CACHE_HOME/autodistill-jax (default ~/.cache/autodistill-jax): prepared teachers,
   evaluation sets, CPU peaks, the persistent compilation cache."""

@@ -6,7 +6,7 @@ section); the teacher is fine-tuned too. Reports each model's held-out MLM accur
 score, each with its standard error, and the agreement of the two rankings over the students:
 Kendall tau and pairwise accuracy, with 95% intervals over students resampled with replacement.
 
-Command (README "Measurements"):
+Command (docs/MEASUREMENTS.md):
   python -m experiments.downstream [--config quickstart] [--task rotten_tomatoes]
 Every run resumes or is skipped when finished (rerun the same command after an interrupt).
 Results: experiments/results/downstream.json.

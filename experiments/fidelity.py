@@ -292,7 +292,8 @@ def main(argv=None) -> int:
   summary = analyse(cfg, rows, per_seq)
   summary.update(archs=[r["arch"] for r in rows], left_out=sorted({m.split("/")[0] for m in missing}),
                  wall_s=None if args.partial else time.time() - t0,
-                 command="python -m experiments.fidelity " + " ".join(argv if argv is not None else sys.argv[1:]))
+                 command="python -m experiments.fidelity " + " ".join(
+                     files.portable(a, ROOT) for a in (argv if argv is not None else sys.argv[1:])))
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "fidelity.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))

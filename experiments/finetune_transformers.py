@@ -63,7 +63,7 @@ def main(argv=None) -> int:
   t.args.dataloader_drop_last = False  # training drops the last partial batch (as `ad finetune` does); scoring not
   pred = t.predict(test)
   labels = np.asarray([ex["labels"] for ex in test])
-  result = dict(checkpoint=os.path.abspath(args.hf_dir), task="rotten_tomatoes", path="transformers Trainer",
+  result = dict(checkpoint=files.portable(os.path.abspath(args.hf_dir), ROOT), task="rotten_tomatoes", path="transformers Trainer",
                 finetune=dataclasses.asdict(fcfg),
                 test=stats.task_metric_with_noise("accuracy", labels, np.argmax(pred.predictions, -1), seed=fcfg.seed),
                 steps=t.state.global_step, best_validation=t.state.best_metric, wall_s=time.time() - t0,

@@ -161,7 +161,7 @@ def main(argv=None) -> int:
                  wall_s=time.time() - t_all,
                  command=" ".join(["python -m experiments.proxies"] + (argv if argv is not None else sys.argv[1:])))
   os.makedirs(RESULTS, exist_ok=True)
-  files.write_json(os.path.join(RESULTS, f"proxies{suffix}.json"), summary)
+  files.write_json(os.path.join(RESULTS, f"proxies{suffix}.json"), files.portable(summary, ROOT))
   with open(os.path.join(RESULTS, f"proxies{suffix}.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()

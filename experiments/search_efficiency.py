@@ -19,6 +19,8 @@ fraction of the true front's, same reference point) after each iteration.
   fidelity  the 12 + 1 students of the fidelity study (experiments/README.md section 3b): their 5%
             flash accuracy and measured latency, each with its standard error; their regular
             accuracy is the truth a search is after.
+  table48   the same for the 47 + 1 students of the table at the quickstart's scale (section 17):
+            the quickstart's flash (74 steps) and regular (222) runs, latency paired with the baseline.
 The table and fidelity problems tell the designer each value's standard error (the table's
 accuracy: binomial over its masked tokens; latency: its median's CI), as a search does (since
 2026-12-02; section 2's runs of 2026-11-22 gave values only).
@@ -61,7 +63,7 @@ import time
 
 import numpy as np
 
-from ad import files, space as space_lib
+from ad import configs, files, space as space_lib
 from ad.search import designers as designers_lib
 from ad.search import pareto
 
@@ -150,26 +152,31 @@ def table_problem(csv_path: str) -> Problem:
                  noise=np.stack([acc_se, lat_se], 1), features=designers_lib.training_free_features(sizes))
 
 
-def fidelity_problem(runs_dir: str) -> Problem:
-  """The 12 + 1 students of the fidelity study (experiments/README.md section 3b): a search sees
-  their 5% flash accuracy (with its SE) and their measured latency; the truth is their regular
-  accuracy. runs_dir: the study's run directory (experiments/flash_signals.py unpacks it)."""
-  from experiments.configs import fidelity as fidelity_config
+def fidelity_problem(runs_dir: str, config: str = "fidelity", name: str = "fidelity") -> Problem:
+  """Students with flash and regular runs laid out by experiments.fidelity: a search sees their
+  flash accuracy at the config's fidelity.base_fraction (with its SE) and their measured latency
+  (paired where it was, with its SE); the truth is their regular accuracy. The 12 + 1 students of
+  the fidelity study (experiments/README.md section 3b; experiments/flash_signals.py unpacks their
+  runs), or the 47 + 1 of the table at the quickstart's scale (config table_quickstart, section 17)."""
   from ad.search import loop
-  names = sorted(a for a in os.listdir(runs_dir) if os.path.isfile(os.path.join(runs_dir, a, "regular.json")))
+  cfg = configs.load_config(config)
+  flash_json = f"flash_{cfg.fidelity.base_fraction}.json"
+  names = sorted(a for a in (os.listdir(runs_dir) if os.path.isdir(runs_dir) else [])
+                 if os.path.isfile(os.path.join(runs_dir, a, "regular.json"))
+                 and os.path.isfile(os.path.join(runs_dir, a, flash_json)))
   if not names:
-    raise FileNotFoundError(f"{runs_dir}: no fidelity runs; unpack experiments/results/fidelity_12/"
-                            "runs_fidelity_12.tar.gz into runs/ first (python -m experiments.flash_signals does)")
+    raise FileNotFoundError(f"{runs_dir}: no student has both regular.json and {flash_json}; unpack the saved runs "
+                            "(experiments/results/fidelity_12/runs_fidelity_12.tar.gz, "
+                            "experiments/results/table_quickstart/runs_table_quickstart.tar.gz) into runs/ first")
   read = lambda a, f: files.read_json(os.path.join(runs_dir, a, f))
   archs = [space_lib.Arch.parse(a) for a in names]
   space = space_lib.DesignSpace(**{f: tuple(sorted({getattr(a, f) for a in archs})) for f in space_lib.FACTORS})
-  flash, measure = [read(a, "flash_0.05.json") for a in names], [read(a, "measure.json") for a in names]
-  values = np.asarray([[f["mlm_accuracy"], m["latency_ms_median"]] for f, m in zip(flash, measure)])
-  noise = np.asarray([[f["mlm_accuracy_se"], m["latency_rel_ci95"] * m["latency_ms_median"] / 1.96]
-                      for f, m in zip(flash, measure)])
-  cfg = fidelity_config.get_config()
+  flash = [read(a, flash_json) for a in names]
+  latency = [loop.latency_of(read(a, "measure.json")) for a in names]  # (ms, relative 95% half-width)
+  values = np.asarray([[f["mlm_accuracy"], ms] for f, (ms, _) in zip(flash, latency)])
+  noise = np.asarray([[f["mlm_accuracy_se"], rel * ms / 1.96] for f, (ms, rel) in zip(flash, latency)])
   sizes = [(s["params"], s["flops"]) for s in (loop.screening(a, cfg.model, cfg.search.measure.seq) for a in archs)]
-  return Problem("fidelity", designers_lib.Candidates(archs, space), values, ["mlm_accuracy", "latency_ms"],
+  return Problem(name, designers_lib.Candidates(archs, space), values, ["mlm_accuracy", "latency_ms"],
                  ["max", "min"], [0.0, 1.1 * float(values[:, 1].max())], space_lib.MOBILEBERT, noise=noise,
                  features=designers_lib.training_free_features(sizes),
                  truth=np.asarray([read(a, "regular.json")["mlm_accuracy"] for a in names]))
@@ -502,7 +509,7 @@ def plot_objectives(problem: Problem, out: dict, path: str) -> None:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--problem", choices=("table", "analytic", "fidelity"), default="table")
+  p.add_argument("--problem", choices=("table", "analytic", "fidelity", "table48"), default="table")
   p.add_argument("--study", choices=("efficiency", "objectives", "workers", "priors", "constraints"),
                  default="efficiency")
   p.add_argument("--max-latency", type=float, default=3.5, help="--study constraints: the latency limit (ms)")
@@ -533,7 +540,9 @@ def main(argv=None) -> int:
             f"best acc {d['best_accuracy']:.4f}  best latency {d['best_latency_ms']:.3f} ms")
     return 0
   problem = {"table": lambda: table_problem(args.table), "analytic": analytic_problem,
-             "fidelity": lambda: fidelity_problem(os.path.join(ROOT, "runs", "fidelity_12"))}[args.problem]()
+             "fidelity": lambda: fidelity_problem(os.path.join(ROOT, "runs", "fidelity_12")),
+             "table48": lambda: fidelity_problem(os.path.join(ROOT, "runs", "table_quickstart"), "table_quickstart",
+                                                 "table48")}[args.problem]()
   if args.study == "priors":
     budget = args.budget or min(30, len(problem.cands) - 1)  # the baseline is known, not searched for
     out = priors_study(problem, args.seeds, budget, args.initial, os.path.join(args.run_dir, f"priors_{problem.name}"))

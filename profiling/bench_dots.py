@@ -150,7 +150,7 @@ def main(argv=None) -> int:
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
-      json.dump(dict(rows=rows, argv=sys.argv), f, indent=1)
+      json.dump(dict(rows=rows, command="python -m profiling.bench_dots " + " ".join(sys.argv[1:])), f, indent=1)
   return 0
 
 

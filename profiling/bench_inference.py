@@ -213,7 +213,7 @@ def main(argv=None) -> int:
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
-      json.dump(dict(rows=rows, peak_f32_gflop_per_s=peak, argv=sys.argv), f, indent=1)
+      json.dump(dict(rows=rows, peak_f32_gflop_per_s=peak, command="python -m profiling.bench_inference " + " ".join(sys.argv[1:])), f, indent=1)
   return 0
 
 

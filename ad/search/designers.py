@@ -29,7 +29,7 @@ import json
 import os
 import subprocess
 import threading
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -218,7 +218,8 @@ class TriesteDesigner:
   """Client of ad/search/trieste_service.py. If the service dies it is restarted once per call
   and re-fed the whole history (the trial store is the truth, the service holds no state of its own)."""
 
-  def __init__(self, cands: Candidates, directions: Sequence[str], reference: Sequence[float], seed: int = 0,
+  def __init__(self, cands: Candidates, directions: Sequence[str],
+               reference: Sequence[float] | Callable[[], Sequence[float]], seed: int = 0,
                python: str = "", likelihood_variance: float = 1e-3, timeout_s: float = 600.0,
                log_path: str | None = None, pending_method: str = "exclude", features: np.ndarray | None = None,
                constraints: Sequence[float] = ()):
@@ -231,7 +232,9 @@ class TriesteDesigner:
     if self.features is not None and (self.features.ndim != 2 or len(self.features) != len(cands)):
       raise ValueError(f"features: expected [{len(cands)}, K] values per candidate, got shape {self.features.shape}")
     self.pending_method = pending_method  # what the GPs make of trials in flight (trieste_service.suggest)
-    self.reference = [float(r) for r in reference]
+    # the hypervolume's reference point, or a function giving it when the service starts (a latency
+    # reference set as a ratio is known in ms only after the first paired measurement)
+    self.reference = reference if callable(reference) else [float(r) for r in reference]
     self.python = optimizer_python(python)
     self.likelihood_variance, self.timeout_s, self.log_path = likelihood_variance, timeout_s, log_path
     self.trials: list[dict] = []
@@ -250,7 +253,8 @@ class TriesteDesigner:
     self.sent = 0
     points = self.cands.points if self.features is None else np.concatenate([self.cands.points, self.features], 1)
     self._call(dict(op="init", points=points.tolist(), directions=self.directions,
-                    reference=self.reference, seed=self.seed, likelihood_variance=self.likelihood_variance,
+                    reference=[float(r) for r in (self.reference() if callable(self.reference) else self.reference)],
+                    seed=self.seed, likelihood_variance=self.likelihood_variance,
                     prior_columns=0 if self.features is None else self.features.shape[1],
                     constraints=self.constraints))
 
@@ -354,7 +358,8 @@ def training_free_features(sizes: Sequence[tuple[float, float]]) -> np.ndarray:
   return (x - x.min(0)) / np.where(span > 0, span, 1.0)
 
 
-def make_designer(name: str, cands: Candidates, directions: Sequence[str], reference: Sequence[float], seed: int,
+def make_designer(name: str, cands: Candidates, directions: Sequence[str],
+                  reference: Sequence[float] | Callable[[], Sequence[float]], seed: int,
                   search_cfg=None, log_path: str | None = None, features: np.ndarray | None = None,
                   constraints: Sequence[float] = ()):
   """The designer called `name` with its options from the config's `search` section; `features`:

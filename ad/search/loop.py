@@ -87,6 +87,12 @@ def objective_spec(search_cfg) -> tuple[list[str], list[str], list[float]]:
                        f"{list(TRAINED) + list(MEASURED) + list(SCREENED) + list(PREDICTED)}")
     if direction not in pareto.DIRECTIONS:
       raise ValueError(f"search.objectives[{i}].direction={direction!r}: expected one of {pareto.DIRECTIONS}")
+    ratio = o.get("reference_ratio")
+    if ratio is not None and (name != "latency_ms" or isinstance(ratio, bool) or not isinstance(ratio, (int, float))
+                              or not ratio > 0):
+      raise ValueError(f"search.objectives[{i}].reference_ratio={ratio!r}: expected a positive number on the "
+                       "latency_ms objective (its reference point as a multiple of the reference architecture's "
+                       "latency while latencies are paired)")
     names.append(name)
     directions.append(direction)
     reference.append(float(o["reference"]))
@@ -785,7 +791,6 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
 
   s = cfg.search
   names, directions, reference = spec
-  ref_min = pareto.to_min([reference], directions)[0]
   is_main = multihost.is_main()
   t_start = time.time()
 
@@ -805,6 +810,9 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
       # is searched
       search["bo"] = {k: v for k, v in search.get("bo", {}).items()
                       if k not in ("pending", "training_free", "constraints")}
+      # and where the hypervolume's reference point lies (it weighs the front, it changes no trial)
+      search["objectives"] = [{k: v for k, v in o.items() if k != "reference_ratio"}
+                              for o in search.get("objectives", [])]
       search = {k: v for k, v in search.items() if k not in RESUMABLE_SEARCH_KEYS}
       # and what runs after the search (the final distillations and their fine-tuning), and the
       # SuperLM settings of a search that does not use them
@@ -827,7 +835,10 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
   if designer == "bo" and s.bo.get("training_free", False):  # what the size predicts, as GP inputs
     features = designers_lib.training_free_features(
         [(sc["params"], sc["flops"]) for sc in (screening(a, cfg.model, s.measure.seq) for a in cands.archs)])
-  des = (designers_lib.make_designer(designer, cands, directions, reference, s.seed, s,
+  # the hypervolume's reference point, resolved when it is needed: a latency reference given as a
+  # ratio is known in ms only once the first paired measurement set the run's scale
+  reference_now = lambda: report_lib.hypervolume_reference(s.objectives, reference, store.trials())
+  des = (designers_lib.make_designer(designer, cands, directions, reference_now, s.seed, s,
                                      log_path=os.path.join(run_dir, "optimizer_service.log"), features=features,
                                      constraints=modelled_constraints(cfg))
          if is_main else None)
@@ -837,7 +848,7 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
   def hv_now() -> float:
     ok = [t for t in store.trials() if t["status"] == "ok" and t["role"] not in report_lib.BASELINE_ROLES]
     return pareto.hypervolume(pareto.to_min([[t["objectives"][n] for n in names] for t in ok], directions),
-                              ref_min) if ok else 0.0
+                              pareto.to_min([reference_now()], directions)[0]) if ok else 0.0
 
   def record_scalars(r: dict) -> None:
     n = len(store.trials())

@@ -54,6 +54,18 @@ def _spec(store: TrialStore):
   return ([o["name"] for o in objs], [o["direction"] for o in objs], [float(o["reference"]) for o in objs], record)
 
 
+def hypervolume_reference(objectives, reference, rows: list[dict]) -> list[float]:
+  """The hypervolume's reference point: each objective's `reference`, except a latency objective
+  with `reference_ratio` once its latencies are paired: that many times the run's latency scale
+  (the reference architecture's first reading, which every paired trial records), so the point
+  moves with the machine as the paired latencies do. A fixed point in ms lay below every trial
+  of a run whose scale read 49 ms under load where another's read 15 (experiments/README.md 16)."""
+  scale = next((r["measurement"]["reference_scale_ms"] for r in rows
+                if (r.get("measurement") or {}).get("reference_scale_ms")), None)
+  return [float(o["reference_ratio"]) * float(scale) if scale and o.get("reference_ratio") else float(ref)
+          for o, ref in zip(objectives, reference)]
+
+
 def front(rows: list[dict], names, directions) -> tuple[list[dict], np.ndarray]:
   """The 'ok' search trials (baselines excluded) and the Pareto mask over them."""
   ok = [r for r in rows if r["status"] == "ok" and r["role"] not in BASELINE_ROLES]
@@ -308,6 +320,7 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
   finally:
     if own:
       store.close()
+  reference = hypervolume_reference(record["config"]["search"]["objectives"], reference, rows)
   ref_min = pareto.to_min([reference], directions)[0]
   ok, mask = front(rows, names, directions)
   y = pareto.to_min([[r["objectives"][n] for n in names] for r in ok], directions) if ok else np.zeros((0, len(names)))
@@ -327,7 +340,7 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
        f"Designer **{record['designer']}**, seed {cfg['search']['seed']}, {cfg['model']['num_blocks']}-block students, "
        f"teacher `{cfg['teacher']['source'] or 'MiniLM-L6-H384 (packaged)'}`, {latency_source(cfg)}. Accuracy proxy: "
        f"**{PROXY_WORDS[cfg['search'].get('proxy', 'flash')]}**.", "",
-       "Objectives: " + ", ".join(f"`{n}` ({'maximize' if d == 'max' else 'minimize'}, reference {r})"
+       "Objectives: " + ", ".join(f"`{n}` ({'maximize' if d == 'max' else 'minimize'}, reference {_fmt(r)})"
                                   for n, d, r in zip(names, directions, reference)) + ".", "",
        f"Trials: {len(rows)} ({counts['ok']} ok, {counts['failed']} failed, {counts['infeasible']} infeasible, "
        f"{counts['running'] + counts['queued']} interrupted or in flight). Hypervolume of the search trials: "

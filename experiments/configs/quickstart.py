@@ -3,13 +3,13 @@
 Command:  make search   (= make setup; ad teacher prepare --config quickstart;
                          ad search --config quickstart --run-dir runs/quickstart --resume)
 Machine:  2-core CPU (AVX512-BF16/AMX), no accelerator; the target machine is this CPU.
-Expected: see README.md "Measurements" for the measured wall time, trial count and results:
+Expected: see docs/MEASUREMENTS.md for the measured wall time, trial count and results:
           the MobileBERT-shaped baseline + 4 initial + 8 BO trials, each measured (batch 1,
           seq 128, this CPU) and flash-distilled, then regular distillation of the knee of the
           Pareto front and of the baseline, saved with orbax and exported to HF MobileBERT, and of
           two more students that grade the flash signal (search.calibrate).
-Scale:    chosen by measurement to fit 15 minutes from a fresh HOME (teacher preparation
-          included) on 2 cores: 3-block students (the teacher has 6 layers), seq 64, batch 16,
+Scale:    aimed at 15 minutes from a fresh HOME (teacher preparation included) on 2 cores; it
+          measured 20 min 50 s (docs/MEASUREMENTS.md, before calibration was added): 3-block students (the teacher has 6 layers), seq 64, batch 16,
           bf16 compute (parameters f32), flash = 24 progressive + 50 pre-training steps,
           the teacher adapted to MLM for 240 steps (about 5 minutes). The held-out evaluation
           set has 16,387 masked tokens (1,894 pairs), so a score's standard error is about 0.0035.

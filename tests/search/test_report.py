@@ -3,10 +3,12 @@ baseline" only beyond 2 standard errors of the difference (paired on the shared 
 
 import json
 
+import ml_collections
 import numpy as np
 import pytest
 
-from ad.search import report
+from ad import configs
+from ad.search import loop, report
 from ad.search.store import TrialStore
 
 NAMES, DIRECTIONS = ["mlm_accuracy", "latency_ms"], ["max", "min"]
@@ -68,3 +70,23 @@ def test_report_and_summary_carry_the_standard_errors(tmp_path):
   assert summary["dominating_baseline"] == ["256_64_2_384_2"]
   assert summary["pareto"][0]["mlm_accuracy_se"] == 0.003
   json.dumps(summary)
+
+
+def test_a_latency_reference_given_as_a_ratio_follows_the_runs_scale_and_a_bad_ratio_is_named():
+  objectives = [dict(name="mlm_accuracy", direction="max", reference=0.0),
+                dict(name="latency_ms", direction="min", reference=20.0, reference_ratio=2.0)]
+  paired = lambda arch, scale: dict(_row(arch, "designer", 0.3, 0.0, 40.0, 0.0),
+                                    measurement=dict(latency_ratio=1.0, reference_scale_ms=scale))
+  # two runs of the same students, one on a machine reading three times slower: the point moves with it
+  assert report.hypervolume_reference(objectives, [0.0, 20.0], [paired("a", 15.0)]) == [0.0, 30.0]
+  assert report.hypervolume_reference(objectives, [0.0, 20.0], [paired("a", 49.0)]) == [0.0, 98.0]
+  # nothing paired yet (or a TPU estimate): the reference in ms
+  assert report.hypervolume_reference(objectives, [0.0, 20.0], [_row("a", "designer", 0.3, 0, 4.0, 0)]) == [0.0, 20.0]
+  search = configs.load_config("quickstart").search.to_dict()
+  for bad in (0.0, -1.0, "2x"):
+    broken = [objectives[0], dict(objectives[1], reference_ratio=bad)]
+    with pytest.raises(ValueError, match=r"search.objectives\[1\].reference_ratio=.*expected a positive number"):
+      loop.objective_spec(ml_collections.ConfigDict(dict(search, objectives=broken)))
+  on_accuracy = [dict(objectives[0], reference_ratio=2.0), objectives[1]]
+  with pytest.raises(ValueError, match=r"search.objectives\[0\].reference_ratio=2.0.*latency_ms objective"):
+    loop.objective_spec(ml_collections.ConfigDict(dict(search, objectives=on_accuracy)))
