@@ -290,8 +290,10 @@ def cmd_superlm(args) -> int:
 
 def cmd_export(args) -> int:
   from ad import export
+  from ad.search import report
   export.check_out(args.out, args.force, source=args.path)
-  for d in export.export_path(args.path, args.out, log=lambda m: print(m, file=sys.stderr)):
+  for d in export.export_path(args.path, args.out, log=lambda m: print(m, file=sys.stderr),
+                              latencies=report.card_latencies(os.path.abspath(args.path))):
     print(d)
   return 0
 

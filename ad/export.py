@@ -20,7 +20,7 @@ import dataclasses
 import os
 import shutil
 
-from ad import files
+from ad import files, rundir
 
 STUDENT_INFO = "student.json"
 STUDENT_DIR = "student"
@@ -148,17 +148,19 @@ def check_out(out: str, force: bool, source: str | None = None, what: str = "--o
                           "files an export writes there")
 
 
-def export_path(path: str, out: str, log=print) -> list[str]:
-  """`ad export`: a distillation workdir -> OUT; a search run directory -> OUT/<arch> per final."""
+def export_path(path: str, out: str, log=print, latencies: dict | None = None) -> list[str]:
+  """`ad export`: a distillation workdir -> OUT; a search run directory -> OUT/<arch> per final.
+  latencies: arch -> the latency record a final's model card states (card_latency of its trial;
+  the caller reads them from the search's store)."""
   path = os.path.abspath(path)
   if os.path.isfile(os.path.join(path, STUDENT_INFO)):
     student, info, metrics = load_student(path)
     return [export_student(student, out, info, path, metrics)]
-  finals = os.path.join(path, "final")
+  finals = rundir.finals_dir(path)
   if not os.path.isdir(finals):
     raise FileNotFoundError(f"{path}: neither a distillation workdir (no {STUDENT_INFO}) nor a search run directory "
                             "(no final/)")
-  latencies = _search_latencies(path)
+  latencies = latencies or {}
   done = []
   for arch in sorted(os.listdir(finals)):
     wd = os.path.join(finals, arch)
@@ -179,17 +181,3 @@ def card_latency(trial: dict) -> dict | None:
     return None
   return dict(latency_ms=lat, batch=m.get("batch"), seq=m.get("seq"), blocks=m.get("num_blocks"),
               device=m.get("device_kind"))
-
-
-def _search_latencies(run_dir: str) -> dict:
-  """arch -> latency record from a search's trial store (empty when it has none)."""
-  from ad.search import store as store_lib
-  if not os.path.isfile(os.path.join(run_dir, store_lib.STORE_FILE)):
-    return {}
-  store = store_lib.TrialStore(run_dir, readonly=True)
-  try:
-    trials = store.trials("ok")
-  finally:
-    store.close()
-  latencies = {t["arch"]: card_latency(t) for t in trials}
-  return {arch: lat for arch, lat in latencies.items() if lat is not None}

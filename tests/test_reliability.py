@@ -61,26 +61,28 @@ def test_a_file_that_is_not_a_store_or_is_truncated_is_named(tmp_path, content):
 
 
 def test_a_missing_objective_and_a_nan_objective_never_reach_the_designer(tmp_path, monkeypatch, tiny_teacher):
-  """A trial whose evaluation yields NaN is recorded as failed with the reason; it is not in the
-  Pareto set and the designer sees it as failed."""
+  """A trial whose evaluation yields NaN, or lacks an objective, is recorded as failed with the
+  reason; it is not in the Pareto set and the designer sees it as failed. (The trial's evaluation
+  is replaced: what is under test is what the loop makes of its result.)"""
   cfg = configs.load_config("quickstart", distill_overrides(tiny_teacher, **{
-      "model.num_blocks": 1, "search.designer": "random", "search.num_initial": 2, "search.num_trials": 2,
+      "model.num_blocks": 1, "search.designer": "random", "search.num_initial": 3, "search.num_trials": 3,
       "search.baseline_arch": "", "final.count": 0}))
-  calls = []
+  results = [dict(mlm_accuracy=float("nan"), mlm_accuracy_se=0.01), dict(mlm_accuracy=0.25, mlm_accuracy_se=0.01),
+             dict(mlm_cross_entropy=4.0, mlm_cross_entropy_se=0.01)]  # the last lacks mlm_accuracy
 
   def fake_trial(arch, cfg, workdir, trace_dir, names, log, **_):
-    calls.append(arch.name)
-    acc = float("nan") if len(calls) == 1 else 0.25
     return dict(status="ok", measure_s=0.0, distill_s=0.0,
                 measurement=dict(latency_ms_median=2.0, latency_rel_ci95=0.01, trace_dir=trace_dir),
-                distill=dict(mlm_accuracy=acc, mlm_accuracy_se=0.01))
+                distill=results.pop(0))
   monkeypatch.setattr(loop, "evaluate_trial", fake_trial)
   summary = loop.run_search(cfg, str(tmp_path), log=lambda *_: None, progress=False)
   rows = store_lib.TrialStore(str(tmp_path), create=False).trials()
-  assert [r["status"] for r in rows] == ["failed", "ok"]
+  assert not results and [r["status"] for r in rows] == ["failed", "ok", "failed"]
   assert "non-finite objective(s) mlm_accuracy=nan" in rows[0]["error"]
+  assert "gave no mlm_accuracy" in rows[2]["error"]
   assert [p["arch"] for p in summary["pareto"]] == [rows[1]["arch"]]
-  assert loop.designer_trials(rows, ["mlm_accuracy", "latency_ms"])[0]["status"] == "failed"
+  seen = loop.designer_trials(rows, ["mlm_accuracy", "latency_ms"])
+  assert [t["status"] for t in seen] == ["failed", "ok", "failed"]
 
 
 # ---- validation before writing, locks -------------------------------------------------------------

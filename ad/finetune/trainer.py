@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ad import configs, files, interrupt, stats
+from ad import configs, files, interrupt, rundir, stats
 from ad.finetune import tasks as tasks_lib
 
 RESULT_FILE = "result.json"
@@ -166,9 +166,8 @@ def _existing_parent(path: str) -> str:
 def checkpoints_of(path: str) -> list[str]:
   """A search run directory -> its finished finals' workdirs; anything else -> [path]."""
   from ad import export
-  from ad.search import store as store_lib
-  finals = os.path.join(path, "final")
-  if os.path.isfile(os.path.join(path, store_lib.STORE_FILE)) and os.path.isdir(finals):
+  finals = rundir.finals_dir(path)
+  if rundir.is_search_run(path):
     done = [os.path.join(finals, a) for a in sorted(os.listdir(finals))
             if os.path.isdir(os.path.join(finals, a, export.STUDENT_DIR))]
     if not done:

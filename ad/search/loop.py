@@ -382,6 +382,10 @@ def trial_timings(r: dict, designer_s: float) -> dict[str, float]:
   return out
 
 
+class MissingObjectiveError(ValueError):
+  """A trial's results lack an objective the search optimizes."""
+
+
 def objective_values(names, distill: dict | None, measurement: dict | None,
                      screen: dict) -> tuple[dict[str, float], dict[str, float]]:
   """(values, standard errors) of the objectives `names` for one trial.
@@ -393,6 +397,9 @@ def objective_values(names, distill: dict | None, measurement: dict | None,
   vals, ses = {}, {}
   for n in names:
     if n in TRAINED:
+      if n not in (distill or {}) or f"{n}_se" not in distill:
+        raise MissingObjectiveError(f"the trial's evaluation gave no {n} (an objective of search.objectives), only "
+                         f"{sorted(distill or {})}")
       vals[n], ses[n] = float(distill[n]), float(distill[f"{n}_se"])
     elif n in PREDICTED:
       vals[n], ses[n] = float(screen[n]), float(screen[f"{n}_se"])
@@ -456,6 +463,19 @@ def nonfinite_objectives(objectives: dict | None) -> str | None:
   return f"non-finite objective(s) {', '.join(f'{n}={objectives[n]}' for n in bad)}" if bad else None
 
 
+def checked_objectives(names, distill: dict | None, measurement: dict | None,
+                       screen: dict) -> tuple[dict | None, dict | None, str | None]:
+  """(values, standard errors, None) of a finished trial, or (None, None, the error) when its
+  results lack an objective or hold a non-finite one: such a trial fails, and never reaches the
+  designer or the Pareto set (the error names the values; the store holds finite numbers only)."""
+  try:
+    objectives, ses = objective_values(names, distill, measurement, screen)
+  except MissingObjectiveError as e:
+    return None, None, str(e)
+  error = nonfinite_objectives(objectives)
+  return (None, None, error) if error else (objectives, ses, None)
+
+
 def finish_joined(cfg, store, row: dict, names, log: Callable) -> dict:
   """A trial measured on its target and distilled elsewhere, both halves in the store: its
   objectives (or 'infeasible' when the measurement breaks the latency constraint)."""
@@ -463,8 +483,7 @@ def finish_joined(cfg, store, row: dict, names, log: Callable) -> dict:
   if error:
     store.finish_trial(row["id"], "infeasible", error=error, measurement=row["measurement"])  # BO models it
     return dict(status="infeasible", objectives=None)
-  objectives, ses = objective_values(names, row["distill"], row["measurement"], row["screening"])
-  error = nonfinite_objectives(objectives)
+  objectives, ses, error = checked_objectives(names, row["distill"], row["measurement"], row["screening"])
   if error:
     log(f"search: trial {row['arch']} failed: {error}")
     store.finish_trial(row["id"], "failed", error=error)
@@ -531,13 +550,14 @@ def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designe
     if complete:
       return dict(finish_joined(cfg, store, complete, names, log), recorded=recorded)
     return dict(status="trained" if recorded else "lost", recorded=recorded)
-  objectives, ses = (objective_values(names, r["distill"], r["measurement"], screen) if r["status"] == "ok"
-                     else (None, None))
-  status, error = r["status"], r.get("error")
-  if nonfinite_objectives(objectives):  # a NaN objective must never reach the designer or the Pareto set
-    status, error = "failed", nonfinite_objectives(objectives)
-    objectives = ses = None  # the error names the values; the store holds finite numbers only
+  objectives, ses, error = (checked_objectives(names, r["distill"], r["measurement"], screen) if r["status"] == "ok"
+                            else (None, None, None))
+  status = r["status"]
+  if error:
+    status = "failed"
     log(f"search: trial {name} failed: {error}")
+  else:
+    error = r.get("error")
   recorded = store.finish_trial(row["id"], status, objectives=objectives, objective_se=ses,
                                 measurement=r["measurement"], distill=r["distill"], error=error,
                                 measure_s=r["measure_s"], distill_s=r["distill_s"],

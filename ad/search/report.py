@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ad import files, stats
+from ad import export, files, rundir, stats
 from ad.search import calibration, pareto
 from ad.search.store import TrialStore
 
@@ -64,6 +64,20 @@ def hypervolume_reference(objectives, reference, rows: list[dict]) -> list[float
                 if (r.get("measurement") or {}).get("reference_scale_ms")), None)
   return [float(o["reference_ratio"]) * float(scale) if scale and o.get("reference_ratio") else float(ref)
           for o, ref in zip(objectives, reference)]
+
+
+def card_latencies(run_dir: str) -> dict:
+  """arch -> the latency record a final's model card states (export.card_latency of its trial),
+  from the run directory's SQLite store; empty where it has none (a distillation workdir)."""
+  if not os.path.isfile(os.path.join(run_dir, rundir.STORE_FILE)):
+    return {}
+  store = TrialStore(run_dir, readonly=True)
+  try:
+    trials = store.trials("ok")
+  finally:
+    store.close()
+  latencies = {t["arch"]: export.card_latency(t) for t in trials}
+  return {arch: lat for arch, lat in latencies.items() if lat is not None}
 
 
 def front(rows: list[dict], names, directions) -> tuple[list[dict], np.ndarray]:

