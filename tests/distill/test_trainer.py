@@ -48,12 +48,13 @@ def reference(tmp_path_factory, tiny_teacher):
   return wd, m
 
 
-def test_run_reports_metrics_and_compiles_each_step_once(reference):
+def test_a_run_reports_its_scores_with_their_noise_and_logs_every_stage(reference):
+  """(That each step program compiles once, whatever the block count, is counted by
+  test_compiled_programs_do_not_grow_with_the_block_count_...)"""
   wd, m = reference
   assert m["steps"] == 2 * 2 + 3 and m["steps_per_block"] == 2
   assert 0 <= m["mlm_accuracy"] <= 1 and 0 <= m["nsp_accuracy"] <= 1 and m["masked_tokens"] >= 256
   assert m["mlm_accuracy_se"] > 0 and m["nsp_accuracy_se"] > 0 and 0 <= m["teacher_agreement"] <= 1
-  assert m["compiled_steps"] == ["pretrain_distill", "progressive"]  # one progressive program for both blocks
   assert m["train_steps_s"] > 0 and m["compile_wall_s"] > 0 and m["programs_compiled"] > 0
   assert json.load(open(wd / "metrics.json"))["mlm_accuracy"] == m["mlm_accuracy"]
   stages = [r["stage"] for r in _losses(wd)]
