@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import os
 import shutil
 import subprocess
@@ -172,14 +171,12 @@ def analyse(cfg, rows: list[dict], per_seq: dict) -> dict:
   reg = np.asarray([r["regular_accuracy"] for r in rows])
   out = dict(n=len(rows), regular_steps=rows[0]["regular_steps"], fractions={},
              regular_mean_accuracy=float(reg.mean()), regular_mean_seconds=float(np.mean([r["regular_s"] for r in rows])))
-  # The regular run's own resolution: pairs it separates beyond 2 SE of the paired difference.
-  resolved = 0
-  pairs = list(itertools.combinations(range(len(rows)), 2))
-  for i, j in pairs:
-    pa, pb = per_seq[(rows[i]["arch"], "regular")], per_seq[(rows[j]["arch"], "regular")]
-    d, se = stats.paired_difference(pa["mlm_correct"], pb["mlm_correct"], pa["masked"])
-    resolved += int(abs(d) > 2 * se)
-  out["regular_pairs_resolved_beyond_2se"] = f"{resolved}/{len(pairs)}"
+  # The regular run's own resolution: pairs it separates beyond 2 SE of the paired difference; each
+  # signal is also scored by how many of those it orders as regular does (the pairs that mean something).
+  pairs = len(rows) * (len(rows) - 1) // 2
+  resolved = stats.resolved_pairs(reg, None, [per_seq[(r["arch"], "regular")] for r in rows])
+  out["regular_pairs_resolved_beyond_2se"] = f"{len(resolved)}/{pairs}"
+  agreeing = lambda signal: f"{stats.agreement_on(resolved, signal)}/{len(resolved)}"
   for f in cfg.fidelity.fractions:
     t = f"flash_{f}"
     fl = np.asarray([r[f"{t}_accuracy"] for r in rows])
@@ -189,7 +186,7 @@ def analyse(cfg, rows: list[dict], per_seq: dict) -> dict:
         kendall_tau=kendall_tau(fl, reg), kendall_tau_ci95=bootstrap_interval(fl, reg, kendall_tau, b, cfg.fidelity.seed),
         pairwise_accuracy=pairwise_accuracy(fl, reg),
         pairwise_accuracy_ci95=bootstrap_interval(fl, reg, pairwise_accuracy, b, cfg.fidelity.seed),
-        mean_seconds=float(np.mean([r[f"{t}_s"] for r in rows])))
+        agreeing_on_resolved_pairs=agreeing(fl), mean_seconds=float(np.mean([r[f"{t}_s"] for r in rows])))
   # Training-free proxies (004 and 001 compare against them): rank by closed-form size or cost.
   out["training_free"] = {}
   for proxy in ("params", "flops"):
@@ -198,7 +195,8 @@ def analyse(cfg, rows: list[dict], per_seq: dict) -> dict:
     out["training_free"][proxy] = dict(
         kendall_tau=kendall_tau(v, reg), kendall_tau_ci95=bootstrap_interval(v, reg, kendall_tau, b, cfg.fidelity.seed),
         pairwise_accuracy=pairwise_accuracy(v, reg),
-        pairwise_accuracy_ci95=bootstrap_interval(v, reg, pairwise_accuracy, b, cfg.fidelity.seed))
+        pairwise_accuracy_ci95=bootstrap_interval(v, reg, pairwise_accuracy, b, cfg.fidelity.seed),
+        agreeing_on_resolved_pairs=agreeing(v))
   return out
 
 
@@ -307,11 +305,12 @@ def main(argv=None) -> int:
     print(f"  flash {100 * float(f):g}% ({s['steps']} steps): Kendall tau {s['kendall_tau']:+.3f} "
           f"[{s['kendall_tau_ci95'][0]:+.2f}, {s['kendall_tau_ci95'][1]:+.2f}], pairwise accuracy "
           f"{100 * s['pairwise_accuracy']:.1f}% [{100 * s['pairwise_accuracy_ci95'][0]:.0f}, "
-          f"{100 * s['pairwise_accuracy_ci95'][1]:.0f}]")
+          f"{100 * s['pairwise_accuracy_ci95'][1]:.0f}], agreeing on {s['agreeing_on_resolved_pairs']} resolved pairs")
   for proxy, s in summary["training_free"].items():
     print(f"  {proxy} (no training): Kendall tau {s['kendall_tau']:+.3f} [{s['kendall_tau_ci95'][0]:+.2f}, "
           f"{s['kendall_tau_ci95'][1]:+.2f}], pairwise accuracy {100 * s['pairwise_accuracy']:.1f}% "
-          f"[{100 * s['pairwise_accuracy_ci95'][0]:.0f}, {100 * s['pairwise_accuracy_ci95'][1]:.0f}]")
+          f"[{100 * s['pairwise_accuracy_ci95'][0]:.0f}, {100 * s['pairwise_accuracy_ci95'][1]:.0f}], agreeing on "
+          f"{s['agreeing_on_resolved_pairs']} resolved pairs")
   return 0
 
 

@@ -66,6 +66,11 @@ def test_collect_analyse_and_plot_from_the_run_files(tmp_path):
   # Training-free proxies: parameters grow with the width here, so they reverse the same one pair.
   assert [r["params"] for r in rows] == sorted(r["params"] for r in rows)
   assert summary["training_free"]["params"]["pairwise_accuracy"] == 5 / 6
+  # on the pairs regular resolves, both reverse the same one (if it is resolved) and agree on the rest
+  resolved = int(summary["regular_pairs_resolved_beyond_2se"].split("/")[0])
+  assert resolved >= 3
+  assert summary["training_free"]["params"]["agreeing_on_resolved_pairs"] == s["agreeing_on_resolved_pairs"]
+  assert s["agreeing_on_resolved_pairs"] in (f"{resolved}/{resolved}", f"{resolved - 1}/{resolved}")
   fidelity.plot(cfg, rows, summary, str(tmp_path))
   assert (tmp_path / "fidelity_steps.png").stat().st_size > 0 and (tmp_path / "fidelity_shift.png").stat().st_size > 0
   (tmp_path / archs[0] / "flash_0.1.json").unlink()

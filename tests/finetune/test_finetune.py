@@ -66,7 +66,9 @@ def test_task_metrics_and_their_noise():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-  """A MobileBERT-family HF directory written by transformers: what `ad export` produces."""
+  """A MobileBERT-family HF directory written by transformers (the format `ad export` writes; that
+  ad export's own output loads and trains in transformers is tests/distill/test_trainer.py's
+  test_exports_are_complete_hf_models)."""
   return write_tiny_mobilebert(tmp_path_factory.mktemp("hf") / "mobilebert_tiny")
 
 
@@ -118,10 +120,11 @@ def test_bad_input_is_named(checkpoint, tmp_path, capsys):
   assert "finetune.epochs=0" in capsys.readouterr().err
 
 
-def test_a_search_fine_tunes_its_finals_and_the_teacher_once_and_reports_them(tmp_path, checkpoint):
-  """final.finetune_tasks: every finished final and the teacher (here a MobileBERT-family teacher,
-  prepared as it is) are fine-tuned and recorded in the store; a rerun repeats nothing; the
-  report gets the 003 Table 3-style table."""
+def test_the_finals_step_fine_tunes_each_final_and_the_teacher_once_and_reports_them(tmp_path, checkpoint):
+  """The search's last step (loop.finetune_finals, called here on a store holding one finished
+  final; no search runs): with final.finetune_tasks every finished final and the teacher (here a
+  MobileBERT-family teacher, prepared as it is) are fine-tuned and recorded in the store; a rerun
+  repeats nothing; the report gets the 003 Table 3-style table."""
   from ad import configs
   from ad.search import loop, report, store as store_lib
   from tests.conftest import TINY_DATA

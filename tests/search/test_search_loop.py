@@ -13,7 +13,7 @@ import time
 import pytest
 
 from ad import cli, configs, space
-from ad.search import loop, report, store as store_lib
+from ad.search import designers, loop, report, store as store_lib
 from tests.conftest import distill_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,37 +45,53 @@ def _rows(run_dir):
     db.close()
 
 
-def test_kill_and_resume_loses_and_repeats_nothing_and_the_report_is_rebuilt_from_the_store(tmp_path, tiny_teacher):
-  """A real SIGKILL mid-search: the baseline, then one initial trial (designers' suggestions are
-  tested in test_failed_trial_..., the BO service's restart and reproducibility in
-  test_trieste_service.py; the finals, their export and model cards in
-  test_reliability_round2.py::test_a_postgresql_password_is_written_nowhere_in_a_finished_run)."""
+def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_is_rebuilt_from_the_store(
+    tmp_path, tiny_teacher):
+  """`ad search` with the BO designer, killed for real (SIGKILL) after the baseline and the first
+  initial trial, then resumed with --resume: the second initial trial and one suggestion of the
+  trieste service follow, nothing is lost or run twice, and a fresh service fed the history the
+  search had suggests the same architecture (the finals, their export and model cards are
+  test_reliability_round2.py::test_a_postgresql_password_is_written_nowhere_in_a_finished_run's)."""
   run_dir = str(tmp_path / "search")
+  overrides = _overrides(tiny_teacher, **{"search.num_initial": 2, "search.num_trials": 3, "search.designer": "bo"})
   args = [sys.executable, "-m", "ad.cli", "search", "--config", "quickstart", "--run-dir", run_dir, "--no-progress"]
-  args += [f"--set={o}" for o in _overrides(tiny_teacher, **{"search.num_initial": 1, "search.num_trials": 1,
-                                                               "search.designer": "random"})]
+  args += [f"--set={o}" for o in overrides]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 400
   while time.time() < deadline and proc.poll() is None:
-    if sum(r["status"] == "ok" for r in _rows(run_dir)) >= 1:
+    if sum(r["status"] == "ok" for r in _rows(run_dir)) >= 2:
       break
     time.sleep(0.5)
   assert proc.poll() is None, f"the search ended before it could be killed:\n{proc.stderr.read()[-3000:]}"
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
   before = {r["arch"]: r for r in _rows(run_dir) if r["status"] != "running"}
-  assert len(before) >= 1 and before[BASELINE]["role"] == "baseline"
+  assert len(before) >= 2 and before[BASELINE]["role"] == "baseline"
 
   done = subprocess.run(args + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-4000:]
   rows = _rows(run_dir)
-  assert len(rows) == 2 and len({r["arch"] for r in rows}) == 2, "the search trial + the baseline, none twice"
-  assert [r["role"] for r in rows] == ["baseline", "initial"]
+  assert len(rows) == 4 and len({r["arch"] for r in rows}) == 4, "3 search trials + the baseline, none twice"
+  assert [r["role"] for r in rows] == ["baseline", "initial", "initial", "designer"]
   assert all(r["status"] == "ok" for r in rows), [(r["arch"], r["error"]) for r in rows]
   for arch, r in before.items():  # completed trials were neither lost nor run again
     after = next(x for x in rows if x["arch"] == arch)
     assert (after["id"], after["finished"], after["objectives"]) == (r["id"], r["finished"], r["objectives"])
+  # The designed trial came from trieste: a fresh service, fed what the search knew, suggests it too.
+  cfg = configs.load_config("quickstart", overrides)
+  _, (names, directions, reference), _, cands, _ = loop._validated(cfg, str(tmp_path / "replay"), "bo")
+  db = store_lib.TrialStore(run_dir, readonly=True)
+  known = db.trials()[:3]
+  db.close()
+  des = designers.make_designer("bo", cands, directions,
+                                report.hypervolume_reference(cfg.search.objectives, reference, known),
+                                cfg.search.seed, cfg.search)
+  try:
+    initial = designers.initial_design(cands, cfg.search.num_initial, cfg.search.seed)
+    assert loop.next_trial(cfg, known, initial, des, names, "bo")[:2] == (rows[3]["arch"], "designer")
+  finally:
+    des.close()
   # Latencies are paired with the baseline and on one scale across the kill: its first reading.
   db = store_lib.TrialStore(run_dir, readonly=True)
   scale, remeasured = db.get_meta(loop.LATENCY_SCALE_KEY), db.get_meta(report.REMEASURED_KEY)
@@ -85,7 +101,6 @@ def test_kill_and_resume_loses_and_repeats_nothing_and_the_report_is_rebuilt_fro
     m = json.loads(r["measurement"])
     assert m["reference"] == BASELINE and m["reference_scale_ms"] == scale["ms"]
     assert json.loads(r["objectives"])["latency_ms"] == pytest.approx(m["latency_ratio"] * scale["ms"])
-  assert remeasured["reference"] == BASELINE and set(remeasured["rows"]) == {BASELINE, rows[1]["arch"]}
   for r in rows:
     m = json.loads(r["measurement"])
     assert not os.path.isabs(m["trace_dir"]) and not os.path.isabs(r["workdir"])  # a moved run dir stays readable
@@ -94,8 +109,10 @@ def test_kill_and_resume_loses_and_repeats_nothing_and_the_report_is_rebuilt_fro
     assert r["seed"] == 0 and r["code_version"]
 
   summary = json.loads(done.stdout)
-  assert summary["trials"] == 2 and summary["pareto"] and summary["hypervolume"] > 0
-  assert summary["time_split"]["trials"] == 2 and 0 < summary["time_split"]["train_steps_share"] < 1
+  assert summary["trials"] == 4 and summary["pareto"] and summary["hypervolume"] > 0
+  assert remeasured["reference"] == BASELINE  # the front and the reference, timed together
+  assert set(remeasured["rows"]) == {BASELINE} | {p["arch"] for p in summary["pareto"]}
+  assert summary["time_split"]["trials"] == 4 and 0 < summary["time_split"]["train_steps_share"] < 1
 
   # The report is rebuilt from the trial store alone (`ad report`), in a directory holding nothing else.
   with open(os.path.join(run_dir, "report.md")) as f:
