@@ -8,6 +8,11 @@ import json
 import os
 import sys
 
+from ad import configs, export, files, interrupt, startup
+from ad import space as space_lib
+from ad.search import report, store as store_lib
+from ad.search.designers import OptimizerServiceError
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--config", default=None,
@@ -56,7 +61,6 @@ def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_space(args) -> int:
-  from ad import configs, space as space_lib
   cfg = configs.load_config(args.config, args.overrides)
   space = space_lib.DesignSpace.from_config(cfg.space)
   print(f"design space ({configs.resolve(args.config)}), {cfg.model.num_blocks} blocks per student:")
@@ -69,7 +73,6 @@ def cmd_space(args) -> int:
 
 def arch_report(arch_name: str, cfg, blocks=None, seq=128, batch=1, dtype=None) -> dict:
   """Parameter counts by part and forward FLOPs from XLA's cost analysis (the harness's forward)."""
-  from ad import space as space_lib
   from ad.models import student as student_lib
   from profiling import harness
 
@@ -94,8 +97,6 @@ def arch_report(arch_name: str, cfg, blocks=None, seq=128, batch=1, dtype=None) 
 
 
 def cmd_arch(args) -> int:
-  from ad import configs
-  from ad import space as space_lib
   cfg = configs.load_config(args.config, args.overrides)
   if not args.outside_space:
     space = space_lib.DesignSpace.from_config(cfg.space)
@@ -119,7 +120,6 @@ def cmd_arch(args) -> int:
 
 
 def cmd_profile(args) -> int:
-  from ad import configs, space as space_lib
   from profiling import harness
   cfg = configs.load_config(args.config, args.overrides)
   if not args.outside_space:
@@ -185,7 +185,7 @@ def cmd_profile(args) -> int:
 
 
 def cmd_compile(args) -> int:
-  from ad import aot, configs
+  from ad import aot
   cfg = configs.load_config(args.config, args.overrides)
   req = aot.Request(topology=args.topology, program=args.program, arch=args.arch, batch=args.batch, seq=args.seq,
                     blocks=args.blocks, dtype=args.dtype, mesh_model=args.mesh_model)
@@ -218,7 +218,6 @@ def _data_config(cfg):
 
 
 def cmd_teacher(args) -> int:
-  from ad import configs
   from ad.distill import teacher_head
   cfg = configs.load_config(args.config, args.overrides)
   data_cfg = _data_config(cfg)
@@ -241,14 +240,12 @@ def cmd_teacher(args) -> int:
 
 
 def cmd_distill(args) -> int:
-  from ad import configs, space as space_lib
   from ad.distill import sharding, trainer
   sharding.maybe_initialize_distributed()
   cfg = configs.load_config(args.config, args.overrides)
   if not args.outside_space:
     space_lib.DesignSpace.from_config(cfg.space).check(args.arch)
   if args.export:
-    from ad import export
     export.check_out(args.export, args.force, source=args.workdir, what="--export")
   # The student alone is always saved (workdir/student), so `ad export WORKDIR` works on any finished run.
   metrics = trainer.distill(args.arch, cfg, args.schedule, args.workdir, resume=args.resume,
@@ -259,7 +256,6 @@ def cmd_distill(args) -> int:
 
 
 def cmd_superlm(args) -> int:
-  from ad import configs, space as space_lib
   from ad.distill import sharding, superlm
   sharding.maybe_initialize_distributed()
   cfg = configs.load_config(args.config, args.overrides)
@@ -289,8 +285,6 @@ def cmd_superlm(args) -> int:
 
 
 def cmd_export(args) -> int:
-  from ad import export
-  from ad.search import report
   export.check_out(args.out, args.force, source=args.path)
   for d in export.export_path(args.path, args.out, log=lambda m: print(m, file=sys.stderr),
                               latencies=report.card_latencies(os.path.abspath(args.path))):
@@ -299,7 +293,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-  from ad import configs
   from ad.finetune import trainer as finetune_lib
   cfg = configs.load_config(args.config, args.overrides)
   fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
@@ -316,7 +309,6 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_search(args) -> int:
-  from ad import configs
   from ad.distill import sharding
   from ad.search import loop
   sharding.maybe_initialize_distributed()
@@ -339,7 +331,6 @@ def cmd_worker(args) -> int:
 
 
 def cmd_report(args) -> int:
-  from ad.search import report, store as store_lib
   store = store_lib.TrialStore(args.run_dir, url=args.store, readonly=True) if args.store else None
   if store is not None:
     store.check_run_dir(args.run_dir)  # never another search's content in this run directory
@@ -575,25 +566,10 @@ def _search_stopped():
 
 
 def _service_error():
-  from ad.search.designers import OptimizerServiceError
   return OptimizerServiceError
 
 
-def enable_compile_cache() -> str:
-  """JAX's persistent compilation cache in the user cache directory: a re-run, a resume and the
-  regular distillation of an already flash-distilled architecture load their programs instead of
-  compiling them again."""
-  import jax
-  from ad import files
-  path = os.path.join(files.cache_root(), "xla")
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)  # not the many trivial programs
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  return path
-
-
 def main(argv=None) -> int:
-  from ad import files, interrupt
   argv = list(sys.argv[1:] if argv is None else argv)
   argv, dotted = _split_config_overrides(argv)
   try:
@@ -607,7 +583,7 @@ def main(argv=None) -> int:
     from ad.search import parallel
     parallel.pin_to_cores()
   if getattr(args, "compile_cache", False) and os.environ.get("AD_COMPILE_CACHE", "1") != "0":
-    enable_compile_cache()
+    startup.enable_compile_cache()
   try:
     return args.fn(args) or 0
   except (interrupt.Interrupted, KeyboardInterrupt) as e:

@@ -20,6 +20,8 @@ import importlib.util
 import os
 import sys
 
+from ad import files
+
 # Google's PCI vendor id and its TPU chips' device ids: v3, v4, v5p, v5e, v6e, TPU7x (the table jax
 # uses to decide whether to start its TPU backend: jax/_src/hardware_utils.py). Google's gVNIC
 # network card shares the vendor id, so the device id matters.
@@ -83,3 +85,15 @@ def configure(pci_devices: str = PCI_DEVICES) -> None:
     from jax._src import xla_bridge
     if not xla_bridge.backends_are_initialized():
       jax.config.update("jax_platforms", platforms)
+
+
+def enable_compile_cache() -> str:
+  """JAX's persistent compilation cache in the user cache directory: a re-run, a resume and the
+  regular distillation of an already flash-distilled architecture load their programs instead of
+  compiling them again."""
+  import jax  # after configure(): JAX reads its platform settings when it is first imported
+  path = os.path.join(files.cache_root(), "xla")
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)  # not the many trivial programs
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from ad import configs, files
+from ad import configs, files, startup
 from ad.stats import bootstrap_interval, kendall_tau, pairwise_accuracy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,11 +43,10 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=RESULTS)
   p.add_argument("--resamples", type=int, default=2000)
   args = p.parse_args(argv)
-  from ad import cli
   from ad.data import pretrain
   from ad.distill import teacher_head, trainer
   from ad.finetune import trainer as finetune_lib
-  cli.enable_compile_cache()
+  startup.enable_compile_cache()
   cfg = configs.load_config(args.config, args.overrides)
   fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
   t0 = time.time()

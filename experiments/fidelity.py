@@ -32,7 +32,7 @@ import traceback
 
 import numpy as np
 
-from ad import configs, files, stats
+from ad import configs, files, startup, stats
 from ad.stats import bootstrap_interval, kendall_tau, pairwise_accuracy
 from ad import space as space_lib
 
@@ -252,8 +252,7 @@ def main(argv=None) -> int:
   p.add_argument("--partial", action="store_true",
                  help="run nothing; analyse the students whose runs are all finished (e.g. while the workers run)")
   args = p.parse_args(argv)
-  from ad import cli
-  cli.enable_compile_cache()  # every fraction of one student reuses its compiled programs
+  startup.enable_compile_cache()  # every fraction of one student reuses its compiled programs
   cfg = configs.load_config(args.config, args.overrides)
   if cfg.fidelity.base_fraction not in list(cfg.fidelity.fractions):
     raise ValueError(f"fidelity.fractions={list(cfg.fidelity.fractions)} must include fidelity.base_fraction")

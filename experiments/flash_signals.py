@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from ad import configs, files
+from ad import configs, files, startup
 from ad import space as space_lib
 from experiments import fidelity, proxies
 
@@ -85,8 +85,7 @@ def main(argv=None) -> int:
 
   reruns, checks = {}, []
   if args.rerun:
-    from ad.cli import enable_compile_cache
-    enable_compile_cache()
+    startup.enable_compile_cache()
     for a in students:
       fidelity.run_job("fidelity", OVERRIDES, a, "flash_0.05", RERUN_DIR)
   for a in students:

@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from ad import configs, files, stats
+from ad import configs, files, startup, stats
 from ad import space as space_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,10 +94,9 @@ def main(argv=None) -> int:
                  help="the fidelity study's run directory (per-sequence counts of the regular runs: which pairs "
                       "the reference resolves; experiments/results/fidelity_12/runs_fidelity_12.tar.gz holds them)")
   args = p.parse_args(argv)
-  from ad.cli import enable_compile_cache
   from ad.distill import superlm
   from ad.search import loop
-  enable_compile_cache()
+  startup.enable_compile_cache()
   cfg = configs.load_config(args.config, args.overrides)
   suffix = f"_{args.tag}" if args.tag else ""
   run_dir = os.path.join(ROOT, "runs", f"proxies{suffix}")

@@ -24,12 +24,12 @@ if "xla_force_host_platform_device_count" not in flags:
 
 import pytest  # noqa: E402
 
-from ad.cli import enable_compile_cache  # noqa: E402
+from ad import startup  # noqa: E402
 
 # In-process runs share JAX's persistent compilation cache with the `ad` subprocesses the tests
 # start (the same directory under this session's XDG_CACHE_HOME), as a user's runs share theirs:
 # a program compiled by one test is loaded by the next that needs it.
-enable_compile_cache()
+startup.enable_compile_cache()
 
 _LOOPBACK = ("127.", "::1", "localhost", "0.0.0.0")
 _real_connect = socket.socket.connect
