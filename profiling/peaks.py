@@ -132,7 +132,8 @@ def _cache_dir() -> str:
   return os.path.join(base, "autodistill-jax")
 
 
-def _cpu_identity(dtype: str) -> dict:
+def cpu_identity(dtype: str) -> dict:
+  """What a CPU measurement depends on: the CPU model, the host, the cores, JAX and its flags, the dtype."""
   model = platform.processor() or ""
   try:
     with open("/proc/cpuinfo") as f:
@@ -240,7 +241,7 @@ def cpu_peaks(dtype: str = "float32", refresh: bool = False, log=None) -> Peaks:
   A calibration made while other processes used more than MAX_OTHER_LOAD of the machine is used
   for this process only (source 'cpu_calibration_under_load') and never cached, so a busy moment
   cannot inflate every later utilization."""
-  ident = _cpu_identity(dtype)
+  ident = cpu_identity(dtype)
   path = _cpu_cache_path(ident)
   if not refresh and os.path.isfile(path):
     try:
@@ -263,7 +264,7 @@ def raise_cpu_peak(dtype: str, observed_flops_per_s: float, observed_bytes_per_s
   """A measurement ran faster than the calibrated peak: the calibration was too low (made under
   load, or by a slower kernel). Re-calibrates, and keeps the observed rate if it is still higher
   (a rate that was achieved is a lower bound on the peak); the result replaces the cache."""
-  ident = _cpu_identity(dtype)
+  ident = cpu_identity(dtype)
   cal = calibrate_cpu(dtype)
   cal["flops_per_s"] = max(cal["flops_per_s"], observed_flops_per_s)
   cal["bytes_per_s"] = max(cal["bytes_per_s"], observed_bytes_per_s)

@@ -93,6 +93,7 @@ def test_a_missing_objective_and_a_nan_objective_never_reach_the_designer(tmp_pa
     ({"distill.recipe": "tinybert"}, "distill.recipe='tinybert'"),
     ({"search.measure.reference": "mobilebert"}, "search.measure.reference='mobilebert': expected 'baseline'"),
     ({"search.bo.pending": "nearest"}, "search.bo.pending='nearest': expected one of ('exclude', 'believer', 'hippo')"),
+    ({"search.measure.scale": "global"}, "search.measure.scale='global': expected one of ('machine', 'run')"),
 ])
 def test_a_config_that_fails_validation_writes_nothing(tmp_path, tiny_teacher, override, match):
   cfg = configs.load_config("quickstart", distill_overrides(tiny_teacher, **override))

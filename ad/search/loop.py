@@ -55,7 +55,8 @@ PREDICTED = ("predicted_latency_ms",)
 RESUMABLE_SEARCH_KEYS = ("max_failed_trials", "workers", "calibrate")
 # search.* settings added after runs were recorded, with the value an older record means by lacking them.
 ADDED_SEARCH_KEYS = {"latency_model": {"source": ""}, "proxy": "flash"}
-ADDED_MEASURE_KEYS = {"reference": ""}  # the same for search.measure: older runs timed each student alone
+# the same for search.measure: older runs timed each student alone, and scaled by the run's reading
+ADDED_MEASURE_KEYS = {"reference": "", "scale": "run"}
 # search.bo.constraints: what BO makes of a limit known only once a trial runs (modelled_constraints)
 CONSTRAINT_METHODS = ("filter", "model")
 CONSTRAINT_KINDS = ("max_params", "max_flops", "max_latency_ms")  # the constraints section's keys (0: off)
@@ -175,6 +176,31 @@ def latency_scale_key(target: str = "") -> str:
   return f"{LATENCY_SCALE_KEY}:{target}" if target else LATENCY_SCALE_KEY
 
 
+SCALES = ("machine", "run")  # search.measure.scale: where the ms scale of paired latencies comes from
+SCALE_CACHE = "latency_scales"  # <cache>/latency_scales/<key>.json: each machine's quiet reading of a reference
+
+
+def machine_scale(reading: dict, cfg, other_load: float | None, cpu: dict) -> dict:
+  """The scale of this machine for the reference program (search.measure.scale = 'machine'): its
+  first quiet reading of the reference on this machine, cached like the CPU peaks (a reading
+  taken while other processes used over peaks.MAX_OTHER_LOAD of the CPU is not cached), so that
+  searches run hours apart on one machine share one scale and their paired latencies agree in ms
+  where their ratios agree. Without a cached one: `reading` itself, for this run only unless quiet.
+  reading: dict(arch, ms, target) of the reference; cpu: peaks.cpu_identity of this machine."""
+  from profiling import peaks as peaks_lib
+  m = cfg.search.measure
+  key = files.fingerprint(dict(cpu=cpu, reference=reading["arch"], model=cfg.model.to_dict(), batch=m.batch,
+                               seq=m.seq))
+  path = os.path.join(files.cache_root(), SCALE_CACHE, f"{key}.json")
+  if os.path.exists(path):
+    return dict(files.read_json(path, "latency scale"), source="machine")
+  quiet = other_load is not None and other_load <= peaks_lib.MAX_OTHER_LOAD
+  out = dict(reading, measured_at=time.time(), other_load=other_load)
+  if quiet:
+    files.write_json(path, out)
+  return dict(out, source="machine" if quiet else "run")
+
+
 def measure(arch: space_lib.Arch, cfg, trace_dir: str, model_cfg=None, store=None, target: str = "") -> dict[str, Any]:
   """The search's latency measurement of one architecture (config search.measure), on this backend,
   or with search.measure.target = 'tpu:<chip>' the TPU estimate of XLA's cost model. The tabular
@@ -182,25 +208,30 @@ def measure(arch: space_lib.Arch, cfg, trace_dir: str, model_cfg=None, store=Non
   with (default: the config's).
 
   Paired (search.measure.reference): measured alternately with the reference architecture, its
-  latency is `latency_ms_paired` = its ratio to the reference x the run's scale, the reference's
-  median in the first paired measurement the store records (one constant per run, so every trial
-  is on one scale however the machine drifts between them; one scale per machine: `target`, the
-  measure workers' search.measure.target, or '' where the trials train); without a store, this
-  measurement's."""
-  from profiling import harness
+  latency is `latency_ms_paired` = its ratio to the reference x the run's scale, which the store
+  records at the run's first paired measurement (one constant per run, so every trial is on one
+  scale however the machine drifts between them; one scale per machine: `target`, the measure
+  workers' search.measure.target, or '' where the trials train): with search.measure.scale =
+  'machine' this machine's cached quiet reading of the reference (machine_scale), with 'run'
+  the reference's median in that first measurement; without a store, this measurement's."""
+  from profiling import harness, peaks as peaks_lib
   m = cfg.search.measure
   chip = estimated_target(cfg)
   if chip:
     from ad import aot
     return aot.estimate_latency(arch, cfg.model if model_cfg is None else model_cfg, chip, batch=m.batch, seq=m.seq)
   reference = measurement_reference(cfg)
-  r = harness.measure_arch(arch, cfg.model if model_cfg is None else model_cfg, batch=m.batch, seq=m.seq,
-                           trace_dir=trace_dir, target_rel_ci=m.target_rel_ci, max_reps=m.max_reps, chunk=m.chunk,
-                           min_reps=min(20, m.max_reps), reference=reference, reference_model_cfg=cfg.model)
+  with peaks_lib.OtherLoad() as load:  # a quiet reading of the reference may become the machine's scale
+    r = harness.measure_arch(arch, cfg.model if model_cfg is None else model_cfg, batch=m.batch, seq=m.seq,
+                             trace_dir=trace_dir, target_rel_ci=m.target_rel_ci, max_reps=m.max_reps, chunk=m.chunk,
+                             min_reps=min(20, m.max_reps), reference=reference, reference_model_cfg=cfg.model)
   if reference:
-    first = dict(arch=r["reference"], ms=r["reference_ms_median"], target=target)
+    first = dict(arch=r["reference"], ms=r["reference_ms_median"], target=target, source="run")
+    if m.get("scale", "run") == "machine":
+      first = machine_scale(first, cfg, load.fraction, peaks_lib.cpu_identity(cfg.model.dtype))
     scale = (store.first_meta(latency_scale_key(target), first) if store is not None else None) or first
-    r.update(reference_scale_ms=float(scale["ms"]), latency_ms_paired=r["latency_ratio"] * float(scale["ms"]))
+    r.update(reference_scale_ms=float(scale["ms"]), reference_scale_source=scale.get("source", "run"),
+             latency_ms_paired=r["latency_ratio"] * float(scale["ms"]))
   return r
 
 
@@ -709,6 +740,8 @@ def _validated(cfg, run_dir: str, designer: str | None):
     except ValueError as e:
       raise ValueError(f"search.measure.reference={timed_against!r}: expected 'baseline' (search.baseline_arch), '' "
                        f"(each student timed alone) or an architecture such as 512_128_4_512_4 ({e})") from None
+  if s.measure.get("scale", "run") not in SCALES:
+    raise ValueError(f"search.measure.scale={s.measure.scale!r}: expected one of {SCALES}")
   if s.get("baseline_checkpoint"):
     check_baseline_checkpoint(s.baseline_checkpoint, cfg)
   if cfg.final.choose not in report_lib.CHOICES:
@@ -826,6 +859,7 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
     def comparable(config: dict) -> dict:  # what may change between runs: how, not what, is searched
       search = dict(ADDED_SEARCH_KEYS, **config.get("search", {}))
       search["measure"] = dict(ADDED_MEASURE_KEYS, **search.get("measure", {}))
+      search["measure"].pop("scale")  # a run keeps the scale its store recorded first, whatever this says
       # what BO makes of trials in flight, and what it sees beside the encoding, are how, not what,
       # is searched
       search["bo"] = {k: v for k, v in search.get("bo", {}).items()

@@ -130,6 +130,10 @@ def _measured_latency(m: dict) -> str:
   return f"{_fmt(m['latency_ms_median'])} ({_fmt(m.get('latency_ms_p90'))})" if m.get("latency_ms_median") else ""
 
 
+SCALE_WORDS = {"machine": "this machine's first quiet reading of the reference, shared by every search on it",
+               "run": "the reference's first reading in this run"}
+
+
 def paired_latency_lines(rows: list[dict], remeasured: dict | None) -> list[str]:
   """report.md's account of the paired latencies: how far the reference itself drifted over the
   run (what pairing removes), and the Pareto set timed together before the finals."""
@@ -140,8 +144,8 @@ def paired_latency_lines(rows: list[dict], remeasured: dict | None) -> list[str]
   ref_ms = np.asarray([r["measurement"]["reference_ms_median"] for r in paired])
   L = ["", "## Latency, paired with the reference", "",
        f"Each student was timed alternately with the reference `{m0['reference']}`; its latency is its ratio to the "
-       f"reference x the run's scale, {_fmt(m0['reference_scale_ms'])} ms (the reference's first reading), with the "
-       f"ratio's standard error. Over the {len(paired)} paired measurements the reference itself read "
+       f"reference x the run's scale, {_fmt(m0['reference_scale_ms'])} ms ({SCALE_WORDS[m0.get('reference_scale_source', 'run')]}), "
+       f"with the ratio's standard error. Over the {len(paired)} paired measurements the reference itself read "
        f"{_fmt(float(np.median(ref_ms)))} ms (median), {_fmt(float(ref_ms.min()))} to {_fmt(float(ref_ms.max()))}: "
        f"the drift the pairing takes out."]
   if remeasured:

@@ -88,8 +88,12 @@ def search(num_initial: int, num_trials: int, measure_seq: int, latency_referenc
       # reference: each student is timed alternately with this architecture and its latency is its
       # ratio to it x one run-wide scale, since this machine drifts 15-40% between readings that
       # each claim 1-4% ('baseline': search.baseline_arch; '': each timed alone).
+      # scale: the ms value of a paired latency is its ratio x the reference's latency on this
+      # machine: 'machine' = the first quiet reading of it here, cached and shared by every search
+      # on this machine (so two searches hours apart agree in ms where their ratios agree); 'run' =
+      # this run's first reading.
       measure=dict(batch=1, seq=measure_seq, target_rel_ci=0.05, max_reps=100, chunk=10, target="",
-                   reference="baseline"),
+                   reference="baseline", scale="machine"),
       # The learned latency predictor behind the objective predicted_latency_ms (004): fitted on
       # the measurements of a search's run directory or a CSV such as experiments/results/tabular.csv.
       latency_model=dict(source=""),

@@ -53,7 +53,8 @@ def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_
   search had suggests the same architecture (the finals, their export and model cards are
   test_reliability_round2.py::test_a_postgresql_password_is_written_nowhere_in_a_finished_run's)."""
   run_dir = str(tmp_path / "search")
-  overrides = _overrides(tiny_teacher, **{"search.num_initial": 2, "search.num_trials": 3, "search.designer": "bo"})
+  overrides = _overrides(tiny_teacher, **{"search.num_initial": 2, "search.num_trials": 3, "search.designer": "bo",
+                                           "search.measure.scale": "run"})  # checked against its first reading
   args = [sys.executable, "-m", "ad.cli", "search", "--config", "quickstart", "--run-dir", run_dir, "--no-progress"]
   args += [f"--set={o}" for o in overrides]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -235,6 +236,26 @@ def test_a_search_with_a_tpu_target_uses_and_labels_xla_estimates(tmp_path, tiny
   assert summary["trials"] == 3
   assert "estimated by XLA's TPU cost model (tpu:v5e), not measured" in [a for a in summary["pareto_axes"]
                                                                           if a.startswith("latency_ms")][0]
+
+
+def test_searches_on_one_machine_share_its_quiet_latency_scale_and_a_loaded_reading_is_not_kept(tmp_path, monkeypatch):
+  """search.measure.scale = 'machine': the first quiet reading of the reference on this machine is
+  cached and every later search here uses it (two runs hours apart then agree in ms where their
+  ratios agree); a reading under load serves its own run only; another machine or another
+  reference program has its own scale."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  cfg = configs.load_config("quickstart")
+  cpu = dict(cpu="model A", node="host-1")
+  reading = lambda ms: dict(arch=BASELINE, ms=ms, target="")
+  loaded = loop.machine_scale(reading(49.3), cfg, other_load=0.6, cpu=cpu)
+  assert (loaded["ms"], loaded["source"]) == (49.3, "run")  # this run's only
+  first = loop.machine_scale(reading(15.0), cfg, other_load=0.02, cpu=cpu)
+  later = loop.machine_scale(reading(21.7), cfg, other_load=0.01, cpu=cpu)
+  assert (first["ms"], first["source"]) == (15.0, "machine") and (later["ms"], later["source"]) == (15.0, "machine")
+  assert loop.machine_scale(reading(9.0), cfg, other_load=0.0, cpu=dict(cpu, node="host-2"))["ms"] == 9.0
+  other_program = configs.load_config("quickstart", ["model.num_blocks=2"])
+  assert loop.machine_scale(reading(7.0), other_program, other_load=0.0, cpu=cpu)["ms"] == 7.0
+  assert loop.machine_scale(reading(5.0), cfg, other_load=None, cpu=cpu)["ms"] == 15.0  # cached, load unknown
 
 
 def test_bo_models_the_latency_limit_only_when_asked_and_sees_every_measured_latency(tiny_teacher):
