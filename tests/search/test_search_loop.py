@@ -47,13 +47,13 @@ def _rows(run_dir):
 
 def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_is_rebuilt_from_the_store(
     tmp_path, tiny_teacher):
-  """`ad search` with the BO designer, killed for real (SIGKILL) after the baseline and the first
-  initial trial, then resumed with --resume: the second initial trial and one suggestion of the
-  trieste service follow, nothing is lost or run twice, and a fresh service fed the history the
+  """`ad search` with the BO designer, killed for real (SIGKILL) after the baseline and the initial
+  trial (the two observations a GP needs), then resumed with --resume: one suggestion of the
+  trieste service follows, nothing is lost or run twice, and a fresh service fed the history the
   search had suggests the same architecture (the finals, their export and model cards are
   test_reliability_round2.py::test_a_postgresql_password_is_written_nowhere_in_a_finished_run's)."""
   run_dir = str(tmp_path / "search")
-  overrides = _overrides(tiny_teacher, **{"search.num_initial": 2, "search.num_trials": 3, "search.designer": "bo",
+  overrides = _overrides(tiny_teacher, **{"search.num_initial": 1, "search.num_trials": 2, "search.designer": "bo",
                                            "search.measure.scale": "run"})  # checked against its first reading
   args = [sys.executable, "-m", "ad.cli", "search", "--config", "quickstart", "--run-dir", run_dir, "--no-progress"]
   args += [f"--set={o}" for o in overrides]
@@ -73,8 +73,8 @@ def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_
   done = subprocess.run(args + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-4000:]
   rows = _rows(run_dir)
-  assert len(rows) == 4 and len({r["arch"] for r in rows}) == 4, "3 search trials + the baseline, none twice"
-  assert [r["role"] for r in rows] == ["baseline", "initial", "initial", "designer"]
+  assert len(rows) == 3 and len({r["arch"] for r in rows}) == 3, "2 search trials + the baseline, none twice"
+  assert [r["role"] for r in rows] == ["baseline", "initial", "designer"]
   assert all(r["status"] == "ok" for r in rows), [(r["arch"], r["error"]) for r in rows]
   for arch, r in before.items():  # completed trials were neither lost nor run again
     after = next(x for x in rows if x["arch"] == arch)
@@ -83,14 +83,14 @@ def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_
   cfg = configs.load_config("quickstart", overrides)
   _, (names, directions, reference), _, cands, _ = loop._validated(cfg, str(tmp_path / "replay"), "bo")
   db = store_lib.TrialStore(run_dir, readonly=True)
-  known = db.trials()[:3]
+  known = db.trials()[:2]
   db.close()
   des = designers.make_designer("bo", cands, directions,
                                 report.hypervolume_reference(cfg.search.objectives, reference, known),
                                 cfg.search.seed, cfg.search)
   try:
     initial = designers.initial_design(cands, cfg.search.num_initial, cfg.search.seed)
-    assert loop.next_trial(cfg, known, initial, des, names, "bo")[:2] == (rows[3]["arch"], "designer")
+    assert loop.next_trial(cfg, known, initial, des, names, "bo")[:2] == (rows[2]["arch"], "designer")
   finally:
     des.close()
   # Latencies are paired with the baseline and on one scale across the kill: its first reading.
@@ -110,10 +110,10 @@ def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_
     assert r["seed"] == 0 and r["code_version"]
 
   summary = json.loads(done.stdout)
-  assert summary["trials"] == 4 and summary["pareto"] and summary["hypervolume"] > 0
+  assert summary["trials"] == 3 and summary["pareto"] and summary["hypervolume"] > 0
   assert remeasured["reference"] == BASELINE  # the front and the reference, timed together
   assert set(remeasured["rows"]) == {BASELINE} | {p["arch"] for p in summary["pareto"]}
-  assert summary["time_split"]["trials"] == 4 and 0 < summary["time_split"]["train_steps_share"] < 1
+  assert summary["time_split"]["trials"] == 3 and 0 < summary["time_split"]["train_steps_share"] < 1
 
   # The report is rebuilt from the trial store alone (`ad report`), in a directory holding nothing else.
   with open(os.path.join(run_dir, "report.md")) as f:
