@@ -27,12 +27,12 @@ from typing import Callable
 
 import jax
 
-from ad import space as space_lib
+from ad import files, space as space_lib
 from ad.data import pretrain
 from ad.distill import sharding, superlm, teacher_head, trainer
 from ad.models import student as student_lib
 from kernels import fused_ffn
-from profiling import tpu
+from profiling import harness, tpu
 from profiling.compile_stats import compile_concurrently
 
 PROGRAMS = ("flash", "regular", "superlm", "teacher", "inference")
@@ -209,7 +209,6 @@ def _programs(cfg, program: str, scfg, dcfg, data_cfg, mesh, batch: int, seq: in
     real, cost = build(False), build(True)
     return {"step": (real.jitted["step"], real.abstract_args["step"])}, {"step": (cost.jitted["step"],
                                                                                   cost.abstract_args["step"])}
-  from profiling import harness  # inference: already unrolled, so one program serves both
   fn, args, _ = harness.inference_program(scfg.arch, cfg.model, mesh=mesh, num_blocks=scfg.num_blocks, batch=batch,
                                           seq=seq, dtype=scfg.dtype)
   return {"forward": (fn, args)}, {"forward": (fn, args)}
@@ -278,8 +277,6 @@ def estimate_latency(arch, model_cfg, chip: str, *, num_blocks=None, batch: int 
   Cached per (arch, blocks, chip, batch, seq, dtype, model options, jax and libtpu versions)."""
   from importlib import metadata
 
-  from ad import files
-  from profiling import harness
   scfg = student_lib.config_from_dict(arch, model_cfg, num_blocks=num_blocks, dtype=dtype,
                                       attention_impl=ESTIMATE_KERNELS, ffn_impl=ESTIMATE_KERNELS)
   key = dict(model=repr(scfg), chip=chip, batch=batch, seq=seq, jax=jax.__version__,

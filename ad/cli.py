@@ -8,10 +8,10 @@ import json
 import os
 import sys
 
-from ad import configs, export, files, interrupt, startup
-from ad import space as space_lib
-from ad.search import report, store as store_lib
-from ad.search.designers import OptimizerServiceError
+# Only what every command needs (no JAX): each command imports the modules it runs when it runs,
+# so that `ad --help`, `ad space` and a bad argument answer in a second, not after JAX, flax and
+# TensorFlow load (5 s here).
+from ad import configs, files, interrupt, space as space_lib, startup
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -246,6 +246,7 @@ def cmd_distill(args) -> int:
   if not args.outside_space:
     space_lib.DesignSpace.from_config(cfg.space).check(args.arch)
   if args.export:
+    from ad import export
     export.check_out(args.export, args.force, source=args.workdir, what="--export")
   # The student alone is always saved (workdir/student), so `ad export WORKDIR` works on any finished run.
   metrics = trainer.distill(args.arch, cfg, args.schedule, args.workdir, resume=args.resume,
@@ -285,6 +286,8 @@ def cmd_superlm(args) -> int:
 
 
 def cmd_export(args) -> int:
+  from ad import export
+  from ad.search import report
   export.check_out(args.out, args.force, source=args.path)
   for d in export.export_path(args.path, args.out, log=lambda m: print(m, file=sys.stderr),
                               latencies=report.card_latencies(os.path.abspath(args.path))):
@@ -331,6 +334,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_report(args) -> int:
+  from ad.search import report, store as store_lib
   store = store_lib.TrialStore(args.run_dir, url=args.store, readonly=True) if args.store else None
   if store is not None:
     store.check_run_dir(args.run_dir)  # never another search's content in this run directory
@@ -566,6 +570,7 @@ def _search_stopped():
 
 
 def _service_error():
+  from ad.search.designers import OptimizerServiceError
   return OptimizerServiceError
 
 

@@ -21,6 +21,8 @@ import os
 import shutil
 
 from ad import files, rundir
+from ad.distill.params import Rebuild, nonfinite
+from ad.models import hf, student as student_lib
 
 STUDENT_INFO = "student.json"
 STUDENT_DIR = "student"
@@ -86,7 +88,6 @@ def model_card(info: dict, metrics: dict | None, latency: dict | None = None) ->
 def export_student(student, out_dir: str, info: dict, workdir: str, metrics: dict | None = None,
                    latency: dict | None = None) -> str:
   """A complete HF directory for `student` (see the module docstring)."""
-  from ad.models import hf
   hf.export_mobilebert(student, out_dir)
   hf.write_tokenizer(out_dir, os.path.join(workdir, info["vocab_file"]), info["lower_case"],
                      max_length=info["student_config"]["max_positions"])
@@ -99,8 +100,6 @@ def load_student(workdir: str):
   """(Student, student.json, metrics.json or None) of a finished distillation workdir."""
   import jax
   import orbax.checkpoint as ocp
-  from ad.distill.params import Rebuild, nonfinite
-  from ad.models import student as student_lib
   info_path = os.path.join(workdir, STUDENT_INFO)
   if not os.path.isfile(info_path):
     raise FileNotFoundError(f"{workdir}: no {STUDENT_INFO}; expected a distillation workdir made by `ad distill` "

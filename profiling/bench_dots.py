@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from profiling.bench_inference import parse_archs, time_alternating
+from ad.space import Arch
 
 DEFAULT_ARCHS = ("512_128_4_512_4", "256_64_2_384_2")
 IMPLS = ("xla eigen", "xla ynnpack", "torch")
@@ -36,7 +37,6 @@ def matmul_pairs(arch: str, batch: int, seq: int) -> list[dict]:
   """The block's matmuls as round-trip pairs: name, the two matmuls' shapes (batch dims, m, k, n),
   and the block's FLOPs in matmuls of that shape. The block is the default one of
   ad/models/student.py (MobileBERT's: a shared query/key bottleneck, values from the wide input)."""
-  from ad.space import Arch
   a = Arch.parse(arch)
   M, H, Bn, I, A = batch * seq, a.hidden, a.bottleneck, a.intermediate, a.heads
   D = Bn // A

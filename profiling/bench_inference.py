@@ -32,6 +32,10 @@ import time
 
 import numpy as np
 
+from ad.models import hf, stack, student as student_lib
+from ad.space import Arch
+from profiling import harness, peaks as peaks_lib
+
 DEFAULT_ARCHS = ("512_128_4_512_4", "512_128_1_640_2", "512_128_4_512_2", "256_64_2_384_2")
 
 
@@ -58,7 +62,6 @@ def time_alternating(impls: dict, rounds: int, calls: int) -> dict[str, list[flo
 
 def parse_archs(parser: argparse.ArgumentParser, text: str) -> list[str]:
   """--archs A,B,... -> the architecture names; a malformed one is an argument error naming it."""
-  from ad.space import Arch
   archs = [a.strip() for a in text.split(",") if a.strip()]
   for arch in archs:
     try:
@@ -75,7 +78,6 @@ def _spread(x) -> tuple[float, float]:
 def _hf_model(student, tmp: str):
   import torch
   import transformers
-  from ad.models import hf
   hf.export_mobilebert(student, tmp)
   model = transformers.MobileBertForPreTraining.from_pretrained(tmp, attn_implementation="eager").eval()
   torch.set_grad_enabled(False)
@@ -88,7 +90,6 @@ def bench_arch(arch: str, *, blocks: int, batch: int, seq: int, rounds: int, cal
   import jax.numpy as jnp
   import torch
   from flax import nnx
-  from profiling import harness
 
   impls = {}
   fn32, (state, ids), cfg = harness.student_forward(arch, num_blocks=blocks, batch=batch, seq=seq, dtype="float32")
@@ -98,7 +99,6 @@ def bench_arch(arch: str, *, blocks: int, batch: int, seq: int, rounds: int, cal
   impls["ad f32"] = lambda: jax.block_until_ready(run32(ids))
   impls["ad bf16"] = lambda: jax.block_until_ready(run16(ids))
 
-  from ad.models import stack, student as student_lib
   # The very parameters timed above, stacked back into a model for the export to transformers.
   student = nnx.merge(nnx.graphdef(student_lib.abstract_student(cfg)), stack.restack(state))
   with tempfile.TemporaryDirectory() as tmp:
@@ -192,7 +192,6 @@ def main(argv=None) -> int:
   p.add_argument("--json", default="", help="write the rows as JSON here")
   args = p.parse_args(argv)
   import jax
-  from profiling import peaks as peaks_lib
   archs = parse_archs(p, args.archs)
   peak = None
   if jax.default_backend() == "cpu":

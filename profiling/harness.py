@@ -31,6 +31,8 @@ import numpy as np
 from jax.profiler import ProfileData
 
 from profiling import compile_stats, peaks as peaks_lib, trace as trace_lib
+from ad.models import stack, student as student_lib
+from kernels import fused_ffn
 
 RESULT_FIELDS = (
     "name", "backend", "device_kind", "jax_version", "jaxlib_version", "dtype", "batch", "seq", "repetitions",
@@ -195,7 +197,6 @@ def measure_fn(fn: Callable, args: tuple, *, name: str, batch: int, seq: int | N
   tags = [f"ad_measure_{_safe_name(name)}"] + ([f"ad_reference_{_safe_name(reference[2])}"] if reference else [])
   programs = [(fn, args)] + ([reference[:2]] if reference else [])
   t0 = time.perf_counter()
-  from kernels import fused_ffn
   with fused_ffn.ImplementationLog() as ffn_log:  # what the fused FFN really ran as (it can fall back)
     stats = [compile_stats.compile_stats(_tagged(f, tag), *a, compiler_options=compiler_options)
              for (f, a), tag in zip(programs, tags)]
@@ -291,8 +292,6 @@ def student_forward(arch, model_cfg=None, *, num_blocks=None, batch=1, seq=128, 
   copies per call); the parameters are those of `Student(cfg, nnx.Rngs(seed))`. abstract=True:
   the arguments are ShapeDtypeStructs (compile-only analysis, nothing allocated)."""
   from flax import nnx
-  from ad.models import stack
-  from ad.models import student as student_lib
   cfg = student_lib.config_from_dict(arch, model_cfg, num_blocks=num_blocks, dtype=dtype)
   if batch <= 0:
     raise ValueError(f"batch must be positive, got {batch}")

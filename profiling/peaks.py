@@ -28,6 +28,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from ad import files
+
 
 @dataclasses.dataclass(frozen=True)
 class Peaks:
@@ -230,7 +232,6 @@ def _cache_unless_loaded(ident: dict, cal: dict) -> bool:
   was measured; returns whether it was cached."""
   if cal["other_load"] is not None and cal["other_load"] > MAX_OTHER_LOAD:
     return False
-  from ad import files
   files.write_json(_cpu_cache_path(ident), dict(identity=ident, calibration=cal, measured_at=time.time()))
   return True
 

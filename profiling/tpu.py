@@ -29,6 +29,7 @@ import functools
 import re
 
 from profiling import peaks
+from ad import startup
 
 TOPOLOGY_FORMS = ("v4:AxBxC or v5p:AxBxC (chips along each dimension, e.g. v4:2x2x1, v5p:4x4x4), "
                   "v5e:AxB or v6e:AxB (e.g. v5e:4x4, v5e:16x16), or a chip alone (v4, v5e, v5p, v6e) for one chip")
@@ -68,7 +69,6 @@ def topology_devices(name: str) -> tuple:
   """The compile-only devices of a TPU topology (parse_topology's forms; a chip alone gives its
   smallest slice). v4 and v5p are described as megacore chips (one device per chip), as their VMs
   run them."""
-  from ad import startup
   startup.configure()  # libtpu's environment placeholders off a TPU VM (quiet topology creation)
   import jax
   from jax.experimental import topologies

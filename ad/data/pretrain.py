@@ -36,6 +36,7 @@ import seqio
 import tensorflow as tf
 
 from ad.data import sources, tf_setup, vocab as vocab_lib
+from ad.models import hf
 
 FEATURES = ("input_ids", "token_type_ids", "attention_mask", "masked_positions", "masked_ids", "masked_weights",
             "nsp_label")
@@ -338,7 +339,6 @@ def load_vocab(cfg: DataConfig, teacher_dir: str | None = None) -> vocab_lib.Wor
   path = cfg.vocab_file
   if not path:
     if teacher_dir is None:
-      from ad.models import hf
       teacher_dir = hf.minilm_dir()
     path = os.path.join(teacher_dir, "vocab.txt")
   return vocab_lib.WordPieceVocabulary(path, lower_case=cfg.lower_case)

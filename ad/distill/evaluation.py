@@ -73,7 +73,7 @@ def eval_set_key(data_cfg, vocab) -> str:
 
 def build_eval_set(data_cfg, vocab, cache_dir: str | None = None, log=print) -> EvalSet:
   """The evaluation set of `data_cfg` (built from the validation split once, then read from cache)."""
-  from ad.data import pretrain, sources
+  from ad.data import pretrain, sources  # lazy: pulls in TensorFlow (seqio)
   key = eval_set_key(data_cfg, vocab)
   cache_dir = cache_dir or os.path.join(files.cache_root(), "evalsets")
   path = os.path.join(cache_dir, f"eval_{key}.npz")

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ad.distill.optim import path_str
+
 
 def _module(graphdef, template, pure):
   state = jax.tree.map(lambda x: x, template)
@@ -63,6 +65,5 @@ def _with(tree, extra: dict):
 
 def nonfinite(tree) -> list[str]:
   """Paths of the leaves of `tree` holding a NaN or an inf (one compiled check for the whole tree)."""
-  from ad.distill.optim import path_str
   flags = jax.jit(lambda t: jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), t))(tree)
   return [path_str(p) for p, ok in jax.tree_util.tree_leaves_with_path(flags) if not bool(ok)]

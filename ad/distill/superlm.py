@@ -44,10 +44,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ad import configs, files, interrupt, multihost
-from ad import space as space_lib
-from ad.distill import evaluation, losses, optim, sharding, trainer
+from ad import configs, files, interrupt, multihost, space as space_lib
+from ad.distill import evaluation, losses, optim, sharding, teacher_head, trainer
 from ad.distill.params import Rebuild, without
+from ad.models import layers, stack, student as student_lib
+from ad.models.student import ACTIVATIONS, TORCH_DEFAULT_LAYER_NORM_EPS, mask_to_bias
+from profiling.compile_stats import CompileLog, compile_concurrently
 
 SAMPLINGS = ("random", "sandwich")
 PROXIES = ("flash", "superlm", "fewshot")
@@ -156,8 +158,6 @@ def _norm_of(module, kind, eps, mask, n):
 def elastic_encode(s, sub, input_ids, token_type_ids, attention_mask, max_heads: int, unroll: bool = False) -> dict:
   """The super Student `s` computing sub-network `sub` = [H, B, A, I, F] (int32, traced):
   sequence_output [B, T, H_super] (zero beyond H) and pooled [B, H_super]."""
-  from ad.models import layers, stack
-  from ad.models.student import ACTIVATIONS, TORCH_DEFAULT_LAYER_NORM_EPS, mask_to_bias
   cfg = s.cfg
   Hs, Bs, Is = cfg.arch.hidden, cfg.arch.bottleneck, cfg.arch.intermediate
   nh, nb, na, ni, nf = (sub[i] for i in range(5))
@@ -217,8 +217,6 @@ def elastic_encode(s, sub, input_ids, token_type_ids, attention_mask, max_heads:
 
 def elastic_mlm_logits(s, enc: dict, h):
   """The MLM head of sub-network features h [..., H_super] (zero beyond H) -> [..., V] f32."""
-  from ad.models import layers
-  from ad.models.student import ACTIVATIONS
   cfg, E = s.cfg, s.cfg.embedding_size
   t = ACTIVATIONS[cfg.hidden_act](s.mlm_transform(h)) * enc["mh"]
   t = _masked_norm(t, s.mlm_norm.scale[...], s.mlm_norm.bias[...], "layer_norm", cfg.layer_norm_eps, enc["mh"],
@@ -235,7 +233,6 @@ def elastic_mlm_logits(s, enc: dict, h):
 def extract(super_params: dict, sub_cfg):
   """The Student of StudentConfig `sub_cfg` whose every parameter is the leading slice of the
   SuperLM's (pure dict of the super Student's parameters) of the same path."""
-  from ad.models import student as student_lib
   rebuild = Rebuild(nnx.eval_shape(lambda: student_lib.Student(sub_cfg, nnx.Rngs(0))))
 
   def take(path, leaf):
@@ -272,7 +269,6 @@ def superlm_programs(super_cfg, scfg: SuperLMConfig, dcfg, data_cfg, max_heads: 
   parameter and optimizer initialization and the training step (the teacher's logits once, then
   eq. 3 for each of the M sampled sub-networks, gradients accumulated, one LAMB update). `teacher`
   may be abstract. unroll: block and sub-network loops unrolled, for XLA's cost analysis (ad/aot.py)."""
-  from ad.models import student as student_lib
   rngs = lambda seed: nnx.Rngs(jax.random.key(seed, impl="rbg"))
   make_student = lambda: student_lib.Student(super_cfg, rngs(dcfg.seed))
   student_abs = nnx.eval_shape(make_student)
@@ -325,8 +321,7 @@ def superlm_programs(super_cfg, scfg: SuperLMConfig, dcfg, data_cfg, max_heads: 
 
 def _run_record(cfg, archs, steps):
   """(the run record a SuperLM workdir holds, its settings): what a --resume must match."""
-  from ad.data import pretrain
-  from ad.models import student as student_lib
+  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
   scfg = config_from(cfg)
   dcfg = trainer.config_from(cfg.distill, "flash")  # batch size, optimizer, loss weights, mesh
   archs = list(archs) if archs is not None else space_lib.DesignSpace.from_config(cfg.space).archs()
@@ -362,10 +357,7 @@ def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
   import tensorflow as tf  # TensorBoard summaries
   from tqdm import tqdm
 
-  from ad.data import pretrain
-  from ad.distill import teacher_head
-  from ad.models import student as student_lib
-  from profiling.compile_stats import CompileLog, compile_concurrently
+  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
 
   t_start = time.time()
   record, (scfg, dcfg, archs, steps, data_cfg, super_cfg) = _run_record(cfg, archs, steps)
@@ -525,7 +517,6 @@ def _owner(workdir: str, arch: space_lib.Arch) -> str:
 
 def load(workdir: str, cfg):
   """(pure parameters, super StudentConfig, candidate names) of the finished SuperLM in workdir."""
-  from ad.models import student as student_lib
   record = files.read_json(os.path.join(workdir, "run.json"), "SuperLM run record")
   ckpts = trainer.Checkpoints(os.path.join(workdir, "checkpoints"), 2)
   try:
@@ -561,9 +552,7 @@ def _check_same_model(workdir: str, record: dict, super_cfg) -> None:
 def proxy_scores(arch, cfg, workdir: str, log: Callable = print) -> dict:
   """The held-out scores (evaluation.evaluate's fields, with standard errors) of `arch` extracted
   from the trained SuperLM(s) in `workdir`, without further training; plus the proxy's timings."""
-  from ad.data import pretrain
-  from ad.distill import teacher_head
-  from ad.models import student as student_lib
+  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
   t0 = time.time()
   arch = space_lib.Arch.parse(arch)
   owner = _owner(os.path.abspath(workdir), arch)
@@ -589,7 +578,6 @@ def proxy_scores(arch, cfg, workdir: str, log: Callable = print) -> dict:
 def save_extracted(arch, cfg, workdir: str, out_dir: str) -> str:
   """`arch` extracted from the SuperLM(s) in workdir, saved alone as an orbax student checkpoint
   (out_dir/student: what `ad distill --init-student` and `ad finetune` read)."""
-  from ad.models import student as student_lib
   import orbax.checkpoint as ocp
   arch = space_lib.Arch.parse(arch)
   path = os.path.join(os.path.abspath(out_dir), "student")

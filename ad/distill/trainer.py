@@ -41,9 +41,11 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from ad import configs, export, files, interrupt, multihost
-from ad.distill import evaluation, losses, optim, sharding
+from ad.distill import evaluation, losses, optim, sharding, teacher_head
 from ad.distill.params import Rebuild, nonfinite, without
-from profiling.compile_stats import compile_concurrently
+from profiling.compile_stats import CompileLog, compile_concurrently
+from ad.models import stack, student as student_lib
+from ad.models.student import mask_to_bias
 
 RECIPES = ("autodistill", "mobilebert")
 PRETRAIN = "pretrain_distill"
@@ -156,7 +158,7 @@ def train_stream(task, data_cfg, per_host: int, total_steps: int, start: int):
   """This host's training batches of a `total_steps` run from step `start` on: a resumed run
   continues the stream without reading what it already used (the stream is index-addressable,
   ad/data/pretrain.py); a small run's batches are memoized in-process."""
-  from ad.data import pretrain
+  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
   where = (jax.process_index(), jax.process_count())
   if total_steps * per_host * data_cfg.seq_len <= pretrain.CACHE_MAX_TOKENS:
     return iter(pretrain.cached_batches(task, data_cfg, "train", per_host, total_steps, *where)[start:])
@@ -284,8 +286,6 @@ def _progressive_loss(dcfg, num_blocks, mapping, student_of, adapters_of, teache
   unroll = cost_stage is not None
 
   def loss_fn(params, t_params, b, k):
-    from ad.models import stack
-    from ad.models.student import mask_to_bias
     if unroll:
       k = cost_stage
     mask_bias = mask_to_bias(b["attention_mask"])
@@ -369,7 +369,6 @@ def distill_programs(scfg, dcfg: DistillConfig, data_cfg, teacher, mesh, cost_st
 
   cost_stage: the programs XLA's cost analysis can count whole (ad/aot.py): block loops unrolled,
   the progressive step that of stage `cost_stage` alone. Training never runs these."""
-  from ad.models import student as student_lib
   K = scfg.num_blocks
   L, Ht, _ = losses.teacher_dims(teacher)
   mapping = losses.block_mapping(K, L)
@@ -453,7 +452,6 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   how long to wait for the workdir held by another process (a trial's previous holder) before
   files.LockedError.
   """
-  from profiling.compile_stats import CompileLog
   workdir = os.path.abspath(workdir)
   lock = files.DirectoryLock(workdir, "distillation workdir", wait_s=lock_wait_s) if multihost.is_main() else None
   with CompileLog() as compiles:
@@ -473,10 +471,7 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   import tensorflow as tf  # TensorBoard summaries
   from tqdm import tqdm
 
-  from ad.data import pretrain
-  from ad.distill import teacher_head
-  from ad.models import student as student_lib
-  from profiling.compile_stats import CompileLog
+  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
 
   t_start = time.time()
   dcfg = config_from(cfg.distill, schedule)

@@ -42,6 +42,7 @@ import seqio
 import tensorflow as tf
 
 from ad.data import pretrain, sources, tf_setup, vocab as vocab_lib
+from ad.finetune import squad
 
 SPLITS = ("train", "validation", "test")
 METRICS = ("accuracy", "matthews", "f1", "spearman", "squad_f1")
@@ -137,7 +138,6 @@ def check_data(spec: TaskSpec, tfds_data_dir: str | None, squad_dir: str | None 
     rotten_tomatoes()
     return
   if spec.kind == "span" and squad_dir:
-    from ad.finetune import squad
     missing = [f for f in (squad.TRAIN_FILE, squad.DEV_FILE) if not os.path.isfile(os.path.join(squad_dir, f))]
     if missing:
       raise TaskDataError(f"task {spec.name}: finetune.squad_dir={squad_dir} lacks {missing}; expected the official "
@@ -203,7 +203,6 @@ def make_task(spec: TaskSpec, vocab: vocab_lib.WordPieceVocabulary, seq_len: int
 
 def _squad_json_source(squad_dir: str) -> seqio.DataSource:
   """The official SQuAD JSON files as a seqio source with TFDS squad/v1.1's features."""
-  from ad.finetune import squad
 
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     del shuffle_files, seed
@@ -234,7 +233,6 @@ def make_span_task(spec: TaskSpec, tfds_data_dir: str | None = None, squad_dir: 
 
 def questions(task: seqio.Task, split: str, limit: int = 0):
   """The split's questions (squad.Question), the first `limit` of them when limit > 0."""
-  from ad.finetune import squad
   if split not in SPLITS:
     raise ValueError(f"split {split!r}: expected one of {SPLITS}")
   ds = task.get_dataset(split=split, shuffle=False, use_cached=False, trim_output_features=False)

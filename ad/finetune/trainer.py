@@ -31,8 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ad import configs, files, interrupt, rundir, stats
-from ad.finetune import tasks as tasks_lib
+from ad import configs, export, files, interrupt, rundir, stats
+from ad.finetune import squad, tasks as tasks_lib
+from ad.distill import optim, teacher_head
+from ad.distill.params import Rebuild, nonfinite, without
+from ad.models import hf
 
 RESULT_FILE = "result.json"
 SOURCE_FILE = "checkpoint.json"  # which checkpoint a result directory belongs to
@@ -93,9 +96,6 @@ class Backbone:
 
 def load_backbone(path: str) -> Backbone:
   """The model and tokenizer of a checkpoint (module docstring); a clear error for anything else."""
-  from ad import export
-  from ad.distill import teacher_head
-  from ad.models import hf
   path = os.path.abspath(path)
   name = os.path.basename(os.path.normpath(path))
   if os.path.isfile(os.path.join(path, export.STUDENT_INFO)):
@@ -165,7 +165,6 @@ def _existing_parent(path: str) -> str:
 
 def checkpoints_of(path: str) -> list[str]:
   """A search run directory -> its finished finals' workdirs; anything else -> [path]."""
-  from ad import export
   finals = rundir.finals_dir(path)
   if rundir.is_search_run(path):
     done = [os.path.join(finals, a) for a in sorted(os.listdir(finals))
@@ -230,7 +229,6 @@ class Span:
   """Extractive QA (SQuAD): start and end logits per token; scored per question (squad.py)."""
 
   def __init__(self, spec, vocab, fcfg: FinetuneConfig):
-    from ad.finetune import squad
     self.spec, self.squad = spec, squad
     task = tasks_lib.make_span_task(spec, fcfg.tfds_data_dir or None, fcfg.squad_dir or None)
     caps = dict(train=fcfg.max_train_examples, validation=fcfg.max_eval_examples, test=fcfg.max_eval_examples)
@@ -277,9 +275,7 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
   import tensorflow as tf  # TensorBoard summaries
   from tqdm import tqdm
 
-  from ad.data import vocab as vocab_lib
-  from ad.distill import optim, teacher_head
-  from ad.distill.params import Rebuild, nonfinite, without
+  from ad.data import vocab as vocab_lib  # lazy: pulls in TensorFlow (seqio)
   t_start = time.time()
   claim_result_dir(workdir, checkpoint, task_name, write=False)  # refuse a wrong --workdir before any work
   spec = tasks_lib.get(task_name)

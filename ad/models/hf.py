@@ -19,8 +19,7 @@ import numpy as np
 from flax import nnx
 
 from ad import files
-from ad.models import student as student_lib
-from ad.models import teacher as teacher_lib
+from ad.models import student as student_lib, teacher as teacher_lib
 from ad.space import Arch
 
 CONFIG_FILE = "config.json"
@@ -411,7 +410,6 @@ def read_lower_case(hf_dir: str) -> bool:
   path = os.path.join(hf_dir, "tokenizer_config.json")
   if not os.path.isfile(path):
     return True
-  from ad import files
   return bool(files.read_json(path, "tokenizer config").get("do_lower_case", True))
 
 

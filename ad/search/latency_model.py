@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from ad import space as space_lib
+from ad.search import store as store_lib
 
 HIDDEN = (64, 64)
 
@@ -186,7 +187,6 @@ def load_measurements(source: str, store_url: str | None = None) -> list[dict]:
   experiments/results/tabular.csv."""
   import csv
   if os.path.isdir(source) or store_url:
-    from ad.search import store as store_lib
     store = store_lib.TrialStore(source, url=store_url, readonly=True)
     try:
       return [dict(t["measurement"], _where=f"{store.path} trial {t['id']} ({t['arch']}), measurement")

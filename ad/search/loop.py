@@ -30,14 +30,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ad import configs, export, files, interrupt, multihost
-from ad import space as space_lib
-from ad.search import calibration
-from ad.search import designers as designers_lib
-from ad.search import pareto, report as report_lib
+from ad import configs, export, files, interrupt, multihost, space as space_lib
+from ad.search import calibration, designers as designers_lib, latency_model, pareto, report as report_lib
 from ad.search import store as store_lib
 from ad.search import trieste_service  # its PENDING_METHODS (imported, it loads numpy only)
 from ad.search.store import IN_FLIGHT, TrialStore
+from ad.distill import evaluation, superlm, teacher_head, trainer
+from ad.models import hf, student as student_lib
+from profiling import harness, peaks as peaks_lib, tpu
 
 # Objectives the search knows how to read from a trial; those in TRAINED need flash distillation
 # (ad/distill/evaluation.py scores them, each with its standard error as `<name>_se`).
@@ -115,13 +115,11 @@ def screening(arch: space_lib.Arch, model_cfg, seq: int) -> dict[str, Any]:
   (4 * T^2 * bottleneck per block), batch 1: the forward's multiply-adds, which
   profiling/proxy_correlation measured to rank latency well on CPU.
   """
-  from ad.models import student as student_lib
   return screening_of(student_lib.config_from_dict(arch, model_cfg), seq)
 
 
 def screening_of(cfg, seq: int) -> dict[str, Any]:
   """`screening` of a StudentConfig."""
-  from ad.models import student as student_lib
   arch = cfg.arch
   counts = student_lib.param_counts(cfg)
   weights = counts["encoder"]  # biases and norms add a negligible 2*T*(...) each
@@ -187,7 +185,6 @@ def machine_scale(reading: dict, cfg, other_load: float | None, cpu: dict) -> di
   searches run hours apart on one machine share one scale and their paired latencies agree in ms
   where their ratios agree. Without a cached one: `reading` itself, for this run only unless quiet.
   reading: dict(arch, ms, target) of the reference; cpu: peaks.cpu_identity of this machine."""
-  from profiling import peaks as peaks_lib
   m = cfg.search.measure
   key = files.fingerprint(dict(cpu=cpu, reference=reading["arch"], model=cfg.model.to_dict(), batch=m.batch,
                                seq=m.seq))
@@ -214,11 +211,10 @@ def measure(arch: space_lib.Arch, cfg, trace_dir: str, model_cfg=None, store=Non
   workers' search.measure.target, or '' where the trials train): with search.measure.scale =
   'machine' this machine's cached quiet reading of the reference (machine_scale), with 'run'
   the reference's median in that first measurement; without a store, this measurement's."""
-  from profiling import harness, peaks as peaks_lib
   m = cfg.search.measure
   chip = estimated_target(cfg)
   if chip:
-    from ad import aot
+    from ad import aot  # lazy: pulls in TensorFlow and libtpu's compiler
     return aot.estimate_latency(arch, cfg.model if model_cfg is None else model_cfg, chip, batch=m.batch, seq=m.seq)
   reference = measurement_reference(cfg)
   with peaks_lib.OtherLoad() as load:  # a quiet reading of the reference may become the machine's scale
@@ -240,7 +236,6 @@ def remeasure_front(cfg, run_dir: str, store, names, directions, log: Callable) 
   process (harness.measure_together), so the front's latencies are compared within one session
   rather than across the search's hours of drift. Kept in the store's meta (once per front:
   a resumed run does not time the same front again); report.md shows it beside the search's."""
-  from profiling import harness
   reference = measurement_reference(cfg)
   if not reference or remote_target(cfg) or not set(TIMED) & set(names):
     return None  # nothing paired, or the target machine is elsewhere
@@ -297,7 +292,6 @@ def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, name
   0's measurement decides feasibility and every process follows it. measure_here=False: only
   distills (a measure worker on the target measures the trial, search.measure.target).
   """
-  from ad.distill import trainer
   out = dict(measurement=None, measure_s=None, distill=None, distill_s=None)
   if measure_here:
     t0 = time.time()
@@ -314,7 +308,6 @@ def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, name
       out["distill"] = trainer.distill(arch, cfg, "flash", workdir, resume=True, log=log, progress=False,
                                        lock_wait_s=lock_wait_s)
     else:  # extracted from the SuperLM(s) trained before the first trial, scored without training
-      from ad.distill import superlm
       out["distill"] = superlm.proxy_scores(arch, cfg, proxy_workdir, log=log)
     out["distill_s"] = time.time() - t0
   out["status"] = "ok"
@@ -324,8 +317,6 @@ def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, name
 def checkpoint_model_cfg(path: str, cfg) -> tuple[Any, dict]:
   """(StudentConfig, model section) of a MobileBERT-family HF checkpoint directory: its own shape
   and options, computed like the search's students (config.model's dtype and kernels)."""
-  from ad.models import hf
-  from ad.models import student as student_lib
   scfg = hf.student_config_from_hf(hf.read_config(path), os.path.join(path, hf.CONFIG_FILE))
   section = student_lib.model_section(scfg)
   section.update({k: cfg.model[k] for k in ("dtype", "attention_impl", "ffn_impl") if k in cfg.model})
@@ -334,7 +325,7 @@ def checkpoint_model_cfg(path: str, cfg) -> tuple[Any, dict]:
 
 def check_baseline_checkpoint(path: str, cfg) -> None:
   """search.baseline_checkpoint must be a MobileBERT-family HF directory tokenizing like the data."""
-  from ad.data import pretrain
+  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"search.baseline_checkpoint={path!r}: no such directory (expected a Hugging Face "
                             "MobileBERT-family checkpoint: config.json, model.safetensors, vocab.txt)")
@@ -353,9 +344,7 @@ def evaluate_checkpoint(path: str, cfg, trace_dir: str, log: Callable, store=Non
   """A baseline checkpoint, as it is (no distillation): measured like a trial (its own shape, this
   backend, search.measure) and scored on the held-out evaluation set with its standard errors,
   teacher agreement against the search's teacher."""
-  from ad.data import pretrain
-  from ad.distill import evaluation, teacher_head
-  from ad.models import hf
+  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
   scfg, section = checkpoint_model_cfg(path, cfg)
   t0 = time.time()
   measurement = measure(scfg.arch, cfg, trace_dir, model_cfg=section, store=store)
@@ -374,9 +363,8 @@ def evaluate_checkpoint(path: str, cfg, trace_dir: str, log: Callable, store=Non
 def finetune_finals(cfg, run_dir: str, store, log: Callable, progress: bool) -> None:
   """Fine-tunes every finished final (the baseline's included) and the teacher on each of
   final.finetune_tasks, recording each run in the store; a finished one is not run again."""
-  from ad.data import pretrain
-  from ad.distill import teacher_head
-  from ad.finetune import trainer as finetune_lib
+  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
+  from ad.finetune import trainer as finetune_lib  # lazy: pulls in TensorFlow (seqio)
   fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
   teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, pretrain.config_from_dict(cfg.data), log=log,
                                                     progress=False)
@@ -484,7 +472,6 @@ def with_prediction(screen: dict, arch: space_lib.Arch, names, cfg) -> dict:
   """`screen` plus the predicted latency when an objective asks for it."""
   if not set(PREDICTED) & set(names):
     return screen
-  from ad.search import latency_model
   return dict(screen, **latency_model.predict(arch, screen["num_blocks"], cfg.search.latency_model.source))
 
 
@@ -707,7 +694,6 @@ def _validated(cfg, run_dir: str, designer: str | None):
   names, directions, reference = objective_spec(s)
   check_search_ranges(cfg)
   if estimated_target(cfg):
-    from profiling import tpu
     if tpu.parse_topology(estimated_target(cfg))[1] is not None:
       raise ValueError(f"search.measure.target={s.measure.target!r}: a latency estimate is for one chip, "
                        "'tpu:<chip>' (tpu:v4, tpu:v5e, tpu:v5p, tpu:v6e)")
@@ -747,23 +733,19 @@ def _validated(cfg, run_dir: str, designer: str | None):
   if cfg.final.choose not in report_lib.CHOICES:
     raise ValueError(f"final.choose={cfg.final.choose!r}: expected one of {report_lib.CHOICES}")
   if cfg.final.get("finetune_tasks"):
-    from ad.finetune import tasks as tasks_lib, trainer as finetune_lib
+    from ad.finetune import tasks as tasks_lib, trainer as finetune_lib  # lazy: pulls in TensorFlow (seqio)
     fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
     for task in cfg.final.finetune_tasks:  # unknown tasks and missing data fail now, not after the search
       tasks_lib.check_data(tasks_lib.get(task), fcfg.tfds_data_dir or None, fcfg.squad_dir or None)
-  from ad.distill import trainer
-  from ad.data import pretrain
-  from ad.models import student as student_lib
+  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
   trainer.config_from(cfg.distill, "flash")
   trainer.config_from(cfg.distill, cfg.final.schedule)
-  from ad.distill import superlm
   if proxy_of(cfg) not in superlm.PROXIES:
     raise ValueError(f"search.proxy={proxy_of(cfg)!r}: expected one of {superlm.PROXIES}")
   if proxy_of(cfg) != "flash":
     superlm.config_from(cfg)
   data_cfg = pretrain.config_from_dict(cfg.data)
   student_lib.config_from_dict(feasible[0], cfg.model)
-  from ad.distill import teacher_head
   teacher_head.check_config(cfg.teacher, data_cfg)  # a teacher that does not fit fails now, not in every trial
   return designer, (names, directions, reference), space, cands, pruned
 
@@ -838,8 +820,7 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
   import tensorflow as tf  # TensorBoard scalars
   from tqdm import tqdm
 
-  from ad.data import tf_setup
-  from ad.distill import trainer
+  from ad.data import tf_setup  # lazy: pulls in TensorFlow (seqio)
   tf_setup.hide_accelerators_from_tf()  # before TF's first op (the TensorBoard writer below)
 
   s = cfg.search
@@ -916,7 +897,6 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
   done_designed = lambda: sum(1 for t in store.trials()
                               if t["role"] not in report_lib.BASELINE_ROLES and t["status"] not in IN_FLIGHT)
   if proxy_of(cfg) != "flash":  # the SuperLM(s) every trial is extracted from: trained once, resumable
-    from ad.distill import superlm
     log(f"search: accuracy proxy {proxy_of(cfg)}: training (or resuming) the SuperLM(s) in "
         f"{proxy_dir(run_dir, proxy_of(cfg))}")
     superlm.ensure_trained(cfg, proxy_dir(run_dir, proxy_of(cfg)), proxy_of(cfg), log=log, progress=progress)
@@ -924,7 +904,7 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
              dynamic_ncols=True, desc="search")
   try:
     if workers > 1 or remote_target(cfg):  # workers, or measurement on another machine: over the store
-      from ad.search import parallel
+      from ad.search import parallel  # lazy: parallel imports the loop (a cycle until the loop is split)
       parallel.coordinate(cfg, run_dir, store, store_url, workers, initial, des, names, designer, bar,
                           on_result=record_scalars, hv_now=hv_now, log=log)
     else:

@@ -108,7 +108,7 @@ class _LocalWorker:
     if code is None or code == 0:
       return
     if self.restarts >= RESTARTS:
-      from ad.search.loop import SearchStopped
+      from ad.search.loop import SearchStopped  # lazy: the loop imports parallel (a cycle until the loop is split)
       raise SearchStopped(f"worker {self.name} exited with code {code} {self.restarts + 1} times; see {self.log_path}")
     self.restarts += 1
     log(f"search: worker {self.name} exited with code {code}; restarting it ({self.restarts}/{RESTARTS}); its trial "
@@ -129,7 +129,7 @@ def coordinate(cfg, run_dir: str, store: TrialStore, store_url: str | None, work
                designer: str, bar, on_result: Callable, hv_now: Callable, log: Callable) -> None:
   """Runs the search's trials in `workers` local worker processes (plus any `ad worker` that
   joins through the store) until the budget is spent and nothing is in flight."""
-  from ad.search import loop
+  from ad.search import loop  # lazy: the loop imports parallel (a cycle until the loop is split)
   s = cfg.search
   poll = float(s.workers.poll_s)
   target = loop.remote_target(cfg)  # measured by `ad worker --role measure --target NAME`
@@ -254,7 +254,7 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
     return 0
   run_dir = os.path.abspath(run_dir)
   cfg = ml_collections.ConfigDict(record["config"])
-  from ad.search import loop
+  from ad.search import loop  # lazy: the loop imports parallel (a cycle until the loop is split)
   names = [o["name"] for o in cfg.search.objectives]
   lease, poll = float(cfg.search.workers.lease_s), float(cfg.search.workers.poll_s)
   if role == "measure" and target != loop.remote_target(cfg):
