@@ -45,6 +45,7 @@ def _rows(run_dir):
     db.close()
 
 
+@pytest.mark.timeout(1200)  # two `ad search` processes and three trieste services: past 600 s on a loaded machine
 def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_is_rebuilt_from_the_store(
     tmp_path, tiny_teacher):
   """`ad search` with the BO designer, killed for real (SIGKILL) after the baseline and the initial
