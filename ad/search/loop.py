@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ad import configs, export, files, interrupt, multihost, space as space_lib
+from ad import configs, export, files, interrupt, multihost, rundir, space as space_lib
 from ad.search import calibration, designers as designers_lib, latency_model, pareto, report as report_lib
 from ad.search import store as store_lib
 from ad.search import trieste_service  # its PENDING_METHODS (imported, it loads numpy only)
@@ -368,7 +368,7 @@ def finetune_finals(cfg, run_dir: str, store, log: Callable, progress: bool) -> 
   fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
   teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, pretrain.config_from_dict(cfg.data), log=log,
                                                     progress=False)
-  models = [(f["arch"], os.path.join(run_dir, "final", f["arch"])) for f in store.finals() if f["status"] == "ok"]
+  models = [(f["arch"], os.path.join(rundir.finals_dir(run_dir), f["arch"])) for f in store.finals() if f["status"] == "ok"]
   models.append(("teacher", teacher_dir))
   done = {(r["model"], r["task"]) for r in store.finetunes() if r["status"] == "ok"}
   for task in cfg.final.finetune_tasks:
@@ -930,7 +930,7 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
     done = {f["arch"]: f for f in store.finals()}
     if name in done and done[name]["status"] == "ok":
       continue
-    workdir = os.path.join(run_dir, "final", name)
+    workdir = os.path.join(rundir.finals_dir(run_dir), name)
     store.start_final(name)
     log(f"search: regular distillation of {name} into {workdir}")
     measured = [t for t in store.trials("ok") if t["arch"] == name]  # its latency, for the model card

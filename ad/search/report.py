@@ -57,7 +57,7 @@ def _spec(store: TrialStore):
 def hypervolume_reference(objectives, reference, rows: list[dict]) -> list[float]:
   """The hypervolume's reference point: each objective's `reference`, except a latency objective
   with `reference_ratio` once its latencies are paired: that many times the run's latency scale
-  (the reference architecture's first reading, which every paired trial records), so the point
+  (search.measure.scale's reading of the reference, which every paired trial records), so the point
   moves with the machine as the paired latencies do. A fixed point in ms lay below every trial
   of a run whose scale read 49 ms under load where another's read 15 (experiments/README.md 16)."""
   scale = next((r["measurement"]["reference_scale_ms"] for r in rows
