@@ -368,7 +368,8 @@ def finetune_finals(cfg, run_dir: str, store, log: Callable, progress: bool) -> 
   fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
   teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, pretrain.config_from_dict(cfg.data), log=log,
                                                     progress=False)
-  models = [(f["arch"], os.path.join(rundir.finals_dir(run_dir), f["arch"])) for f in store.finals() if f["status"] == "ok"]
+  models = [(f["arch"], os.path.join(rundir.finals_dir(run_dir), f["arch"]))
+            for f in store.finals() if f["status"] == "ok"]
   models.append(("teacher", teacher_dir))
   done = {(r["model"], r["task"]) for r in store.finetunes() if r["status"] == "ok"}
   for task in cfg.final.finetune_tasks:
