@@ -1,17 +1,17 @@
-"""The `ad` command: space, arch, profile, teacher, distill, superlm, export, search, report (one subcommand per stage)."""
+"""The `ad` command: its arguments, and the dispatch to the module that runs each command (COMMANDS).
+
+Only what every command needs is imported here (no JAX): `ad --help`, `ad space` and a bad argument
+answer in a second, not after JAX, flax and TensorFlow load (5 s here).
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
+import importlib
 import os
 import sys
 
-# Only what every command needs (no JAX): each command imports the modules it runs when it runs,
-# so that `ad --help`, `ad space` and a bad argument answer in a second, not after JAX, flax and
-# TensorFlow load (5 s here).
-from ad import configs, files, interrupt, space as space_lib, startup
+from ad import files, interrupt, startup
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -60,318 +60,12 @@ def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
   return rest, overrides
 
 
-def cmd_space(args) -> int:
-  cfg = configs.load_config(args.config, args.overrides)
-  space = space_lib.DesignSpace.from_config(cfg.space)
-  print(f"design space ({configs.resolve(args.config)}), {cfg.model.num_blocks} blocks per student:")
-  print(space.describe())
-  if args.list:
-    for a in space.archs():
-      print(a.name)
-  return 0
-
-
-def arch_report(arch_name: str, cfg, blocks=None, seq=128, batch=1, dtype=None) -> dict:
-  """Parameter counts by part and forward FLOPs from XLA's cost analysis (the harness's forward)."""
-  from ad.models import student as student_lib
-  from profiling import harness
-
-  arch = space_lib.Arch.parse(arch_name)
-  if batch <= 0:
-    raise ValueError(f"--batch must be positive, got {batch}")
-  scfg = student_lib.config_from_dict(arch, cfg.model, num_blocks=blocks, dtype=dtype)
-  if not 0 < seq <= scfg.max_positions:
-    raise ValueError(f"--seq {seq} is outside (0, {scfg.max_positions}] (the model's position embeddings)")
-  counts = student_lib.param_counts(scfg)
-  real = student_lib.count_module_params(student_lib.abstract_student(scfg))
-  if real != counts["total"]:
-    raise AssertionError(f"closed-form parameter count {counts['total']} != module's {real} for {arch}")
-  kw = dict(num_blocks=scfg.num_blocks, batch=batch, seq=seq, dtype=scfg.dtype)
-  enc = harness.compile_only_arch(arch, cfg.model, **kw)
-  full = harness.compile_only_arch(arch, cfg.model, heads=True, **kw)
-  return dict(
-      arch=arch.name, num_blocks=scfg.num_blocks, batch=batch, seq=seq, dtype=scfg.dtype,
-      params={k: int(v) for k, v in counts.items()},
-      flops_encoder=enc["flops"], flops_pretraining_heads=full["flops"],
-      bytes_accessed_encoder=enc["bytes_accessed"], backend=enc["backend"])
-
-
-def cmd_arch(args) -> int:
-  cfg = configs.load_config(args.config, args.overrides)
-  if not args.outside_space:
-    space = space_lib.DesignSpace.from_config(cfg.space)
-    for n in args.names:
-      space.check(n)
-  reports = [arch_report(n, cfg, args.blocks, args.seq, args.batch, args.dtype) for n in args.names]
-  if args.json:
-    print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
-    return 0
-  for r in reports:
-    p = r["params"]
-    m = lambda n: f"{n / 1e6:8.3f}M"
-    print(f"{r['arch']}  ({r['num_blocks']} blocks, batch {r['batch']}, seq {r['seq']}, {r['dtype']}, {r['backend']})")
-    print(f"  embeddings {m(p['embeddings'])}   encoder {m(p['encoder'])} ({p['block']:,} per block)")
-    print(f"  pooler     {m(p['pooler'])}   MLM head {m(p['mlm_head'])}   NSP head {m(p['nsp_head'])}")
-    print(f"  total (as 003 Table 2 counts) {m(p['paper_total'])}   + MLM extra decoder {m(p['mlm_extra'])}"
-          f" = {m(p['total'])} (as HF MobileBertForPreTraining counts)")
-    print(f"  forward FLOPs (XLA cost analysis): encoder {r['flops_encoder'] / 1e9:.3f} GFLOP, "
-          f"with MLM+NSP heads {r['flops_pretraining_heads'] / 1e9:.3f} GFLOP")
-  return 0
-
-
-def cmd_profile(args) -> int:
-  from profiling import harness
-  cfg = configs.load_config(args.config, args.overrides)
-  if not args.outside_space:
-    space_lib.DesignSpace.from_config(cfg.space).check(args.arch)
-  kw = dict(num_blocks=args.blocks, batch=args.batch, seq=args.seq, dtype=args.dtype)
-  if args.target:
-    from ad import aot
-    from profiling import tpu
-    chip, shape = tpu.parse_topology(args.target)
-    if shape is not None or not args.target.startswith("tpu:"):
-      raise ValueError(f"--target {args.target!r}: expected tpu:<chip>, one of "
-                       f"{['tpu:' + c for c in sorted(tpu.peaks.TPU_CHIPS)]}")
-    r = aot.estimate_latency(args.arch, cfg.model, chip, log=lambda m: print(m, file=sys.stderr), **kw)
-    if args.json:
-      print(json.dumps(r, indent=2))
-      return 0
-    print(f"{r['arch']} ({r['num_blocks']} blocks, batch {r['batch']}, seq {r['seq']}, {r['dtype']}) on one "
-          f"{r['device_kind']}: {r['latency_ms_median']:.3f} ms, estimated by XLA's TPU cost model (not measured; "
-          f"{r['kernels']['why']})")
-    print(f"  {r['flops'] / 1e9:.3f} GFLOP, {r['bytes_accessed'] / 1e6:.1f} MB accessed; roofline "
-          f"{r['roofline_ms']:.3f} ms; {r['tokens_per_s']:,.0f} tokens/s; MFU {100 * r['flops_utilization']:.1f}%; "
-          f"memory {r['peak_memory_bytes'] / 1e6:.1f} MB")
-    return 0
-  if args.compile_only:
-    r = harness.compile_only_arch(args.arch, cfg.model, **kw)
-  else:
-    if args.reference:
-      space_lib.Arch.parse(args.reference)
-    r = harness.measure_arch(args.arch, cfg.model, trace_dir=args.trace_dir, target_rel_ci=args.target_ci,
-                             max_reps=args.max_reps, min_reps=min(args.min_reps, args.max_reps),
-                             recalibrate=args.recalibrate, reference=args.reference or None, **kw)
-  if args.json:
-    print(json.dumps(r, indent=2))
-    return 0
-  if args.compile_only:
-    print(f"{r['arch']} ({r['num_blocks']} blocks, batch {r['batch']}, seq {r['seq']}, {r['dtype']}, {r['backend']}): "
-          f"{r['flops'] / 1e9:.3f} GFLOP, {r['bytes_accessed'] / 1e6:.1f} MB accessed, "
-          f"peak memory {r.get('peak_bytes', 0) / 1e6:.1f} MB (compile only)")
-    return 0
-  print(f"{r['arch']} ({r['num_blocks']} blocks, batch {r['batch']}, seq {r['seq']}, {r['dtype']}) on "
-        f"{r['backend']} / {r['device_kind']}")
-  print(f"  latency (trace)  median {r['latency_ms_median']:.3f} ms  mean {r['latency_ms_mean']:.3f}  "
-        f"p90 {r['latency_ms_p90']:.3f}  cv {r['latency_cv']:.3f}  (+-{100 * r['latency_rel_ci95']:.1f}% 95% CI "
-        f"of the median, {r['repetitions']} reps{'' if r['converged'] else ', NOT converged'})")
-  if args.reference:
-    print(f"  paired with {r['reference']} (called in turn): ratio {r['latency_ratio']:.4f} "
-          f"(+-{100 * r['latency_ratio_rel_ci95']:.1f}% 95% CI); the reference's median in these rounds "
-          f"{r['reference_ms_median']:.3f} ms. The ratio holds where each latency alone drifts with the machine.")
-  print(f"  latency (wall)   median {r['wall_ms_median']:.3f} ms  (wall - device {r['wall_minus_device_ms']:+.3f} ms)")
-  print(f"  throughput {r['throughput_per_s']:.1f} seq/s, {r['tokens_per_s']:.0f} tokens/s")
-  print(f"  {r['flops'] / 1e9:.3f} GFLOP, {r['bytes_accessed'] / 1e6:.1f} MB accessed"
-        f"{' (undercounted: loops or Pallas grids)' if r['flops_undercounted'] else ''}; "
-        f"FLOPS util {100 * r['flops_utilization']:.1f}%, bandwidth util {100 * r['bandwidth_utilization']:.1f}% "
-        f"(peaks from {r['peak_source']}: {r['peak_flops_per_s'] / 1e9:.0f} GFLOP/s, "
-        f"{r['peak_bytes_per_s'] / 1e9:.0f} GB/s); peak memory {r['peak_memory_bytes'] / 1e6:.1f} MB")
-  print(f"  matmuls (dots, and fusions or library calls holding one): {100 * r['matmul_share']:.0f}% of op time, "
-        f"{r['matmul_ms_median']:.3f} ms of the median: the latency with every other op free")
-  print("  top ops:")
-  for op in r["top_ops"][:5]:
-    print(f"    {100 * op['share']:5.1f}%  {op['time_us'] / op['count']:9.1f} us x{op['count']:<4d} {op['name']}  {op['scope']}")
-  print(f"  trace: {r['trace_dir']}  (tensorboard --logdir {r['trace_dir']})")
-  return 0
-
-
-def cmd_compile(args) -> int:
-  from ad import aot
-  cfg = configs.load_config(args.config, args.overrides)
-  req = aot.Request(topology=args.topology, program=args.program, arch=args.arch, batch=args.batch, seq=args.seq,
-                    blocks=args.blocks, dtype=args.dtype, mesh_model=args.mesh_model)
-  log = lambda m: print(m, file=sys.stderr)
-  if args.largest_batch:
-    r = aot.largest_batch(cfg, req, log=log)
-    print(json.dumps(r, indent=2) if args.json else f"largest global batch that fits: {r['largest_global_batch']} "
-          f"({r['per_device']} per data-parallel device)")
-    return 0
-  try:
-    r = aot.compile_program(cfg, req, log=log)
-  except aot.DoesNotFit as e:
-    print(f"ad compile: error: {e}", file=sys.stderr)
-    return 1
-  if args.json:
-    print(json.dumps(r, indent=2))
-  else:
-    print(aot.format_report(r))
-  over = {n: s["memory"] for n, s in r["steps"].items() if not s["memory"]["fits"]}
-  for name, m in over.items():
-    print(f"ad compile: error: {name} does not fit one {r['device_kind']} device: it needs {m['total_bytes'] / 2**30:.2f} "
-          f"GiB, the device has {m['hbm_bytes'] / 2**30:.2f} GiB (over by {m['over_bytes'] / 2**30:.2f} GiB); use a "
-          "smaller --batch, more devices, or --mesh-model", file=sys.stderr)
-  return 1 if over else 0
-
-
-def _data_config(cfg):
-  from ad.data import pretrain
-  return pretrain.config_from_dict(cfg.data)
-
-
-def cmd_teacher(args) -> int:
-  from ad.distill import teacher_head
-  cfg = configs.load_config(args.config, args.overrides)
-  data_cfg = _data_config(cfg)
-  if args.action == "prepare":
-    out, meta = teacher_head.prepare_from_config(cfg.teacher, data_cfg, source=args.source, out_dir=args.out,
-                                                 force=args.force, adapt_headed=True if args.adapt else None,
-                                                 log=lambda m: print(m, file=sys.stderr))
-    print(json.dumps(dict(prepared_dir=out, hf_dir=os.path.join(out, teacher_head.HF_DIR), **meta["validation"]),
-                     indent=2))
-    return 0
-  # eval: the held-out evaluation set of the config's data section
-  from ad.data import pretrain
-  from ad.distill import evaluation
-  model, meta = teacher_head.load(args.dir)
-  vocab = pretrain.load_vocab(data_cfg, meta["source_dir"])
-  es = evaluation.build_eval_set(data_cfg, vocab, log=lambda m: print(m, file=sys.stderr))
-  _, metrics = evaluation.teacher_reference(args.dir, model, es, log=lambda m: print(m, file=sys.stderr))
-  print(json.dumps(dict(prepared_dir=args.dir, **metrics), indent=2))
-  return 0
-
-
-def cmd_distill(args) -> int:
-  from ad.distill import sharding, trainer
-  sharding.maybe_initialize_distributed()
-  cfg = configs.load_config(args.config, args.overrides)
-  if not args.outside_space:
-    space_lib.DesignSpace.from_config(cfg.space).check(args.arch)
-  if args.export:
-    from ad import export
-    export.check_out(args.export, args.force, source=args.workdir, what="--export")
-  # The student alone is always saved (workdir/student), so `ad export WORKDIR` works on any finished run.
-  metrics = trainer.distill(args.arch, cfg, args.schedule, args.workdir, resume=args.resume,
-                            log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress,
-                            save_student=True, export_dir=args.export, init_student=args.init_student)
-  print(json.dumps(metrics, indent=2))
-  return 0
-
-
-def cmd_superlm(args) -> int:
-  from ad.distill import sharding, superlm
-  sharding.maybe_initialize_distributed()
-  cfg = configs.load_config(args.config, args.overrides)
-  log = lambda m: print(m, file=sys.stderr)
-  if args.action == "train":
-    if args.fewshot:
-      r = superlm.train_fewshot(cfg, args.workdir, resume=args.resume, log=log, progress=not args.no_progress)
-    else:
-      r = superlm.train(cfg, args.workdir, resume=args.resume, log=log, progress=not args.no_progress)
-    print(json.dumps(r, indent=2))
-    return 0
-  space = space_lib.DesignSpace.from_config(cfg.space)
-  if args.action == "extract":
-    print(superlm.save_extracted(space.check(args.arch), cfg, args.workdir, args.out))
-    return 0
-  rows = []
-  for name in args.archs:
-    r = superlm.proxy_scores(space.check(name), cfg, args.workdir, log=log)
-    rows.append({k: v for k, v in r.items() if k != "per_sequence"})
-  if args.json:
-    print(json.dumps(rows, indent=2))
-    return 0
-  for r in rows:
-    print(f"{r['arch']:<18} MLM accuracy {r['mlm_accuracy']:.4f} +- {r['mlm_accuracy_se']:.4f}  cross-entropy "
-          f"{r['mlm_cross_entropy']:.3f} +- {r['mlm_cross_entropy_se']:.3f}  ({r['wall_s']:.1f}s)")
-  return 0
-
-
-def cmd_export(args) -> int:
-  from ad import export
-  from ad.search import report
-  export.check_out(args.out, args.force, source=args.path)
-  for d in export.export_path(args.path, args.out, log=lambda m: print(m, file=sys.stderr),
-                              latencies=report.card_latencies(os.path.abspath(args.path))):
-    print(d)
-  return 0
-
-
-def cmd_finetune(args) -> int:
-  from ad.finetune import trainer as finetune_lib
-  cfg = configs.load_config(args.config, args.overrides)
-  fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
-  flags = dict(epochs=args.epochs, tfds_data_dir=args.tfds_data_dir, squad_dir=args.squad_dir)
-  fcfg = dataclasses.replace(fcfg, **{k: v for k, v in flags.items() if v is not None})
-  results = []
-  for task in args.task:
-    for ckpt in finetune_lib.checkpoints_of(args.checkpoint):
-      workdir = finetune_lib.result_dir(args.workdir or os.path.join("runs", "finetune"), ckpt, task)
-      results.append(finetune_lib.finetune(ckpt, task, fcfg, workdir, log=lambda m: print(m, file=sys.stderr),
-                                           progress=not args.no_progress))
-  print(json.dumps([{k: v for k, v in r.items() if k != "history"} for r in results], indent=2))
-  return 0
-
-
-def cmd_search(args) -> int:
-  from ad.distill import sharding
-  from ad.search import loop
-  sharding.maybe_initialize_distributed()
-  cfg = configs.load_config(args.config, args.overrides + ([f"search.proxy={args.proxy}"] if args.proxy else []))
-  summary = loop.run_search(cfg, args.run_dir, resume=args.resume, designer=args.designer,
-                            log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress,
-                            workers=args.workers, store_url=args.store)
-  if summary:
-    print(json.dumps({k: v for k, v in summary.items() if k != "hypervolume_history"}, indent=2))
-    print(f"report: {os.path.join(os.path.abspath(args.run_dir), 'report.md')}", file=sys.stderr)
-  return 0
-
-
-def cmd_worker(args) -> int:
-  from ad.search import parallel
-  ran = parallel.run_worker(args.run_dir, args.store, args.worker_id, log=lambda m: print(m, file=sys.stderr, flush=True),
-                            max_trials=args.max_trials, role=args.role, target=args.target)
-  print(json.dumps(dict(trials_run=ran)))
-  return 0
-
-
-def cmd_report(args) -> int:
-  from ad.search import report, store as store_lib
-  store = store_lib.TrialStore(args.run_dir, url=args.store, readonly=True) if args.store else None
-  if store is not None:
-    store.check_run_dir(args.run_dir)  # never another search's content in this run directory
-  summary = report.write_report(args.run_dir, store, out_dir=args.out)
-  print(json.dumps({k: v for k, v in summary.items() if k != "hypervolume_history"}, indent=2))
-  print(f"report: {os.path.join(os.path.abspath(args.out or args.run_dir), 'report.md')}", file=sys.stderr)
-  return 0
-
-
-def cmd_latency_model(args) -> int:
-  from ad.search import latency_model
-  data = latency_model.from_measurements(latency_model.load_measurements(args.source, args.store))
-  r = latency_model.held_out_error(data["x"], data["latency_ms"], folds=args.folds, seed=args.seed, flops=data["flops"])
-  r["names"] = data["names"]
-  r["measured_ms"] = data["latency_ms"].tolist()
-  if args.json:
-    print(json.dumps(r, indent=2))
-    return 0
-  print(f"{r['architectures']} measured architectures, {r['folds']}-fold cross-validation (each latency predicted by "
-        "a model fitted without it):")
-  for name, key in (("MLP on the architecture", "mlp"), ("log-linear in FLOPs", "flops_baseline")):
-    e = r[key]
-    print(f"  {name:<24} mean abs error {100 * e['mape']:.1f}% +- {100 * e['mape_se']:.1f}%, median "
-          f"{100 * e['median_ape']:.1f}%, worst {100 * e['max_ape']:.1f}%, Kendall tau {e['kendall_tau']:+.3f}")
-  return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="ad", description="AutoDistill in JAX (see README.md)")
-  sub = parser.add_subparsers(dest="command", required=True)
-
-  p = sub.add_parser("space", help="print the design space and its size")
+def _space_args(p: argparse.ArgumentParser) -> None:
   _add_config_args(p)
   p.add_argument("--list", action="store_true", help="also list every architecture name")
-  p.set_defaults(fn=cmd_space)
 
-  p = sub.add_parser("arch", help="parameter counts and forward FLOPs of architectures")
+
+def _arch_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("names", nargs="+", metavar="NAME", help="architecture names H_B_A_I_F, e.g. 512_128_4_512_4")
   p.add_argument("--blocks", type=_at_least(1), default=None, help="number of blocks (default: config model.num_blocks)")
   p.add_argument("--seq", type=_at_least(8), default=128)
@@ -381,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--outside-space", action="store_true",
                  help="allow architectures outside the config's design space")
   _add_config_args(p)
-  p.set_defaults(fn=cmd_arch)
 
-  p = sub.add_parser("profile", help="measure a student's latency, throughput and utilization from XLA traces")
+
+def _profile_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--arch", required=True, help="architecture name H_B_A_I_F")
   p.add_argument("--blocks", type=_at_least(1), default=None, help="number of blocks (default: config model.num_blocks)")
   p.add_argument("--batch", type=_at_least(1), default=1)
@@ -406,10 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true")
   p.add_argument("--outside-space", action="store_true", help="allow architectures outside the design space")
   _add_config_args(p)
-  p.set_defaults(fn=cmd_profile)
 
-  p = sub.add_parser("compile", help="compile a program ahead of time for a TPU topology (no TPU needed): memory per "
-                     "device against HBM, FLOPs, bytes, estimated step time, tokens/s, MFU, kernels")
+
+def _compile_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--topology", required=True,
                  help="a TPU slice as libtpu names it: v4:2x2x1, v5p:2x2x1, v5e:4x4, v5e:16x16, v6e:2x2, ... (a chip "
                       "alone, e.g. v5e, is one chip)")
@@ -428,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="instead: the largest global batch whose programs fit the devices' HBM")
   p.add_argument("--json", action="store_true")
   _add_config_args(p)
-  p.set_defaults(fn=cmd_compile)
 
-  p = sub.add_parser("teacher", help="prepare (fit an MLM head, cache) or evaluate the teacher")
+
+def _teacher_args(p: argparse.ArgumentParser) -> None:
   tsub = p.add_subparsers(dest="action", required=True)
   q = tsub.add_parser("prepare", help="load an HF teacher, fit an MLM head if it lacks one, save with orbax")
   q.add_argument("--from", dest="source", default=None, help="HF checkpoint directory (default: packaged MiniLM)")
@@ -439,13 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
   q.add_argument("--adapt", action="store_true",
                  help="adapt a checkpoint that already has an MLM head too (teacher.adapt_headed)")
   _add_config_args(q)
-  q.set_defaults(fn=cmd_teacher)
   q = tsub.add_parser("eval", help="held-out MLM (and NSP) accuracy of a prepared teacher")
   q.add_argument("dir", help="a directory written by `ad teacher prepare`")
   _add_config_args(q)
-  q.set_defaults(fn=cmd_teacher)
 
-  p = sub.add_parser("distill", help="flash or regular distillation of one architecture")
+
+def _distill_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--arch", required=True)
   p.add_argument("--schedule", choices=("flash", "regular"), default="flash")
   p.add_argument("--workdir", required=True, help="checkpoints, losses.jsonl, TensorBoard logs, metrics.json")
@@ -460,10 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="start from this orbax student checkpoint of the same architecture (e.g. `ad superlm extract`'s "
                       "OUT/student) instead of a random one")
   _add_config_args(p)
-  p.set_defaults(fn=cmd_distill)
 
-  p = sub.add_parser("superlm", help="weight-sharing SuperLMs (004 one-shot, 001 few-shot): train, score "
-                                     "sub-networks without training, extract them as students")
+
+def _superlm_args(p: argparse.ArgumentParser) -> None:
   ssub = p.add_subparsers(dest="action", required=True)
   q = ssub.add_parser("train", help="train a SuperLM over the config's space (or K few-shot ones) by distillation")
   q.add_argument("--workdir", required=True, help="checkpoints, losses.jsonl, TensorBoard logs, superlm.json")
@@ -472,28 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
   q.add_argument("--resume", action="store_true", help="continue the training in --workdir from its checkpoints")
   q.add_argument("--no-progress", action="store_true")
   _add_config_args(q)
-  q.set_defaults(fn=cmd_superlm)
   q = ssub.add_parser("score", help="held-out MLM scores of sub-networks extracted from trained SuperLM(s)")
   q.add_argument("archs", nargs="+", metavar="ARCH", help="architecture names H_B_A_I_F")
   q.add_argument("--workdir", required=True, help="a `superlm train` workdir (one-shot or --fewshot)")
   q.add_argument("--json", action="store_true")
   _add_config_args(q)
-  q.set_defaults(fn=cmd_superlm)
   q = ssub.add_parser("extract", help="one sub-network as a standalone orbax student checkpoint (OUT/student)")
   q.add_argument("--arch", required=True)
   q.add_argument("--workdir", required=True, help="a `superlm train` workdir (one-shot or --fewshot)")
   q.add_argument("--out", required=True)
   _add_config_args(q)
-  q.set_defaults(fn=cmd_superlm)
 
-  p = sub.add_parser("export", help="a finished distillation workdir (or every final of a search run directory) "
-                                    "-> complete Hugging Face model directories")
+
+def _export_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("path", help="an `ad distill --workdir`, a search's final/<arch>, or a search --run-dir")
   p.add_argument("--out", required=True, help="the HF directory (for a run directory: one subdirectory per final)")
   p.add_argument("--force", action="store_true", help="write into a non-empty --out")
-  p.set_defaults(fn=cmd_export)
 
-  p = sub.add_parser("finetune", help="fine-tune a student, teacher or baseline checkpoint on a downstream task")
+
+def _finetune_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--checkpoint", required=True,
                  help="a distillation workdir, a search run directory (its finals), a prepared teacher, or a Hugging "
                       "Face BERT/MobileBERT directory with vocab.txt")
@@ -509,9 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="the official train-v1.1.json and dev-v1.1.json for squad_v1 (finetune.squad_dir)")
   p.add_argument("--no-progress", action="store_true")
   _add_config_args(p)
-  p.set_defaults(fn=cmd_finetune)
 
-  p = sub.add_parser("search", help="multi-objective architecture search with flash distillation (the main job)")
+
+def _search_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--run-dir", required=True, help="trial store, report.md, pareto.png, traces, trial and final runs")
   p.add_argument("--resume", action="store_true", help="continue the search in --run-dir from its trial store")
   p.add_argument("--designer", default=None, choices=("bo", "random", "evolutionary", "firefly"),
@@ -528,10 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "instead of RUN_DIR/trials.sqlite, for workers on several machines")
   p.add_argument("--no-progress", action="store_true")
   _add_config_args(p)
-  p.set_defaults(fn=cmd_search)
 
-  p = sub.add_parser("worker", help="join a running search (ad search --workers / --store): claim, run and record "
-                                    "trials until it is done")
+
+def _worker_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--run-dir", required=True,
                  help="the search's run directory (its SQLite store, and where trials write checkpoints and traces)")
   p.add_argument("--store", default=None, metavar="URL", help="the search's PostgreSQL store, if it has one")
@@ -544,34 +231,58 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--no-progress", action="store_true")
   p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
                  help="do not use JAX's persistent compilation cache")
-  p.set_defaults(fn=cmd_worker)
 
-  p = sub.add_parser("latency-model", help="fit the learned latency predictor (004) on measured architectures and "
-                     "report its error on held-out ones")
+
+def _latency_model_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("source", help="a search's --run-dir, or a CSV of measurements (e.g. experiments/results/tabular.csv)")
   p.add_argument("--store", default=None, metavar="URL", help="the search's PostgreSQL store, if it has one")
   p.add_argument("--folds", type=_at_least(2), default=5)
   p.add_argument("--seed", type=_at_least(0), default=0, help="how architectures are dealt into folds")
   p.add_argument("--json", action="store_true")
-  p.set_defaults(fn=cmd_latency_model)
 
-  p = sub.add_parser("report", help="rebuild report.md and pareto.png of a search from its trial store")
+
+def _report_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("run_dir", help="the --run-dir of an `ad search`")
   p.add_argument("--store", default=None, metavar="URL", help="the search's PostgreSQL store, if it has one")
   p.add_argument("--out", default=None, metavar="DIR",
                  help="where report.md and pareto.png go (default: the run directory; give one for a read-only run)")
-  p.set_defaults(fn=cmd_report)
+
+
+# command -> (its help, its arguments, the module of ad/commands/ that runs it as cmd_<command>: imported
+# only when the command runs, so that JAX and TensorFlow load where they are used)
+COMMANDS = {
+    "space": ("print the design space and its size", _space_args, "space"),
+    "arch": ("parameter counts and forward FLOPs of architectures", _arch_args, "models"),
+    "profile": ("measure a student's latency, throughput and utilization from XLA traces", _profile_args, "models"),
+    "compile": ("compile a program ahead of time for a TPU topology (no TPU needed): memory per device against HBM, "
+                "FLOPs, bytes, estimated step time, tokens/s, MFU, kernels", _compile_args, "models"),
+    "teacher": ("prepare (fit an MLM head, cache) or evaluate the teacher", _teacher_args, "training"),
+    "distill": ("flash or regular distillation of one architecture", _distill_args, "training"),
+    "superlm": ("weight-sharing SuperLMs (004 one-shot, 001 few-shot): train, score sub-networks without training, "
+                "extract them as students", _superlm_args, "training"),
+    "export": ("a finished distillation workdir (or every final of a search run directory) -> complete Hugging Face "
+               "model directories", _export_args, "training"),
+    "finetune": ("fine-tune a student, teacher or baseline checkpoint on a downstream task", _finetune_args,
+                 "training"),
+    "search": ("multi-objective architecture search with flash distillation (the main job)", _search_args, "search"),
+    "worker": ("join a running search (ad search --workers / --store): claim, run and record trials until it is done",
+               _worker_args, "search"),
+    "latency-model": ("fit the learned latency predictor (004) on measured architectures and report its error on "
+                      "held-out ones", _latency_model_args, "results"),
+    "report": ("rebuild report.md and pareto.png of a search from its trial store", _report_args, "results"),
+}
+# What a command ends with a message for rather than a traceback: bad input and a stopped run. A command
+# module adds its own in ERRORS.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError, FloatingPointError,
+               MemoryError, files.LockedError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="ad", description="AutoDistill in JAX (see README.md)")
+  sub = parser.add_subparsers(dest="command", required=True)
+  for name, (help_text, add_arguments, _) in COMMANDS.items():
+    add_arguments(sub.add_parser(name, help=help_text))
   return parser
-
-
-def _search_stopped():
-  from ad.search.loop import SearchStopped
-  return SearchStopped
-
-
-def _service_error():
-  from ad.search.designers import OptimizerServiceError
-  return OptimizerServiceError
 
 
 def main(argv=None) -> int:
@@ -584,13 +295,14 @@ def main(argv=None) -> int:
   if hasattr(args, "overrides"):
     args.overrides = dotted + args.overrides
   interrupt.install()  # Ctrl-C / SIGTERM stop at the next step or trial boundary
-  if args.fn is cmd_worker:  # before JAX starts its thread pools
-    from ad.search import parallel
-    parallel.pin_to_cores()
+  if args.command == "worker":
+    startup.pin_to_worker_cores()  # before JAX and its thread pools are imported with the command's module
+  module = importlib.import_module(f"ad.commands.{COMMANDS[args.command][2]}")
+  run = getattr(module, "cmd_" + args.command.replace("-", "_"))
   if getattr(args, "compile_cache", False) and os.environ.get("AD_COMPILE_CACHE", "1") != "0":
     startup.enable_compile_cache()
   try:
-    return args.fn(args) or 0
+    return run(args) or 0
   except (interrupt.Interrupted, KeyboardInterrupt) as e:
     where = f" ({e})" if isinstance(e, interrupt.Interrupted) else ""
     again = {"teacher": "run the same command again: it resumes", "worker": "run the same command again: it resumes",
@@ -598,8 +310,7 @@ def main(argv=None) -> int:
                  args.command, "run the same command with --resume to continue")
     print(f"ad {args.command}: interrupted{where}; {again}", file=sys.stderr)
     return 130
-  except (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError, FloatingPointError, MemoryError,
-          files.LockedError, _service_error(), _search_stopped()) as e:
+  except USER_ERRORS + getattr(module, "ERRORS", ()) as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"ad {args.command}: error: {msg}", file=sys.stderr)
     return 2

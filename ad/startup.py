@@ -97,3 +97,14 @@ def enable_compile_cache() -> str:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)  # not the many trivial programs
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return path
+
+
+def pin_to_worker_cores() -> list[int] | None:
+  """A local search worker's first act: keep to the cores its coordinator gave it (AD_WORKER_CORES,
+  ad/search/parallel.py), before JAX and its thread pools load. None for a worker started by hand."""
+  cores = os.environ.get("AD_WORKER_CORES")
+  if not cores:
+    return None
+  share = [int(c) for c in cores.split(",")]
+  os.sched_setaffinity(0, share)
+  return share

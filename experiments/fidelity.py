@@ -44,9 +44,9 @@ def choose(cfg, count: int) -> list[str]:
   """`count` architectures at evenly spaced quantiles of closed-form forward FLOPs over the design
   space (so every width and cost is represented), each moved to the nearest architecture whose
   head count is not yet over-represented, plus the MobileBERT-shaped baseline last."""
-  from ad.search import loop
+  from ad.search import objectives
   archs = space_lib.DesignSpace.from_config(cfg.space).archs()
-  flops = np.asarray([loop.screening(a, cfg.model, cfg.search.measure.seq)["flops"] for a in archs])
+  flops = np.asarray([objectives.screening(a, cfg.model, cfg.search.measure.seq)["flops"] for a in archs])
   order = np.argsort(flops, kind="stable")
   picks: list[str] = []
   heads_seen: dict[int, int] = {}
@@ -133,25 +133,25 @@ def measure_latencies(cfg, archs, run_dir: str) -> dict[str, float]:
   """Batch-1 latency of each student (the search's measurement), measured before any training
   runs: paired with the reference where search.measure.reference is set, on the run's one scale
   (the reference's first reading), as a search measures its trials."""
-  from ad.search import loop
+  from ad.search import measurement
   out = {}
   for a in archs:
     path = os.path.join(run_dir, a, "measure.json")
     if not os.path.exists(path):
       os.makedirs(os.path.dirname(path), exist_ok=True)
-      files.write_json(path, loop.measure(space_lib.Arch.parse(a), cfg, os.path.join(run_dir, a, "trace"),
+      files.write_json(path, measurement.measure(space_lib.Arch.parse(a), cfg, os.path.join(run_dir, a, "trace"),
                                           store=RunMeta(run_dir)))
-    out[a] = loop.latency_of(files.read_json(path))[0]
+    out[a] = measurement.latency_of(files.read_json(path))[0]
   return out
 
 
 def collect(cfg, archs, latencies: dict, run_dir: str) -> tuple[list[dict], dict, list[str]]:
   """One row per student (latency; accuracy, its SE, steps and seconds per schedule) and the
   per-sequence counts of each run (for paired comparisons)."""
-  from ad.search import loop
+  from ad.search import objectives
   rows, per_seq, missing = [], {}, []
   for a in archs:
-    screen = loop.screening(space_lib.Arch.parse(a), cfg.model, cfg.search.measure.seq)
+    screen = objectives.screening(space_lib.Arch.parse(a), cfg.model, cfg.search.measure.seq)
     row = dict(arch=a, latency_ms=float(latencies[a]), params=screen["params"], flops=screen["flops"])
     for tag in tags(cfg):
       path = os.path.join(run_dir, a, f"{tag}.json")

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--rerun", action="store_true", help="re-run the 5%% flash runs for their loss curves")
   args = p.parse_args(argv)
-  from ad.search import loop
+  from ad.search import objectives
   t_all = time.time()
   unpack_saved_runs()
   cfg = configs.load_config("fidelity", OVERRIDES)
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
       rank(f"{k} ({word})", 0.05, [sign * reruns[a][k] if a in reruns else None for a in students],
            note="from the re-run's losses.jsonl")
   for name, key in (("parameters", "params"), ("FLOPs", "flops")):
-    rank(name, 0.0, [float(loop.screening(a, cfg.model, cfg.search.measure.seq)[key]) for a in archs])
+    rank(name, 0.0, [float(objectives.screening(a, cfg.model, cfg.search.measure.seq)[key]) for a in archs])
 
   out = dict(students=students, regular_accuracy=reg, regular_resolved_pairs=len(resolved or []),
              rankings=rankings, rerun_checks=checks, wall_s=time.time() - t_all,

@@ -1,6 +1,6 @@
 """Does pairing with a reference make latency survive this machine's drift? (issue 30 item 0)
 
-One run is one process: the quickstart search's own measurement (ad/search/loop.py measure,
+One run is one process: the quickstart search's own measurement (ad/search/measurement.py measure,
 search.measure of the quickstart config) of the same 5 architectures, each timed alternately
 with the reference (the baseline). It records, per architecture, the median timed alone in those
 rounds and the paired ratio to the reference, each with its relative 95% CI. Run it several
@@ -33,7 +33,7 @@ import numpy as np
 
 from ad import configs, files
 from ad import space as space_lib
-from ad.search import loop
+from ad.search import measurement
 from ad.search.store import TrialStore
 
 ARCHS = ("512_128_4_512_4", "512_128_1_512_4", "512_128_8_512_4", "256_64_2_384_2", "512_96_1_384_4")
@@ -46,7 +46,7 @@ def one_run(config: str) -> dict:
   rows = []
   with tempfile.TemporaryDirectory(prefix="ad_pairing_") as traces:
     for arch in ARCHS:
-      m = loop.measure(space_lib.Arch.parse(arch), cfg, os.path.join(traces, arch))
+      m = measurement.measure(space_lib.Arch.parse(arch), cfg, os.path.join(traces, arch))
       rows.append(dict(arch=arch, alone_ms=m["latency_ms_median"], alone_rel_ci95=m["latency_rel_ci95"],
                        ratio=m["latency_ratio"], ratio_rel_ci95=m["latency_ratio_rel_ci95"],
                        reference_ms=m["reference_ms_median"], repetitions=m["repetitions"]))

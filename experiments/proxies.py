@@ -95,7 +95,7 @@ def main(argv=None) -> int:
                       "the reference resolves; experiments/results/fidelity_12/runs_fidelity_12.tar.gz holds them)")
   args = p.parse_args(argv)
   from ad.distill import superlm
-  from ad.search import loop
+  from ad.search import objectives
   startup.enable_compile_cache()
   cfg = configs.load_config(args.config, args.overrides)
   suffix = f"_{args.tag}" if args.tag else ""
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
               resolved=resolved, **costs["fewshot"]),
   ]
   for name, key in (("parameters", "params"), ("FLOPs", "flops")):
-    rankings.append(ranking(name, [loop.screening(a, cfg.model, cfg.search.measure.seq)[key] for a in archs],
+    rankings.append(ranking(name, [objectives.screening(a, cfg.model, cfg.search.measure.seq)[key] for a in archs],
                             regular, cfg, 0.0, resolved=resolved))
 
   rows = []

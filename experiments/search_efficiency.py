@@ -158,7 +158,7 @@ def fidelity_problem(runs_dir: str, config: str = "fidelity", name: str = "fidel
   (paired where it was, with its SE); the truth is their regular accuracy. The 12 + 1 students of
   the fidelity study (experiments/README.md section 3b; experiments/flash_signals.py unpacks their
   runs), or the 47 + 1 of the table at the quickstart's scale (config table_quickstart, section 17)."""
-  from ad.search import loop
+  from ad.search import measurement, objectives
   cfg = configs.load_config(config)
   flash_json = f"flash_{cfg.fidelity.base_fraction}.json"
   names = sorted(a for a in (os.listdir(runs_dir) if os.path.isdir(runs_dir) else [])
@@ -172,10 +172,10 @@ def fidelity_problem(runs_dir: str, config: str = "fidelity", name: str = "fidel
   archs = [space_lib.Arch.parse(a) for a in names]
   space = space_lib.DesignSpace(**{f: tuple(sorted({getattr(a, f) for a in archs})) for f in space_lib.FACTORS})
   flash = [read(a, flash_json) for a in names]
-  latency = [loop.latency_of(read(a, "measure.json")) for a in names]  # (ms, relative 95% half-width)
+  latency = [measurement.latency_of(read(a, "measure.json")) for a in names]  # (ms, relative 95% half-width)
   values = np.asarray([[f["mlm_accuracy"], ms] for f, (ms, _) in zip(flash, latency)])
   noise = np.asarray([[f["mlm_accuracy_se"], rel * ms / 1.96] for f, (ms, rel) in zip(flash, latency)])
-  sizes = [(s["params"], s["flops"]) for s in (loop.screening(a, cfg.model, cfg.search.measure.seq) for a in archs)]
+  sizes = [(s["params"], s["flops"]) for s in (objectives.screening(a, cfg.model, cfg.search.measure.seq) for a in archs)]
   return Problem(name, designers_lib.Candidates(archs, space), values, ["mlm_accuracy", "latency_ms"],
                  ["max", "min"], [0.0, 1.1 * float(values[:, 1].max())], space_lib.MOBILEBERT, noise=noise,
                  features=designers_lib.training_free_features(sizes),

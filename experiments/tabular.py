@@ -66,7 +66,7 @@ def _record_error(d: str, what: str) -> None:
 
 
 def measure_phase(cfg, run_dir: str, archs) -> None:
-  from ad.search import loop
+  from ad.search import measurement
   for i, arch in enumerate(archs):
     d = _arch_dir(run_dir, arch)
     out = os.path.join(d, "measure.json")
@@ -74,7 +74,7 @@ def measure_phase(cfg, run_dir: str, archs) -> None:
       continue
     t0 = time.time()
     try:
-      r = loop.measure(arch, cfg, os.path.join(d, "trace"))  # the search's own measurement
+      r = measurement.measure(arch, cfg, os.path.join(d, "trace"))  # the search's own measurement
     except Exception:
       _record_error(d, "measure")
       print(f"[measure {i + 1}/{len(archs)}] {arch.name}: FAILED, see {d}/error.txt", flush=True)
@@ -110,7 +110,7 @@ def distill_phase(cfg, run_dir: str, archs, worker: int, workers: int) -> None:
 
 def load_rows(cfg, run_dir: str, archs) -> tuple[list[dict], list[str]]:
   """One row per architecture with both results; the names of those missing either."""
-  from ad.search import loop
+  from ad.search import objectives
   rows, missing = [], []
   for arch in archs:
     d = os.path.join(run_dir, "archs", arch.name)
@@ -122,7 +122,7 @@ def load_rows(cfg, run_dir: str, archs) -> tuple[list[dict], list[str]]:
     except FileNotFoundError:
       missing.append(arch.name)
       continue
-    s = loop.screening(arch, cfg.model, cfg.search.measure.seq)
+    s = objectives.screening(arch, cfg.model, cfg.search.measure.seq)
     row = dict(arch=arch.name, hidden=arch.hidden, bottleneck=arch.bottleneck, heads=arch.heads,
                intermediate=arch.intermediate, num_ffn=arch.num_ffn, num_blocks=s["num_blocks"],
                params=s["params"], encoder_params=s["encoder_params"],

@@ -13,7 +13,7 @@ import ml_collections
 import pytest
 
 from ad import cli, configs, files, interrupt
-from ad.search import loop, store as store_lib
+from ad.search import loop, objectives, store as store_lib, trial
 from tests.conftest import distill_overrides
 
 
@@ -74,14 +74,14 @@ def test_a_missing_objective_and_a_nan_objective_never_reach_the_designer(tmp_pa
     return dict(status="ok", measure_s=0.0, distill_s=0.0,
                 measurement=dict(latency_ms_median=2.0, latency_rel_ci95=0.01, trace_dir=trace_dir),
                 distill=results.pop(0))
-  monkeypatch.setattr(loop, "evaluate_trial", fake_trial)
+  monkeypatch.setattr(trial, "evaluate_trial", fake_trial)
   summary = loop.run_search(cfg, str(tmp_path), log=lambda *_: None, progress=False)
   rows = store_lib.TrialStore(str(tmp_path), create=False).trials()
   assert not results and [r["status"] for r in rows] == ["failed", "ok", "failed"]
   assert "non-finite objective(s) mlm_accuracy=nan" in rows[0]["error"]
   assert "gave no mlm_accuracy" in rows[2]["error"]
   assert [p["arch"] for p in summary["pareto"]] == [rows[1]["arch"]]
-  seen = loop.designer_trials(rows, ["mlm_accuracy", "latency_ms"])
+  seen = objectives.designer_trials(rows, ["mlm_accuracy", "latency_ms"])
   assert [t["status"] for t in seen] == ["failed", "ok", "failed"]
 
 
@@ -107,9 +107,9 @@ def test_objectives_of_the_wrong_shape_are_named():
   # A config file can give search.objectives any shape; ConfigDict only type-checks overrides.
   search = configs.load_config("quickstart").search.to_dict()
   with pytest.raises(ValueError, match="search.objectives='mlm_accuracy': expected a list of dicts"):
-    loop.objective_spec(ml_collections.ConfigDict(dict(search, objectives="mlm_accuracy")))
+    objectives.objective_spec(ml_collections.ConfigDict(dict(search, objectives="mlm_accuracy")))
   with pytest.raises(ValueError, match=r"search.objectives\[0\]=.*keys name, direction and reference"):
-    loop.objective_spec(ml_collections.ConfigDict(dict(search, objectives=[dict(name="mlm_accuracy", direction="max")])))
+    objectives.objective_spec(ml_collections.ConfigDict(dict(search, objectives=[dict(name="mlm_accuracy", direction="max")])))
 
 
 def test_a_locked_run_directory_is_refused_naming_the_holder(tmp_path, tiny_teacher):

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from ad import files, stats
+from ad.data import pretrain, sources
 from ad.distill import losses
 
 EVAL_BATCH = 64  # one compiled shape; the last batch is padded with weight-0 rows
@@ -73,7 +74,6 @@ def eval_set_key(data_cfg, vocab) -> str:
 
 def build_eval_set(data_cfg, vocab, cache_dir: str | None = None, log=print) -> EvalSet:
   """The evaluation set of `data_cfg` (built from the validation split once, then read from cache)."""
-  from ad.data import pretrain, sources  # lazy: pulls in TensorFlow (seqio)
   key = eval_set_key(data_cfg, vocab)
   cache_dir = cache_dir or os.path.join(files.cache_root(), "evalsets")
   path = os.path.join(cache_dir, f"eval_{key}.npz")

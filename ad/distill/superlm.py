@@ -45,6 +45,7 @@ import optax
 from flax import nnx
 
 from ad import configs, files, interrupt, multihost, space as space_lib
+from ad.data import pretrain
 from ad.distill import evaluation, losses, optim, sharding, teacher_head, trainer
 from ad.distill.params import Rebuild, without
 from ad.models import layers, stack, student as student_lib
@@ -321,7 +322,6 @@ def superlm_programs(super_cfg, scfg: SuperLMConfig, dcfg, data_cfg, max_heads: 
 
 def _run_record(cfg, archs, steps):
   """(the run record a SuperLM workdir holds, its settings): what a --resume must match."""
-  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
   scfg = config_from(cfg)
   dcfg = trainer.config_from(cfg.distill, "flash")  # batch size, optimizer, loss weights, mesh
   archs = list(archs) if archs is not None else space_lib.DesignSpace.from_config(cfg.space).archs()
@@ -357,7 +357,6 @@ def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
   import tensorflow as tf  # TensorBoard summaries
   from tqdm import tqdm
 
-  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
 
   t_start = time.time()
   record, (scfg, dcfg, archs, steps, data_cfg, super_cfg) = _run_record(cfg, archs, steps)
@@ -552,7 +551,6 @@ def _check_same_model(workdir: str, record: dict, super_cfg) -> None:
 def proxy_scores(arch, cfg, workdir: str, log: Callable = print) -> dict:
   """The held-out scores (evaluation.evaluate's fields, with standard errors) of `arch` extracted
   from the trained SuperLM(s) in `workdir`, without further training; plus the proxy's timings."""
-  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
   t0 = time.time()
   arch = space_lib.Arch.parse(arch)
   owner = _owner(os.path.abspath(workdir), arch)

@@ -46,6 +46,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from ad import configs, files, interrupt
+from ad.data import pretrain
 from ad.distill import evaluation, losses, optim, sharding
 from ad.distill.params import Rebuild, nonfinite
 from ad.models import hf, student as student_lib, teacher as teacher_lib
@@ -347,7 +348,6 @@ def _where_prepared(source_dir, out_dir, data_cfg, settings: dict, force: bool):
   """(source_dir, vocab, key parts, key, out_dir, teacher.json of a teacher already prepared there with
   this key or None) of a preparation, checked without writing anything: the source is an HF checkpoint,
   and out_dir holds this teacher, nothing, or (with force) a teacher to replace."""
-  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
   source_dir = source_dir or hf.minilm_dir()
   hf.read_config(source_dir)  # a clear error for a directory that is not an HF checkpoint
   vocab = pretrain.load_vocab(data_cfg, source_dir)
@@ -426,7 +426,6 @@ def prepare(source_dir: str | None, out_dir: str | None, data_cfg, settings: dic
 
 def _prepare_into(work: str, source_dir: str, data_cfg, s: dict, vocab, *, log, progress: bool) -> dict:
   """Head fit, adaptation, evaluation and saving, all inside `work`; returns the metadata."""
-  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
   t0 = time.time()
   teacher = hf.load_teacher(source_dir, dtype=s["adapt_dtype"])  # head fit and adaptation in adapt_dtype
   if isinstance(teacher, student_lib.Student):

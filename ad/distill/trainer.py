@@ -41,6 +41,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from ad import configs, export, files, interrupt, multihost
+from ad.data import pretrain
 from ad.distill import evaluation, losses, optim, sharding, teacher_head
 from ad.distill.params import Rebuild, nonfinite, without
 from profiling.compile_stats import CompileLog, compile_concurrently
@@ -158,7 +159,6 @@ def train_stream(task, data_cfg, per_host: int, total_steps: int, start: int):
   """This host's training batches of a `total_steps` run from step `start` on: a resumed run
   continues the stream without reading what it already used (the stream is index-addressable,
   ad/data/pretrain.py); a small run's batches are memoized in-process."""
-  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
   where = (jax.process_index(), jax.process_count())
   if total_steps * per_host * data_cfg.seq_len <= pretrain.CACHE_MAX_TOKENS:
     return iter(pretrain.cached_batches(task, data_cfg, "train", per_host, total_steps, *where)[start:])
@@ -471,7 +471,6 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   import tensorflow as tf  # TensorBoard summaries
   from tqdm import tqdm
 
-  from ad.data import pretrain  # lazy: pulls in TensorFlow (seqio)
 
   t_start = time.time()
   dcfg = config_from(cfg.distill, schedule)

@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from ad import configs, export, files, interrupt, rundir, stats
+from ad.data import vocab as vocab_lib
 from ad.finetune import squad, tasks as tasks_lib
 from ad.distill import optim, teacher_head
 from ad.distill.params import Rebuild, nonfinite, without
@@ -275,7 +276,6 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
   import tensorflow as tf  # TensorBoard summaries
   from tqdm import tqdm
 
-  from ad.data import vocab as vocab_lib  # lazy: pulls in TensorFlow (seqio)
   t_start = time.time()
   claim_result_dir(workdir, checkpoint, task_name, write=False)  # refuse a wrong --workdir before any work
   spec = tasks_lib.get(task_name)

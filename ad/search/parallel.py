@@ -38,7 +38,8 @@ import time
 from typing import Callable
 
 from ad import interrupt
-from ad.search import report as report_lib
+from ad.search import report as report_lib, trial
+from ad.search.measurement import remote_target
 from ad.search.store import IN_FLIGHT, TrialStore
 
 RESTARTS = 3  # per local worker slot, before the search gives up on it
@@ -64,16 +65,6 @@ def accelerator_env(workers: int) -> list[dict[str, str]]:
                    "`ad search` without --workers, or one `ad worker` per host against a shared --store")
 
 
-def pin_to_cores() -> list[int] | None:
-  """A local worker's first act: keep to the cores its coordinator gave it (AD_WORKER_CORES)."""
-  cores = os.environ.get("AD_WORKER_CORES")
-  if not cores:
-    return None
-  share = [int(c) for c in cores.split(",")]
-  os.sched_setaffinity(0, share)
-  return share
-
-
 def core_shares(workers: int, cores: list[int] | None = None) -> list[list[int]]:
   """The CPU cores of each local worker: an even split of the cores this process may use."""
   cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
@@ -95,8 +86,8 @@ class _LocalWorker:
     os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
     cmd = [sys.executable, "-m", "ad.cli", "worker", "--run-dir", self.run_dir, "--worker-id", self.name,
            "--no-progress"] + (["--store", self.store_url] if self.store_url else [])
-    # The worker pins itself (pin_to_cores) before it imports JAX: a preexec_fn would fork this
-    # multithreaded process, which JAX warns may deadlock.
+    # The worker pins itself (ad/startup.py pin_to_worker_cores) before it imports JAX: a preexec_fn would
+    # fork this multithreaded process, which JAX warns may deadlock.
     env = dict(os.environ, **self.env, AD_COORDINATOR_PID=str(os.getpid()),
                AD_WORKER_CORES=",".join(map(str, self.cores)))
     with open(self.log_path, "a") as log:
@@ -108,8 +99,7 @@ class _LocalWorker:
     if code is None or code == 0:
       return
     if self.restarts >= RESTARTS:
-      from ad.search.loop import SearchStopped  # lazy: the loop imports parallel (a cycle until the loop is split)
-      raise SearchStopped(f"worker {self.name} exited with code {code} {self.restarts + 1} times; see {self.log_path}")
+      raise trial.SearchStopped(f"worker {self.name} exited with code {code} {self.restarts + 1} times; see {self.log_path}")
     self.restarts += 1
     log(f"search: worker {self.name} exited with code {code}; restarting it ({self.restarts}/{RESTARTS}); its trial "
         "goes to the next claimer once its lease runs out")
@@ -129,10 +119,9 @@ def coordinate(cfg, run_dir: str, store: TrialStore, store_url: str | None, work
                designer: str, bar, on_result: Callable, hv_now: Callable, log: Callable) -> None:
   """Runs the search's trials in `workers` local worker processes (plus any `ad worker` that
   joins through the store) until the budget is spent and nothing is in flight."""
-  from ad.search import loop  # lazy: the loop imports parallel (a cycle until the loop is split)
   s = cfg.search
   poll = float(s.workers.poll_s)
-  target = loop.remote_target(cfg)  # measured by `ad worker --role measure --target NAME`
+  target = remote_target(cfg)  # measured by `ad worker --role measure --target NAME`
   waiting_said = False
   requeued = store.requeue_unleased()
   if requeued:
@@ -148,7 +137,7 @@ def coordinate(cfg, run_dir: str, store: TrialStore, store_url: str | None, work
     while True:
       interrupt.check("the coordinator's loop (completed trials are in the store; in-flight trials resume)")
       rows = store.trials()
-      loop.failure_budget_check(rows, s.max_failed_trials)
+      trial.failure_budget_check(rows, s.max_failed_trials)
       for t in rows:  # results that arrived since the last look
         if t["status"] not in IN_FLIGHT and t["id"] not in seen_done:
           seen_done.add(t["id"])
@@ -158,12 +147,12 @@ def coordinate(cfg, run_dir: str, store: TrialStore, store_url: str | None, work
       in_flight = [t for t in rows if t["status"] in IN_FLIGHT]
       # Trained trials waiting for their measurement hold no training worker.
       while sum(t["status"] != "trained" for t in in_flight) < workers:
-        name, role, who, designer_s = loop.next_trial(
+        name, role, who, designer_s = trial.next_trial(
             cfg, rows, initial, des, names, designer,
             pending=[t["arch"] for t in in_flight if t["role"] != report_lib.CHECKPOINT_ROLE])
         if not name:
           break
-        workdir, screen, _ = loop.trial_target(name, cfg, run_dir, names)
+        workdir, screen, _ = trial.trial_target(name, cfg, run_dir, names)
         store.enqueue_trial(name, role, who, s.seed, screen, workdir, measure_target=target)
         log(f"search: queued {name} ({role}{f', designer {designer_s:.1f}s' if designer_s else ''})")
         rows = store.trials()
@@ -254,10 +243,9 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
     return 0
   run_dir = os.path.abspath(run_dir)
   cfg = ml_collections.ConfigDict(record["config"])
-  from ad.search import loop  # lazy: the loop imports parallel (a cycle until the loop is split)
   names = [o["name"] for o in cfg.search.objectives]
   lease, poll = float(cfg.search.workers.lease_s), float(cfg.search.workers.poll_s)
-  if role == "measure" and target != loop.remote_target(cfg):
+  if role == "measure" and target != remote_target(cfg):
     raise ValueError(f"--target {target!r}: the search in {run_dir} measures on "
                      f"{cfg.search.measure.get('target') or 'its training workers (no search.measure.target)'}")
   log(f"worker {worker}: joined the search in {run_dir} ({store.path}) as {role}"
@@ -282,9 +270,9 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
     release = store.release_trial if role == "train" else store.release_measurement
     try:
       if role == "train":
-        r = loop.run_trial(cfg, run_dir, store, row, names, log, worker=worker)
+        r = trial.run_trial(cfg, run_dir, store, row, names, log, worker=worker)
       else:
-        r = loop.run_measurement(cfg, run_dir, store, row, names, log, worker=worker)
+        r = trial.run_measurement(cfg, run_dir, store, row, names, log, worker=worker)
     except interrupt.Interrupted:
       beat.stopped.set()
       beat.join()

@@ -23,8 +23,8 @@ def test_choose_spreads_over_cost_varies_heads_and_adds_the_baseline():
   assert len(picks) == 13 == len(set(picks)) and picks[-1] == space_lib.MOBILEBERT.name
   archs = [space_lib.Arch.parse(p) for p in picks[:-1]]
   assert {a.hidden for a in archs} == {128, 256, 384, 512} and len({a.heads for a in archs}) >= 3
-  from ad.search import loop
-  flops = [loop.screening(a, cfg.model, 128)["flops"] for a in archs]
+  from ad.search import objectives
+  flops = [objectives.screening(a, cfg.model, 128)["flops"] for a in archs]
   assert flops == sorted(flops)  # evenly spaced quantiles, cheapest first
 
 

@@ -121,12 +121,12 @@ def test_bad_input_is_named(checkpoint, tmp_path, capsys):
 
 
 def test_the_finals_step_fine_tunes_each_final_and_the_teacher_once_and_reports_them(tmp_path, checkpoint):
-  """The search's last step (loop.finetune_finals, called here on a store holding one finished
+  """The search's last step (finals.finetune_finals, called here on a store holding one finished
   final; no search runs): with final.finetune_tasks every finished final and the teacher (here a
   MobileBERT-family teacher, prepared as it is) are fine-tuned and recorded in the store; a rerun
   repeats nothing; the report gets the 003 Table 3-style table."""
   from ad import configs
-  from ad.search import loop, report, store as store_lib
+  from ad.search import finals, report, store as store_lib
   from tests.conftest import TINY_DATA
   overrides = {"teacher.source": checkpoint, "teacher.prepared_dir": str(tmp_path / "teacher"),
                "final.finetune_tasks": '["rotten_tomatoes"]', **{f"data.{k}": v for k, v in TINY_DATA.items()},
@@ -139,11 +139,11 @@ def test_the_finals_step_fine_tunes_each_final_and_the_teacher_once_and_reports_
   store.start_final("64_32_2_64_1")
   store.finish_final("64_32_2_64_1", "ok", metrics=dict(mlm_accuracy=0.1, mlm_accuracy_se=0.01,
                                                          teacher_mlm_accuracy=0.2, teacher_mlm_accuracy_se=0.02))
-  loop.finetune_finals(cfg, str(run_dir), store, log=lambda *_: None, progress=False)
+  finals.finetune_finals(cfg, str(run_dir), store, log=lambda *_: None, progress=False)
   rows = store.finetunes()
   assert [(r["model"], r["task"], r["status"]) for r in rows] == [("64_32_2_64_1", "rotten_tomatoes", "ok"),
                                                                   ("teacher", "rotten_tomatoes", "ok")]
-  loop.finetune_finals(cfg, str(run_dir), store, log=lambda *_: None, progress=False)
+  finals.finetune_finals(cfg, str(run_dir), store, log=lambda *_: None, progress=False)
   assert [r["finished"] for r in store.finetunes()] == [r["finished"] for r in rows]  # nothing run twice
   table = "\n".join(report.finetune_table(rows, store.finals(), [], None))
   assert "rotten_tomatoes (accuracy)" in table and "| `teacher` | teacher | 0.2 ± 0.02 |" in table

@@ -6,7 +6,7 @@ import pytest
 
 from ad import cli, configs
 from ad import space as space_lib
-from ad.search import loop
+from ad.search import objectives
 from profiling import harness
 
 
@@ -114,7 +114,7 @@ def test_compile_only_matches_measured_flops(tmp_path):
   m = harness.measure_arch("128_64_2_384_2", num_blocks=1, seq=32, trace_dir=str(tmp_path), min_reps=10, max_reps=10)
   assert "compiled" not in c and c["peak_bytes"] > 0
   assert c["flops"] == pytest.approx(m["flops"], rel=1e-6)
-  closed_form = loop.screening(space_lib.Arch.parse("128_64_2_384_2"), configs.load_config("quickstart", [
+  closed_form = objectives.screening(space_lib.Arch.parse("128_64_2_384_2"), configs.load_config("quickstart", [
       "model.num_blocks=1"]).model, 32)["flops"]
   assert 1.0 < c["flops"] / closed_form < 1.5, (c["flops"], closed_form)
 

@@ -82,21 +82,21 @@ def test_cli_reports_the_held_out_error_of_a_measurement_table(tmp_path, capsys,
 
 def test_predicted_latency_is_an_objective_with_the_held_out_error_as_its_noise(tmp_path, monkeypatch):
   from ad import configs
-  from ad.search import loop
+  from ad.search import objectives, trial
   path, blocks, x, _ = _measurement_csv(tmp_path, monkeypatch, seed=5)
   cfg = configs.load_config("quickstart")
   cfg.search.objectives = [dict(name="mlm_accuracy", direction="max", reference=0.0),
                            dict(name="predicted_latency_ms", direction="min", reference=20.0)]
   with pytest.raises(ValueError, match=r"search.latency_model.source='': the objective predicted_latency_ms needs"):
-    loop.objective_spec(cfg.search)
+    objectives.objective_spec(cfg.search)
   cfg.search.latency_model.source = str(path)
-  names, _, _ = loop.objective_spec(cfg.search)
-  _, screen, _ = loop.trial_target("512_128_4_512_4", cfg, str(tmp_path / "run"), names)  # nothing runs yet
+  names, _, _ = objectives.objective_spec(cfg.search)
+  _, screen, _ = trial.trial_target("512_128_4_512_4", cfg, str(tmp_path / "run"), names)  # nothing runs yet
   predictor, err = lm.predictor_for(str(path))
   expected = predictor.predict_ms(lm.features([space_lib.Arch.parse("512_128_4_512_4")], [3]))[0]
   assert screen["predicted_latency_ms"] == pytest.approx(expected)
   assert screen["predicted_latency_extrapolated"] is (not (np.asarray(x)[:, :5].max(0) >= [512, 128, 4, 512, 4]).all()
                                                       or max(blocks) < 3)
-  vals, ses = loop.objective_values(names, dict(mlm_accuracy=0.2, mlm_accuracy_se=0.003), None, screen)
+  vals, ses = objectives.objective_values(names, dict(mlm_accuracy=0.2, mlm_accuracy_se=0.003), None, screen)
   assert vals["predicted_latency_ms"] == pytest.approx(expected)
   assert ses["predicted_latency_ms"] == pytest.approx(expected * err["mlp"]["rms_log_error"]) and ses["predicted_latency_ms"] > 0

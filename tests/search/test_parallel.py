@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from ad import startup
 from ad.search import store as store_lib
 from tests.search.test_search_loop import ROOT, _overrides, _rows
 
@@ -62,26 +63,26 @@ def test_two_workers_finish_a_search_and_a_killed_workers_trial_is_taken_over(tm
 
 
 def test_failed_and_in_flight_trials_are_never_observations_of_the_designer():
-  from ad.search import loop
+  from ad.search import objectives
   names = ["mlm_accuracy", "latency_ms"]
   ok = dict(arch="128_64_1_384_1", role="initial", status="ok", objectives=dict(mlm_accuracy=0.1, latency_ms=2.0),
             objective_se=dict(mlm_accuracy=0.01, latency_ms=0.1))
   rows = [ok] + [dict(arch=f"128_64_1_384_{i}", role="designer", status=st, objectives=None)
                  for i, st in ((2, "failed"), (4, "queued"), (6, "running"))]
   rows.append(dict(arch="128_64_2_384_2", role="designer", status="trained", objectives=None))
-  seen = loop.designer_trials(rows, names)
+  seen = objectives.designer_trials(rows, names)
   assert [(t["arch"].name, t["status"]) for t in seen] == [("128_64_1_384_1", "ok"), ("128_64_1_384_2", "failed")]
   assert "values" not in seen[1] and seen[0]["values"] == [0.1, 2.0]  # the GP gets values from ok trials only
 
 
 def test_the_failure_budget_stops_the_search_with_the_last_error():
-  from ad.search import loop
+  from ad.search import trial
   rows = [dict(arch=f"a{i}", status="failed", error=f"NonFiniteLossError: nan at step {i}\ntrace") for i in range(3)]
-  loop.failure_budget_check(rows, 3)  # at the budget: goes on
-  loop.failure_budget_check(rows, 0)  # 0: no limit
-  with pytest.raises(loop.SearchStopped, match=r"3 trials failed, more than search.max_failed_trials=2 \(the last, a2: "
+  trial.failure_budget_check(rows, 3)  # at the budget: goes on
+  trial.failure_budget_check(rows, 0)  # 0: no limit
+  with pytest.raises(trial.SearchStopped, match=r"3 trials failed, more than search.max_failed_trials=2 \(the last, a2: "
                                          r"NonFiniteLossError: nan at step 2\)"):
-    loop.failure_budget_check(rows, 2)
+    trial.failure_budget_check(rows, 2)
 
 
 def test_local_workers_get_disjoint_shares_of_the_cores(monkeypatch):
@@ -89,11 +90,11 @@ def test_local_workers_get_disjoint_shares_of_the_cores(monkeypatch):
   before = os.sched_getaffinity(0)
   monkeypatch.setenv("AD_WORKER_CORES", str(min(before)))
   try:  # what `ad worker` does first when its coordinator gave it cores
-    assert parallel.pin_to_cores() == [min(before)] and os.sched_getaffinity(0) == {min(before)}
+    assert startup.pin_to_worker_cores() == [min(before)] and os.sched_getaffinity(0) == {min(before)}
   finally:
     os.sched_setaffinity(0, before)
   monkeypatch.delenv("AD_WORKER_CORES")
-  assert parallel.pin_to_cores() is None  # a worker started by hand keeps its cores
+  assert startup.pin_to_worker_cores() is None  # a worker started by hand keeps its cores
   assert parallel.core_shares(2, [0, 1]) == [[0], [1]]
   assert parallel.core_shares(2, [0, 1, 2, 3, 4]) == [[0, 1], [2, 3, 4]]
   assert parallel.core_shares(3, [0, 1]) == [[0], [1], [0]]  # more workers than cores: shared, round robin
@@ -157,14 +158,14 @@ def test_a_trial_taken_over_from_a_live_holder_goes_back_to_the_queue_and_never_
   A never lets go, gives the trial back to the queue: the trial is never 'failed'. (That B runs the
   trial once A lets go within the lease is the lock's own wait: test_a_lock_is_waited_for_...)"""
   from ad import configs, files
-  from ad.search import loop
+  from ad.search import trial
   cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{
       "search.num_initial": 1, "search.num_trials": 1, "search.baseline_arch": "",
       "search.workers.lease_s": 5.0, "search.workers.poll_s": 0.2}))
   names = [o["name"] for o in cfg.search.objectives]
   run_dir = str(tmp_path / "search")
   store = store_lib.TrialStore(run_dir)
-  workdir, screen, _ = loop.trial_target("128_64_1_256_1", cfg, run_dir, names)
+  workdir, screen, _ = trial.trial_target("128_64_1_256_1", cfg, run_dir, names)
   store.enqueue_trial("128_64_1_256_1", "initial", "initial", 0, screen, workdir)
   assert store.claim_trial("A", lease_s=0.01)["worker"] == "A"
   with files.DirectoryLock(workdir, "distillation workdir"):  # A: alive, still in its trial
@@ -172,10 +173,12 @@ def test_a_trial_taken_over_from_a_live_holder_goes_back_to_the_queue_and_never_
     row = store.claim_trial("B", lease_s=60.0)
     assert row["worker"] == "B" and row["attempts"] == 2
     t0 = time.time()
-    r = loop.run_trial(cfg, run_dir, store, row, names, log=lambda *_: None, worker="B")
+    r = trial.run_trial(cfg, run_dir, store, row, names, log=lambda *_: None, worker="B")
   (after,) = store.trials()
   assert r["status"] == "released" and after["status"] == "queued" and after["worker"] is None
-  assert 5.0 <= time.time() - t0 < 30  # it waited one lease, then let the trial go
+  # it waited one lease, then let the trial go (the rest is the trial's measurement before its distillation
+  # asks for the workdir: 33 s on a loaded machine)
+  assert 5.0 <= time.time() - t0 < 90
   assert not after["error"]
 
 

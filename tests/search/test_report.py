@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ad import configs
-from ad.search import loop, report
+from ad.search import objectives as objectives_lib, report
 from ad.search.store import TrialStore
 
 NAMES, DIRECTIONS = ["mlm_accuracy", "latency_ms"], ["max", "min"]
@@ -86,10 +86,10 @@ def test_a_latency_reference_given_as_a_ratio_follows_the_runs_scale_and_a_bad_r
   for bad in (0.0, -1.0, "2x"):
     broken = [objectives[0], dict(objectives[1], reference_ratio=bad)]
     with pytest.raises(ValueError, match=r"search.objectives\[1\].reference_ratio=.*expected a positive number"):
-      loop.objective_spec(ml_collections.ConfigDict(dict(search, objectives=broken)))
+      objectives_lib.objective_spec(ml_collections.ConfigDict(dict(search, objectives=broken)))
   on_accuracy = [dict(objectives[0], reference_ratio=2.0), objectives[1]]
   with pytest.raises(ValueError, match=r"search.objectives\[0\].reference_ratio=2.0.*latency_ms objective"):
-    loop.objective_spec(ml_collections.ConfigDict(dict(search, objectives=on_accuracy)))
+    objectives_lib.objective_spec(ml_collections.ConfigDict(dict(search, objectives=on_accuracy)))
 
 
 def test_a_final_model_card_latency_comes_from_its_trial_in_the_run_directorys_store(tmp_path):

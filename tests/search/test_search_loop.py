@@ -13,7 +13,7 @@ import time
 import pytest
 
 from ad import cli, configs, space
-from ad.search import designers, loop, report, store as store_lib
+from ad.search import designers, loop, measurement, objectives, report, store as store_lib, trial
 from tests.conftest import distill_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -91,12 +91,12 @@ def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_
                                 cfg.search.seed, cfg.search)
   try:
     initial = designers.initial_design(cands, cfg.search.num_initial, cfg.search.seed)
-    assert loop.next_trial(cfg, known, initial, des, names, "bo")[:2] == (rows[2]["arch"], "designer")
+    assert trial.next_trial(cfg, known, initial, des, names, "bo")[:2] == (rows[2]["arch"], "designer")
   finally:
     des.close()
   # Latencies are paired with the baseline and on one scale across the kill: its first reading.
   db = store_lib.TrialStore(run_dir, readonly=True)
-  scale, remeasured = db.get_meta(loop.LATENCY_SCALE_KEY), db.get_meta(report.REMEASURED_KEY)
+  scale, remeasured = db.get_meta(measurement.LATENCY_SCALE_KEY), db.get_meta(report.REMEASURED_KEY)
   db.close()
   assert scale["arch"] == BASELINE and scale["ms"] == json.loads(rows[0]["measurement"])["reference_ms_median"]
   for r in rows:
@@ -190,7 +190,7 @@ def test_a_baseline_checkpoint_is_measured_and_scored_as_it_is_and_marked(tmp_pa
   direct = evaluation.evaluate(hf.load_mobilebert(ckpt), es)
   assert row["objectives"]["mlm_accuracy"] == pytest.approx(direct["mlm_accuracy"])
   assert row["objective_se"]["mlm_accuracy"] == pytest.approx(direct["mlm_accuracy_se"])
-  assert [t["arch"] for t in loop.designer_trials(rows, ["mlm_accuracy", "latency_ms"])] == [
+  assert [t["arch"] for t in objectives.designer_trials(rows, ["mlm_accuracy", "latency_ms"])] == [
       space.Arch.parse(r["arch"]) for r in rows if r["role"] != "checkpoint"]
   assert summary["checkpoint"]["arch"] == row["arch"] and "checkpoint:mobilebert_tiny" not in str(summary["pareto"])
   assert "Baseline checkpoint `checkpoint:mobilebert_tiny`" in (tmp_path / "run" / "report.md").read_text()
@@ -207,7 +207,7 @@ def test_objective_and_choice_errors_name_the_key(tiny_teacher):
   with cfg.unlocked():
     cfg.search.objectives = [dict(name="bleu", direction="max", reference=0.0)]
   with pytest.raises(ValueError, match=r"search.objectives\[0\].name='bleu'"):
-    loop.objective_spec(cfg.search)
+    objectives.objective_spec(cfg.search)
   with pytest.raises(ValueError, match="final.choose='best'"):
     report.choose_finals([], ["mlm_accuracy"], ["max"], configs.ml_collections.ConfigDict(dict(count=1, choose="best")))
 
@@ -248,31 +248,31 @@ def test_searches_on_one_machine_share_its_quiet_latency_scale_and_a_loaded_read
   cfg = configs.load_config("quickstart")
   cpu = dict(cpu="model A", node="host-1")
   reading = lambda ms: dict(arch=BASELINE, ms=ms, target="")
-  loaded = loop.machine_scale(reading(49.3), cfg, other_load=0.6, cpu=cpu)
+  loaded = measurement.machine_scale(reading(49.3), cfg, other_load=0.6, cpu=cpu)
   assert (loaded["ms"], loaded["source"]) == (49.3, "run")  # this run's only
-  first = loop.machine_scale(reading(15.0), cfg, other_load=0.02, cpu=cpu)
-  later = loop.machine_scale(reading(21.7), cfg, other_load=0.01, cpu=cpu)
+  first = measurement.machine_scale(reading(15.0), cfg, other_load=0.02, cpu=cpu)
+  later = measurement.machine_scale(reading(21.7), cfg, other_load=0.01, cpu=cpu)
   assert (first["ms"], first["source"]) == (15.0, "machine") and (later["ms"], later["source"]) == (15.0, "machine")
-  assert loop.machine_scale(reading(9.0), cfg, other_load=0.0, cpu=dict(cpu, node="host-2"))["ms"] == 9.0
+  assert measurement.machine_scale(reading(9.0), cfg, other_load=0.0, cpu=dict(cpu, node="host-2"))["ms"] == 9.0
   other_program = configs.load_config("quickstart", ["model.num_blocks=2"])
-  assert loop.machine_scale(reading(7.0), other_program, other_load=0.0, cpu=cpu)["ms"] == 7.0
-  assert loop.machine_scale(reading(5.0), cfg, other_load=None, cpu=cpu)["ms"] == 15.0  # cached, load unknown
+  assert measurement.machine_scale(reading(7.0), other_program, other_load=0.0, cpu=cpu)["ms"] == 7.0
+  assert measurement.machine_scale(reading(5.0), cfg, other_load=None, cpu=cpu)["ms"] == 15.0  # cached, load unknown
 
 
 def test_bo_models_the_latency_limit_only_when_asked_and_sees_every_measured_latency(tiny_teacher):
   """search.bo.constraints = 'model' hands BO constraints.max_latency_ms, and the designer's view
   of the store gives every measured trial, infeasible ones too, its latency and standard error."""
   cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{"constraints.max_latency_ms": 3.0}))
-  assert loop.modelled_constraints(cfg) == []  # the default: filtered only
+  assert objectives.modelled_constraints(cfg) == []  # the default: filtered only
   with cfg.unlocked():
     cfg.search.bo.constraints = "model"
-  assert loop.modelled_constraints(cfg) == [3.0]
+  assert objectives.modelled_constraints(cfg) == [3.0]
   m = lambda ms: dict(latency_ms_median=ms, latency_rel_ci95=0.0392)
   rows = [dict(arch="128_64_1_256_1", role="initial", status="ok", objectives=dict(mlm_accuracy=0.1, latency_ms=2.0),
                objective_se=dict(mlm_accuracy=0.01, latency_ms=0.04), measurement=m(2.0)),
           dict(arch="256_64_1_256_1", role="initial", status="infeasible", objectives=None, measurement=m(5.0)),
           dict(arch="256_64_2_256_1", role="designer", status="failed", objectives=None, measurement=None)]
-  view = loop.designer_trials(rows, ["mlm_accuracy", "latency_ms"], [3.0])
+  view = objectives.designer_trials(rows, ["mlm_accuracy", "latency_ms"], [3.0])
   assert [t.get("constraints") for t in view] == [[2.0], [5.0], None]
   assert view[1]["status"] == "infeasible" and view[1]["constraint_noise"] == [pytest.approx(0.1)]
-  assert "constraints" not in loop.designer_trials(rows, ["mlm_accuracy", "latency_ms"])[1]
+  assert "constraints" not in objectives.designer_trials(rows, ["mlm_accuracy", "latency_ms"])[1]
