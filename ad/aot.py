@@ -6,7 +6,7 @@ The programs are the trainers' own (ad/distill/trainer.py distill_programs, ad/d
 superlm_programs, ad/distill/teacher_head.py adapt_programs, profiling/harness.py
 inference_program): the topology's compile-only devices take the place of jax.devices() in the
 config's mesh (distill.mesh_data x distill.mesh_model, parameters sharded by the rule table of
-ad/distill/sharding.py), and the teacher is abstract (its shapes from its config), so nothing is
+ad/train/sharding.py), and the teacher is abstract (its shapes from its config), so nothing is
 trained, prepared or allocated.
 
 Each program is compiled twice: as training runs it (memory comes from this one), and as a costing
@@ -29,7 +29,8 @@ import jax
 
 from ad import files, space as space_lib
 from ad.data import pretrain
-from ad.distill import sharding, superlm, teacher_head, trainer
+from ad.distill import superlm, teacher_head, trainer
+from ad.train import sharding
 from ad.models import student as student_lib
 from kernels import fused_ffn
 from profiling import harness, tpu

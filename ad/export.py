@@ -21,7 +21,7 @@ import os
 import shutil
 
 from ad import files, rundir
-from ad.distill.params import Rebuild, nonfinite
+from ad.train.params import Rebuild, nonfinite
 from ad.models import hf, student as student_lib
 
 STUDENT_INFO = "student.json"

@@ -25,7 +25,8 @@ from flax import nnx
 
 from ad import configs
 from ad.data import pretrain
-from ad.distill import losses, sharding, teacher_head
+from ad.distill import losses, teacher_head
+from ad.train import sharding
 from ad.models import student as student_lib
 
 

@@ -244,8 +244,8 @@ def finished_student(tmp_path):
   """A distillation workdir holding a finished student (student.json + student/), made directly."""
   from flax import nnx
   from ad.data import pretrain
-  from ad.distill import trainer
-  from ad.distill.params import Rebuild
+  from ad.train import checkpoints
+  from ad.train.params import Rebuild
   from ad.models import hf, student as student_lib
   wd = tmp_path / "wd"
   wd.mkdir()
@@ -255,7 +255,7 @@ def finished_student(tmp_path):
   export.write_student_info(str(wd), scfg, pretrain.load_vocab(data_cfg, hf.minilm_dir()), data_cfg, "teacher",
                             "flash")
   params = Rebuild(student_lib.Student(scfg, nnx.Rngs(0))).params
-  return wd, params, lambda p: trainer.save_student_params(str(wd), p)
+  return wd, params, lambda p: checkpoints.save_student_params(str(wd), p)
 
 
 def test_export_checks_the_student_it_reads(finished_student, tmp_path, capsys):

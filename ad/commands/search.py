@@ -7,7 +7,7 @@ import os
 import sys
 
 from ad import configs
-from ad.distill import sharding
+from ad.train import sharding
 from ad.search import loop, parallel
 from ad.search.designers import OptimizerServiceError
 from ad.search.trial import SearchStopped

@@ -44,13 +44,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ad import configs, files, interrupt, multihost, space as space_lib
+from ad import configs, files, multihost, space as space_lib
 from ad.data import pretrain
-from ad.distill import evaluation, losses, optim, sharding, teacher_head, trainer
-from ad.distill.params import Rebuild, without
+from ad.distill import evaluation, losses, teacher_head, trainer
+from ad.train import checkpoints, optim, sharding
+from ad.train.params import Rebuild, without
+from ad.train.steps import MetricsWriter, StepLoop
 from ad.models import layers, stack, student as student_lib
 from ad.models.student import ACTIVATIONS, TORCH_DEFAULT_LAYER_NORM_EPS, mask_to_bias
-from profiling.compile_stats import CompileLog, compile_concurrently
+from profiling.compile_stats import compile_concurrently
 
 SAMPLINGS = ("random", "sandwich")
 PROXIES = ("flash", "superlm", "fewshot")
@@ -307,9 +309,9 @@ def superlm_programs(super_cfg, scfg: SuperLMConfig, dcfg, data_cfg, max_heads: 
     params = optax.apply_updates(params, jax.tree.map(lambda d: -lr * d, direction))
     return params, opt_state, loss, terms  # per sub-network [M]
 
-  params_abs = trainer._abstract(student_of.params, param_sh)
-  opt_abs = trainer._abstract(jax.eval_shape(tx.init, params_abs), opt_sh)
-  t_abs = trainer._abstract(teacher_of.params, teacher_sh)
+  params_abs = sharding.sharded_abstract(student_of.params, param_sh)
+  opt_abs = sharding.sharded_abstract(jax.eval_shape(tx.init, params_abs), opt_sh)
+  t_abs = sharding.sharded_abstract(teacher_of.params, teacher_sh)
   batch_abs = sharding.abstract_batch(dcfg.batch_size, data_cfg.seq_len, data_cfg.max_predictions, mesh)
   subs_abs = jax.ShapeDtypeStruct((scfg.samples_per_step, 5), jnp.int32)
   jitted = dict(init=jax.jit(init_params, out_shardings=param_sh), opt_init=jax.jit(tx.init, out_shardings=opt_sh),
@@ -345,7 +347,7 @@ def train(cfg, workdir: str, archs: Sequence[space_lib.Arch] | None = None, step
     lock.__enter__()
   try:
     if resume and os.path.isfile(done):  # finished: reused only if it is the SuperLM this config asks for
-      trainer.check_run_record(workdir, _run_record(cfg, archs, steps)[0], resume=True)
+      checkpoints.check_run_record(workdir, _run_record(cfg, archs, steps)[0], resume=True)
       return files.read_json(done, "SuperLM record")
     return _train(cfg, workdir, archs, steps, resume, log, progress)
   finally:
@@ -354,16 +356,12 @@ def train(cfg, workdir: str, archs: Sequence[space_lib.Arch] | None = None, step
 
 
 def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
-  import tensorflow as tf  # TensorBoard summaries
-  from tqdm import tqdm
-
-
   t_start = time.time()
   record, (scfg, dcfg, archs, steps, data_cfg, super_cfg) = _run_record(cfg, archs, steps)
   max_heads = max(a.heads for a in archs)
   is_main = multihost.is_main()
   os.makedirs(workdir, exist_ok=True)
-  trainer.check_run_record(workdir, record, resume)
+  checkpoints.check_run_record(workdir, record, resume)
 
   mesh, _ = sharding.training_mesh(dcfg)
   teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log, progress=progress)
@@ -378,7 +376,7 @@ def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
   t_params = jax.device_put(jax.device_get(progs.teacher_of.params), progs.teacher_sh)
   lr_schedule = optim.warmup_linear_decay(scfg.lr or dcfg.lr, min(scfg.warmup_steps, steps - 1), steps)
 
-  ckpts = trainer.Checkpoints(os.path.join(workdir, "checkpoints"), dcfg.keep_checkpoints)
+  ckpts = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), dcfg.keep_checkpoints)
   next_step, params, opt_state = 0, None, None
   if resume and ckpts.latest() is not None:
     last = ckpts.latest()
@@ -386,8 +384,8 @@ def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
     restored = ckpts.restore(last, params=params_abs, opt=opt_abs)
     params, opt_state = restored["params"], restored["opt"]
     log(f"superlm: resuming at step {next_step}/{steps} from {ckpts.directory}")
-  loss_log = trainer.LossLog(os.path.join(workdir, "losses.jsonl"), next_step, is_main)
-  writer = tf.summary.create_file_writer(os.path.join(workdir, "tb")) if is_main else None
+  loss_log = checkpoints.LossLog(os.path.join(workdir, "losses.jsonl"), next_step, is_main)
+  writer = MetricsWriter(os.path.join(workdir, "tb"), enabled=is_main)
 
   jobs = progs.jobs(init=params is None)
   t_compile = time.time()
@@ -399,51 +397,30 @@ def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
 
   stream = trainer.train_stream(task, data_cfg, per_host, steps, next_step)
 
-  def save(g: int) -> float:
-    t = time.time()
-    ckpts.save(g, params, opt_state, dict(next_step=g, arch=super_cfg.arch.name))
-    return time.time() - t
+  def save(g: int, state) -> None:
+    ckpts.save(g, *state, dict(next_step=g, arch=super_cfg.arch.name))
 
-  bar = tqdm(total=steps, initial=next_step, disable=not (progress and is_main), dynamic_ncols=True,
-             desc=f"superlm {super_cfg.arch.name}")
-  t_loop, ckpt_s, g = time.time(), 0.0, next_step
-  with CompileLog() as loop_compiles:
-    try:
-      while g < steps:
-        subs = draw(archs, scfg, g)
-        b = sharding.global_batch(next(stream), mesh)
-        lr = float(lr_schedule(g))
-        params, opt_state, loss, terms = compiled["step"](params, opt_state, t_params, b,
-                                                          np.stack([encode(a) for a in subs]), np.float32(lr))
-        loss = np.asarray(loss)
-        if not np.all(np.isfinite(loss)):
-          raise trainer.NonFiniteLossError(f"SuperLM in {workdir}: non-finite loss {loss.tolist()} at step {g} for "
-                                           f"sub-networks {[a.name for a in subs]}; lower superlm.lr")
-        rec = dict(step=g, loss=float(loss.mean()), lr=lr, subnets=[a.name for a in subs],
-                   sub_losses=[float(x) for x in loss],
-                   **{n: float(np.mean(v)) for n, v in terms.items()})
-        loss_log.append(rec)
-        if writer is not None and g % dcfg.log_every == 0:
-          with writer.as_default(step=g):
-            for n in ("loss", "lr", "mlm", "mlm_kd", "nsp"):
-              tf.summary.scalar(n, rec[n])
-        bar.set_postfix(loss=f"{rec['loss']:.4f}")
-        g += 1
-        bar.update(1)
-        saved = g % scfg.checkpoint_every == 0 or g == steps
-        if saved:
-          ckpt_s += save(g)
-        if interrupt.requested():
-          if not saved:
-            ckpt_s += save(g)
-          interrupt.check(f"step {g} of the SuperLM in {workdir} (checkpoint saved; --resume continues)")
-    finally:
-      bar.close()
-      if writer is not None:
-        writer.flush()
+  def step(state, g: int):
+    subs = draw(archs, scfg, g)
+    b = sharding.global_batch(next(stream), mesh)
+    lr = float(lr_schedule(g))
+    params, opt_state, loss, terms = compiled["step"](*state, t_params, b, np.stack([encode(a) for a in subs]),
+                                                      np.float32(lr))
+    loss = np.asarray(loss)
+    return (params, opt_state), dict(step=g, loss=float(loss.mean()), lr=lr, subnets=[a.name for a in subs],
+                                     sub_losses=[float(x) for x in loss],
+                                     **{n: float(np.mean(v)) for n, v in terms.items()})
+
+  def nonfinite(g: int, rec: dict) -> str:
+    return (f"SuperLM in {workdir}: non-finite loss {rec['sub_losses']} at step {g} for sub-networks "
+            f"{rec['subnets']}; lower superlm.lr")
+
+  with StepLoop(start=next_step, total=steps, what=f"the SuperLM in {workdir}", desc=f"superlm {super_cfg.arch.name}",
+                progress=progress, is_main=is_main, loss_log=loss_log, writer=writer, log_every=dcfg.log_every,
+                checkpoint_every=scfg.checkpoint_every, save=save) as loop:
+    loop.run((params, opt_state), steps, step, nonfinite)
   ckpts.close()
-  loop_s = time.time() - t_loop
-  in_loop = loop_compiles.summary()
+  loop_s, in_loop, ckpt_s = loop.loop_s, loop.compiles, loop.checkpoint_s
   out = dict(super_arch=super_cfg.arch.name, candidates=len(archs), max_heads=max_heads, steps=steps,
              samples_per_step=scfg.samples_per_step, sampling=scfg.sampling, batch_size=dcfg.batch_size,
              seq_len=data_cfg.seq_len, dtype=super_cfg.dtype, resumed_from=next_step if resume else None,
@@ -464,7 +441,7 @@ def train_fewshot(cfg, workdir: str, resume: bool = False, log: Callable = print
   done = os.path.join(workdir, DONE_FEWSHOT)
   if resume and os.path.isfile(done):  # finished: reused only if every part is what this config asks for
     for k, part in enumerate(parts):
-      trainer.check_run_record(os.path.join(workdir, f"part_{k}"), _run_record(cfg, part, steps)[0], resume=True)
+      checkpoints.check_run_record(os.path.join(workdir, f"part_{k}"), _run_record(cfg, part, steps)[0], resume=True)
     return files.read_json(done, "few-shot SuperLM record")
   if os.path.isfile(done) and not resume:
     raise FileExistsError(f"{workdir} already holds trained few-shot SuperLMs; pass --resume to reuse them or choose "
@@ -517,7 +494,7 @@ def _owner(workdir: str, arch: space_lib.Arch) -> str:
 def load(workdir: str, cfg):
   """(pure parameters, super StudentConfig, candidate names) of the finished SuperLM in workdir."""
   record = files.read_json(os.path.join(workdir, "run.json"), "SuperLM run record")
-  ckpts = trainer.Checkpoints(os.path.join(workdir, "checkpoints"), 2)
+  ckpts = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), 2)
   try:
     step = ckpts.latest()
     if step is None:

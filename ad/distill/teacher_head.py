@@ -44,11 +44,14 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
+from tqdm import tqdm
 
 from ad import configs, files, interrupt
 from ad.data import pretrain
-from ad.distill import evaluation, losses, optim, sharding
-from ad.distill.params import Rebuild, nonfinite
+from ad.distill import evaluation, losses
+from ad.train import optim, sharding
+from ad.train.params import Rebuild, nonfinite
+from ad.train.steps import NonFiniteLossError
 from ad.models import hf, student as student_lib, teacher as teacher_lib
 
 Teacher = teacher_lib.Bert | student_lib.Student  # BERT, or MobileBERT/IB-BERT (a Student of the teacher's shape)
@@ -182,7 +185,6 @@ def adapt(model: teacher_lib.Bert, train_batches: Callable[[int], Iterator[dict]
   continues it without reading the batches already used. Returns dict(steps, resumed_from,
   train_s, last_loss).
   """
-  from tqdm import tqdm
   progs = adapt_programs(model, steps=steps, lr=lr, head_lr=head_lr, warmup_steps=warmup_steps, dtype=dtype,
                          mesh=sharding.make_mesh(1, 1))
   model_of, params = progs.model_of, progs.model_of.params
@@ -206,7 +208,7 @@ def adapt(model: teacher_lib.Bert, train_batches: Callable[[int], Iterator[dict]
       params, opt_state, loss, acc = step(params, opt_state, next(it))
       loss_v = float(loss)
       if not math.isfinite(loss_v):
-        raise FloatingPointError(f"teacher adaptation: non-finite loss {loss_v} at step {s}; lower teacher.adapt_lr")
+        raise NonFiniteLossError(f"teacher adaptation: non-finite loss {loss_v} at step {s}; lower teacher.adapt_lr")
       acc_ema = float(acc) if acc_ema is None else 0.9 * acc_ema + 0.1 * float(acc)
       bar.update(1)
       bar.set_postfix(loss=f"{loss_v:.3f}", acc=f"{acc_ema:.3f}")

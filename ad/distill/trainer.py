@@ -25,11 +25,7 @@ starts reading at its step instead of replaying the batches already used. The fr
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
-import math
 import os
-import shutil
 import time
 from typing import Callable
 
@@ -37,13 +33,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 
-from ad import configs, export, files, interrupt, multihost
+from ad import configs, export, files, multihost
 from ad.data import pretrain
-from ad.distill import evaluation, losses, optim, sharding, teacher_head
-from ad.distill.params import Rebuild, nonfinite, without
+from ad.distill import evaluation, losses, teacher_head
+from ad.train import optim, sharding
+from ad.train.checkpoints import (Checkpoints, LossLog, check_run_record, check_student_checkpoint,
+                                  restore_student_params, save_student_params)
+from ad.train.params import Rebuild, without
+from ad.train.steps import MetricsWriter, StepLoop
 from profiling.compile_stats import CompileLog, compile_concurrently
 from ad.models import stack, student as student_lib
 from ad.models.student import mask_to_bias
@@ -123,10 +122,6 @@ def config_from(cfg_distill, schedule: str) -> DistillConfig:
   return DistillConfig(**base)
 
 
-class NonFiniteLossError(FloatingPointError):
-  """A NaN or inf loss: names the step and stage."""
-
-
 # ---------------------------------------------------------------------------------------------
 # The stage plan.
 
@@ -167,96 +162,6 @@ def train_stream(task, data_cfg, per_host: int, total_steps: int, start: int):
 
 def stage_at(plan: list[Stage], step: int) -> Stage:
   return next(s for s in plan if s.start <= step < s.end)
-
-
-# ---------------------------------------------------------------------------------------------
-# Run record, loss log, checkpoints.
-
-def check_run_record(workdir: str, record: dict, resume: bool) -> None:
-  """A workdir holds one run: refuse another without --resume, and a --resume of a different one."""
-  path = os.path.join(workdir, "run.json")
-  if os.path.exists(path):
-    old = files.read_json(path, "run record")
-    if not resume:
-      raise FileExistsError(f"{workdir} already holds a distillation run ({old.get('arch')}, {old.get('schedule')}); "
-                            "pass --resume to continue it or choose a new --workdir")
-    diff = sorted(k for k in record if json.dumps(record[k], sort_keys=True) != json.dumps(old.get(k), sort_keys=True))
-    if diff:
-      raise ValueError(f"{path}: cannot resume, the config differs in {diff}")
-  multihost.sync("ad_distill_run_record")  # every host has looked before the main host writes
-  if not os.path.exists(path) and multihost.is_main():
-    files.write_json(path, record)
-
-
-class LossLog:
-  """losses.jsonl: one JSON line per step, appended. On resume the lines of steps after the
-  checkpoint (about to be recomputed) are cut off by truncation, never by rewriting the file."""
-
-  def __init__(self, path: str, next_step: int, enabled: bool):
-    self.path, self.enabled = path, enabled
-    if enabled and os.path.exists(path):
-      keep = 0
-      with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-          if not line.strip():
-            break
-          try:
-            step = json.loads(line)["step"]
-          except (ValueError, KeyError):
-            raise files.BadFileError(f"{path}: line {n} is not a loss record (JSON with 'step'); the file is damaged "
-                                     "(delete it to keep the run, the checkpoints do not depend on it)") from None
-          if step >= next_step:
-            break
-          keep += len(line)
-      os.truncate(path, keep)
-
-  def append(self, rec: dict) -> None:
-    if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-
-
-class Checkpoints:
-  """orbax checkpoints of (params, optimizer state, position) in `directory`."""
-
-  def __init__(self, directory: str, keep: int):
-    self.directory = directory
-    if multihost.is_main():  # what a killed save left behind
-      for stale in glob.glob(os.path.join(directory, "*.orbax-checkpoint-tmp*")):
-        shutil.rmtree(stale, ignore_errors=True)
-    self.mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-
-  def latest(self) -> int | None:
-    return self.mngr.latest_step()
-
-  def save(self, step: int, params, opt_state, meta: dict) -> None:
-    self.mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                 opt=ocp.args.StandardSave(opt_state), meta=ocp.args.JsonSave(meta)),
-                   force=True)
-    self.mngr.wait_until_finished()
-
-  def restore(self, step: int, **abstract) -> dict:
-    """Restores the named items ('meta', or 'params'/'opt' given abstract targets with shardings);
-    a failure or a non-finite parameter is an error naming the checkpoint."""
-    where = os.path.join(self.directory, str(step))
-    args = {k: ocp.args.JsonRestore() if v is None else ocp.args.StandardRestore(v) for k, v in abstract.items()}
-    try:
-      out = self.mngr.restore(step, args=ocp.args.Composite(**args))
-    except Exception as e:  # orbax/tensorstore raise many types for a damaged or foreign checkpoint
-      raise files.BadFileError(f"{where}: cannot restore {sorted(abstract)} ({type(e).__name__}: {str(e)[:300]}); "
-                               "delete the damaged step directory to resume from an earlier one") from None
-    if "params" in out:
-      bad = nonfinite(out["params"])
-      if bad:
-        raise files.BadFileError(f"{where}: non-finite parameters {bad[:5]}; the checkpoint is damaged")
-    return out
-
-  def close(self) -> None:
-    self.mngr.close()
-
-
-def _abstract(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,7 +295,7 @@ def distill_programs(scfg, dcfg: DistillConfig, data_cfg, teacher, mesh, cost_st
     losses.init_embeddings_from_teacher(student, teacher_of(t_params))
     return dict(student=without(nnx.state(student).to_pure_dict(), student_of.empty),
                 adapters=nnx.state(adapters).to_pure_dict())
-  params_abs = _abstract(dict(student=student_of.params, adapters=adapters_of.params), param_sh)
+  params_abs = sharding.sharded_abstract(dict(student=student_of.params, adapters=adapters_of.params), param_sh)
   labels = optim.labels(params_abs, STAGE_RULES)
 
   tx_prog = optim.lamb_direction(dcfg.weight_decay, stacked)
@@ -421,11 +326,11 @@ def distill_programs(scfg, dcfg: DistillConfig, data_cfg, teacher, mesh, cost_st
                            in_shardings=(param_sh["student"], pre_opt_sh, None, None, None),
                            out_shardings=(param_sh["student"], pre_opt_sh, None, None))},
       pretrain_opt_init=jax.jit(tx_pre.init, out_shardings=pre_opt_sh))
-  t_abs = _abstract(teacher_of.params, teacher_sh)
+  t_abs = sharding.sharded_abstract(teacher_of.params, teacher_sh)
   batch_abs = sharding.abstract_batch(dcfg.batch_size, data_cfg.seq_len, data_cfg.max_predictions, mesh)
   scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)
-  prog_opt_abs = _abstract(jax.eval_shape(tx_prog.init, params_abs), prog_opt_sh)
-  pre_opt_abs = _abstract(jax.eval_shape(tx_pre.init, params_abs["student"]), pre_opt_sh)
+  prog_opt_abs = sharding.sharded_abstract(jax.eval_shape(tx_prog.init, params_abs), prog_opt_sh)
+  pre_opt_abs = sharding.sharded_abstract(jax.eval_shape(tx_pre.init, params_abs["student"]), pre_opt_sh)
   abstract_args = dict(
       init=(t_abs,),
       progressive=(params_abs, prog_opt_abs, t_abs, batch_abs, scalar(jnp.int32), scalar(jnp.float32)),
@@ -466,12 +371,35 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   return metrics
 
 
+def run_record(scfg, schedule: str, dcfg: DistillConfig, data_cfg, teacher_cfg, init_student: str | None) -> dict:
+  """What makes a distillation run the same run (run.json): a --resume with another record is refused."""
+  record = dict(arch=scfg.arch.name, schedule=schedule, distill=dataclasses.asdict(dcfg), data=repr(data_cfg),
+                model=repr(student_lib.resolve_kernels(scfg, jax.default_backend())), teacher=dict(teacher_cfg))
+  if init_student:  # only when given, so the records of runs made before the option still match
+    record["init_student"] = init_student
+  return record
+
+
+def _resume_point(ckpts: Checkpoints, params_abs, plan: list[Stage], data_cfg, arch_name: str, log: Callable):
+  """(next step, parameters, the checkpoint whose optimizer state to restore or None) of a --resume: the
+  latest checkpoint's, or step 0 when there is none."""
+  last = ckpts.latest()
+  if last is None:
+    log(f"distill: --resume given but {ckpts.directory} has no checkpoint; starting from step 0")
+    return 0, None, None
+  meta = ckpts.restore(last, meta=None)["meta"]
+  next_step = int(meta["next_step"])
+  pretrain.remember_epoch_lengths(data_cfg, meta.get("data_epoch_lengths", []))  # skip to the step for free
+  params = ckpts.restore(last, params=params_abs)["params"]
+  total_steps = plan[-1].end
+  # mid-stage, the saved optimizer state belongs to this stage; at a stage's start a fresh one begins
+  mid_stage = 0 < next_step < total_steps and stage_at(plan, next_step) == stage_at(plan, next_step - 1)
+  log(f"distill: resuming {arch_name} at step {next_step}/{total_steps} from {ckpts.directory}")
+  return next_step, params, last if mid_stage else None
+
+
 def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, export_dir, compiles,
              card_latency, init_student=None) -> dict:
-  import tensorflow as tf  # TensorBoard summaries
-  from tqdm import tqdm
-
-
   t_start = time.time()
   dcfg = config_from(cfg.distill, schedule)
   data_cfg = pretrain.config_from_dict(cfg.data)
@@ -493,11 +421,7 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
 
   # ---- run record: a workdir holds one run; --resume must continue the same one -------------------
   os.makedirs(workdir, exist_ok=True)
-  record = dict(arch=scfg.arch.name, schedule=schedule, distill=dataclasses.asdict(dcfg), data=repr(data_cfg),
-                model=repr(student_lib.resolve_kernels(scfg, jax.default_backend())), teacher=dict(cfg.teacher))
-  if init_student:  # only when given, so the records of runs made before the option still match
-    record["init_student"] = init_student
-  check_run_record(workdir, record, resume)
+  check_run_record(workdir, run_record(scfg, schedule, dcfg, data_cfg, cfg.teacher, init_student), resume)
 
   # ---- data: per-host shard, deterministic for the seed; the fixed evaluation set ---------------
   vocab = pretrain.load_vocab(data_cfg, teacher_meta["source_dir"])
@@ -515,26 +439,15 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   # From host memory: every process holds the same teacher values, and device_put onto a mesh
   # that spans other hosts' devices takes host arrays.
   t_params = jax.device_put(jax.device_get(progs.teacher_of.params), progs.teacher_sh)
-  prog_steps = dcfg.block_steps(K)
   prog_lr, pre_lr = stage_schedules(dcfg, K)
 
   # ---- checkpoints, logs -----------------------------------------------------------------------
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), dcfg.keep_checkpoints)
-  next_step, restored_opt, params = 0, None, None
-  if resume and ckpts.latest() is not None:
-    last = ckpts.latest()
-    meta = ckpts.restore(last, meta=None)["meta"]
-    next_step = int(meta["next_step"])
-    pretrain.remember_epoch_lengths(data_cfg, meta.get("data_epoch_lengths", []))  # skip to the step for free
-    params = ckpts.restore(last, params=params_abs)["params"]
-    if 0 < next_step < total_steps and stage_at(plan, next_step) == stage_at(plan, next_step - 1):
-      restored_opt = last  # mid-stage: the saved optimizer state belongs to this stage
-    log(f"distill: resuming {scfg.arch.name} at step {next_step}/{total_steps} from {ckpts.directory}")
-  elif resume:
-    log(f"distill: --resume given but {ckpts.directory} has no checkpoint; starting from step 0")
+  next_step, params, restored_opt = (_resume_point(ckpts, params_abs, plan, data_cfg, scfg.arch.name, log) if resume
+                                     else (0, None, None))
   loss_log = LossLog(os.path.join(workdir, "losses.jsonl"), next_step, is_main)
   train_iter = train_stream(task, data_cfg, per_host, total_steps, next_step)
-  writer = tf.summary.create_file_writer(os.path.join(workdir, "tb")) if is_main else None
+  writer = MetricsWriter(os.path.join(workdir, "tb"), enabled=is_main)
 
   # ---- compile what the remaining stages need, side by side (ahead of time, on abstract values) ----
   prog_opt_abs, pre_opt_abs = progs.abstract_args["progressive"][1], progs.abstract_args[PRETRAIN][1]
@@ -547,92 +460,69 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
     if init_student:
       params = dict(params, student=restore_student_params(init_student, params_abs["student"]))
 
-  def save(g: int, opt_state) -> float:
-    t = time.time()
+  def save(g: int, state) -> None:
+    params, opt_state = state
     ckpts.save(g, params, opt_state, dict(next_step=g, stage=stage_at(plan, min(g, total_steps - 1)).name,
                                           arch=scfg.arch.name, data_epoch_lengths=pretrain.epoch_lengths(data_cfg)))
-    return time.time() - t
 
-  # ---- loop ------------------------------------------------------------------------------------
-  bar = tqdm(total=total_steps, initial=next_step, disable=not (progress and is_main), dynamic_ncols=True,
-             desc=scfg.arch.name)
-  t_loop, tokens, ckpt_s, g = time.time(), 0, 0.0, next_step
-  setup_s = t_loop - t_start - compile_wall_s  # teacher, data pipeline, evaluation set, student init, sharding
-  with CompileLog() as loop_compiles:
+  tokens = 0
+
+  def step(state, g: int):
+    nonlocal tokens
+    params, opt_state = state
+    stage = stage_at(plan, g)
+    local = next(train_iter)
+    b = sharding.global_batch(local, mesh)
+    lr = float((prog_lr if stage.block is not None else pre_lr)(g - stage.start))
     try:
-      while g < total_steps:
-        stage = stage_at(plan, g)
-        progressive = stage.block is not None
-        trainable = params if progressive else params["student"]
-        if restored_opt is not None:
-          opt_state = ckpts.restore(restored_opt, opt=prog_opt_abs if progressive else pre_opt_abs)["opt"]
-          restored_opt = None
-        else:
-          opt_state = compiled["progressive_opt_init" if progressive else "pretrain_opt_init"](trainable)
-        bar.set_description(f"{scfg.arch.name} {stage.name} ({plan.index(stage) + 1}/{len(plan)})")
-        k = np.int32(stage.block if progressive else 0)
-        lr_schedule = prog_lr if progressive else pre_lr
-        while g < stage.end:
-          local = next(train_iter)
-          b = sharding.global_batch(local, mesh)
-          lr = float(lr_schedule(g - stage.start))
-          try:
-            if progressive:
-              params, opt_state, loss, terms = compiled["progressive"](params, opt_state, t_params, b, k,
-                                                                       np.float32(lr))
-            else:
-              s_params, opt_state, loss, terms = compiled[PRETRAIN](params["student"], opt_state, t_params, b,
-                                                                    np.float32(lr))
-              params = dict(params, student=s_params)
-          except jax.errors.JaxRuntimeError as e:
-            if "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e):
-              raise MemoryError(f"architecture {scfg.arch.name} ({K} blocks, batch {dcfg.batch_size}, seq "
-                                f"{data_cfg.seq_len}) does not fit in device memory during {stage.name}: {e}") from e
-            raise
-          loss_v = float(loss)
-          if not math.isfinite(loss_v):
-            raise NonFiniteLossError(f"non-finite loss {loss_v} at step {g} (stage {stage.name}, step {g - stage.start} "
-                                     f"of {stage.end - stage.start}) for {scfg.arch.name}; lower distill.lr or check "
-                                     "the data")
-          rec = dict(step=g, stage=stage.name, loss=loss_v, lr=lr, **{n: float(v) for n, v in terms.items()})
-          loss_log.append(rec)
-          tokens += int(local["attention_mask"].sum()) * jax.process_count()
-          if writer is not None and (g % dcfg.log_every == 0 or g == stage.end - 1):
-            with writer.as_default(step=g):
-              for n, v in rec.items():
-                if n not in ("step", "stage"):
-                  tf.summary.scalar(f"{stage.name}/{n}" if n not in ("loss", "lr") else n, v)
-          bar.set_postfix(loss=f"{loss_v:.4f}")
-          g += 1
-          bar.update(1)
-          # A resume repeats at most checkpoint_every steps, and never a finished stage: a stage's end
-          # is always saved (short flash stages are shorter than checkpoint_every).
-          saved = g % dcfg.checkpoint_every == 0 or g == stage.end
-          if saved:
-            ckpt_s += save(g, opt_state)
-          if interrupt.requested():  # Ctrl-C / SIGTERM: leave a checkpoint at this step, then stop
-            if not saved:
-              ckpt_s += save(g, opt_state)
-            interrupt.check(f"step {g} of {scfg.arch.name} (checkpoint saved; --resume continues)")
-    finally:
-      bar.close()
-      if writer is not None:
-        writer.flush()
-  loop_s = time.time() - t_loop
-  in_loop = loop_compiles.summary()
+      if stage.block is not None:
+        params, opt_state, loss, terms = compiled["progressive"](params, opt_state, t_params, b, np.int32(stage.block),
+                                                                 np.float32(lr))
+      else:
+        s_params, opt_state, loss, terms = compiled[PRETRAIN](params["student"], opt_state, t_params, b, np.float32(lr))
+        params = dict(params, student=s_params)
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e):
+        raise MemoryError(f"architecture {scfg.arch.name} ({K} blocks, batch {dcfg.batch_size}, seq "
+                          f"{data_cfg.seq_len}) does not fit in device memory during {stage.name}: {e}") from e
+      raise
+    tokens += int(local["attention_mask"].sum()) * jax.process_count()
+    return (params, opt_state), dict(step=g, stage=stage.name, loss=float(loss), lr=lr,
+                                     **{n: float(v) for n, v in terms.items()})
+
+  def nonfinite(g: int, rec: dict) -> str:
+    stage = stage_at(plan, g)
+    return (f"non-finite loss {rec['loss']} at step {g} (stage {stage.name}, step {g - stage.start} of "
+            f"{stage.end - stage.start}) for {scfg.arch.name}; lower distill.lr or check the data")
+
+  # ---- the stages: each starts with fresh optimizer moments, or the ones a mid-stage resume restored ----
+  setup_s = time.time() - t_start - compile_wall_s  # teacher, data pipeline, evaluation set, student init, sharding
+  with StepLoop(start=next_step, total=total_steps, what=scfg.arch.name, desc=scfg.arch.name, progress=progress,
+                is_main=is_main, loss_log=loss_log, writer=writer, log_every=dcfg.log_every,
+                checkpoint_every=dcfg.checkpoint_every, save=save) as loop:
+    while loop.step < total_steps:
+      stage = stage_at(plan, loop.step)
+      progressive = stage.block is not None
+      if restored_opt is not None:
+        opt_state = ckpts.restore(restored_opt, opt=prog_opt_abs if progressive else pre_opt_abs)["opt"]
+        restored_opt = None
+      else:
+        opt_state = compiled["progressive_opt_init" if progressive else "pretrain_opt_init"](
+            params if progressive else params["student"])
+      loop.bar.set_description(f"{scfg.arch.name} {stage.name} ({plan.index(stage) + 1}/{len(plan)})")
+      params, _ = loop.run((params, opt_state), stage.end, step, nonfinite, prefix=f"{stage.name}/")
+  loop_s, in_loop, ckpt_s = loop.loop_s, loop.compiles, loop.checkpoint_s
   ckpts.close()
 
   # ---- evaluation on the held-out set (the search's accuracy objective) ----------------------------
   final_student = student_of(multihost.allgather(params["student"]))
   val = evaluation.evaluate(final_student, eval_set, teacher_top1, what=f"student {scfg.arch.name} in {workdir}")
-  if writer is not None:
-    with writer.as_default(step=total_steps):
-      for n in ("mlm_accuracy", "mlm_cross_entropy", "teacher_agreement", "nsp_accuracy"):
-        tf.summary.scalar(f"eval/{n}", val[n])
-    writer.flush()
+  writer.scalars(total_steps, {f"eval/{n}": val[n]
+                               for n in ("mlm_accuracy", "mlm_cross_entropy", "teacher_agreement", "nsp_accuracy")})
+  writer.flush()
   compile_in_loop_s = in_loop["compile_s"] + in_loop["trace_s"] + in_loop["lower_s"]
   metrics = dict(
-      arch=scfg.arch.name, num_blocks=K, schedule=schedule, steps=total_steps, steps_per_block=prog_steps,
+      arch=scfg.arch.name, num_blocks=K, schedule=schedule, steps=total_steps, steps_per_block=dcfg.block_steps(K),
       pretrain_steps=dcfg.pretrain_steps, batch_size=dcfg.batch_size, seq_len=data_cfg.seq_len, dtype=scfg.dtype,
       **val, teacher_mlm_accuracy=teacher_scores["mlm_accuracy"],
       teacher_mlm_accuracy_se=teacher_scores["mlm_accuracy_se"], resumed_from=next_step if resume else None,
@@ -660,39 +550,3 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   return metrics
 
 
-def check_student_checkpoint(path: str, abstract) -> None:
-  """A student's parameters saved alone (save_student_params, `ad superlm extract`) must have the
-  paths and shapes of `abstract`; checked before anything compiles, the error names both."""
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"--init-student {path}: no such checkpoint directory")
-  with ocp.StandardCheckpointer() as checkpointer:
-    saved = checkpointer.metadata(path)
-  saved = getattr(saved, "item_metadata", saved)
-  want = {optim.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract)}
-  have = {optim.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(saved)
-          if hasattr(x, "shape")}
-  if want != have:
-    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[:4]
-    raise ValueError(f"--init-student {path}: its parameters do not fit this student (first differences as "
-                     f"(path, saved, expected): {[(k, have.get(k), want.get(k)) for k in diff]}); extract or save "
-                     "the same architecture")
-
-
-def restore_student_params(path: str, abstract):
-  """A student's parameters saved alone, checked (check_student_checkpoint), in the shapes and
-  shardings of `abstract`."""
-  check_student_checkpoint(path, abstract)
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(path, abstract)
-
-
-def save_student_params(workdir: str, student_params) -> str:
-  """The student's parameters alone (no adapters, no optimizer) as an orbax checkpoint."""
-  student_dir = os.path.join(workdir, "student")
-  if os.path.exists(student_dir):  # a resumed run that had already saved it
-    if multihost.is_main():
-      shutil.rmtree(student_dir)
-    multihost.sync("ad_distill_student_dir")
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(student_dir, student_params)
-  return student_dir

@@ -30,12 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
 
 from ad import configs, export, files, interrupt, rundir, stats
 from ad.data import vocab as vocab_lib
 from ad.finetune import squad, tasks as tasks_lib
-from ad.distill import optim, teacher_head
-from ad.distill.params import Rebuild, nonfinite, without
+from ad.distill import teacher_head
+from ad.train import optim
+from ad.train.params import Rebuild, nonfinite, without
+from ad.train.steps import MetricsWriter, NonFiniteLossError
 from ad.models import hf
 
 RESULT_FILE = "result.json"
@@ -273,8 +276,6 @@ TASK_KINDS = dict(classify=Classification, span=Span)
 def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str, log: Callable = print,
              progress: bool = True) -> dict:
   """Fine-tunes `checkpoint` on `task_name`; returns (and writes to workdir/result.json) the result."""
-  import tensorflow as tf  # TensorBoard summaries
-  from tqdm import tqdm
 
   t_start = time.time()
   claim_result_dir(workdir, checkpoint, task_name, write=False)  # refuse a wrong --workdir before any work
@@ -345,7 +346,7 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
     return kind.score(split, predict(p, split))
 
   claim_result_dir(workdir, checkpoint, task_name)
-  writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+  writer = MetricsWriter(os.path.join(workdir, "tb"))
   opt_state = tx.init(params)
   best = dict(value=-math.inf, step=0, params=jax.device_get(params))
   history, train_losses, stale, step, stopped_early = [], [], 0, 0, False
@@ -365,18 +366,15 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
         if step % LOG_EVERY == 0 or step == 1:
           loss_v = float(loss)
           if not math.isfinite(loss_v):
-            raise FloatingPointError(f"finetune: non-finite loss {loss_v} at step {step} on {spec.name}; lower "
+            raise NonFiniteLossError(f"finetune: non-finite loss {loss_v} at step {step} on {spec.name}; lower "
                                      "finetune.lr")
           bar.set_postfix(loss=f"{loss_v:.4f}")
           train_losses.append(dict(step=step, loss=loss_v))
-          with writer.as_default(step=step):
-            tf.summary.scalar("train/loss", loss_v)
-            tf.summary.scalar("train/lr", float(schedule(step)))
+          writer.scalars(step, {"train/loss": loss_v, "train/lr": float(schedule(step))})
         if step % eval_every == 0 or step == total_steps:
           value = score(params, "validation")
           history.append(dict(step=step, epoch=epoch, validation=value))
-          with writer.as_default(step=step):
-            tf.summary.scalar(f"validation/{spec.metric}", value)
+          writer.scalars(step, {f"validation/{spec.metric}": value})
           if value > best["value"]:
             best, stale = dict(value=value, step=step, params=jax.device_get(params)), 0
           else:
@@ -394,9 +392,7 @@ def finetune(checkpoint: str, task_name: str, fcfg: FinetuneConfig, workdir: str
     raise FloatingPointError(f"finetune: non-finite parameters {bad[:3]} after training on {spec.name}")
   scored = kind.score_with_noise("test", predict(best["params"], "test"), fcfg.seed)
   test = scored["test"]
-  with writer.as_default(step=step):
-    for r in scored.values():
-      tf.summary.scalar(f"test/{r['metric']}", r["value"])
+  writer.scalars(step, {f"test/{r['metric']}": r["value"] for r in scored.values()})
   writer.flush()
   n_params = int(sum(np.size(x) for x in jax.tree.leaves(rebuild.params)))
   result = dict(

@@ -100,7 +100,7 @@ def init_weight(key, shape, std: float = 0.02):
 
 def param(value, axes: tuple | None = None) -> nnx.Param:
   """An f32 parameter with its logical axis names (e.g. ('embed', 'mlp'); None for a replicated
-  dimension) declared where it is made; ad/distill/sharding.py resolves them to mesh axes.
+  dimension) declared where it is made; ad/train/sharding.py resolves them to mesh axes.
   Every parameter carries them, so stacking (stack.py) records its 'layers' axis on all."""
   axes = (None,) * value.ndim if axes is None else tuple(axes)
   if len(axes) != value.ndim:

@@ -20,7 +20,7 @@ one lax.scan. The forward returns every block's attention probabilities [K, B, A
 output [K, B, T, H]: the targets of the layer-wise transfer (003 eq. 1 and 2). Parameter
 numerics follow Hugging Face's MobileBertForPreTraining, so checkpoints convert both ways
 (hf.py, which indexes the stacked axis). Parameters declare their logical axes where they are
-made (layers.param); ad/distill/sharding.py maps them to the mesh.
+made (layers.param); ad/train/sharding.py maps them to the mesh.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 
 from ad.models import layers, stack
 from ad.space import Arch
-from ad.distill import sharding
+from ad.train import sharding
 from kernels import devices, fused_attention, fused_ffn
 
 NORMS = layers.NORMS

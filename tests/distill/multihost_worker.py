@@ -17,7 +17,8 @@ import jax  # noqa: E402
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 from ad import configs  # noqa: E402
-from ad.distill import sharding, trainer  # noqa: E402
+from ad.distill import trainer  # noqa: E402
+from ad.train import sharding  # noqa: E402
 from tests.conftest import distill_overrides  # noqa: E402
 
 sharding.maybe_initialize_distributed()

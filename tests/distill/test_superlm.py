@@ -15,7 +15,7 @@ from flax import nnx
 from ad import configs, interrupt
 from ad import space as space_lib
 from ad.distill import evaluation, superlm
-from ad.distill.params import Rebuild
+from ad.train.params import Rebuild
 from ad.models import student as student_lib
 from tests.conftest import distill_overrides
 

@@ -14,6 +14,7 @@ import pytest
 from ad import cli, configs
 from ad.data import pretrain
 from ad.distill import losses, teacher_head, trainer
+from ad.train import steps as steps_lib
 from tests.conftest import distill_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,7 +34,7 @@ def _losses(workdir):
 
 def _params(workdir, step):
   """{'student/blocks/ffn/w_in': array, ...} of the checkpoint at `step`."""
-  from ad.distill.optim import path_str
+  from ad.train.optim import path_str
   mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
   tree = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
   return {path_str(p): np.asarray(x) for p, x in __import__("jax").tree_util.tree_leaves_with_path(tree)}
@@ -160,7 +161,7 @@ def test_an_ib_bert_checkpoint_is_prepared_as_it_is_and_teaches(tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_stage(tmp_path, tiny_teacher):
-  with pytest.raises(trainer.NonFiniteLossError, match=r"non-finite loss .* at step \d+ \(stage progressive_block_0"):
+  with pytest.raises(steps_lib.NonFiniteLossError, match=r"non-finite loss .* at step \d+ \(stage progressive_block_0"):
     _run(tmp_path, tiny_teacher, **{"distill.mesh_data": 1, "distill.lr": 1e30, "distill.flash.steps_per_block": 5})
 
 

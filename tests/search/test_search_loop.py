@@ -133,6 +133,7 @@ def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_
 def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_teacher, monkeypatch):
   """The first trial fails (injected), the second still runs, the report lists the error."""
   from ad.distill import trainer
+  from ad.train import steps
   cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{
       "search.designer": "random", "search.num_initial": 1, "search.num_trials": 2,
       "constraints.max_params": 4_300_000, "search.baseline_arch": ""}))
@@ -143,7 +144,7 @@ def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_teacher,
   def distill(arch, *a, **k):
     if not victim:
       victim["arch"] = arch.name
-      raise trainer.NonFiniteLossError(f"non-finite loss nan at step 1 for {arch.name}")
+      raise steps.NonFiniteLossError(f"non-finite loss nan at step 1 for {arch.name}")
     return real(arch, *a, **k)
   monkeypatch.setattr(trainer, "distill", distill)
   summary = loop.run_search(cfg, str(tmp_path), log=lambda *_: None, progress=False)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ad.distill.optim import path_str
+from ad.train.optim import path_str
 
 
 def _module(graphdef, template, pure):

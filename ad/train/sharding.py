@@ -138,3 +138,9 @@ def global_batch(local: dict, mesh) -> dict:
     return {k: jax.device_put(v, sharding) for k, v in local.items()}
   from jax.experimental import multihost_utils
   return multihost_utils.host_local_array_to_global_array(local, mesh, P("data"))
+
+
+def sharded_abstract(tree, shardings):
+  """Abstract values (shape, dtype, sharding) of `tree` placed by `shardings`: what a program is compiled and a
+  checkpoint restored against."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
