@@ -46,7 +46,8 @@ from flax import nnx
 
 from ad import configs, files, multihost, space as space_lib
 from ad.data import pretrain
-from ad.distill import evaluation, losses, teacher_head, trainer
+from ad.distill import evaluation, losses, trainer
+from ad.distill.context import TeacherContext
 from ad.train import checkpoints, optim, sharding
 from ad.train.params import Rebuild, without
 from ad.train.steps import MetricsWriter, StepLoop
@@ -337,9 +338,11 @@ def _run_record(cfg, archs, steps):
 
 
 def train(cfg, workdir: str, archs: Sequence[space_lib.Arch] | None = None, steps: int | None = None,
-          resume: bool = False, log: Callable = print, progress: bool = True) -> dict:
+          resume: bool = False, log: Callable = print, progress: bool = True,
+          context: TeacherContext | None = None) -> dict:
   """Trains one SuperLM over `archs` (default: the config's whole space) for `steps` (default
-  superlm.steps) in `workdir`; resumable from its orbax checkpoints. Returns superlm.json's dict."""
+  superlm.steps) in `workdir`; resumable from its orbax checkpoints. Returns superlm.json's dict.
+  context: the config's teacher and vocabulary (ad/distill/context.py; built here when not given)."""
   workdir = os.path.abspath(workdir)
   done = os.path.join(workdir, DONE_ONESHOT)
   lock = files.DirectoryLock(workdir, "SuperLM workdir") if multihost.is_main() else None
@@ -349,13 +352,13 @@ def train(cfg, workdir: str, archs: Sequence[space_lib.Arch] | None = None, step
     if resume and os.path.isfile(done):  # finished: reused only if it is the SuperLM this config asks for
       checkpoints.check_run_record(workdir, _run_record(cfg, archs, steps)[0], resume=True)
       return files.read_json(done, "SuperLM record")
-    return _train(cfg, workdir, archs, steps, resume, log, progress)
+    return _train(cfg, workdir, archs, steps, resume, log, progress, context)
   finally:
     if lock:
       lock.__exit__(None, None, None)
 
 
-def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
+def _train(cfg, workdir, archs, steps, resume, log, progress, context) -> dict:
   t_start = time.time()
   record, (scfg, dcfg, archs, steps, data_cfg, super_cfg) = _run_record(cfg, archs, steps)
   max_heads = max(a.heads for a in archs)
@@ -364,10 +367,10 @@ def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
   checkpoints.check_run_record(workdir, record, resume)
 
   mesh, _ = sharding.training_mesh(dcfg)
-  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log, progress=progress)
-  teacher, teacher_meta = teacher_head.load_for_training(teacher_dir, super_cfg.dtype)
-  vocab = pretrain.load_vocab(data_cfg, teacher_meta["source_dir"])
-  task = pretrain.make_task(data_cfg, vocab, min(super_cfg.max_positions, teacher.cfg.max_positions),
+  context = context or TeacherContext.build(cfg, log=log, progress=progress)
+  context.check_serves(cfg, super_cfg.dtype)
+  teacher, teacher_dir = context.teacher, context.teacher_dir
+  task = pretrain.make_task(data_cfg, context.vocab, min(super_cfg.max_positions, teacher.cfg.max_positions),
                             super_cfg.vocab_size)
   per_host = dcfg.batch_size // jax.process_count()
 
@@ -431,7 +434,8 @@ def _train(cfg, workdir, archs, steps, resume, log, progress) -> dict:
   return out
 
 
-def train_fewshot(cfg, workdir: str, resume: bool = False, log: Callable = print, progress: bool = True) -> dict:
+def train_fewshot(cfg, workdir: str, resume: bool = False, log: Callable = print, progress: bool = True,
+                  context: TeacherContext | None = None) -> dict:
   """001's K SuperLMs in workdir/part_<k>, each over its part of the space for superlm.steps / K."""
   scfg = config_from(cfg)
   archs = space_lib.DesignSpace.from_config(cfg.space).archs()
@@ -452,7 +456,8 @@ def train_fewshot(cfg, workdir: str, resume: bool = False, log: Callable = print
     values = sorted({getattr(a, scfg.fewshot_factor) for a in part})
     log(f"superlm: few-shot part {k + 1}/{len(parts)}: {scfg.fewshot_factor} in {values}, {len(part)} architectures, "
         f"{steps} steps")
-    r = train(cfg, os.path.join(workdir, f"part_{k}"), part, steps, resume=resume, log=log, progress=progress)
+    r = train(cfg, os.path.join(workdir, f"part_{k}"), part, steps, resume=resume, log=log, progress=progress,
+              context=context)
     runs.append(dict(r, part=k, values=values))
   out = dict(factor=scfg.fewshot_factor, count=len(parts), steps_per_part=steps, parts=runs,
              wall_s=sum(r["wall_s"] for r in runs), wall_s_this_run=time.time() - t0)
@@ -461,12 +466,13 @@ def train_fewshot(cfg, workdir: str, resume: bool = False, log: Callable = print
   return out
 
 
-def ensure_trained(cfg, workdir: str, proxy: str, log: Callable = print, progress: bool = True) -> dict:
+def ensure_trained(cfg, workdir: str, proxy: str, log: Callable = print, progress: bool = True,
+                   context: TeacherContext | None = None) -> dict:
   """The SuperLM(s) of `proxy` ('superlm' or 'fewshot') in `workdir`, trained or resumed as needed."""
   if proxy == "superlm":
-    return train(cfg, workdir, resume=True, log=log, progress=progress)
+    return train(cfg, workdir, resume=True, log=log, progress=progress, context=context)
   if proxy == "fewshot":
-    return train_fewshot(cfg, workdir, resume=True, log=log, progress=progress)
+    return train_fewshot(cfg, workdir, resume=True, log=log, progress=progress, context=context)
   raise ValueError(f"proxy {proxy!r}: a SuperLM proxy is one of {PROXIES[1:]}")
 
 
@@ -525,9 +531,10 @@ def _check_same_model(workdir: str, record: dict, super_cfg) -> None:
                      "it with the config it was trained with (its run.json), the checkpoint itself is fine")
 
 
-def proxy_scores(arch, cfg, workdir: str, log: Callable = print) -> dict:
+def proxy_scores(arch, cfg, workdir: str, log: Callable = print, context: TeacherContext | None = None) -> dict:
   """The held-out scores (evaluation.evaluate's fields, with standard errors) of `arch` extracted
-  from the trained SuperLM(s) in `workdir`, without further training; plus the proxy's timings."""
+  from the trained SuperLM(s) in `workdir`, without further training; plus the proxy's timings.
+  context: the config's teacher and evaluation set (built here, quietly, when not given)."""
   t0 = time.time()
   arch = space_lib.Arch.parse(arch)
   owner = _owner(os.path.abspath(workdir), arch)
@@ -536,13 +543,10 @@ def proxy_scores(arch, cfg, workdir: str, log: Callable = print) -> dict:
     raise ValueError(f"{arch.name} is not in the space the SuperLM in {owner} was trained on")
   sub_cfg = student_lib.config_from_dict(arch, cfg.model)
   student = extract(params, sub_cfg)
-  data_cfg = pretrain.config_from_dict(cfg.data)
-  # The SuperLM's own teacher (training prepared it): found again quietly, once per scored architecture.
-  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=lambda m: None, progress=False)
-  teacher, teacher_meta = teacher_head.load_for_training(teacher_dir, sub_cfg.dtype)
-  vocab = pretrain.load_vocab(data_cfg, teacher_meta["source_dir"])
-  eval_set = evaluation.build_eval_set(data_cfg, vocab, log=log)
-  top1, teacher_scores = evaluation.teacher_reference(teacher_dir, teacher, eval_set, log=log)
+  # The SuperLM's own teacher (training prepared it), found again quietly when no context is given.
+  context = context or TeacherContext.build(cfg, log=lambda m: None)
+  context.check_serves(cfg, sub_cfg.dtype)
+  eval_set, top1, teacher_scores = context.eval_set, context.teacher_top1, context.teacher_scores
   setup_s = time.time() - t0
   val = evaluation.evaluate(student, eval_set, top1, what=f"{arch.name} extracted from the SuperLM in {owner}")
   return dict(val, arch=arch.name, proxy_workdir=owner, num_blocks=sub_cfg.num_blocks, dtype=sub_cfg.dtype,

@@ -292,20 +292,10 @@ def abstract_teacher(teacher_cfg, dtype: str) -> Teacher:
   return nnx.eval_shape(lambda: teacher_lib.Bert(cfg, nnx.Rngs(0)))
 
 
-_LOADED: dict[tuple, tuple] = {}
-
-
 def load_for_training(prepared_dir: str, dtype: str) -> tuple[Teacher, dict]:
-  """`load` in compute dtype `dtype`, kept in memory for the process: a search's trials share one
-  teacher instead of restoring and checking it again for each (keyed by directory and key)."""
-  meta = files.read_json(os.path.join(prepared_dir, META_FILE), "teacher.json") if os.path.isfile(
-      os.path.join(prepared_dir, META_FILE)) else {}
-  k = (os.path.realpath(prepared_dir), meta.get("key"), jnp.dtype(dtype).name)
-  if k not in _LOADED:
-    model, meta = load(prepared_dir)
-    _LOADED.clear()  # one teacher at a time
-    _LOADED[k] = (with_compute_dtype(model, dtype), meta)
-  return _LOADED[k]
+  """`load` in compute dtype `dtype` (a search loads it once, into its TeacherContext: ad/distill/context.py)."""
+  model, meta = load(prepared_dir)
+  return with_compute_dtype(model, dtype), meta
 
 
 def settings_from_config(teacher_cfg) -> dict:

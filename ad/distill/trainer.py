@@ -37,7 +37,8 @@ from flax import nnx
 
 from ad import configs, export, files, multihost
 from ad.data import pretrain
-from ad.distill import evaluation, losses, teacher_head
+from ad.distill import evaluation, losses
+from ad.distill.context import TeacherContext
 from ad.train import optim, sharding
 from ad.train.checkpoints import (Checkpoints, LossLog, check_run_record, check_student_checkpoint,
                                   restore_student_params, save_student_params)
@@ -345,7 +346,8 @@ def distill_programs(scfg, dcfg: DistillConfig, data_cfg, teacher, mesh, cost_st
 
 def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: Callable = print,
             progress: bool = True, save_student: bool = False, export_dir: str | None = None,
-            card_latency: dict | None = None, init_student: str | None = None, lock_wait_s: float = 0.0) -> dict:
+            card_latency: dict | None = None, init_student: str | None = None, lock_wait_s: float = 0.0,
+            context: TeacherContext | None = None) -> dict:
   """Flash- or regular-distills `arch` per `cfg` (a loaded experiment ConfigDict); returns metrics.
 
   init_student: an orbax checkpoint of this architecture's student parameters alone (e.g. a
@@ -355,7 +357,8 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
   checkpoint in `workdir/student`; export_dir: also export it there as a complete Hugging Face
   directory (ad/export.py; card_latency: the measured latency for its model card). lock_wait_s:
   how long to wait for the workdir held by another process (a trial's previous holder) before
-  files.LockedError.
+  files.LockedError. context: the teacher, vocabulary and evaluation set the runs of this config share
+  (ad/distill/context.py; built here when not given).
   """
   workdir = os.path.abspath(workdir)
   lock = files.DirectoryLock(workdir, "distillation workdir", wait_s=lock_wait_s) if multihost.is_main() else None
@@ -364,7 +367,7 @@ def distill(arch, cfg, schedule: str, workdir: str, resume: bool = False, log: C
       lock.__enter__()
     try:
       metrics = _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, export_dir, compiles,
-                         card_latency, init_student)
+                         card_latency, init_student, context)
     finally:
       if lock:
         lock.__exit__(None, None, None)
@@ -399,7 +402,7 @@ def _resume_point(ckpts: Checkpoints, params_abs, plan: list[Stage], data_cfg, a
 
 
 def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, export_dir, compiles,
-             card_latency, init_student=None) -> dict:
+             card_latency, init_student, context) -> dict:
   t_start = time.time()
   dcfg = config_from(cfg.distill, schedule)
   data_cfg = pretrain.config_from_dict(cfg.data)
@@ -409,9 +412,10 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
 
   # ---- mesh, teacher, starting checkpoint: checked before the workdir holds anything -------------
   mesh, mesh_data = sharding.training_mesh(dcfg)
-  # The teacher (frozen, never checkpointed here), in the student's compute dtype.
-  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log, progress=progress)
-  teacher, teacher_meta = teacher_head.load_for_training(teacher_dir, scfg.dtype)
+  # The teacher (frozen, never checkpointed here) in the student's compute dtype, and the evaluation set.
+  context = context or TeacherContext.build(cfg, log=log, progress=progress)
+  context.check_serves(cfg, scfg.dtype)
+  teacher, teacher_dir = context.teacher, context.teacher_dir
   if teacher.cfg.vocab_size != scfg.vocab_size:
     raise ValueError(f"teacher vocab {teacher.cfg.vocab_size} != student vocab {scfg.vocab_size} (config.model.vocab_size)")
   if init_student:
@@ -424,11 +428,10 @@ def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, 
   check_run_record(workdir, run_record(scfg, schedule, dcfg, data_cfg, cfg.teacher, init_student), resume)
 
   # ---- data: per-host shard, deterministic for the seed; the fixed evaluation set ---------------
-  vocab = pretrain.load_vocab(data_cfg, teacher_meta["source_dir"])
+  vocab = context.vocab
   task = pretrain.make_task(data_cfg, vocab, min(scfg.max_positions, teacher.cfg.max_positions), scfg.vocab_size)
   student_info = export.write_student_info(workdir, scfg, vocab, data_cfg, teacher_dir, schedule) if is_main else None
-  eval_set = evaluation.build_eval_set(data_cfg, vocab, log=log)
-  teacher_top1, teacher_scores = evaluation.teacher_reference(teacher_dir, teacher, eval_set, log=log)
+  eval_set, teacher_top1, teacher_scores = context.eval_set, context.teacher_top1, context.teacher_scores
   plan = stage_plan(dcfg, K)
   total_steps = plan[-1].end
   per_host = dcfg.batch_size // jax.process_count()

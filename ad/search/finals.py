@@ -3,6 +3,7 @@ distilled and exported, the calibration runs, and the finals fine-tuned (003 Tab
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import traceback
@@ -11,6 +12,7 @@ from typing import Callable
 from ad import export, interrupt, multihost, rundir
 from ad.data import pretrain
 from ad.distill import teacher_head, trainer
+from ad.distill.context import TeacherContext
 from ad.finetune import trainer as finetune_lib
 from ad.search import calibration, report as report_lib
 from ad.search.measurement import LATENCY_SCALE_KEY, measurement_reference, remote_target, trace_dir_of
@@ -79,11 +81,13 @@ def finetune_finals(cfg, run_dir: str, store, log: Callable, progress: bool) -> 
       log(f"search: {name} on {task}: test {r['metric']} {r['test']['value']:.4f} +- {r['test']['se']:.4f}")
 
 
-def run_finals(cfg, run_dir: str, store, names, directions, log: Callable, progress: bool) -> list[str]:
+def run_finals(cfg, run_dir: str, store, names, directions, log: Callable, progress: bool,
+               context: TeacherContext | None = None) -> list[str]:
   """Everything after the search's last trial, each step resumable from the store: the front re-timed,
   report.md, the regular distillation of the chosen Pareto students (and of the baseline, like for
   like), search.calibrate more students, and the fine-tuning of the finals. Process 0 decides and
-  records; every process of a multi-host run trains. Returns the chosen students."""
+  records; every process of a multi-host run trains. Returns the chosen students. context: the search's
+  teacher and evaluation set (ad/distill/context.py), shared by every run here."""
   is_main = multihost.is_main()
   if is_main:
     interrupt.check("the re-measurement of the Pareto set")
@@ -93,16 +97,19 @@ def run_finals(cfg, run_dir: str, store, names, directions, log: Callable, progr
   if is_main and cfg.final.include_baseline and cfg.search.baseline_arch and chosen:
     chosen.append(cfg.search.baseline_arch)
   chosen = [c for c in multihost.broadcast_str(",".join(chosen)).split(",") if c]
-  distill_finals(cfg, run_dir, store, chosen, log, progress)
-  calibrate(cfg, run_dir, store, names, directions, chosen, log, progress)
+  distill = functools.partial(trainer.distill, context=context)
+  distill_finals(cfg, run_dir, store, chosen, log, progress, distill)
+  calibrate(cfg, run_dir, store, names, directions, chosen, log, progress, distill)
   if is_main and cfg.final.get("finetune_tasks"):
     finetune_finals(cfg, run_dir, store, log, progress)
   return chosen
 
 
-def distill_finals(cfg, run_dir: str, store, chosen: list[str], log: Callable, progress: bool) -> None:
-  """Regular distillation (final.schedule) of each chosen student into <run>/final/<arch>, saved and
-  exported to Hugging Face; a finished one is skipped, a failed one recorded and the next run."""
+def distill_finals(cfg, run_dir: str, store, chosen: list[str], log: Callable, progress: bool,
+                   distill: Callable) -> None:
+  """Regular distillation (final.schedule, by `distill`: trainer.distill with the search's context) of each
+  chosen student into <run>/final/<arch>, saved and exported to Hugging Face; a finished one is skipped, a
+  failed one recorded and the next run."""
   for name in chosen:
     interrupt.check("a final distillation boundary")
     done = {f["arch"]: f for f in store.finals()}
@@ -113,10 +120,9 @@ def distill_finals(cfg, run_dir: str, store, chosen: list[str], log: Callable, p
     log(f"search: regular distillation of {name} into {workdir}")
     measured = [t for t in store.trials("ok") if t["arch"] == name]  # its latency, for the model card
     try:
-      m = trainer.distill(name, cfg, cfg.final.schedule, workdir, resume=True, log=lambda msg: None,
-                          progress=progress, save_student=True,
-                          export_dir=os.path.join(workdir, "hf") if cfg.final.export_hf else None,
-                          card_latency=export.card_latency(measured[-1]) if measured else None)
+      m = distill(name, cfg, cfg.final.schedule, workdir, resume=True, log=lambda msg: None, progress=progress,
+                  save_student=True, export_dir=os.path.join(workdir, "hf") if cfg.final.export_hf else None,
+                  card_latency=export.card_latency(measured[-1]) if measured else None)
     except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
       raise
     except Exception as e:
@@ -126,7 +132,8 @@ def distill_finals(cfg, run_dir: str, store, chosen: list[str], log: Callable, p
     store.finish_final(name, "ok", metrics=m, checkpoint=m.get("student_checkpoint"), hf_dir=m.get("hf_dir"))
 
 
-def calibrate(cfg, run_dir: str, store, names, directions, chosen: list[str], log: Callable, progress: bool) -> None:
+def calibrate(cfg, run_dir: str, store, names, directions, chosen: list[str], log: Callable, progress: bool,
+              distill: Callable) -> None:
   """search.calibrate more students regularly distilled, to grade the accuracy proxy (report.md)."""
   k = int(cfg.search.get("calibrate", 0))
   if k > 0 and "mlm_accuracy" not in names:
@@ -137,6 +144,6 @@ def calibrate(cfg, run_dir: str, store, names, directions, chosen: list[str], lo
     todo = (calibration.todo(store, *report_lib.front(store.trials(), names, directions), chosen, k, log)
             if is_main else [])
     todo = [c for c in multihost.broadcast_str(",".join(todo)).split(",") if c]
-    calibration.distill_students(cfg, run_dir, todo, trainer.distill,
+    calibration.distill_students(cfg, run_dir, todo, distill,
                                  calibration.record_in(store) if is_main else (lambda name, entry: None), log,
                                  progress)

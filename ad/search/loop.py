@@ -47,7 +47,7 @@ from ad.search.measurement import SCALES, estimated_target, remote_target
 from ad.search.objectives import feasible_candidates, modelled_constraints, objective_spec, screening
 from ad.search.store import IN_FLIGHT, TrialStore
 from ad.search.trial import (check_baseline_checkpoint, failure_budget_check, next_trial, proxy_dir, proxy_of,
-                             run_trial, trial_target)
+                             run_trial, search_context, trial_target)
 from profiling import tpu
 
 
@@ -188,7 +188,8 @@ def check_same_search(old: dict, record: dict, store_path: str) -> None:
     raise ValueError(f"{store_path}: cannot resume, the config differs in {diff or ['designer']}")
 
 
-def _sequential_trials(cfg, run_dir, store, initial, des, names, designer, bar, record_scalars, hv_now, log) -> None:
+def _sequential_trials(cfg, run_dir, store, initial, des, names, designer, bar, record_scalars, hv_now, log,
+                       context) -> None:
   """One trial at a time in this process (on every process of a multi-host run: process 0
   decides and broadcasts, all train on the global mesh, process 0 records)."""
   s = cfg.search
@@ -215,7 +216,7 @@ def _sequential_trials(cfg, run_dir, store, initial, des, names, designer, bar, 
     else:
       row = existing
       store.restart_trial(row["id"])
-    r = run_trial(cfg, run_dir, store, row, names, log, designer_s)
+    r = run_trial(cfg, run_dir, store, row, names, log, designer_s, context=context)
     if is_main:
       record_scalars(r)
       if role not in report_lib.BASELINE_ROLES:
@@ -305,10 +306,12 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
 
   done_designed = lambda: sum(1 for t in store.trials()
                               if t["role"] not in report_lib.BASELINE_ROLES and t["status"] not in IN_FLIGHT)
+  context = search_context(cfg, names, log)  # the teacher and evaluation set every trial and final shares
   if proxy_of(cfg) != "flash":  # the SuperLM(s) every trial is extracted from: trained once, resumable
     log(f"search: accuracy proxy {proxy_of(cfg)}: training (or resuming) the SuperLM(s) in "
         f"{proxy_dir(run_dir, proxy_of(cfg))}")
-    superlm.ensure_trained(cfg, proxy_dir(run_dir, proxy_of(cfg)), proxy_of(cfg), log=log, progress=progress)
+    superlm.ensure_trained(cfg, proxy_dir(run_dir, proxy_of(cfg)), proxy_of(cfg), log=log, progress=progress,
+                           context=context)
   bar = tqdm(total=s.num_trials, initial=done_designed() if is_main else 0, disable=not (progress and is_main),
              dynamic_ncols=True, desc="search")
   try:
@@ -317,14 +320,15 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
                           on_result=record_scalars, hv_now=hv_now, log=log)
     else:
       store.set_meta("search_state", "sequential")  # a worker that joins is told there is nothing to claim
-      _sequential_trials(cfg, run_dir, store, initial, des, names, designer, bar, record_scalars, hv_now, log)
+      _sequential_trials(cfg, run_dir, store, initial, des, names, designer, bar, record_scalars, hv_now, log,
+                         context)
       store.set_meta("search_state", "done")
   finally:
     bar.close()
     if des is not None and hasattr(des, "close"):
       des.close()
 
-  finals.run_finals(cfg, run_dir, store, names, directions, log, progress)
+  finals.run_finals(cfg, run_dir, store, names, directions, log, progress, context)
 
   summary = {}
   if is_main:

@@ -250,7 +250,7 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
                      f"{cfg.search.measure.get('target') or 'its training workers (no search.measure.target)'}")
   log(f"worker {worker}: joined the search in {run_dir} ({store.path}) as {role}"
       + (f" for {target}" if target else "") + f", lease {lease:.0f}s")
-  ran = 0
+  ran, context = 0, None
   coordinator = int(os.environ.get("AD_COORDINATOR_PID") or 0)  # set for the workers `ad search` starts
   while not max_trials or ran < max_trials:
     interrupt.check("a trial boundary of the worker")
@@ -270,7 +270,9 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
     release = store.release_trial if role == "train" else store.release_measurement
     try:
       if role == "train":
-        r = trial.run_trial(cfg, run_dir, store, row, names, log, worker=worker)
+        if context is None:  # built once, at this worker's first training trial
+          context = trial.search_context(cfg, names, log)
+        r = trial.run_trial(cfg, run_dir, store, row, names, log, worker=worker, context=context)
       else:
         r = trial.run_measurement(cfg, run_dir, store, row, names, log, worker=worker)
     except interrupt.Interrupted:

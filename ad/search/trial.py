@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 from ad import files, interrupt, multihost, space as space_lib
 from ad.data import pretrain
-from ad.distill import evaluation, superlm, teacher_head, trainer
+from ad.distill import evaluation, superlm, trainer
+from ad.distill.context import TeacherContext
 from ad.models import hf, student as student_lib
 from ad.search import report as report_lib
 from ad.search.measurement import latency_verdict, measure, trace_dir_of
@@ -32,7 +33,7 @@ def proxy_dir(run_dir: str, proxy: str) -> str:
 
 def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, names, log: Callable,
                    measure_here: bool = True, proxy_workdir: str = "", lock_wait_s: float = 0.0,
-                   store=None) -> dict[str, Any]:
+                   store=None, context: TeacherContext | None = None) -> dict[str, Any]:
   """Measures, checks the latency constraint, flash-distills; returns the trial's record fields.
 
   The accuracy objectives come from the search's proxy (search.proxy): a flash distillation in
@@ -40,7 +41,8 @@ def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, name
   Raises on failure (the loop records the error); returns status 'infeasible' without training
   when the measured latency breaks constraints.max_latency_ms. With several processes, process
   0's measurement decides feasibility and every process follows it. measure_here=False: only
-  distills (a measure worker on the target measures the trial, search.measure.target).
+  distills (a measure worker on the target measures the trial, search.measure.target). context: the
+  search's teacher and evaluation set (ad/distill/context.py).
   """
   out = dict(measurement=None, measure_s=None, distill=None, distill_s=None)
   if measure_here:
@@ -56,9 +58,9 @@ def evaluate_trial(arch: space_lib.Arch, cfg, workdir: str, trace_dir: str, name
     proxy = proxy_of(cfg)
     if proxy == "flash":
       out["distill"] = trainer.distill(arch, cfg, "flash", workdir, resume=True, log=log, progress=False,
-                                       lock_wait_s=lock_wait_s)
+                                       lock_wait_s=lock_wait_s, context=context)
     else:  # extracted from the SuperLM(s) trained before the first trial, scored without training
-      out["distill"] = superlm.proxy_scores(arch, cfg, proxy_workdir, log=log)
+      out["distill"] = superlm.proxy_scores(arch, cfg, proxy_workdir, log=log, context=context)
     out["distill_s"] = time.time() - t0
   out["status"] = "ok"
   return out
@@ -89,7 +91,8 @@ def check_baseline_checkpoint(path: str, cfg) -> None:
                      f"{data_vocab}; its scores on the held-out set would mean nothing")
 
 
-def evaluate_checkpoint(path: str, cfg, trace_dir: str, log: Callable, store=None) -> dict[str, Any]:
+def evaluate_checkpoint(path: str, cfg, trace_dir: str, log: Callable, store=None,
+                        context: TeacherContext | None = None) -> dict[str, Any]:
   """A baseline checkpoint, as it is (no distillation): measured like a trial (its own shape, this
   backend, search.measure) and scored on the held-out evaluation set with its standard errors,
   teacher agreement against the search's teacher."""
@@ -98,12 +101,10 @@ def evaluate_checkpoint(path: str, cfg, trace_dir: str, log: Callable, store=Non
   measurement = measure(scfg.arch, cfg, trace_dir, model_cfg=section, store=store)
   measure_s = time.time() - t0
   t0 = time.time()
-  data_cfg = pretrain.config_from_dict(cfg.data)
-  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log, progress=False)
-  teacher, meta = teacher_head.load_for_training(teacher_dir, section["dtype"])
-  es = evaluation.build_eval_set(data_cfg, pretrain.load_vocab(data_cfg, meta["source_dir"]), log=log)
-  top1, _ = evaluation.teacher_reference(teacher_dir, teacher, es, log=log)
-  scores = evaluation.evaluate(hf.load_mobilebert(path, dtype=section["dtype"]), es, top1, what=path)
+  context = context or TeacherContext.build(cfg, log=log)
+  context.check_serves(cfg, section["dtype"])
+  scores = evaluation.evaluate(hf.load_mobilebert(path, dtype=section["dtype"]), context.eval_set,
+                               context.teacher_top1, what=path)
   scores.update(checkpoint=os.path.abspath(path), num_blocks=scfg.num_blocks)
   return dict(status="ok", measurement=measurement, measure_s=measure_s, distill=scores, distill_s=time.time() - t0)
 
@@ -125,10 +126,11 @@ def is_checkpoint_trial(name: str, cfg) -> bool:
 
 
 def trial_target(name: str, cfg, run_dir: str, names, measure_here: bool = True,
-                 lock_wait_s: float = 0.0, store=None) -> tuple[str, dict, Callable[[], dict]]:
+                 lock_wait_s: float = 0.0, store=None,
+                 context: TeacherContext | None = None) -> tuple[str, dict, Callable[[], dict]]:
   """(workdir, screening, evaluate) of a trial: a student of the space, or the baseline
   checkpoint (search.baseline_checkpoint, named by report.checkpoint_name; always measured
-  where it is scored)."""
+  where it is scored). context: the search's teacher and evaluation set, for `evaluate`."""
   s = cfg.search
   trace_dir = trace_dir_of(run_dir, name)
   if is_checkpoint_trial(name, cfg):
@@ -136,13 +138,21 @@ def trial_target(name: str, cfg, run_dir: str, names, measure_here: bool = True,
     model_cfg = checkpoint_model_cfg(ckpt_path, cfg)[0]
     screen = with_prediction(screening_of(model_cfg, s.measure.seq), model_cfg.arch, names, cfg)
     return (os.path.abspath(ckpt_path), screen,
-            lambda: evaluate_checkpoint(ckpt_path, cfg, trace_dir, log=lambda m: None, store=store))
+            lambda: evaluate_checkpoint(ckpt_path, cfg, trace_dir, log=lambda m: None, store=store, context=context))
   arch = space_lib.Arch.parse(name)
   workdir = os.path.join(run_dir, "trials", arch.name)
   return (workdir, with_prediction(screening(arch, cfg.model, s.measure.seq), arch, names, cfg),
           lambda: evaluate_trial(arch, cfg, workdir, trace_dir, names, log=lambda m: None, measure_here=measure_here,
                                  proxy_workdir=proxy_dir(run_dir, proxy_of(cfg)), lock_wait_s=lock_wait_s,
-                                 store=store))
+                                 store=store, context=context))
+
+
+def search_context(cfg, names, log: Callable) -> TeacherContext | None:
+  """The teacher context a process running the search's trials builds once (ad/distill/context.py):
+  when its trials are scored (a trained objective, or a baseline checkpoint), else None."""
+  if not (set(TRAINED) & set(names) or cfg.search.get("baseline_checkpoint")):
+    return None
+  return TeacherContext.build(cfg, log=log)
 
 
 def finish_joined(cfg, store, row: dict, names, log: Callable) -> dict:
@@ -186,17 +196,18 @@ def run_measurement(cfg, run_dir: str, store, row: dict, names, log: Callable, w
 
 
 def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designer_s: float = 0.0,
-              worker: str | None = None) -> dict:
+              worker: str | None = None, context: TeacherContext | None = None) -> dict:
   """Evaluates the trial of store row `row` (already started or claimed) and records it: its
   objectives, or 'failed' with the error (a NaN, an OOM, a damaged checkpoint: the search goes
-  on). With `worker`, the result is written only while that worker still holds the trial."""
+  on). With `worker`, the result is written only while that worker still holds the trial.
+  context: the search's teacher and evaluation set (search_context)."""
   name = row["arch"]
   remote = bool(row.get("measure_target")) and not is_checkpoint_trial(name, cfg)  # measured by a measure worker
   # A worker that took the trial over waits up to a lease for its previous holder, alive but late,
   # to learn it lost the trial (its heartbeat) and let go of the workdir.
   wait = float(cfg.search.workers.lease_s) if worker else 0.0
   workdir, screen, evaluate = trial_target(name, cfg, run_dir, names, measure_here=not remote, lock_wait_s=wait,
-                                           store=store)
+                                           store=store, context=context)
   try:
     r = evaluate()
   except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
