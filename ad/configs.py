@@ -8,6 +8,7 @@ locked, so a typo in a key is an error that names it.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import os
 from typing import Sequence
@@ -138,3 +139,21 @@ def check_range(name: str, value, *, low=None, high=None, low_open: bool = False
       high is None or (v < high if high_open else v <= high))
   if not ok:
     raise ValueError(f"{name}={value!r}: expected a finite number {want}")
+
+
+def section(cls, given, name: str, **fixed):
+  """The one parser of a typed config section: the dataclass `cls` from the mapping `given` (the
+  config's section `name`), with the dataclass's defaults where a key is absent. An unknown key is
+  an error naming the section, the key and the keys it knows; a list given for a tuple-valued field
+  becomes a tuple (a config file may write either). `fixed`: fields the caller sets, which the
+  section may not (a student's arch, given apart from its model section)."""
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  known = sorted(set(fields) - set(fixed))
+  given = dict(given or {})
+  unknown = sorted(set(given) - set(known))
+  if unknown:
+    raise ValueError(f"config.{name} has unknown keys {unknown}; known: {known}")
+  for k, v in given.items():
+    if isinstance(fields[k].default, tuple) and isinstance(v, (list, tuple)):
+      given[k] = tuple(v)
+  return cls(**given, **fixed)

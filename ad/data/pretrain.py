@@ -35,6 +35,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from ad import configs
 from ad.data import sources, tf_setup, vocab as vocab_lib
 from ad.models import hf
 
@@ -74,14 +75,7 @@ class DataConfig:
 
 
 def config_from_dict(d) -> DataConfig:
-  fields = {f.name for f in dataclasses.fields(DataConfig)}
-  unknown = sorted(set(d) - fields)
-  if unknown:
-    raise ValueError(f"config.data has unknown keys {unknown}; known: {sorted(fields)}")
-  d = dict(d)
-  if "sources" in d:
-    d["sources"] = tuple(d["sources"])
-  return DataConfig(**d)
+  return configs.section(DataConfig, d, "data")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,17 +92,13 @@ def config_from(cfg) -> SuperLMConfig:
   if "superlm" not in cfg:
     raise ValueError("the config has no `superlm` section (experiments/configs/common.py superlm() makes one)")
   given = dict(cfg.superlm)
-  fewshot = dict(given.pop("fewshot", {}))
-  fields = {f.name for f in dataclasses.fields(SuperLMConfig)}
-  unknown = sorted(set(given) - fields) + sorted(f"fewshot.{k}" for k in set(fewshot) - {"count", "factor"})
+  fewshot = dict(given.pop("fewshot", {}))  # superlm.fewshot.{count, factor}: the fields fewshot_{count, factor}
+  unknown = sorted(f"fewshot.{k}" for k in set(fewshot) - {"count", "factor"})
   if unknown:
-    known = sorted(fields - {"fewshot_count", "fewshot_factor"}) + ["fewshot.count", "fewshot.factor"]
-    raise ValueError(f"config.superlm has unknown keys {unknown}; known: {known}")
-  if "count" in fewshot:
-    given["fewshot_count"] = int(fewshot["count"])
-  if "factor" in fewshot:
-    given["fewshot_factor"] = str(fewshot["factor"])
-  return SuperLMConfig(**given)
+    raise ValueError(f"config.superlm has unknown keys {unknown}; known: ['fewshot.count', 'fewshot.factor']")
+  return configs.section(SuperLMConfig, given, "superlm",
+                         fewshot_count=int(fewshot.get("count", SuperLMConfig.fewshot_count)),
+                         fewshot_factor=str(fewshot.get("factor", SuperLMConfig.fewshot_factor)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -116,11 +116,7 @@ def config_from(cfg_distill, schedule: str) -> DistillConfig:
     raise ValueError(f"schedule {schedule!r}: the config defines {sorted(schedules)} under distill")
   base = {k: v for k, v in d.items() if k not in schedules}
   base.update(dict(schedules[schedule]))
-  fields = {f.name for f in dataclasses.fields(DistillConfig)}
-  unknown = sorted(set(base) - fields)
-  if unknown:
-    raise ValueError(f"config.distill has unknown keys {unknown}; known: {sorted(fields)}")
-  return DistillConfig(**base)
+  return configs.section(DistillConfig, base, "distill")
 
 
 # ---------------------------------------------------------------------------------------------

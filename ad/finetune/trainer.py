@@ -77,12 +77,7 @@ class FinetuneConfig:
 
 
 def config_from_dict(d) -> FinetuneConfig:
-  d = dict(d or {})
-  fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-  unknown = sorted(set(d) - fields)
-  if unknown:
-    raise ValueError(f"config.finetune has unknown keys {unknown}; known: {sorted(fields)}")
-  return FinetuneConfig(**d)
+  return configs.section(FinetuneConfig, d, "finetune")
 
 
 # ---------------------------------------------------------------------------------------------

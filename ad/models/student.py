@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from ad import configs
 from ad.models import layers, stack
 from ad.space import Arch
 from ad.train import sharding
@@ -363,13 +364,9 @@ def count_module_params(module: nnx.Module) -> int:
 
 def config_from_dict(arch: Arch | str, model_cfg, **overrides) -> StudentConfig:
   """StudentConfig from a config's `model` section; unknown keys are errors that name them."""
-  fields = {f.name for f in dataclasses.fields(StudentConfig)} - {"arch"}
   given = dict(model_cfg) if model_cfg is not None else {}
-  unknown = sorted(set(given) - fields)
-  if unknown:
-    raise ValueError(f"config.model has unknown keys {unknown}; known: {sorted(fields)}")
   given.update({k: v for k, v in overrides.items() if v is not None})
-  return StudentConfig(arch=Arch.parse(arch), **given)
+  return configs.section(StudentConfig, given, "model", arch=Arch.parse(arch))
 
 
 def model_section(cfg: StudentConfig) -> dict:
