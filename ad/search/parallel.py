@@ -1,9 +1,12 @@
 """Parallel trials over the shared trial store: `ad search --workers N` and `ad worker`.
 
 The coordinator (the `ad search` process) owns the designer. It keeps up to N trials queued or
-running in the store, asking the designer for one point at a time with the trials in flight
-removed from the candidates: none is suggested twice, but the GP and its acquisition are not
-conditioned on them, so N suggestions can sit side by side. It starts N local worker processes,
+running in the store, asking the designer for one point at a time and passing the trials in
+flight as pending points: none is suggested twice, and with search.bo.pending = 'believer' (the
+default) the BO designer's GPs are also conditioned on them (Kriging believer: each observed at
+its predicted mean), so that EHVI does not place N suggestions side by side; 'hippo' penalizes
+candidates predicted close to a pending point, 'exclude' only removes the pending points
+(ad/search/trieste_service.py; experiments/README.md compares them). It starts N local worker processes,
 each pinned to its share of the CPU cores (and of the GPUs, by CUDA_VISIBLE_DEVICES). Workers
 (`ad worker`, local or on other machines against the same store) claim a trial atomically, renew
 a lease on it from a heartbeat thread while they run it, and write its result only while they

@@ -198,11 +198,9 @@ def test_compiled_programs_do_not_grow_with_the_block_count_and_every_stage_ends
   With checkpoint_every longer than the run, every stage's end is still checkpointed, so an
   interrupted run resumes at its last finished stage."""
   import jax
-  from ad.distill import teacher_head
   got = {}
   for k in (8, 1):
-    jax.clear_caches()  # both runs compile from nothing
-    teacher_head._LOADED.clear()
+    jax.clear_caches()  # both runs compile from nothing (and each loads its own teacher: ad/distill/context.py)
     m = _run(tmp_path / f"k{k}", tiny_teacher, **{"model.num_blocks": k, "distill.mesh_data": 1,
                                                   "distill.flash.steps_per_block": 1,
                                                   "distill.checkpoint_every": 1000, "distill.keep_checkpoints": 20})
