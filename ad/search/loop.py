@@ -32,7 +32,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import tensorflow as tf  # TensorBoard scalars (already loaded by the data pipeline)
 from tqdm import tqdm
 
 from ad import configs, files, interrupt, multihost, space as space_lib
@@ -48,6 +47,7 @@ from ad.search.objectives import feasible_candidates, modelled_constraints, obje
 from ad.search.store import IN_FLIGHT, TrialStore
 from ad.search.trial import (check_baseline_checkpoint, failure_budget_check, next_trial, proxy_dir, proxy_of,
                              run_trial, search_context, trial_target)
+from ad.train.steps import MetricsWriter
 from profiling import tpu
 
 
@@ -255,7 +255,7 @@ def run_search(cfg, run_dir: str, *, resume: bool = False, designer: str | None 
 
 def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log, progress, workers,
                 store_url) -> dict[str, Any]:
-  tf_setup.hide_accelerators_from_tf()  # before TF's first op (the TensorBoard writer below)
+  tf_setup.hide_accelerators_from_tf()  # before TensorFlow's first op (the TensorBoard writer below)
 
   s = cfg.search
   names, directions, reference = spec
@@ -288,7 +288,7 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
                                      constraints=modelled_constraints(cfg))
          if is_main else None)
   initial = designers_lib.initial_design(cands, s.num_initial, s.seed)
-  writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb")) if is_main else None
+  writer = MetricsWriter(os.path.join(run_dir, "tb"), enabled=is_main)
 
   def hv_now() -> float:
     ok = [t for t in store.trials() if t["status"] == "ok" and t["role"] not in report_lib.BASELINE_ROLES]
@@ -296,12 +296,8 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
                               pareto.to_min([reference_now()], directions)[0]) if ok else 0.0
 
   def record_scalars(r: dict) -> None:
-    n = len(store.trials())
-    with writer.as_default(step=n):
-      if r["status"] == "ok":
-        for k, v in r["objectives"].items():
-          tf.summary.scalar(f"trial/{k}", v)
-      tf.summary.scalar("search/hypervolume", hv_now())
+    trial_values = {f"trial/{k}": v for k, v in r["objectives"].items()} if r["status"] == "ok" else {}
+    writer.scalars(len(store.trials()), {**trial_values, "search/hypervolume": hv_now()})
     writer.flush()
 
   done_designed = lambda: sum(1 for t in store.trials()
