@@ -7,10 +7,10 @@ import os
 import sys
 
 from ad import configs
-from ad.train import sharding
 from ad.search import loop, parallel
 from ad.search.designers import OptimizerServiceError
 from ad.search.trial import SearchStopped
+from ad.train import sharding
 
 # The errors these commands end with a message rather than a traceback (beside ad/cli.py's USER_ERRORS).
 ERRORS = (SearchStopped, OptimizerServiceError)

@@ -10,9 +10,9 @@ import sys
 from ad import configs, export, space as space_lib
 from ad.data import pretrain
 from ad.distill import evaluation, superlm, teacher_head, trainer
-from ad.train import sharding
 from ad.finetune import trainer as finetune_lib
 from ad.search import report
+from ad.train import sharding
 
 
 def cmd_teacher(args) -> int:

@@ -52,12 +52,14 @@ def remeasure_front(cfg, run_dir: str, store, names, directions, log: Callable) 
   return out
 
 
-def finetune_finals(cfg, run_dir: str, store, log: Callable, progress: bool) -> None:
+def finetune_finals(cfg, run_dir: str, store, log: Callable, progress: bool, teacher_dir: str | None = None) -> None:
   """Fine-tunes every finished final (the baseline's included) and the teacher on each of
-  final.finetune_tasks, recording each run in the store; a finished one is not run again."""
+  final.finetune_tasks, recording each run in the store; a finished one is not run again.
+  teacher_dir: the prepared teacher (the search's context has it; found from the config when not given)."""
   fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
-  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, pretrain.config_from_dict(cfg.data), log=log,
-                                                    progress=False)
+  if teacher_dir is None:
+    teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, pretrain.config_from_dict(cfg.data), log=log,
+                                                      progress=False)
   models = [(f["arch"], os.path.join(rundir.finals_dir(run_dir), f["arch"]))
             for f in store.finals() if f["status"] == "ok"]
   models.append(("teacher", teacher_dir))
@@ -101,7 +103,7 @@ def run_finals(cfg, run_dir: str, store, names, directions, log: Callable, progr
   distill_finals(cfg, run_dir, store, chosen, log, progress, distill)
   calibrate(cfg, run_dir, store, names, directions, chosen, log, progress, distill)
   if is_main and cfg.final.get("finetune_tasks"):
-    finetune_finals(cfg, run_dir, store, log, progress)
+    finetune_finals(cfg, run_dir, store, log, progress, context.teacher_dir if context else None)
   return chosen
 
 
