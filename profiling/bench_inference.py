@@ -87,7 +87,6 @@ def _hf_model(student, tmp: str):
 def bench_arch(arch: str, *, blocks: int, batch: int, seq: int, rounds: int, calls: int, torch_compile: bool,
                log=print) -> dict:
   import jax
-  import jax.numpy as jnp
   import torch
   from flax import nnx
 

@@ -21,7 +21,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kernels import fused_attention, fused_ffn
 from profiling import harness, peaks as peaks_lib
