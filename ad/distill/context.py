@@ -27,7 +27,6 @@ class TeacherContext:
   teacher_section: dict  # the config's teacher section it was built for
   teacher_dir: str  # the prepared teacher (teacher_head.prepare_from_config)
   teacher: Any  # teacher_head.Teacher, in `dtype`
-  teacher_meta: dict
   dtype: str  # the students' compute dtype, the teacher's too
   vocab: vocab_lib.WordPieceVocabulary
   eval_set: evaluation.EvalSet
@@ -45,7 +44,7 @@ class TeacherContext:
     vocab = pretrain.load_vocab(data_cfg, meta["source_dir"])
     eval_set = evaluation.build_eval_set(data_cfg, vocab, log=log)
     top1, scores = evaluation.teacher_reference(teacher_dir, teacher, eval_set, log=log)
-    return cls(data_cfg, dict(cfg.teacher), teacher_dir, teacher, meta, dtype, vocab, eval_set, top1, scores)
+    return cls(data_cfg, dict(cfg.teacher), teacher_dir, teacher, dtype, vocab, eval_set, top1, scores)
 
   def check_serves(self, cfg, dtype: str) -> None:
     """A context serves only the runs of its own data and teacher sections, in its compute dtype."""

@@ -60,7 +60,7 @@ class StepLoop:
   def __init__(self, *, start: int, total: int, what: str, desc: str, progress: bool, is_main: bool,
                loss_log: LossLog, writer: MetricsWriter, log_every: int, checkpoint_every: int,
                save: Callable[[int, Any], None]):
-    self.step, self.total, self.what = start, total, what
+    self.step, self.what = start, what
     self.loss_log, self.writer, self.log_every, self.checkpoint_every = loss_log, writer, log_every, checkpoint_every
     self._save = save
     self.bar = tqdm(total=total, initial=start, disable=not (progress and is_main), dynamic_ncols=True, desc=desc)

@@ -14,7 +14,7 @@ def test_a_context_serves_only_runs_of_its_own_data_teacher_and_dtype():
   cfg = configs.load_config("quickstart", distill_overrides("/nonexistent/teacher"))
   # What build() would hold for this config, without preparing a teacher (only the sections matter here).
   context = TeacherContext(data_cfg=pretrain.config_from_dict(cfg.data), teacher_section=dict(cfg.teacher),
-                           teacher_dir="", teacher=None, teacher_meta={}, dtype="float32", vocab=None, eval_set=None,
+                           teacher_dir="", teacher=None, dtype="float32", vocab=None, eval_set=None,
                            teacher_top1=None, teacher_scores={})
   context.check_serves(cfg, "float32")
   context.check_serves(cfg, "f4")  # the same dtype, spelled another way
