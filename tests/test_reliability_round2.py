@@ -294,7 +294,6 @@ def test_written_files_follow_the_umask(finished_student, tmp_path):
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o644, p
 
 
-@pytest.mark.serial
 def test_ctrl_c_stops_a_fine_tuning_with_exit_130(tmp_path, tiny_teacher):
   args = [sys.executable, "-m", "ad.cli", "finetune", "--checkpoint", tiny_teacher, "--task", "rotten_tomatoes",
           "--workdir", str(tmp_path / "ft"), "--config", "quickstart", "--set", "finetune.seq_len=32",
