@@ -59,17 +59,6 @@ socket.socket.connect = _guarded_connect  # every test, and everything it import
 socket.socket.connect_ex = _guarded_connect_ex
 
 
-def pytest_collection_modifyitems(config, items):
-  """Tests that need the tiny teacher run before those that do not (each group in its own order).
-  pytest-xdist's worksteal hands the first half of the collection to one worker and the second half
-  to the other, then moves work from the end of the longer queue: so one worker prepares the teacher
-  and runs the heavy teacher tests (the end-to-end searches and distillations) while the other runs
-  teacher-free ones, and the last tests of the run are cheap ones. In collection order both workers
-  met a teacher test early, and one of them waited out the other's 40 s of preparation (it is locked:
-  see tiny_teacher)."""
-  items.sort(key=lambda item: "tiny_teacher" not in getattr(item, "fixturenames", ()))  # stable sort
-
-
 TINY_DATA = dict(seq_len=32, max_predictions=5, eval_masked_tokens=256, validation_percent=2.0)
 
 
