@@ -123,6 +123,27 @@ def distill_overrides(teacher_dir: str, **extra) -> list[str]:
   return [f"{k}={v}" for k, v in base.items()]
 
 
+# One search space for every search test: four one-block students, the baseline among them. A
+# student's programs (its distillation, evaluation and latency measurement) are compiled by the
+# first test that trains or times it and loaded from the session's persistent compilation cache by
+# every later one; with a space per test, each compiled its own (35 s of a two-trial search's 64).
+# The baseline is the last of the four in the initial design's order for seed 0, so that a search
+# of up to three trials never draws it as an initial trial.
+SEARCH_BASELINE = "128_64_1_256_2"
+
+
+def search_overrides(teacher_dir: str, **extra) -> list[str]:
+  """Config overrides for a seconds-long search on the CPU over the shared four-student space."""
+  base = {"model.num_blocks": 1, "space.hidden": "[128]", "space.bottleneck": "[64]", "space.heads": "[1, 2]",
+          "space.intermediate": "[256]", "space.num_ffn": "[1, 2]", "search.baseline_arch": SEARCH_BASELINE,
+          "search.measure.seq": 32, "search.measure.max_reps": 20,
+          "distill.flash.steps_per_block": 1, "distill.flash.pretrain_steps": 2,
+          "distill.regular.steps_per_block": 1, "distill.regular.pretrain_steps": 3, "distill.regular.warmup_steps": 1,
+          "final.count": 0, "distill.mesh_data": 1}  # one device: sharding is tested in tests/distill
+  base.update(extra)
+  return distill_overrides(teacher_dir, **base)
+
+
 def write_tiny_mobilebert(out_dir, **options) -> str:
   """A small MobileBERT-family checkpoint written by transformers itself (random weights, seed 0),
   with the packaged teacher's vocab.txt: an IB-BERT-style teacher or a baseline checkpoint.

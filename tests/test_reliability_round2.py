@@ -18,7 +18,7 @@ import pytest
 from ad import cli, configs, export, files
 from ad.finetune import trainer as finetune_lib
 from ad.search import loop, parallel, store as store_lib
-from tests.conftest import distill_overrides
+from tests.conftest import SEARCH_BASELINE, distill_overrides, search_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSWORD = "Pw9-leak-canary"
@@ -40,14 +40,8 @@ def read_only(path):
 
 
 def _search_overrides(teacher, **extra):
-  base = {"model.num_blocks": 1, "space.hidden": "[128]", "space.bottleneck": "[64]", "space.heads": "[1, 2]",
-          "space.intermediate": "[256]", "space.num_ffn": "[1]", "search.baseline_arch": "128_64_2_256_1",
-          "search.measure.seq": 32, "search.measure.max_reps": 20, "search.designer": "random",
-          "search.num_initial": 1, "search.num_trials": 1, "distill.flash.steps_per_block": 1,
-          "distill.flash.pretrain_steps": 2, "distill.regular.steps_per_block": 1, "distill.regular.pretrain_steps": 2,
-          "distill.regular.warmup_steps": 1, "final.count": 0, "distill.mesh_data": 1}
-  base.update(extra)
-  return distill_overrides(teacher, **base)
+  return search_overrides(teacher, **{"search.designer": "random", "search.num_initial": 1, "search.num_trials": 1,
+                                      "distill.regular.pretrain_steps": 2, **extra})
 
 
 def _pg_url(postgres, database):
@@ -118,7 +112,7 @@ def test_a_postgresql_password_is_written_nowhere_in_a_finished_run(tmp_path, ti
   summary = json.loads(capsys.readouterr().out)
   final, base_final = summary["finals"]  # the knee, then the baseline (a like-for-like final comparison)
   assert final["status"] == base_final["status"] == "ok" and final["mlm_accuracy_se"] > 0
-  assert final["arch"] in {p["arch"] for p in summary["pareto"]} and base_final["arch"] == "128_64_2_256_1"
+  assert final["arch"] in {p["arch"] for p in summary["pareto"]} and base_final["arch"] == SEARCH_BASELINE
   assert os.path.isdir(final["checkpoint"]) and os.path.isfile(os.path.join(final["hf_dir"], "model.safetensors"))
   from ad.models import hf
   assert hf.load_mobilebert(final["hf_dir"]).cfg.arch.name == final["arch"]
@@ -239,22 +233,30 @@ def test_rows_of_the_wrong_shape_name_the_row_and_column(tmp_path, column, value
   assert "trial 1 (128_64_1_384_1)" in err and f"'{column}'" in err and says in err and "Traceback" not in err
 
 
-@pytest.fixture
-def finished_student(tmp_path):
-  """A distillation workdir holding a finished student (student.json + student/), made directly."""
+@pytest.fixture(scope="module")
+def student_params():
+  """A one-block student's config and parameters, made once for this module's export tests."""
   from flax import nnx
+  from ad.train.params import Rebuild
+  from ad.models import student as student_lib
+  scfg = student_lib.config_from_dict("128_64_2_256_1", configs.load_config("quickstart").model, num_blocks=1)
+  return scfg, Rebuild(student_lib.Student(scfg, nnx.Rngs(0))).params
+
+
+@pytest.fixture
+def finished_student(tmp_path, student_params):
+  """A distillation workdir holding a finished student (student.json + student/), made directly."""
+  import jax
   from ad.data import pretrain
   from ad.train import checkpoints
-  from ad.train.params import Rebuild
-  from ad.models import hf, student as student_lib
+  from ad.models import hf
+  scfg, params = student_params
   wd = tmp_path / "wd"
   wd.mkdir()
-  cfg = configs.load_config("quickstart")
-  scfg = student_lib.config_from_dict("128_64_2_256_1", cfg.model, num_blocks=1)
-  data_cfg = pretrain.config_from_dict(cfg.data)
+  data_cfg = pretrain.config_from_dict(configs.load_config("quickstart").data)
   export.write_student_info(str(wd), scfg, pretrain.load_vocab(data_cfg, hf.minilm_dir()), data_cfg, "teacher",
                             "flash")
-  params = Rebuild(student_lib.Student(scfg, nnx.Rngs(0))).params
+  params = jax.tree.map(lambda x: x, params)  # a test's own copy of the dict tree: tests change leaves
   return wd, params, lambda p: checkpoints.save_student_params(str(wd), p)
 
 

@@ -17,7 +17,7 @@ from ad import space as space_lib
 from ad.distill import evaluation, superlm
 from ad.train.params import Rebuild
 from ad.models import student as student_lib
-from tests.conftest import distill_overrides
+from tests.conftest import SEARCH_BASELINE, distill_overrides
 
 SMALL_SPACE = space_lib.DesignSpace(hidden=(64, 96), bottleneck=(32, 48), heads=(1, 2, 4), intermediate=(48, 64),
                                     num_ffn=(1, 2, 3))
@@ -127,7 +127,7 @@ def test_superlm_resumes_exactly_scores_extracted_students_and_serves_a_search(t
   assert [r["lr"] for r in on_eight[:2]] == [r["lr"] for r in recs[:2]]
   np.testing.assert_allclose([r["sub_losses"] for r in on_eight], [r["sub_losses"] for r in recs[:3]], rtol=2e-5)
 
-  arch = "128_64_2_256_1"
+  arch = "128_64_2_256_2"  # the search tests' first initial trial: its programs come from the cache
   r = superlm.proxy_scores(arch, cfg, str(tmp_path / "whole"), log=lambda m: None)
   assert 0 <= r["mlm_accuracy"] <= 1 and r["mlm_accuracy_se"] > 0 and r["arch"] == arch
   from ad.data import pretrain
@@ -170,7 +170,7 @@ def _search_with(proxy, tmp_path, tiny_teacher):
   """A search with `proxy` end to end (baseline + 1 trial), then resumed; checks and returns its run dir."""
   from ad.search import loop, store as store_lib
   cfg = _cfg(tiny_teacher, **{"search.proxy": proxy, "search.num_initial": 1, "search.num_trials": 1,
-                              "search.designer": "random", "search.baseline_arch": "128_64_2_256_2",
+                              "search.designer": "random", "search.baseline_arch": SEARCH_BASELINE,
                               "search.measure.seq": 32, "search.measure.max_reps": 20, "final.count": 0})
   run_dir = str(tmp_path / f"search_{proxy}")
   summary = loop.run_search(cfg, run_dir, log=lambda m: None, progress=False)

@@ -15,15 +15,15 @@ from ad import cli, configs
 from ad.data import pretrain
 from ad.distill import losses, teacher_head, trainer
 from ad.train import steps as steps_lib
-from tests.conftest import distill_overrides
+from tests.conftest import SEARCH_BASELINE, distill_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARCH = "128_64_2_384_2"
 
 
-def _run(workdir, teacher, resume=False, export_dir=None, **extra):
+def _run(workdir, teacher, resume=False, export_dir=None, arch=ARCH, **extra):
   cfg = configs.load_config("quickstart", distill_overrides(teacher, **extra))
-  return trainer.distill(ARCH, cfg, "flash", str(workdir), resume=resume, log=lambda *_: None, progress=False,
+  return trainer.distill(arch, cfg, "flash", str(workdir), resume=resume, log=lambda *_: None, progress=False,
                          save_student=export_dir is not None, export_dir=export_dir)
 
 
@@ -200,8 +200,9 @@ def test_compiled_programs_do_not_grow_with_the_block_count_and_every_stage_ends
   import jax
   got = {}
   for k in (8, 1):
-    jax.clear_caches()  # both runs compile from nothing (and each loads its own teacher: ad/distill/context.py)
-    m = _run(tmp_path / f"k{k}", tiny_teacher, **{"model.num_blocks": k, "distill.mesh_data": 1,
+    jax.clear_caches()  # both runs compile or load every program (each loads its own teacher: ad/distill/context.py)
+    # The search tests' baseline: at one block, the search tests' programs (tests/conftest.py search_overrides)
+    m = _run(tmp_path / f"k{k}", tiny_teacher, arch=SEARCH_BASELINE, **{"model.num_blocks": k, "distill.mesh_data": 1,
                                                   "distill.flash.steps_per_block": 1,
                                                   "distill.checkpoint_every": 1000, "distill.keep_checkpoints": 20})
     got[k] = (m["programs_compiled"], m["compiled_steps"])

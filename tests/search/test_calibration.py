@@ -9,7 +9,7 @@ import pytest
 
 from ad import configs
 from ad.search import calibration, loop, store as store_lib
-from tests.search.test_search_loop import _overrides
+from tests.conftest import search_overrides
 
 SEQUENCES = 400  # per-sequence counts of a shared evaluation set, 5 masked tokens each
 
@@ -68,7 +68,7 @@ def test_bad_calibration_and_constraint_settings_are_refused_naming_the_value(tm
            (lambda c: setattr(c.constraints, "max_lat", 3.0),  # a typo in a config file
             r"constraints.max_lat: unknown constraint; expected one of")]
   for edit, match in cases:
-    cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{"search.num_initial": 1,
+    cfg = configs.load_config("quickstart", search_overrides(tiny_teacher, **{"search.num_initial": 1,
                                                                         "search.num_trials": 2}))
     with cfg.unlocked():
       edit(cfg)
@@ -81,7 +81,7 @@ def test_a_calibrated_search_grades_its_proxy_and_a_resume_distills_nothing_agai
   """Two search students (no baseline), one final (the knee), search.calibrate = 5: the other
   student, the only one left, is regular-distilled, recorded, graded in report.md and summary.json
   beside the final; a resumed search finds it done."""
-  cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{
+  cfg = configs.load_config("quickstart", search_overrides(tiny_teacher, **{
       "search.designer": "random", "search.num_initial": 2, "search.num_trials": 2, "search.baseline_arch": "",
       "final.count": 1, "final.include_baseline": False, "final.export_hf": False, "search.calibrate": 5,
       "search.measure.reference": ""}))

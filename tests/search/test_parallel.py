@@ -14,7 +14,8 @@ import pytest
 
 from ad import startup
 from ad.search import store as store_lib
-from tests.search.test_search_loop import ROOT, _overrides, _rows
+from tests.conftest import search_overrides
+from tests.search.test_search_loop import ROOT, _rows
 
 
 @pytest.mark.serial  # two worker processes of its own: on the 2-core machine, not beside another test
@@ -22,7 +23,7 @@ def test_two_workers_finish_a_search_and_a_killed_workers_trial_is_taken_over(tm
   run_dir = str(tmp_path / "search")
   args = [sys.executable, "-m", "ad.cli", "search", "--config", "quickstart", "--run-dir", run_dir, "--no-progress",
           "--workers", "2"]
-  args += [f"--set={o}" for o in _overrides(tiny_teacher, **{
+  args += [f"--set={o}" for o in search_overrides(tiny_teacher, **{
       "search.num_initial": 2, "search.num_trials": 2, "search.designer": "random", "search.baseline_arch": "",
       "search.workers.lease_s": 15.0, "search.workers.poll_s": 0.2})]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -115,7 +116,7 @@ def test_measurement_on_another_worker_class_and_a_restarted_coordinator_over_po
   run_dir = str(tmp_path / "search")
   search = [sys.executable, "-m", "ad.cli", "search", "--config", "quickstart", "--run-dir", run_dir, "--no-progress",
             "--store", url]
-  search += [f"--set={o}" for o in _overrides(tiny_teacher, **{
+  search += [f"--set={o}" for o in search_overrides(tiny_teacher, **{
       "search.num_initial": 1, "search.num_trials": 1, "search.designer": "random", "search.baseline_arch": "",
       "search.measure.target": "cpu-b", "search.workers.poll_s": 0.2})]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -159,7 +160,7 @@ def test_a_trial_taken_over_from_a_live_holder_goes_back_to_the_queue_and_never_
   trial once A lets go within the lease is the lock's own wait: test_a_lock_is_waited_for_...)"""
   from ad import configs, files
   from ad.search import trial
-  cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{
+  cfg = configs.load_config("quickstart", search_overrides(tiny_teacher, **{
       "search.num_initial": 1, "search.num_trials": 1, "search.baseline_arch": "",
       "search.workers.lease_s": 5.0, "search.workers.poll_s": 0.2}))
   names = [o["name"] for o in cfg.search.objectives]

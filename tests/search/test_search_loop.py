@@ -14,21 +14,9 @@ import pytest
 
 from ad import cli, configs, space
 from ad.search import designers, loop, measurement, objectives, report, store as store_lib, trial
-from tests.conftest import distill_overrides
+from tests.conftest import SEARCH_BASELINE, search_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BASELINE = "128_64_2_256_2"
-
-
-def _overrides(teacher, **extra):
-  base = {"model.num_blocks": 1, "space.hidden": "[128, 256]", "space.bottleneck": "[64]",
-          "space.heads": "[1, 2]", "space.intermediate": "[256, 384]", "space.num_ffn": "[1, 2]",
-          "search.baseline_arch": BASELINE, "search.measure.seq": 32, "search.measure.max_reps": 20,
-          "distill.flash.steps_per_block": 1, "distill.flash.pretrain_steps": 2,
-          "distill.regular.steps_per_block": 1, "distill.regular.pretrain_steps": 3, "distill.regular.warmup_steps": 1,
-          "final.count": 0, "distill.mesh_data": 1}  # one device: sharding is tested in tests/distill
-  base.update(extra)
-  return distill_overrides(teacher, **base)
 
 
 def _rows(run_dir):
@@ -54,8 +42,9 @@ def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_
   search had suggests the same architecture (the finals, their export and model cards are
   test_reliability_round2.py::test_a_postgresql_password_is_written_nowhere_in_a_finished_run's)."""
   run_dir = str(tmp_path / "search")
-  overrides = _overrides(tiny_teacher, **{"search.num_initial": 1, "search.num_trials": 2, "search.designer": "bo",
-                                           "search.measure.scale": "run"})  # checked against its first reading
+  overrides = search_overrides(tiny_teacher, **{"search.num_initial": 1, "search.num_trials": 2,
+                                                 "search.designer": "bo",
+                                                 "search.measure.scale": "run"})  # checked against its first reading
   args = [sys.executable, "-m", "ad.cli", "search", "--config", "quickstart", "--run-dir", run_dir, "--no-progress"]
   args += [f"--set={o}" for o in overrides]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -69,7 +58,7 @@ def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
   before = {r["arch"]: r for r in _rows(run_dir) if r["status"] != "running"}
-  assert len(before) >= 2 and before[BASELINE]["role"] == "baseline"
+  assert len(before) >= 2 and before[SEARCH_BASELINE]["role"] == "baseline"
 
   done = subprocess.run(args + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-4000:]
@@ -98,10 +87,10 @@ def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_
   db = store_lib.TrialStore(run_dir, readonly=True)
   scale, remeasured = db.get_meta(measurement.LATENCY_SCALE_KEY), db.get_meta(report.REMEASURED_KEY)
   db.close()
-  assert scale["arch"] == BASELINE and scale["ms"] == json.loads(rows[0]["measurement"])["reference_ms_median"]
+  assert scale["arch"] == SEARCH_BASELINE and scale["ms"] == json.loads(rows[0]["measurement"])["reference_ms_median"]
   for r in rows:
     m = json.loads(r["measurement"])
-    assert m["reference"] == BASELINE and m["reference_scale_ms"] == scale["ms"]
+    assert m["reference"] == SEARCH_BASELINE and m["reference_scale_ms"] == scale["ms"]
     assert json.loads(r["objectives"])["latency_ms"] == pytest.approx(m["latency_ratio"] * scale["ms"])
   for r in rows:
     m = json.loads(r["measurement"])
@@ -112,8 +101,8 @@ def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_
 
   summary = json.loads(done.stdout)
   assert summary["trials"] == 3 and summary["pareto"] and summary["hypervolume"] > 0
-  assert remeasured["reference"] == BASELINE  # the front and the reference, timed together
-  assert set(remeasured["rows"]) == {BASELINE} | {p["arch"] for p in summary["pareto"]}
+  assert remeasured["reference"] == SEARCH_BASELINE  # the front and the reference, timed together
+  assert set(remeasured["rows"]) == {SEARCH_BASELINE} | {p["arch"] for p in summary["pareto"]}
   assert summary["time_split"]["trials"] == 3 and 0 < summary["time_split"]["train_steps_share"] < 1
 
   # The report is rebuilt from the trial store alone (`ad report`), in a directory holding nothing else.
@@ -134,9 +123,9 @@ def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_teacher,
   """The first trial fails (injected), the second still runs, the report lists the error."""
   from ad.distill import trainer
   from ad.train import steps
-  cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{
+  cfg = configs.load_config("quickstart", search_overrides(tiny_teacher, **{
       "search.designer": "random", "search.num_initial": 1, "search.num_trials": 2,
-      "constraints.max_params": 4_300_000, "search.baseline_arch": ""}))
+      "constraints.max_params": 4_180_000, "search.baseline_arch": ""}))
   # Fault injection: the trainer raises for one architecture, as a NaN or OOM would.
   real = trainer.distill
   victim = {}
@@ -152,8 +141,8 @@ def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_teacher,
   failed = [r for r in rows if r["status"] == "failed"]
   assert [r["arch"] for r in failed] == [victim["arch"]] and "NonFiniteLossError" in failed[0]["error"]
   assert [r["status"] for r in rows] == ["failed", "ok"] and summary["status_counts"]["failed"] == 1
-  for r in rows:  # max_params pruned the larger architectures before the search
-    assert r["screening"]["params"] <= 4_300_000 and r["arch"].startswith("128_")  # no baseline in this run
+  for r in rows:  # max_params pruned the two-FFN architectures before the search
+    assert r["screening"]["params"] <= 4_180_000 and r["arch"].endswith("_1")  # no baseline in this run
   with open(tmp_path / "report.md") as f:
     assert "NonFiniteLossError" in f.read()
   with pytest.raises(FileExistsError, match="--resume"):
@@ -161,7 +150,7 @@ def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_teacher,
 
 
 def test_latency_constraint_marks_trials_infeasible_without_training(tmp_path, tiny_teacher):
-  cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{
+  cfg = configs.load_config("quickstart", search_overrides(tiny_teacher, **{
       "search.designer": "random", "search.num_initial": 1, "search.num_trials": 1, "search.baseline_arch": "",
       "constraints.max_latency_ms": 1e-6}))
   loop.run_search(cfg, str(tmp_path), log=lambda *_: None, progress=False)
@@ -179,7 +168,7 @@ def test_a_baseline_checkpoint_is_measured_and_scored_as_it_is_and_marked(tmp_pa
   from ad.models import hf
   from tests.conftest import tiny_data_config, write_tiny_mobilebert
   ckpt = write_tiny_mobilebert(tmp_path / "mobilebert_tiny")
-  cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{
+  cfg = configs.load_config("quickstart", search_overrides(tiny_teacher, **{
       "search.designer": "random", "search.num_initial": 1, "search.num_trials": 1, "search.baseline_arch": "",
       "search.baseline_checkpoint": ckpt, "constraints.max_latency_ms": 1e-6}))
   summary = loop.run_search(cfg, str(tmp_path / "run"), log=lambda *_: None, progress=False)
@@ -204,7 +193,7 @@ def test_a_baseline_checkpoint_is_measured_and_scored_as_it_is_and_marked(tmp_pa
 
 
 def test_objective_and_choice_errors_name_the_key(tiny_teacher):
-  cfg = configs.load_config("quickstart", _overrides(tiny_teacher))
+  cfg = configs.load_config("quickstart", search_overrides(tiny_teacher))
   with cfg.unlocked():
     cfg.search.objectives = [dict(name="bleu", direction="max", reference=0.0)]
   with pytest.raises(ValueError, match=r"search.objectives\[0\].name='bleu'"):
@@ -217,7 +206,7 @@ def test_a_search_with_a_tpu_target_uses_and_labels_xla_estimates(tmp_path, tiny
   """search.measure.target = 'tpu:v5e': each trial's latency is XLA's estimate for one v5e chip
   (compiled here, never run), stored and reported as an estimate; objectives that need no training
   (latency and parameters) keep the test to compilation."""
-  cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{
+  cfg = configs.load_config("quickstart", search_overrides(tiny_teacher, **{
       "search.num_initial": 2, "search.num_trials": 2, "search.designer": "random",
       "search.measure.target": "tpu:v5e", "search.measure.seq": 128}))
   cfg.search.objectives = [dict(name="latency_ms", direction="min", reference=10.0),
@@ -248,7 +237,7 @@ def test_searches_on_one_machine_share_its_quiet_latency_scale_and_a_loaded_read
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
   cfg = configs.load_config("quickstart")
   cpu = dict(cpu="model A", node="host-1")
-  reading = lambda ms: dict(arch=BASELINE, ms=ms, target="")
+  reading = lambda ms: dict(arch=SEARCH_BASELINE, ms=ms, target="")
   loaded = measurement.machine_scale(reading(49.3), cfg, other_load=0.6, cpu=cpu)
   assert (loaded["ms"], loaded["source"]) == (49.3, "run")  # this run's only
   first = measurement.machine_scale(reading(15.0), cfg, other_load=0.02, cpu=cpu)
@@ -263,7 +252,7 @@ def test_searches_on_one_machine_share_its_quiet_latency_scale_and_a_loaded_read
 def test_bo_models_the_latency_limit_only_when_asked_and_sees_every_measured_latency(tiny_teacher):
   """search.bo.constraints = 'model' hands BO constraints.max_latency_ms, and the designer's view
   of the store gives every measured trial, infeasible ones too, its latency and standard error."""
-  cfg = configs.load_config("quickstart", _overrides(tiny_teacher, **{"constraints.max_latency_ms": 3.0}))
+  cfg = configs.load_config("quickstart", search_overrides(tiny_teacher, **{"constraints.max_latency_ms": 3.0}))
   assert objectives.modelled_constraints(cfg) == []  # the default: filtered only
   with cfg.unlocked():
     cfg.search.bo.constraints = "model"
