@@ -114,7 +114,7 @@ def _validated(cfg, run_dir: str, designer: str | None):
     space_lib.Arch.parse(s.baseline_arch)
   if s.bo.get("pending", "exclude") not in trieste_service.PENDING_METHODS:
     raise ValueError(f"search.bo.pending={s.bo.pending!r}: expected one of {trieste_service.PENDING_METHODS}")
-  if not isinstance(s.bo.get("training_free", False), bool):
+  if not isinstance(s.bo.get("training_free", True), bool):
     raise ValueError(f"search.bo.training_free={s.bo.training_free!r}: expected True or False")
   if s.bo.get("constraints", "filter") not in CONSTRAINT_METHODS:
     raise ValueError(f"search.bo.constraints={s.bo.constraints!r}: expected one of {CONSTRAINT_METHODS} ('filter': "
@@ -153,6 +153,15 @@ def _validated(cfg, run_dir: str, designer: str | None):
   student_lib.config_from_dict(feasible[0], cfg.model)
   teacher_head.check_config(cfg.teacher, data_cfg)  # a teacher that does not fit fails now, not in every trial
   return designer, (names, directions, reference), space, cands, pruned
+
+
+def designer_features(cfg, cands: designers_lib.Candidates, designer: str):
+  """[N, 2] training-free inputs of BO's GPs (log parameters and log FLOPs of each candidate) when
+  search.bo.training_free is on, else None."""
+  if designer != "bo" or not cfg.search.bo.get("training_free", True):
+    return None
+  return designers_lib.training_free_features(
+      [(sc["params"], sc["flops"]) for sc in (screening(a, cfg.model, cfg.search.measure.seq) for a in cands.archs)])
 
 
 def comparable(config: dict) -> dict:
@@ -276,15 +285,12 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
 
   log(f"search: {len(cands)} feasible architectures of {len(space)} ({len(pruned)} pruned by constraints); "
       f"designer {designer}, {s.num_initial} initial + {s.num_trials - s.num_initial} designed trials")
-  features = None
-  if designer == "bo" and s.bo.get("training_free", False):  # what the size predicts, as GP inputs
-    features = designers_lib.training_free_features(
-        [(sc["params"], sc["flops"]) for sc in (screening(a, cfg.model, s.measure.seq) for a in cands.archs)])
   # the hypervolume's reference point, resolved when it is needed: a latency reference given as a
   # ratio is known in ms only once the first paired measurement set the run's scale
   reference_now = lambda: report_lib.hypervolume_reference(s.objectives, reference, store.trials())
   des = (designers_lib.make_designer(designer, cands, directions, reference_now, s.seed, s,
-                                     log_path=os.path.join(run_dir, "optimizer_service.log"), features=features,
+                                     log_path=os.path.join(run_dir, "optimizer_service.log"),
+                                     features=designer_features(cfg, cands, designer),
                                      constraints=modelled_constraints(cfg))
          if is_main else None)
   initial = designers_lib.initial_design(cands, s.num_initial, s.seed)

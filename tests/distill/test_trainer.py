@@ -202,9 +202,9 @@ def test_compiled_programs_do_not_grow_with_the_block_count_and_every_stage_ends
   for k in (8, 1):
     jax.clear_caches()  # both runs compile or load every program (each loads its own teacher: ad/distill/context.py)
     # The search tests' baseline: at one block, the search tests' programs (tests/conftest.py search_overrides)
-    m = _run(tmp_path / f"k{k}", tiny_teacher, arch=SEARCH_BASELINE, **{"model.num_blocks": k, "distill.mesh_data": 1,
-                                                  "distill.flash.steps_per_block": 1,
-                                                  "distill.checkpoint_every": 1000, "distill.keep_checkpoints": 20})
+    m = _run(tmp_path / f"k{k}", tiny_teacher, arch=SEARCH_BASELINE,
+             **{"model.num_blocks": k, "distill.mesh_data": 1, "distill.flash.steps_per_block": 1,
+                "distill.checkpoint_every": 1000, "distill.keep_checkpoints": 20})
     got[k] = (m["programs_compiled"], m["compiled_steps"])
   assert got[1] == got[8], got
   saved = sorted(int(p.name) for p in (tmp_path / "k8" / "checkpoints").iterdir() if p.name.isdigit())

@@ -69,7 +69,7 @@ def test_bad_calibration_and_constraint_settings_are_refused_naming_the_value(tm
             r"constraints.max_lat: unknown constraint; expected one of")]
   for edit, match in cases:
     cfg = configs.load_config("quickstart", search_overrides(tiny_teacher, **{"search.num_initial": 1,
-                                                                        "search.num_trials": 2}))
+                                                                               "search.num_trials": 2}))
     with cfg.unlocked():
       edit(cfg)
     with pytest.raises(ValueError, match=match):

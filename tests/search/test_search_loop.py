@@ -77,7 +77,7 @@ def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_
   db.close()
   des = designers.make_designer("bo", cands, directions,
                                 report.hypervolume_reference(cfg.search.objectives, reference, known),
-                                cfg.search.seed, cfg.search)
+                                cfg.search.seed, cfg.search, features=loop.designer_features(cfg, cands, "bo"))
   try:
     initial = designers.initial_design(cands, cfg.search.num_initial, cfg.search.seed)
     assert trial.next_trial(cfg, known, initial, des, names, "bo")[:2] == (rows[2]["arch"], "designer")
