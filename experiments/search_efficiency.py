@@ -241,11 +241,13 @@ def run_workers(problem: Problem, seed: int, budget: int, num_initial: int, work
   """A BO search with `workers` simulated workers and every trial taking one unit of time: trials
   run in rounds of `workers` (the initial design too), and within a round each suggestion is asked
   for with the round's earlier ones in flight (search.bo.pending = `pending` says what the GPs make
-  of them), as the coordinator asks when workers free up together. Returns the evaluated
-  architectures in order and the round each ran in."""
+  of them), as the coordinator asks when workers free up together. The GPs see the problem's
+  training-free features where it has them (search.bo.training_free, on by default). Returns the
+  evaluated architectures in order and the round each ran in."""
   cands = problem.cands
   d = designers_lib.make_designer(designer, cands, problem.directions, problem.reference, seed,
-                                  search_cfg=dict(bo=dict(pending=pending)), log_path=log_path)
+                                  search_cfg=dict(bo=dict(pending=pending)), log_path=log_path,
+                                  features=problem.features)
   trials = [problem.trial(problem.baseline)]
   initial = [a for a in designers_lib.initial_design(cands, num_initial + 1, seed) if a != problem.baseline]
   order = initial[:num_initial]
@@ -266,7 +268,7 @@ def run_workers(problem: Problem, seed: int, budget: int, num_initial: int, work
     if hasattr(d, "close"):
       d.close()
   return dict(problem=problem.name, designer=designer, pending=pending, workers=workers, seed=seed, budget=budget,
-              num_initial=num_initial, order=[a.name for a in order], rounds=rounds, wall_s=time.time() - t0)
+              num_initial=num_initial, training_free=problem.features is not None, order=[a.name for a in order], rounds=rounds, wall_s=time.time() - t0)
 
 
 def workers_study(problem: Problem, seeds: int, budget: int, num_initial: int, run_dir: str, workers: list[int],
@@ -283,14 +285,19 @@ def workers_study(problem: Problem, seeds: int, budget: int, num_initial: int, r
       r = saved_or_run(path, lambda: run_workers(problem, seed, budget, num_initial, n, method,
                                                  log_path=os.path.join(run_dir, "trieste.log")))
       r.update(metrics(problem, r))
-      to_round = lambda k: None if k is None else r["rounds"][k - 1] + 1
-      r.update(first_round=to_round(r["first"]), three_round=to_round(r["three"]))
+      if problem.truth is not None:
+        r["top3"] = truth_top3_found(problem, r["order"])
+      to_round = lambda k: None if k is None else (r["rounds"][k - 1] + 1 if k else 0)
+      r.update(first_round=to_round(r["first"]), three_round=to_round(r["three"]), top3_round=to_round(r.get("top3")))
       runs[f"{n}_{method}"].append(r)
       print(f"{problem.name} workers {n} {method} seed {seed}: first {r['first']} (round {r['first_round']}), "
-            f"three {r['three']} (round {r['three_round']}), HV {r['hv'][-1]:.3f} ({r['wall_s']:.0f} s)", flush=True)
+            f"three {r['three']} (round {r['three_round']}), top3 {r.get('top3')} (round {r['top3_round']}), "
+            f"HV {r['hv'][-1]:.3f} ({r['wall_s']:.0f} s)", flush=True)
   out = dict(problem=problem.name, budget=budget, num_initial=num_initial, seeds=seeds,
+             training_free=problem.features is not None,
              dominating_in_space=int(problem.dominates_baseline().sum()), runs={})
   keys = ("first", "three", "first_round", "three_round")
+  keys += ("top3", "top3_round") if problem.truth is not None else ()
   for (n, method), (key, rs) in zip(settings, runs.items()):
     hv = np.asarray([r["hv"] for r in rs])
     out["runs"][key] = dict(workers=n, pending=method, **{k: [r[k] for r in rs] for k in keys},
@@ -313,9 +320,7 @@ def priors_study(problem: Problem, seeds: int, budget: int, num_initial: int, ru
                                              log_path=os.path.join(run_dir, "trieste.log"), training_free=free))
       r.update(metrics(problem, r))
       if problem.truth is not None:
-        top3 = {problem.cands.archs[i].name for i in np.argsort(-problem.truth)[:3]}
-        when = dict({n: k + 1 for k, n in enumerate(r["order"])}, **{problem.baseline.name: 0})  # known from the start
-        r["top3"] = max(when[n] for n in top3) if top3 <= set(when) else None
+        r["top3"] = truth_top3_found(problem, r["order"])
       runs[key].append(r)
       print(f"{problem.name} {key} seed {seed}: first {r['first']}, three {r['three']}, top3 {r.get('top3')}, "
             f"HV {r['hv'][-1]:.3f} ({r['wall_s']:.0f} s)", flush=True)
@@ -368,6 +373,14 @@ def constraints_study(problem: Problem, seeds: int, budget: int, num_initial: in
                                   infeasible_se=float(np.std([r["infeasible"] for r in rs], ddof=1) / np.sqrt(len(rs)))
                                   if len(rs) > 1 else None, wall_s=[r["wall_s"] for r in rs])
   return out
+
+
+def truth_top3_found(problem: Problem, order: list[str]) -> int | None:
+  """Trials (1-based) until the three best architectures by the problem's truth (regular
+  distillation) have all been evaluated; None if they were not within the order."""
+  top3 = {problem.cands.archs[i].name for i in np.argsort(-problem.truth)[:3]}
+  when = dict({n: k + 1 for k, n in enumerate(order)}, **{problem.baseline.name: 0})  # known from the start
+  return max(when[n] for n in top3) if top3 <= set(when) else None
 
 
 def metrics(problem: Problem, result: dict, max_latency: float = 0.0) -> dict:
@@ -586,7 +599,9 @@ def main(argv=None) -> int:
           f"{args.seeds} seeds (range), trials and rounds (wall time in trials) to the first / three better:")
     for key, d in out["runs"].items():
       print(f"  {d['workers']} worker(s), {d['pending']:9s}: trials {d['first_summary']} / {d['three_summary']}; "
-            f"rounds {d['first_round_summary']} / {d['three_round_summary']}; HV@{budget} {d['hv_mean'][-1]:.3f}")
+            f"rounds {d['first_round_summary']} / {d['three_round_summary']}; HV@{budget} {d['hv_mean'][-1]:.3f}"
+            + (f"; regular's top 3 after {d['top3_summary']} trials, {d['top3_round_summary']} rounds"
+               if "top3_summary" in d else ""))
     return 0
   budget = args.budget or (50 if args.problem == "table" else 80)
   designers = [d for d in args.designers.split(",") if d]
