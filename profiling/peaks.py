@@ -9,7 +9,8 @@
 - CPU: measured by a calibration micro-benchmark (the best of repeated jitted matmuls of
   several sizes for FLOP/s; a streaming add at several working-set sizes for bytes/s) and
   cached per machine, jax version and thread setting in ~/.cache/autodistill-jax/, unless
-  other processes loaded the machine while it ran (then it is used once and not cached);
+  other processes loaded the machine while it ran (then it serves this process only: calibrated
+  once per process, never written to the cache);
   a measurement that beats the cached peak re-calibrates (raise_cpu_peak). XLA's `bytes accessed` counts every
   operand read, cache-resident or not, so the CPU bandwidth peak is the best streaming rate
   over working sets from L2-sized to DRAM-sized: the ceiling that count can be held to.
@@ -153,6 +154,10 @@ MATMUL_SIZES = (1024, 2048, 3072)  # square f32/bf16 matmuls; the peak is the be
 MATMUL_REPS = 8
 STREAM_SIZES = (1 << 18, 1 << 20, 1 << 22, 1 << 24)  # elements of the streaming add
 MAX_OTHER_LOAD = 0.10  # fraction of the machine's CPU time others may use while a calibration is cached
+# Calibrations made under load, kept for this process only ({cache path: Peaks}): on a busy machine
+# a search calibrates once, not before each trial's measurement (5-6 s each here), and all its
+# trials' utilizations share one peak.
+_THIS_PROCESS: dict[str, "Peaks"] = {}
 
 
 def _best_time(fn, *args, reps: int) -> tuple[float, list[float]]:
@@ -239,9 +244,9 @@ def _cache_unless_loaded(ident: dict, cal: dict) -> bool:
 def cpu_peaks(dtype: str = "float32", refresh: bool = False, log=None) -> Peaks:
   """The calibrated CPU peaks for `dtype`, from the cache or measured now (refresh: always).
 
-  A calibration made while other processes used more than MAX_OTHER_LOAD of the machine is used
-  for this process only (source 'cpu_calibration_under_load') and never cached, so a busy moment
-  cannot inflate every later utilization."""
+  A calibration made while other processes used more than MAX_OTHER_LOAD of the machine serves
+  this process only (source 'cpu_calibration_under_load'; later calls here reuse it) and is never
+  written to the cache, so a busy moment cannot inflate every later run's utilization."""
   ident = cpu_identity(dtype)
   path = _cpu_cache_path(ident)
   if not refresh and os.path.isfile(path):
@@ -251,14 +256,19 @@ def cpu_peaks(dtype: str = "float32", refresh: bool = False, log=None) -> Peaks:
       return Peaks(ident["cpu"] or "cpu", cal["flops_per_s"], cal["bytes_per_s"], "cpu_calibration", dtype)
     except (OSError, KeyError, json.JSONDecodeError):
       pass  # a damaged cache is re-measured, not trusted
+  if not refresh and path in _THIS_PROCESS:
+    return _THIS_PROCESS[path]
   cal = calibrate_cpu(dtype)
   if _cache_unless_loaded(ident, cal):
+    _THIS_PROCESS.pop(path, None)
     return Peaks(ident["cpu"] or "cpu", cal["flops_per_s"], cal["bytes_per_s"], "cpu_calibration", dtype)
   # To stderr: stdout may carry a command's JSON (ad profile --json, ad search's summary).
   (log or (lambda m: print(m, file=sys.stderr)))(
       f"CPU peak calibration: other processes used {cal['other_load']:.0%} of the CPU meanwhile (over "
       f"{MAX_OTHER_LOAD:.0%}); using it for this run only, not caching it")
-  return Peaks(ident["cpu"] or "cpu", cal["flops_per_s"], cal["bytes_per_s"], "cpu_calibration_under_load", dtype)
+  _THIS_PROCESS[path] = Peaks(ident["cpu"] or "cpu", cal["flops_per_s"], cal["bytes_per_s"],
+                              "cpu_calibration_under_load", dtype)
+  return _THIS_PROCESS[path]
 
 
 def raise_cpu_peak(dtype: str, observed_flops_per_s: float, observed_bytes_per_s: float = 0.0) -> Peaks:
@@ -270,8 +280,12 @@ def raise_cpu_peak(dtype: str, observed_flops_per_s: float, observed_bytes_per_s
   cal["flops_per_s"] = max(cal["flops_per_s"], observed_flops_per_s)
   cal["bytes_per_s"] = max(cal["bytes_per_s"], observed_bytes_per_s)
   cal["raised_by_measurement"] = dict(flops_per_s=observed_flops_per_s, bytes_per_s=observed_bytes_per_s)
-  _cache_unless_loaded(ident, cal)
-  return Peaks(ident["cpu"] or "cpu", cal["flops_per_s"], cal["bytes_per_s"], "cpu_calibration_raised", dtype)
+  raised = Peaks(ident["cpu"] or "cpu", cal["flops_per_s"], cal["bytes_per_s"], "cpu_calibration_raised", dtype)
+  if _cache_unless_loaded(ident, cal):
+    _THIS_PROCESS.pop(_cpu_cache_path(ident), None)
+  else:  # under load: it replaces this process's peak, so the next measurement is not raised again
+    _THIS_PROCESS[_cpu_cache_path(ident)] = raised
+  return raised
 
 
 def device_peaks(device=None, dtype: str = "float32", refresh: bool = False) -> Peaks:

@@ -20,7 +20,10 @@ import importlib.util
 import json
 import os
 import re
+from importlib import metadata
 from typing import Iterable, Iterator
+
+from ad import files
 
 Document = tuple[str, str]
 
@@ -125,10 +128,40 @@ def read_json(path: str, text_field: str = "text", id_field: str | None = None) 
     raise DataError(f"{path}: no non-empty {text_field!r} texts")
 
 
+# Cleaned articles of a dump up to this size are cached by its content (cache_root()/corpus/):
+# gensim's filter takes 4-8 s for the default corpus's 98 articles here, in every process that
+# reads them (each `ad` command, each trial worker). Bump the version when the cleaning changes.
+WIKI_CACHE_MAX_BYTES = 64 << 20
+WIKI_CLEANING_VERSION = 1
+
+
 def read_wiki_dump(path: str, min_chars: int = 200) -> Iterator[Document]:
-  """A Wikipedia pages-articles XML dump (.xml or .xml.bz2), cleaned with gensim's wiki filter."""
-  from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+  """A Wikipedia pages-articles XML dump (.xml or .xml.bz2), cleaned with gensim's wiki filter;
+  the cleaned articles of a small dump are read from the cache after the first time."""
   _check_file(path)
+  if os.path.getsize(path) > WIKI_CACHE_MAX_BYTES:
+    yield from _parse_wiki_dump(path, min_chars)
+    return
+  key = files.fingerprint(dict(dump=files.sha256_file(path), min_chars=min_chars, gensim=metadata.version("gensim"),
+                               cleaning=WIKI_CLEANING_VERSION))
+  cached = os.path.join(files.cache_root(), "corpus", f"wiki_{key}.json")
+  try:
+    docs = files.read_json(cached, "cached Wikipedia articles")
+    if isinstance(docs, list) and all(isinstance(d, list) and len(d) == 2 for d in docs):
+      yield from (tuple(d) for d in docs)
+      return
+  except (OSError, files.BadFileError):
+    pass  # absent or damaged: parsed again and rewritten
+  docs = list(_parse_wiki_dump(path, min_chars))
+  try:
+    files.write_json(cached, docs)
+  except OSError:
+    pass  # an unwritable cache only costs the parse next time
+  yield from docs
+
+
+def _parse_wiki_dump(path: str, min_chars: int) -> Iterator[Document]:
+  from gensim.corpora.wikicorpus import extract_pages, filter_wiki
   opener = bz2.open if path.endswith(".bz2") else open
   n = 0
   try:

@@ -1,3 +1,4 @@
+import bz2
 import json
 
 import pytest
@@ -28,6 +29,32 @@ def test_wiki_dump_is_cleaned_prose():
   assert len(docs) > 90
   doc_id, text = docs[0]
   assert doc_id.startswith("wiki:") and "[[" not in text and "{{" not in text and "'''" not in text
+
+
+def _one_article_dump(path, text):
+  xml = ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/"><page><title>Tiny</title><ns>0</ns><id>7</id>'
+         f'<revision><id>1</id><text>{text}</text></revision></page></mediawiki>')
+  path.write_bytes(bz2.compress(xml.encode()))
+
+
+def test_a_dump_is_parsed_once_then_read_from_the_cache_by_its_content(tmp_path, monkeypatch):
+  """The cleaned articles are cached under the dump's content: read again without parsing, parsed
+  again when the cache is damaged, and a different dump at the same path is never served the old
+  articles."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  parsed = []
+  real = sources._parse_wiki_dump
+  monkeypatch.setattr(sources, "_parse_wiki_dump", lambda path, min_chars: parsed.append(path) or real(path, min_chars))
+  dump = tmp_path / "dump.xml.bz2"
+  _one_article_dump(dump, "The first tiny article. " * 20)
+  first = list(sources.read_wiki_dump(str(dump)))
+  assert list(sources.read_wiki_dump(str(dump))) == first and len(parsed) == 1
+  (cached,) = (tmp_path / "cache").rglob("wiki_*.json")
+  cached.write_text("{damaged")
+  assert list(sources.read_wiki_dump(str(dump))) == first and len(parsed) == 2
+  _one_article_dump(dump, "Another article altogether. " * 20)
+  other = list(sources.read_wiki_dump(str(dump)))
+  assert len(parsed) == 3 and other[0][1].startswith("Another") and first[0][1].startswith("The first")
 
 
 @pytest.mark.parametrize("make,match", [

@@ -171,7 +171,9 @@ def test_measure_fn_paired_with_a_reference_gives_the_ratio_of_the_two_programs(
                          target_rel_ci=0.05, reference=(once, (a,), "once"))
   assert r["reference"] == "once"
   assert r["latency_ratio_rel_ci95"] <= 0.05 or r["repetitions"] == 60
-  assert 2.0 < r["latency_ratio"] < 6.0, r["latency_ratio"]  # 4x the matmuls (and their launch costs)
+  # 4x the matmuls (and their launch costs); beside another test's work it read 6.07 once, so the
+  # bounds tell a ratio of about 4 from 1 (no pairing) or 0.25 (the programs swapped), not 4 from 6
+  assert 2.0 < r["latency_ratio"] < 8.0, r["latency_ratio"]
   assert r["reference_ms_median"] < r["latency_ms_median"]
   together = harness.measure_together([("once", once, (a,)), ("four", four_times, (a,))], reference=0,
                                       trace_dir=str(tmp_path / "together"), min_reps=20, max_reps=60,

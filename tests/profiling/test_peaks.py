@@ -69,14 +69,19 @@ def test_cpu_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
   assert peaks.cpu_peaks("float32", refresh=True) and calls == ["float32", "float32"]  # --recalibrate
 
 
-def test_a_calibration_under_load_is_used_once_and_not_cached(tmp_path, monkeypatch, capsys):
+def test_a_calibration_under_load_serves_this_process_only_and_is_not_cached(tmp_path, monkeypatch, capsys):
+  """Under load: calibrated once in a process (a search's trials share it, not one calibration
+  each), never written to the cache, so another process measures again."""
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  monkeypatch.setattr(peaks, "_THIS_PROCESS", {})
   calls = _quick_calibration(monkeypatch, other_load=0.6)
   p = peaks.cpu_peaks("float32")
   assert p.source == "cpu_calibration_under_load"
   out, err = capsys.readouterr()
   assert out == "" and "not caching it" in err  # stdout may be a command's JSON
   assert not list(tmp_path.rglob("cpu_peaks_*.json"))
+  assert peaks.cpu_peaks("float32", log=lambda *a: None) == p and calls == ["float32"]  # this process: reused
+  monkeypatch.setattr(peaks, "_THIS_PROCESS", {})  # what another process starts with
   peaks.cpu_peaks("float32", log=lambda *a: None)
   assert calls == ["float32", "float32"]  # measured again, not read from a cache
 
@@ -113,3 +118,12 @@ def test_a_measurement_faster_than_the_peak_raises_it_to_the_measured_rate(tmp_p
   assert r["flops_utilization"] == pytest.approx(rate / r["peak_flops_per_s"], rel=1e-6)
   saved = json.loads(next(tmp_path.rglob("cpu_peaks_*.json")).read_text())["calibration"]
   assert saved["flops_per_s"] == r["peak_flops_per_s"]
+
+
+def test_a_peak_raised_under_load_is_the_one_this_process_uses_next(tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  monkeypatch.setattr(peaks, "_THIS_PROCESS", {})
+  calls = _quick_calibration(monkeypatch, other_load=0.6)
+  raised = peaks.raise_cpu_peak("float32", observed_flops_per_s=1e15)  # beyond any CPU: the observed rate is kept
+  assert raised.flops_per_s == 1e15 and not list(tmp_path.rglob("cpu_peaks_*.json"))
+  assert peaks.cpu_peaks("float32", log=lambda *a: None) == raised and calls == ["float32"]
