@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ad import space as space_lib
-from ad.search import pareto
+from ad.search import pareto, settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DESIGNERS = ("bo", "random", "evolutionary", "firefly")
@@ -366,21 +366,17 @@ def make_designer(name: str, cands: Candidates, directions: Sequence[str],
   [N, K] inputs BO's GPs see beside the encoding (training_free_features; search.bo.training_free);
   `constraints`: limits BO models (search.bo.constraints = 'model'); the other designers only
   avoid what the search filtered out or found infeasible."""
-  get = lambda section, key, default: (search_cfg[section][key] if search_cfg is not None and section in search_cfg
-                                       and key in search_cfg[section] else default)
+  s = settings.search_settings_from(search_cfg)  # absent settings: their defaults (settings.py)
   if name == "bo":
-    return TriesteDesigner(cands, directions, reference, seed, python=get("bo", "optimizer_python", ""),
-                           likelihood_variance=get("bo", "likelihood_variance", 1e-3), log_path=log_path,
-                           pending_method=get("bo", "pending", "exclude"),
-                           features=features, constraints=constraints)
+    return TriesteDesigner(cands, directions, reference, seed, python=s.bo.optimizer_python,
+                           likelihood_variance=s.bo.likelihood_variance, log_path=log_path,
+                           pending_method=s.bo.pending, features=features, constraints=constraints)
   if name == "random":
     return RandomDesigner(cands, directions, seed)
   if name == "evolutionary":
-    return EvolutionaryDesigner(cands, directions, seed, population=get("evolution", "population", 25),
-                                mutation_prob=get("evolution", "mutation_prob", 0.5),
-                                explore_prob=get("evolution", "explore_prob", 0.5))
+    return EvolutionaryDesigner(cands, directions, seed, population=s.evolution.population,
+                                mutation_prob=s.evolution.mutation_prob, explore_prob=s.evolution.explore_prob)
   if name == "firefly":
-    return FireflyDesigner(cands, directions, seed, population=get("firefly", "population", 10),
-                           beta0=get("firefly", "beta0", 1.0), gamma=get("firefly", "gamma", 1.0),
-                           alpha=get("firefly", "alpha", 0.2))
+    return FireflyDesigner(cands, directions, seed, population=s.firefly.population, beta0=s.firefly.beta0,
+                           gamma=s.firefly.gamma, alpha=s.firefly.alpha)
   raise ValueError(f"search.designer={name!r}: expected one of {DESIGNERS}")

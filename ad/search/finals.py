@@ -14,7 +14,7 @@ from ad.data import pretrain
 from ad.distill import teacher_head, trainer
 from ad.distill.context import TeacherContext
 from ad.finetune import trainer as finetune_lib
-from ad.search import calibration, report as report_lib
+from ad.search import calibration, report as report_lib, settings
 from ad.search.measurement import LATENCY_SCALE_KEY, measurement_reference, remote_target, trace_dir_of
 from ad.search.objectives import TIMED
 from profiling import harness
@@ -102,7 +102,7 @@ def run_finals(cfg, run_dir: str, store, names, directions, log: Callable, progr
   distill = functools.partial(trainer.distill, context=context)
   distill_finals(cfg, run_dir, store, chosen, log, progress, distill)
   calibrate(cfg, run_dir, store, names, directions, chosen, log, progress, distill)
-  if is_main and cfg.final.get("finetune_tasks"):
+  if is_main and settings.final_settings(cfg).finetune_tasks:
     finetune_finals(cfg, run_dir, store, log, progress, context.teacher_dir if context else None)
   return chosen
 
@@ -137,7 +137,7 @@ def distill_finals(cfg, run_dir: str, store, chosen: list[str], log: Callable, p
 def calibrate(cfg, run_dir: str, store, names, directions, chosen: list[str], log: Callable, progress: bool,
               distill: Callable) -> None:
   """search.calibrate more students regularly distilled, to grade the accuracy proxy (report.md)."""
-  k = int(cfg.search.get("calibrate", 0))
+  k = settings.search_settings(cfg).calibrate
   if k > 0 and "mlm_accuracy" not in names:
     log(f"search: search.calibrate={k} skipped: it grades the accuracy proxy, and the objectives {names} "
         "have no mlm_accuracy")

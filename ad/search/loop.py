@@ -40,7 +40,7 @@ from ad.distill import superlm, teacher_head, trainer
 from ad.finetune import tasks as tasks_lib, trainer as finetune_lib
 from ad.models import student as student_lib
 from ad.search import designers as designers_lib, finals, parallel, pareto, report as report_lib
-from ad.search import store as store_lib
+from ad.search import settings, store as store_lib
 from ad.search import trieste_service  # its PENDING_METHODS (imported, it loads numpy only)
 from ad.search.measurement import SCALES, estimated_target, remote_target
 from ad.search.objectives import feasible_candidates, modelled_constraints, objective_spec, screening
@@ -54,10 +54,6 @@ from profiling import tpu
 # search.* settings a resumed run may change: the failure budget, how trials are spread over workers, and
 # the calibration that runs after the search.
 RESUMABLE_SEARCH_KEYS = ("max_failed_trials", "workers", "calibrate")
-# search.* settings added after runs were recorded, with the value an older record means by lacking them.
-ADDED_SEARCH_KEYS = {"latency_model": {"source": ""}, "proxy": "flash"}
-# the same for search.measure: older runs timed each student alone, and scaled by the run's reading
-ADDED_MEASURE_KEYS = {"reference": "", "scale": "run"}
 # search.bo.constraints: what BO makes of a limit known only once a trial runs (modelled_constraints)
 CONSTRAINT_METHODS = ("filter", "model")
 CONSTRAINT_KINDS = ("max_params", "max_flops", "max_latency_ms")  # the constraints section's keys (0: off)
@@ -95,6 +91,7 @@ def _validated(cfg, run_dir: str, designer: str | None):
   """Everything a search needs, checked before anything is written (a bad config must leave no
   search record behind): (designer, objective spec, space, feasible candidates, pruned)."""
   s = cfg.search
+  st = settings.search_settings(cfg)  # an unknown key of the section fails here, naming it
   designer = designer or s.designer
   if designer not in designers_lib.DESIGNERS:
     raise ValueError(f"designer {designer!r}: expected one of {designers_lib.DESIGNERS}")
@@ -112,36 +109,37 @@ def _validated(cfg, run_dir: str, designer: str | None):
                      f"0 <= num_initial <= num_trials <= {len(cands)} feasible architectures")
   if s.baseline_arch:
     space_lib.Arch.parse(s.baseline_arch)
-  if s.bo.get("pending", "exclude") not in trieste_service.PENDING_METHODS:
-    raise ValueError(f"search.bo.pending={s.bo.pending!r}: expected one of {trieste_service.PENDING_METHODS}")
-  if not isinstance(s.bo.get("training_free", True), bool):
-    raise ValueError(f"search.bo.training_free={s.bo.training_free!r}: expected True or False")
-  if s.bo.get("constraints", "filter") not in CONSTRAINT_METHODS:
-    raise ValueError(f"search.bo.constraints={s.bo.constraints!r}: expected one of {CONSTRAINT_METHODS} ('filter': "
+  if st.bo.pending not in trieste_service.PENDING_METHODS:
+    raise ValueError(f"search.bo.pending={st.bo.pending!r}: expected one of {trieste_service.PENDING_METHODS}")
+  if not isinstance(st.bo.training_free, bool):
+    raise ValueError(f"search.bo.training_free={st.bo.training_free!r}: expected True or False")
+  if st.bo.constraints not in CONSTRAINT_METHODS:
+    raise ValueError(f"search.bo.constraints={st.bo.constraints!r}: expected one of {CONSTRAINT_METHODS} ('filter': "
                      "an infeasible trial is only excluded; 'model': BO models the measured latency's limit)")
-  k = s.get("calibrate", 0)
+  k = st.calibrate
   if not isinstance(k, int) or isinstance(k, bool) or k < 0:
     raise ValueError(f"search.calibrate={k!r}: expected a whole number >= 0 of search students to regular-distill "
                      "after the finals (0: off; more than the search has: all of them)")
   unknown = sorted(set(cfg.constraints) - set(CONSTRAINT_KINDS))
   if unknown:
     raise ValueError(f"constraints.{unknown[0]}: unknown constraint; expected one of {CONSTRAINT_KINDS}")
-  timed_against = s.measure.get("reference", "")
+  timed_against = st.measure.reference
   if timed_against not in ("", "baseline"):
     try:
       space_lib.Arch.parse(timed_against)
     except ValueError as e:
       raise ValueError(f"search.measure.reference={timed_against!r}: expected 'baseline' (search.baseline_arch), '' "
                        f"(each student timed alone) or an architecture such as 512_128_4_512_4 ({e})") from None
-  if s.measure.get("scale", "run") not in SCALES:
-    raise ValueError(f"search.measure.scale={s.measure.scale!r}: expected one of {SCALES}")
-  if s.get("baseline_checkpoint"):
-    check_baseline_checkpoint(s.baseline_checkpoint, cfg)
-  if cfg.final.choose not in report_lib.CHOICES:
-    raise ValueError(f"final.choose={cfg.final.choose!r}: expected one of {report_lib.CHOICES}")
-  if cfg.final.get("finetune_tasks"):
+  if st.measure.scale not in SCALES:
+    raise ValueError(f"search.measure.scale={st.measure.scale!r}: expected one of {SCALES}")
+  if st.baseline_checkpoint:
+    check_baseline_checkpoint(st.baseline_checkpoint, cfg)
+  final = settings.final_settings(cfg)
+  if final.choose not in report_lib.CHOICES:
+    raise ValueError(f"final.choose={final.choose!r}: expected one of {report_lib.CHOICES}")
+  if final.finetune_tasks:
     fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
-    for task in cfg.final.finetune_tasks:  # unknown tasks and missing data fail now, not after the search
+    for task in final.finetune_tasks:  # unknown tasks and missing data fail now, not after the search
       tasks_lib.check_data(tasks_lib.get(task), fcfg.tfds_data_dir or None, fcfg.squad_dir or None)
   trainer.config_from(cfg.distill, "flash")
   trainer.config_from(cfg.distill, cfg.final.schedule)
@@ -158,7 +156,7 @@ def _validated(cfg, run_dir: str, designer: str | None):
 def designer_features(cfg, cands: designers_lib.Candidates, designer: str):
   """[N, 2] training-free inputs of BO's GPs (log parameters and log FLOPs of each candidate) when
   search.bo.training_free is on, else None."""
-  if designer != "bo" or not cfg.search.bo.get("training_free", True):
+  if designer != "bo" or not settings.search_settings(cfg).bo.training_free:
     return None
   return designers_lib.training_free_features(
       [(sc["params"], sc["flops"]) for sc in (screening(a, cfg.model, cfg.search.measure.seq) for a in cands.archs)])
@@ -167,8 +165,7 @@ def designer_features(cfg, cands: designers_lib.Candidates, designer: str):
 def comparable(config: dict) -> dict:
   """The part of a run record's config that makes it the same search: what may change between runs
   (how, not what, is searched) is left out."""
-  search = dict(ADDED_SEARCH_KEYS, **config.get("search", {}))
-  search["measure"] = dict(ADDED_MEASURE_KEYS, **search.get("measure", {}))
+  search = settings.record_config(config)["search"]
   search["measure"].pop("scale")  # a run keeps the scale its store recorded first, whatever this says
   # what BO makes of trials in flight, and what it sees beside the encoding, are how, not what,
   # is searched

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from ad import aot, files, space as space_lib
+from ad.search import settings
 from profiling import harness, peaks as peaks_lib
 
 
@@ -30,7 +31,7 @@ def measurement_reference(cfg) -> str | None:
   """The architecture each latency is measured against (search.measure.reference): 'baseline' is
   search.baseline_arch (none without a baseline), '' measures each alone. None for an estimated
   TPU target: an estimate does not drift."""
-  ref = cfg.search.measure.get("reference", "")
+  ref = settings.search_settings(cfg).measure.reference
   if estimated_target(cfg) or not ref:
     return None
   return (cfg.search.baseline_arch or None) if ref == "baseline" else ref
@@ -94,7 +95,7 @@ def measure(arch: space_lib.Arch, cfg, trace_dir: str, model_cfg=None, store=Non
                              min_reps=min(20, m.max_reps), reference=reference, reference_model_cfg=cfg.model)
   if reference:
     first = dict(arch=r["reference"], ms=r["reference_ms_median"], target=target, source="run")
-    if m.get("scale", "run") == "machine":
+    if settings.search_settings(cfg).measure.scale == "machine":
       first = machine_scale(first, cfg, load.fraction, peaks_lib.cpu_identity(cfg.model.dtype))
     scale = (store.first_meta(latency_scale_key(target), first) if store is not None else None) or first
     r.update(reference_scale_ms=float(scale["ms"]), reference_scale_source=scale.get("source", "run"),

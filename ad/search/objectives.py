@@ -11,7 +11,7 @@ import numpy as np
 
 from ad import space as space_lib
 from ad.models import student as student_lib
-from ad.search import latency_model, pareto, report as report_lib
+from ad.search import latency_model, pareto, report as report_lib, settings
 from ad.search.measurement import latency_of
 from ad.search.store import IN_FLIGHT
 
@@ -176,7 +176,7 @@ def modelled_constraints(cfg) -> list[float]:
   FLOPs limits are closed-form and prune the space before the search (feasible_candidates). Only the
   BO designer uses them; the others ignore them."""
   limit = float(cfg.constraints.max_latency_ms)
-  return [limit] if limit and cfg.search.bo.get("constraints") == "model" else []
+  return [limit] if limit and settings.search_settings(cfg).bo.constraints == "model" else []
 
 
 def designer_trials(rows: list[dict], names, constraints: Sequence[float] = ()) -> list[dict]:

@@ -41,7 +41,7 @@ import time
 from typing import Callable
 
 from ad import interrupt
-from ad.search import report as report_lib, trial
+from ad.search import report as report_lib, settings, trial
 from ad.search.measurement import remote_target
 from ad.search.store import IN_FLIGHT, TrialStore
 
@@ -245,7 +245,7 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
     store.close()
     return 0
   run_dir = os.path.abspath(run_dir)
-  cfg = ml_collections.ConfigDict(record["config"])
+  cfg = ml_collections.ConfigDict(settings.record_config(record["config"]))  # an older record read as it was run
   names = [o["name"] for o in cfg.search.objectives]
   lease, poll = float(cfg.search.workers.lease_s), float(cfg.search.workers.poll_s)
   if role == "measure" and target != remote_target(cfg):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ad import export, files, rundir, stats
-from ad.search import calibration, pareto
+from ad.search import calibration, pareto, settings
 from ad.search.store import TrialStore
 
 # Objectives scored per sequence on the shared evaluation set: name -> per-sequence numerator.
@@ -424,7 +424,7 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
              f"{_fmt(r['screening']['flops'] / 1e9)} | {_fmt(r['measure_s'], 3)} | {_fmt(r['distill_s'], 3)} | {note} |")
   graded = calibration.agreement(calibration.students(rows, finals, calibrated))
   if "mlm_accuracy" in names and graded["count"] >= 2:  # (before the finals: none yet)
-    L += calibration.report_lines(graded, PROXY_WORDS[cfg["search"].get("proxy", "flash")])
+    L += calibration.report_lines(graded, PROXY_WORDS[settings.record_config(cfg)["search"]["proxy"]])
   L += finetune_table(finetunes, finals, rows, baseline)
   L += paired_latency_lines(rows, remeasured)
   split = time_split(rows)

@@ -15,7 +15,7 @@ from ad.data import pretrain
 from ad.distill import evaluation, superlm, trainer
 from ad.distill.context import TeacherContext
 from ad.models import hf, student as student_lib
-from ad.search import report as report_lib
+from ad.search import report as report_lib, settings
 from ad.search.measurement import latency_verdict, measure, trace_dir_of
 from ad.search.objectives import (TRAINED, checked_objectives, designer_trials, modelled_constraints, screening,
                                   screening_of, with_prediction)
@@ -23,7 +23,7 @@ from ad.search.objectives import (TRAINED, checked_objectives, designer_trials, 
 
 def proxy_of(cfg) -> str:
   """search.proxy: 'flash' (003: flash-distill each candidate), 'superlm' (004) or 'fewshot' (001)."""
-  return cfg.search.get("proxy", "flash")
+  return settings.search_settings(cfg).proxy
 
 
 def proxy_dir(run_dir: str, proxy: str) -> str:
@@ -121,7 +121,7 @@ def trial_timings(r: dict, designer_s: float) -> dict[str, float]:
 
 
 def is_checkpoint_trial(name: str, cfg) -> bool:
-  ckpt_path = cfg.search.get("baseline_checkpoint") or ""
+  ckpt_path = settings.search_settings(cfg).baseline_checkpoint
   return bool(ckpt_path) and name == report_lib.checkpoint_name(ckpt_path)
 
 
@@ -150,7 +150,7 @@ def trial_target(name: str, cfg, run_dir: str, names, measure_here: bool = True,
 def search_context(cfg, names, log: Callable) -> TeacherContext | None:
   """The teacher context a process running the search's trials builds once (ad/distill/context.py):
   when its trials are scored (a trained objective, or a baseline checkpoint), else None."""
-  if not (set(TRAINED) & set(names) or cfg.search.get("baseline_checkpoint")):
+  if not (set(TRAINED) & set(names) or settings.search_settings(cfg).baseline_checkpoint):
     return None
   return TeacherContext.build(cfg, log=log)
 
@@ -269,7 +269,7 @@ def next_trial(cfg, rows: list[dict], initial, des, names, designer: str, pendin
   flight)."""
   s = cfg.search
   by_name = {t["arch"] for t in rows}
-  ckpt_path = s.get("baseline_checkpoint") or ""
+  ckpt_path = settings.search_settings(cfg).baseline_checkpoint
   ckpt_name = report_lib.checkpoint_name(ckpt_path) if ckpt_path else None
   if s.baseline_arch and s.baseline_arch not in by_name:
     return s.baseline_arch, "baseline", "baseline", 0.0

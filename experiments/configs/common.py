@@ -3,6 +3,7 @@
 import ml_collections
 
 from ad import space as space_lib
+from ad.search import settings
 
 
 def table1_space():
@@ -60,71 +61,12 @@ def distillation(flash: dict, regular: dict, **kw):
 
 
 def search(num_initial: int, num_trials: int, measure_seq: int, latency_reference_ms: float, **kw):
-  """The search section (ad/search/loop.py): designer, budget, objectives with directions and
-  the reference point (explicit: trieste minimizes, accuracy is maximized), measurement settings.
-
-  num_trials counts the initial design too; the baseline is evaluated on top of it.
-  """
-  base = dict(
-      designer="bo", seed=0, num_initial=num_initial, num_trials=num_trials,
-      baseline_arch="512_128_4_512_4",  # MobileBERT's block shape (003 Table 2), evaluated like every trial
-      # An HF MobileBERT-family directory (e.g. google/mobilebert-uncased, downloaded by the user):
-      # measured like every trial and scored as it is on the held-out set, marked in the report.
-      baseline_checkpoint="",
-      # The search stops with an error once more trials than this have failed (0: no limit).
-      max_failed_trials=10,
-      # Parallel trials (`ad search --workers N`, `ad worker`): a worker renews its claim on a
-      # trial every lease_s / 3 seconds; a trial whose lease ran out (a worker killed, a machine
-      # lost) is claimed again and resumes from its own checkpoints.
-      workers=dict(lease_s=120.0, poll_s=1.0),
-      objectives=[dict(name="mlm_accuracy", direction="max", reference=0.0),
-                  # reference_ratio: while latencies are paired (measure.reference), the reference
-                  # point is this multiple of the reference architecture's latency (the run's scale):
-                  # a student twice as slow as the baseline adds nothing. `reference` (ms) is used
-                  # where nothing is paired (a TPU estimate, no baseline).
-                  dict(name="latency_ms", direction="min", reference=latency_reference_ms, reference_ratio=2.0)],
-      # chunk: runs per trace; target: '' = trials are measured where they train, else the name of
-      # the machine whose `ad worker --role measure --target NAME` processes measure them.
-      # reference: each student is timed alternately with this architecture and its latency is its
-      # ratio to it x one run-wide scale, since this machine drifts 15-40% between readings that
-      # each claim 1-4% ('baseline': search.baseline_arch; '': each timed alone).
-      # scale: the ms value of a paired latency is its ratio x the reference's latency on this
-      # machine: 'machine' = the first quiet reading of it here, cached and shared by every search
-      # on this machine (so two searches hours apart agree in ms where their ratios agree); 'run' =
-      # this run's first reading.
-      measure=dict(batch=1, seq=measure_seq, target_rel_ci=0.05, max_reps=100, chunk=10, target="",
-                   reference="baseline", scale="machine"),
-      # The learned latency predictor behind the objective predicted_latency_ms (004): fitted on
-      # the measurements of a search's run directory or a CSV such as experiments/results/tabular.csv.
-      latency_model=dict(source=""),
-      # The accuracy objective's proxy: 'flash' distills each candidate (003); 'superlm' / 'fewshot'
-      # extract it from weight-sharing SuperLMs (004 / 001) trained once in the run directory
-      # (ad/distill/superlm.py, the config's `superlm` section).
-      proxy="flash",
-      # pending: what BO makes of the trials other workers are running when it is asked for one
-      # ('exclude': never suggests them; 'believer': also conditions its GPs on them at their
-      # posterior mean; 'hippo': penalizes candidates predicted close to them). 'believer' reached
-      # three better models in the fewest rounds with 4 workers (experiments/README.md section 12).
-      # training_free: the GPs also see each candidate's log parameters and log FLOPs (scaled to
-      # [0, 1]), with a prior mean linear in them, so BO starts from what the size predicts. On: at
-      # the quickstart's scale it found better students, regular's top 3 and the front sooner; only
-      # on the first wave's table did it find students dominating the baseline later
-      # (experiments/README.md section 13).
-      # constraints: what BO makes of a limit known only once a trial runs (constraints.max_latency_ms):
-      # 'filter' excludes an infeasible trial only; 'model' fits a GP to every measured latency and
-      # weighs EHVI by the probability that the limit is met (ad/search/trieste_service.py).
-      bo=dict(optimizer_python="", likelihood_variance=1e-3, pending="believer", training_free=True,
-              constraints="filter"),
-      # calibrate: after the finals, regular-distill this many more search students, spread along the
-      # front, and grade the accuracy proxy against regular distillation and the parameter count on
-      # the finals and them (report.md's "Calibration"; ad/search/calibration.py). 0: the finals only;
-      # more than the search has: all of them. Only with the objective mlm_accuracy (the proxy graded:
-      # flash distillation, or the SuperLM score with proxy superlm / fewshot).
-      calibrate=0,
-      evolution=dict(population=25, mutation_prob=0.5, explore_prob=0.5),  # 004 Algorithm 2
-      firefly=dict(population=10, beta0=1.0, gamma=1.0, alpha=0.2))  # Yang (2010)
-  base.update(kw)
-  return ml_collections.ConfigDict(base)
+  """The search section: every setting and its default is documented in ad/search/settings.py
+  (SearchSettings); a config gives the budget, the measurement's sequence length and the latency
+  reference point, and whatever else it changes."""
+  return ml_collections.ConfigDict(settings.as_section(settings.SearchSettings(
+      num_initial=num_initial, num_trials=num_trials, objectives=settings.default_objectives(latency_reference_ms),
+      measure=settings.MeasureSettings(seq=measure_seq), **kw)))
 
 
 def superlm(steps: int, **kw):
@@ -141,14 +83,10 @@ def superlm(steps: int, **kw):
   return ml_collections.ConfigDict(base)
 
 
-def final(count: int, choose: str = "knee", schedule: str = "regular", include_baseline: bool = True,
-          finetune_tasks=()):
-  """Which Pareto students get the full (regular) distillation, saved with orbax and exported to HF;
-  include_baseline: the baseline too, so the final comparison is like for like (003 Table 2);
-  finetune_tasks: downstream tasks (ad/finetune/tasks.py) each final, the baseline's final and the
-  teacher are fine-tuned on at the end, with the `finetune` section's settings (a 003 Table 3)."""
-  return ml_collections.ConfigDict(dict(count=count, choose=choose, schedule=schedule, export_hf=True,
-                                        include_baseline=include_baseline, finetune_tasks=list(finetune_tasks)))
+def final(**kw):
+  """The final section (ad/search/settings.py FinalSettings): which Pareto students are fully
+  distilled, exported and fine-tuned."""
+  return ml_collections.ConfigDict(settings.as_section(settings.FinalSettings(**kw)))
 
 
 def finetune(**kw):

@@ -162,7 +162,7 @@ def test_validation_documents_never_reach_training():
   assert set(val).isdisjoint(set(train)) and len(val) > 50
 
 
-def test_pipeline_never_touches_the_network():
+def test_pipeline_never_touches_the_network(tmp_path):
   code = (
       "import socket\n"
       "def blocked(*a, **k): raise OSError('network access attempted')\n"
@@ -172,9 +172,11 @@ def test_pipeline_never_touches_the_network():
       "task = pretrain.make_task(cfg, pretrain.load_vocab(cfg))\n"
       "b = next(pretrain.batches(task, cfg, 'validation', 4))\n"
       "print('ok', b['input_ids'].shape)\n")
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+  # an empty cache: the corpus is read and cleaned from its package files too, not from the cache
+  env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "ok (4, 32)" in proc.stdout
+  assert "ok (4, 32)" in proc.stdout and list(tmp_path.rglob("wiki_*.json"))
 
 
 def test_bad_config_and_model_mismatch(vocab):
