@@ -18,24 +18,9 @@ if "AD_TEST_CACHE_HOME" not in os.environ:
   os.environ["AD_TEST_CACHE_HOME"] = tempfile.mkdtemp(prefix="ad_test_cache_")
   atexit.register(shutil.rmtree, os.environ["AD_TEST_CACHE_HOME"], ignore_errors=True)
 os.environ["XDG_CACHE_HOME"] = os.environ["AD_TEST_CACHE_HOME"]
-# The suite's programs are tiny and each is compiled once (then read from the persistent cache), so
-# LLVM's optimization costs more than it saves: without it the compile-bound tests take about a third
-# less time (docs/MEASUREMENTS.md). It changes how fast the code runs, not what XLA computes; `ad`
-# runs outside the tests keep XLA's default. Subprocesses the tests start get it through xla_flags().
-TEST_XLA_OPTIMIZATION = "--xla_backend_optimization_level=0"
-
-
-def xla_flags(device_count: int) -> str:
-  """XLA_FLAGS for a process of the suite with `device_count` fake CPU devices."""
-  return f"--xla_force_host_platform_device_count={device_count} {TEST_XLA_OPTIMIZATION}"
-
-
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
-  flags = (flags + " --xla_force_host_platform_device_count=8").strip()
-if "xla_backend_optimization_level" not in flags:
-  flags = f"{flags} {TEST_XLA_OPTIMIZATION}"
-os.environ["XLA_FLAGS"] = flags
+  os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 
 import pytest  # noqa: E402
 

@@ -8,7 +8,7 @@ import os
 import sys
 
 pid, port, workdir, teacher = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"  # xla_flags(2)
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.update(AD_COORDINATOR=f"127.0.0.1:{port}", AD_NUM_PROCESSES="2", AD_PROCESS_ID=str(pid))
 

@@ -14,7 +14,7 @@ import pytest
 
 from ad import startup
 from ad.search import store as store_lib
-from tests.conftest import search_overrides, xla_flags
+from tests.conftest import search_overrides
 from tests.search.test_search_loop import ROOT, _rows
 
 
@@ -26,7 +26,7 @@ def test_two_workers_finish_a_search_and_a_killed_workers_trial_is_taken_over(tm
   args += [f"--set={o}" for o in search_overrides(tiny_teacher, **{
       "search.num_initial": 2, "search.num_trials": 2, "search.designer": "random", "search.baseline_arch": "",
       "search.workers.lease_s": 15.0, "search.workers.poll_s": 0.2})]
-  env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   victim, deadline = None, time.time() + 400
   while time.time() < deadline and proc.poll() is None and victim is None:
@@ -119,7 +119,7 @@ def test_measurement_on_another_worker_class_and_a_restarted_coordinator_over_po
   search += [f"--set={o}" for o in search_overrides(tiny_teacher, **{
       "search.num_initial": 1, "search.num_trials": 1, "search.designer": "random", "search.baseline_arch": "",
       "search.measure.target": "cpu-b", "search.workers.poll_s": 0.2})]
-  env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   run = lambda args: subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True)
   coordinator = run(search)

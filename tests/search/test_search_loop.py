@@ -14,7 +14,7 @@ import pytest
 
 from ad import cli, configs, space
 from ad.search import designers, loop, measurement, objectives, report, store as store_lib, trial
-from tests.conftest import SEARCH_BASELINE, search_overrides, xla_flags
+from tests.conftest import SEARCH_BASELINE, search_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,7 +47,7 @@ def test_a_killed_bo_search_resumes_losing_and_repeating_nothing_and_the_report_
                                                  "search.measure.scale": "run"})  # checked against its first reading
   args = [sys.executable, "-m", "ad.cli", "search", "--config", "quickstart", "--run-dir", run_dir, "--no-progress"]
   args += [f"--set={o}" for o in overrides]
-  env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 400
   while time.time() < deadline and proc.poll() is None:
