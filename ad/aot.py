@@ -28,8 +28,8 @@ from typing import Callable
 import jax
 
 from ad import files, space as space_lib
-from ad.data import pretrain
-from ad.distill import superlm, teacher_head, trainer
+from ad.data import settings as data_settings
+from ad.distill import settings as distill_settings, superlm, teacher_head, trainer
 from ad.train import sharding
 from ad.models import student as student_lib
 from kernels import fused_ffn
@@ -72,7 +72,7 @@ def compile_program(cfg, req: Request, log: Callable = print, cost=True, only=No
     devices = devices[:1]
   arch = space_lib.Arch.parse(req.arch or cfg.search.baseline_arch)
   scfg = student_lib.config_from_dict(arch, cfg.model, num_blocks=req.blocks, dtype=req.dtype)
-  data_cfg = pretrain.config_from_dict(cfg.data)
+  data_cfg = data_settings.config_from_dict(cfg.data)
   if req.program == "inference":
     seq = req.seq or cfg.search.measure.seq
     batch = req.batch or 1
@@ -83,7 +83,7 @@ def compile_program(cfg, req: Request, log: Callable = print, cost=True, only=No
   if seq > scfg.max_positions:
     raise ValueError(f"--seq {seq} exceeds the model's {scfg.max_positions} positions (model.max_positions)")
   schedule = req.program if req.program in ("flash", "regular") else "flash"
-  dcfg = trainer.config_from(cfg.distill, schedule)
+  dcfg = distill_settings.distill_config_from(cfg.distill, schedule)
   dcfg = dataclasses.replace(dcfg, batch_size=batch or dcfg.batch_size, mesh_model=req.mesh_model or dcfg.mesh_model)
   if req.program == "inference":  # data parallel over as many devices as split the batch (batch 1: one chip)
     devices = devices[:math.gcd(dcfg.batch_size, len(devices))]
@@ -198,8 +198,8 @@ def _programs(cfg, program: str, scfg, dcfg, data_cfg, mesh, batch: int, seq: in
                                                     unroll=unroll)
     return {"step": build(False).jobs(init=False)["step"]}, {"step": build(True).jobs(init=False)["step"]}
   if program == "teacher":
-    t = cfg.teacher
-    teacher = teacher_head.abstract_teacher(t, t.adapt_dtype)
+    t = distill_settings.teacher_settings(cfg.teacher)
+    teacher = teacher_head.abstract_teacher(cfg.teacher, t.adapt_dtype)
     if not hasattr(teacher, "layers"):
       raise ValueError("--program teacher: the adaptation step is for BERT teachers; this config's teacher is a "
                        "MobileBERT-family checkpoint, used as it is (ad teacher prepare)")
@@ -232,9 +232,10 @@ def described_model(cfg, program: str, scfg) -> tuple[str, int, str]:
     _, (_, _, _, _, _, super_cfg) = superlm._run_record(cfg, None, None)
     return "SuperLM " + super_cfg.arch.name, scfg.num_blocks, scfg.dtype
   if program == "teacher":
-    t = teacher_head.abstract_teacher(cfg.teacher, cfg.teacher.adapt_dtype).cfg
+    dtype = distill_settings.teacher_settings(cfg.teacher).adapt_dtype
+    t = teacher_head.abstract_teacher(cfg.teacher, dtype).cfg
     name = f"teacher BERT L{t.num_layers} H{t.hidden_size}" if hasattr(t, "num_layers") else "teacher"
-    return name, getattr(t, "num_layers", scfg.num_blocks), cfg.teacher.adapt_dtype
+    return name, getattr(t, "num_layers", scfg.num_blocks), dtype
   return scfg.arch.name, scfg.num_blocks, scfg.dtype
 
 
@@ -325,8 +326,8 @@ def largest_batch(cfg, req: Request, log: Callable = print, limit: int = 1 << 20
   if tpu.parse_topology(req.topology)[1] is None:
     devices = devices[:1]
   schedule = req.program if req.program in ("flash", "regular") else "flash"
-  dcfg = dataclasses.replace(trainer.config_from(cfg.distill, schedule), mesh_model=req.mesh_model
-                             or trainer.config_from(cfg.distill, schedule).mesh_model)
+  dcfg = dataclasses.replace(distill_settings.distill_config_from(cfg.distill, schedule), mesh_model=req.mesh_model
+                             or distill_settings.distill_config_from(cfg.distill, schedule).mesh_model)
   unit = dcfg.mesh_data or len(devices) // dcfg.mesh_model
   tried = {}
 

@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 
 from ad import configs
-from ad.data import pretrain
+from ad.data import pretrain, settings as data_settings
 from ad.distill import losses, teacher_head
 from ad.train import sharding
 from ad.models import student as student_lib
@@ -49,7 +49,7 @@ def main(argv=None):
   p.add_argument("--plain-steps", type=int, default=2)
   args = p.parse_args(argv)
   cfg = configs.load_config(args.config)
-  data_cfg = pretrain.config_from_dict(cfg.data)
+  data_cfg = data_settings.config_from_dict(cfg.data)
   tdir, tmeta = teacher_head.prepare_from_config(cfg.teacher, data_cfg)
   teacher, _ = teacher_head.load(tdir)
   scfg = student_lib.config_from_dict(args.arch, cfg.model)

@@ -43,14 +43,14 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=RESULTS)
   p.add_argument("--resamples", type=int, default=2000)
   args = p.parse_args(argv)
-  from ad.data import pretrain
+  from ad.data import settings as data_settings
   from ad.distill import teacher_head, trainer
-  from ad.finetune import trainer as finetune_lib
+  from ad.finetune import settings as finetune_settings, trainer as finetune_lib
   startup.enable_compile_cache()
   cfg = configs.load_config(args.config, args.overrides)
-  fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
+  fcfg = finetune_settings.config_from_dict(cfg.get("finetune"))
   t0 = time.time()
-  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, pretrain.config_from_dict(cfg.data))
+  teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_settings.config_from_dict(cfg.data))
   rows = []
   for name, path in [(a, os.path.join(args.run_dir, a)) for a in args.archs] + [("teacher", teacher_dir)]:
     if name != "teacher":

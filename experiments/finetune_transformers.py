@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from ad import configs, files, stats
-from ad.finetune import tasks, trainer as finetune_lib
+from ad.finetune import settings as finetune_settings, tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   import torch
   import transformers
-  fcfg = finetune_lib.config_from_dict(configs.load_config(args.config, args.overrides).get("finetune"))
+  fcfg = finetune_settings.config_from_dict(configs.load_config(args.config, args.overrides).get("finetune"))
   torch.manual_seed(fcfg.seed)
   t0 = time.time()
   tok = transformers.AutoTokenizer.from_pretrained(args.hf_dir)

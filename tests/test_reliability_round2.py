@@ -247,13 +247,13 @@ def student_params():
 def finished_student(tmp_path, student_params):
   """A distillation workdir holding a finished student (student.json + student/), made directly."""
   import jax
-  from ad.data import pretrain
+  from ad.data import pretrain, settings as data_settings
   from ad.train import checkpoints
   from ad.models import hf
   scfg, params = student_params
   wd = tmp_path / "wd"
   wd.mkdir()
-  data_cfg = pretrain.config_from_dict(configs.load_config("quickstart").data)
+  data_cfg = data_settings.config_from_dict(configs.load_config("quickstart").data)
   export.write_student_info(str(wd), scfg, pretrain.load_vocab(data_cfg, hf.minilm_dir()), data_cfg, "teacher",
                             "flash")
   params = jax.tree.map(lambda x: x, params)  # a test's own copy of the dict tree: tests change leaves

@@ -8,16 +8,16 @@ import os
 import sys
 
 from ad import configs, export, space as space_lib
-from ad.data import pretrain
+from ad.data import pretrain, settings as data_settings
 from ad.distill import evaluation, superlm, teacher_head, trainer
-from ad.finetune import trainer as finetune_lib
+from ad.finetune import settings as finetune_settings, trainer as finetune_lib
 from ad.search import report
 from ad.train import sharding
 
 
 def cmd_teacher(args) -> int:
   cfg = configs.load_config(args.config, args.overrides)
-  data_cfg = pretrain.config_from_dict(cfg.data)
+  data_cfg = data_settings.config_from_dict(cfg.data)
   if args.action == "prepare":
     out, meta = teacher_head.prepare_from_config(cfg.teacher, data_cfg, source=args.source, out_dir=args.out,
                                                  force=args.force, adapt_headed=True if args.adapt else None,
@@ -87,7 +87,7 @@ def cmd_export(args) -> int:
 
 def cmd_finetune(args) -> int:
   cfg = configs.load_config(args.config, args.overrides)
-  fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
+  fcfg = finetune_settings.config_from_dict(cfg.get("finetune"))
   flags = dict(epochs=args.epochs, tfds_data_dir=args.tfds_data_dir, squad_dir=args.squad_dir)
   fcfg = dataclasses.replace(fcfg, **{k: v for k, v in flags.items() if v is not None})
   results = []

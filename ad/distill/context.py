@@ -16,7 +16,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import numpy as np
 
-from ad.data import pretrain, vocab as vocab_lib
+from ad.data import pretrain, settings as data_settings, vocab as vocab_lib
 from ad.distill import evaluation, teacher_head
 from ad.models import student as student_lib
 
@@ -37,7 +37,7 @@ class TeacherContext:
   def build(cls, cfg, log: Callable = print, progress: bool = False) -> "TeacherContext":
     """The context of `cfg` (its data, teacher and model sections): the teacher prepared (or found
     prepared), loaded in model.dtype, the evaluation set and the teacher's reference on it."""
-    data_cfg = pretrain.config_from_dict(cfg.data)
+    data_cfg = data_settings.config_from_dict(cfg.data)
     dtype = jnp.dtype(cfg.model.get("dtype", student_lib.StudentConfig.dtype)).name
     teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_cfg, log=log, progress=progress)
     teacher, meta = teacher_head.load_for_training(teacher_dir, dtype)
@@ -48,7 +48,7 @@ class TeacherContext:
 
   def check_serves(self, cfg, dtype: str) -> None:
     """A context serves only the runs of its own data and teacher sections, in its compute dtype."""
-    if (pretrain.config_from_dict(cfg.data) != self.data_cfg or dict(cfg.teacher) != self.teacher_section
+    if (data_settings.config_from_dict(cfg.data) != self.data_cfg or dict(cfg.teacher) != self.teacher_section
         or jnp.dtype(dtype).name != self.dtype):
       raise ValueError(f"the shared teacher context was built for other data or teacher sections or another compute "
                        f"dtype ({self.dtype}, not {jnp.dtype(dtype).name}); build one for this config "

@@ -44,10 +44,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ad import configs, files, multihost, space as space_lib
-from ad.data import pretrain
+from ad import files, multihost, space as space_lib
+from ad.data import pretrain, settings as data_settings
 from ad.distill import evaluation, losses, trainer
 from ad.distill.context import TeacherContext
+from ad.distill.settings import SuperLMConfig, distill_config_from, superlm_config_from
 from ad.train import checkpoints, optim, sharding
 from ad.train.params import Rebuild, without
 from ad.train.steps import MetricsWriter, StepLoop
@@ -55,50 +56,9 @@ from ad.models import layers, stack, student as student_lib
 from ad.models.student import ACTIVATIONS, TORCH_DEFAULT_LAYER_NORM_EPS, mask_to_bias
 from profiling.compile_stats import compile_concurrently
 
-SAMPLINGS = ("random", "sandwich")
 PROXIES = ("flash", "superlm", "fewshot")
 DONE_ONESHOT, DONE_FEWSHOT = "superlm.json", "fewshot.json"
 
-
-@dataclasses.dataclass(frozen=True)
-class SuperLMConfig:
-  steps: int = 500  # optimizer steps of the one-shot SuperLM; few-shot splits them over its parts
-  samples_per_step: int = 2  # M sub-networks per step (004 Algorithm 1's "sample times")
-  sampling: str = "random"
-  lr: float = 0.0  # 0: distill.lr
-  warmup_steps: int = 25
-  fewshot_count: int = 3  # K (001 uses 3)
-  fewshot_factor: str = "hidden"
-  checkpoint_every: int = 100
-  seed: int = 0
-
-  def __post_init__(self):
-    for k in ("steps", "samples_per_step", "fewshot_count", "checkpoint_every"):
-      configs.check_range(f"superlm.{k.replace('fewshot_', 'fewshot.')}", getattr(self, k), low=1)
-    for k in ("lr", "warmup_steps", "seed"):  # lr 0: distill.lr
-      configs.check_range(f"superlm.{k}", getattr(self, k), low=0)
-    if self.sampling not in SAMPLINGS:
-      raise ValueError(f"superlm.sampling={self.sampling!r}: expected one of {SAMPLINGS}")
-    if self.sampling == "sandwich" and self.samples_per_step < 3:
-      raise ValueError("superlm.sampling='sandwich' trains the largest and the smallest sub-network every step plus "
-                       "random ones (with 2 it would train only the two extremes): superlm.samples_per_step must be "
-                       f"at least 3, got {self.samples_per_step}")
-    if self.fewshot_factor not in space_lib.FACTORS:
-      raise ValueError(f"superlm.fewshot.factor={self.fewshot_factor!r}: expected one of {space_lib.FACTORS}")
-
-
-def config_from(cfg) -> SuperLMConfig:
-  """The `superlm` section of an experiment config (experiments/configs/common.py superlm())."""
-  if "superlm" not in cfg:
-    raise ValueError("the config has no `superlm` section (experiments/configs/common.py superlm() makes one)")
-  given = dict(cfg.superlm)
-  fewshot = dict(given.pop("fewshot", {}))  # superlm.fewshot.{count, factor}: the fields fewshot_{count, factor}
-  unknown = sorted(f"fewshot.{k}" for k in set(fewshot) - {"count", "factor"})
-  if unknown:
-    raise ValueError(f"config.superlm has unknown keys {unknown}; known: ['fewshot.count', 'fewshot.factor']")
-  return configs.section(SuperLMConfig, given, "superlm",
-                         fewshot_count=int(fewshot.get("count", SuperLMConfig.fewshot_count)),
-                         fewshot_factor=str(fewshot.get("factor", SuperLMConfig.fewshot_factor)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,11 +281,11 @@ def superlm_programs(super_cfg, scfg: SuperLMConfig, dcfg, data_cfg, max_heads: 
 
 def _run_record(cfg, archs, steps):
   """(the run record a SuperLM workdir holds, its settings): what a --resume must match."""
-  scfg = config_from(cfg)
-  dcfg = trainer.config_from(cfg.distill, "flash")  # batch size, optimizer, loss weights, mesh
+  scfg = superlm_config_from(cfg)
+  dcfg = distill_config_from(cfg.distill, "flash")  # batch size, optimizer, loss weights, mesh
   archs = list(archs) if archs is not None else space_lib.DesignSpace.from_config(cfg.space).archs()
   steps = int(steps or scfg.steps)
-  data_cfg = pretrain.config_from_dict(cfg.data)
+  data_cfg = data_settings.config_from_dict(cfg.data)
   super_cfg = student_lib.config_from_dict(super_arch(archs), cfg.model)
   record = dict(arch=super_cfg.arch.name, schedule="superlm", candidates=[a.name for a in archs], steps=steps,
                 superlm=dataclasses.asdict(scfg), distill=dataclasses.asdict(dcfg), data=repr(data_cfg),
@@ -433,7 +393,7 @@ def _train(cfg, workdir, archs, steps, resume, log, progress, context) -> dict:
 def train_fewshot(cfg, workdir: str, resume: bool = False, log: Callable = print, progress: bool = True,
                   context: TeacherContext | None = None) -> dict:
   """001's K SuperLMs in workdir/part_<k>, each over its part of the space for superlm.steps / K."""
-  scfg = config_from(cfg)
+  scfg = superlm_config_from(cfg)
   archs = space_lib.DesignSpace.from_config(cfg.space).archs()
   parts = partition(archs, scfg.fewshot_factor, scfg.fewshot_count)
   steps = max(1, scfg.steps // len(parts))

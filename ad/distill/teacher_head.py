@@ -46,9 +46,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm import tqdm
 
-from ad import configs, files, interrupt
+from ad import files, interrupt
 from ad.data import pretrain
 from ad.distill import evaluation, losses
+from ad.distill.settings import TEACHER_KEY_SETTINGS, teacher_settings
 from ad.train import optim, sharding
 from ad.train.params import Rebuild, nonfinite
 from ad.train.steps import NonFiniteLossError
@@ -59,10 +60,7 @@ Teacher = teacher_lib.Bert | student_lib.Student  # BERT, or MobileBERT/IB-BERT 
 META_FILE = "teacher.json"
 PARAMS_DIR = "params"
 HF_DIR = "hf"
-# The settings (config `teacher` section) that change the prepared teacher: part of the cache key.
-SETTINGS = ("head_pool_batches", "head_steps", "head_positions_per_step", "head_lr", "batch_size", "adapt_steps",
-            "adapt_batch_size", "adapt_lr", "adapt_head_lr", "adapt_warmup_steps", "adapt_dtype", "adapt_headed",
-            "seed")
+
 HEAD_RULES = [(r"(mlm_transform|mlm_norm|mlm_bias)(/.*)?", "head"), (r".*", "encoder")]
 
 
@@ -276,7 +274,8 @@ def abstract_teacher(teacher_cfg, dtype: str) -> Teacher:
   but config files and the weight file's header), computing in `dtype`: what `ad compile` compiles a
   distillation step with. A prepared teacher (teacher.prepared_dir) gives its own config; otherwise
   the source checkpoint's, with the MLM head that preparation fits (ad teacher prepare)."""
-  prepared = os.path.join(teacher_cfg.prepared_dir, META_FILE) if teacher_cfg.prepared_dir else ""
+  typed = teacher_settings(teacher_cfg)
+  prepared = os.path.join(typed.prepared_dir, META_FILE) if typed.prepared_dir else ""
   if prepared and os.path.isfile(prepared):
     meta = files.read_json(prepared, "teacher.json")
     if meta.get("family", "bert") == "mobilebert":
@@ -284,7 +283,7 @@ def abstract_teacher(teacher_cfg, dtype: str) -> Teacher:
       return nnx.eval_shape(lambda: student_lib.Student(cfg, nnx.Rngs(0)))
     cfg = teacher_lib.BertConfig(**dict(meta["config"], dtype=dtype))
     return nnx.eval_shape(lambda: teacher_lib.Bert(cfg, nnx.Rngs(0)))
-  source = teacher_cfg.source or hf.minilm_dir()
+  source = typed.source or hf.minilm_dir()
   if hf.read_config(source).get("model_type", "bert") == "mobilebert":
     cfg = hf.student_config_from_hf(hf.read_config(source), os.path.join(source, hf.CONFIG_FILE), dtype=dtype)
     return nnx.eval_shape(lambda: student_lib.Student(cfg, nnx.Rngs(0)))
@@ -299,29 +298,20 @@ def load_for_training(prepared_dir: str, dtype: str) -> tuple[Teacher, dict]:
 
 
 def settings_from_config(teacher_cfg) -> dict:
-  missing = [k for k in SETTINGS if k not in teacher_cfg]
-  if missing:
-    raise KeyError(f"config.teacher lacks {missing}; see experiments/configs/common.py default_teacher()")
-  s = {k: teacher_cfg[k] for k in SETTINGS}
-  for k in ("head_pool_batches", "head_positions_per_step", "batch_size", "adapt_batch_size"):
-    configs.check_range(f"teacher.{k}", s[k], low=1)
-  for k in ("head_steps", "adapt_steps", "adapt_warmup_steps", "seed"):
-    configs.check_range(f"teacher.{k}", s[k], low=0)
-  for k in ("head_lr", "adapt_lr", "adapt_head_lr"):
-    configs.check_range(f"teacher.{k}", s[k], low=0, low_open=True)
-  if s["adapt_dtype"] not in ("float32", "bfloat16", "float16"):
-    raise ValueError(f"teacher.adapt_dtype={s['adapt_dtype']!r}: expected float32, bfloat16 or float16")
-  return s
+  """The cache-key settings (TEACHER_KEY_SETTINGS) of a config's `teacher` section, checked."""
+  typed = teacher_settings(teacher_cfg)
+  return {k: getattr(typed, k) for k in TEACHER_KEY_SETTINGS}
 
 
 def prepare_from_config(teacher_cfg, data_cfg, *, source: str | None = None, out_dir: str | None = None,
                         force: bool = False, adapt_headed: bool | None = None, log=print,
                         progress: bool = True) -> tuple[str, dict]:
   """`prepare` with the settings of a config's `teacher` section (CLI flags may override)."""
-  settings = settings_from_config(teacher_cfg)
+  typed = teacher_settings(teacher_cfg)
+  settings = {k: getattr(typed, k) for k in TEACHER_KEY_SETTINGS}
   if adapt_headed is not None:
     settings["adapt_headed"] = adapt_headed
-  return prepare(source or teacher_cfg.source or None, out_dir or teacher_cfg.prepared_dir or None, data_cfg,
+  return prepare(source or typed.source or None, out_dir or typed.prepared_dir or None, data_cfg,
                  settings, force=force, log=log, progress=progress)
 
 
@@ -372,8 +362,9 @@ def check_config(teacher_cfg, data_cfg) -> None:
   """The config's teacher section, checked as `prepare_from_config` would check it but writing
   nothing: its settings' ranges, the source checkpoint, and a given prepared_dir that holds another
   teacher. `ad search` calls it before it writes a run directory."""
-  settings = settings_from_config(teacher_cfg)
-  _where_prepared(teacher_cfg.source or None, teacher_cfg.prepared_dir or None, data_cfg, settings, force=False)
+  typed = teacher_settings(teacher_cfg)
+  _where_prepared(typed.source or None, typed.prepared_dir or None, data_cfg, settings_from_config(teacher_cfg),
+                  force=False)
 
 
 def prepare(source_dir: str | None, out_dir: str | None, data_cfg, settings: dict, *, force: bool = False,

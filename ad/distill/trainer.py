@@ -35,10 +35,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ad import configs, export, files, multihost
-from ad.data import pretrain
+from ad import export, files, multihost
+from ad.data import pretrain, settings as data_settings
 from ad.distill import evaluation, losses
 from ad.distill.context import TeacherContext
+from ad.distill.settings import DistillConfig, distill_config_from
 from ad.train import optim, sharding
 from ad.train.checkpoints import (Checkpoints, LossLog, check_run_record, check_student_checkpoint,
                                   restore_student_params, save_student_params)
@@ -48,7 +49,6 @@ from profiling.compile_stats import CompileLog, compile_concurrently
 from ad.models import stack, student as student_lib
 from ad.models.student import mask_to_bias
 
-RECIPES = ("autodistill", "mobilebert")
 PRETRAIN = "pretrain_distill"
 # Which parameters a progressive stage moves: the block and adapter slices of stage k, the
 # embeddings in stage 0 (the MobileBERT recipe also moves earlier ones, more slowly); never the
@@ -56,67 +56,6 @@ PRETRAIN = "pretrain_distill"
 STAGE_RULES = [(r"student/blocks/.*", "block"), (r"adapters/.*", "block"),
                (r"student/embeddings/.*", "embeddings"), (r".*", "frozen")]
 
-
-@dataclasses.dataclass(frozen=True)
-class DistillConfig:
-  pretrain_steps: int
-  warmup_steps: int
-  steps_per_block: int = 0  # 0: progressive_ratio * pretrain_steps / K (003: 0.48)
-  progressive_ratio: float = 0.48
-  batch_size: int = 16
-  lr: float = 1e-3
-  progressive_lr: float = 0.0  # 0: same as lr
-  weight_decay: float = 0.01
-  alpha: float = 0.5  # eq. 3
-  temperature: float = 1.0
-  mha_weight: float = 1.0
-  fm_weight: float = 1.0
-  recipe: str = "autodistill"
-  earlier_blocks_lr_scale: float = 0.0  # mobilebert recipe: earlier blocks keep training at this scale
-  warmup_max_fraction: float = 0.1  # a stage's warm-up is at most this share of its steps (stage_warmup)
-  checkpoint_every: int = 50
-  keep_checkpoints: int = 2
-  log_every: int = 10
-  mesh_data: int = 0  # 0: all devices
-  mesh_model: int = 1
-  seed: int = 0
-
-  def __post_init__(self):
-    if self.recipe not in RECIPES:
-      raise ValueError(f"distill.recipe={self.recipe!r}: expected one of {RECIPES}")
-    for k in ("pretrain_steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints", "mesh_model"):
-      configs.check_range(f"distill.{k}", getattr(self, k), low=1)
-    for k in ("progressive_lr", "weight_decay", "mha_weight", "fm_weight", "earlier_blocks_lr_scale", "steps_per_block",
-              "warmup_steps", "mesh_data", "seed"):
-      configs.check_range(f"distill.{k}", getattr(self, k), low=0)
-    for k in ("lr", "temperature", "progressive_ratio"):
-      configs.check_range(f"distill.{k}", getattr(self, k), low=0, low_open=True)
-    configs.check_range("distill.alpha", self.alpha, low=0, high=1)  # eq. 3's mixing weight
-    configs.check_range("distill.warmup_max_fraction", self.warmup_max_fraction, low=0, high=1, low_open=True)
-
-  def stage_warmup(self, stage_steps: int) -> int:
-    """Warm-up steps of a stage of `stage_steps`: warmup_steps, capped at warmup_max_fraction of the
-    stage (and below its length), so every stage's learning rate peaks and then decays: at paper
-    scale a 500-step progressive stage with warmup_steps=500 would otherwise only ever ramp up."""
-    return max(1, min(self.warmup_steps, int(self.warmup_max_fraction * stage_steps), stage_steps - 1))
-
-  def block_steps(self, num_blocks: int) -> int:
-    return self.steps_per_block or max(1, round(self.progressive_ratio * self.pretrain_steps / num_blocks))
-
-  @property
-  def earlier_scale(self) -> float:
-    return self.earlier_blocks_lr_scale if self.recipe == "mobilebert" else 0.0
-
-
-def config_from(cfg_distill, schedule: str) -> DistillConfig:
-  """distill section + one named schedule (distill.flash / distill.regular) -> DistillConfig."""
-  d = dict(cfg_distill)
-  schedules = {k: v for k, v in d.items() if k in ("flash", "regular")}
-  if schedule not in schedules:
-    raise ValueError(f"schedule {schedule!r}: the config defines {sorted(schedules)} under distill")
-  base = {k: v for k, v in d.items() if k not in schedules}
-  base.update(dict(schedules[schedule]))
-  return configs.section(DistillConfig, base, "distill")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,8 +339,8 @@ def _resume_point(ckpts: Checkpoints, params_abs, plan: list[Stage], data_cfg, a
 def _distill(arch, cfg, schedule, workdir, resume, log, progress, save_student, export_dir, compiles,
              card_latency, init_student, context) -> dict:
   t_start = time.time()
-  dcfg = config_from(cfg.distill, schedule)
-  data_cfg = pretrain.config_from_dict(cfg.data)
+  dcfg = distill_config_from(cfg.distill, schedule)
+  data_cfg = data_settings.config_from_dict(cfg.data)
   scfg = student_lib.config_from_dict(arch, cfg.model)
   K = scfg.num_blocks
   is_main = multihost.is_main()

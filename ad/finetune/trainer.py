@@ -32,9 +32,10 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from ad import configs, export, files, interrupt, rundir, stats
+from ad import export, files, interrupt, rundir, stats
 from ad.data import vocab as vocab_lib
 from ad.finetune import squad, tasks as tasks_lib
+from ad.finetune.settings import FinetuneConfig
 from ad.distill import teacher_head
 from ad.train import optim
 from ad.train.params import Rebuild, nonfinite, without
@@ -44,40 +45,6 @@ from ad.models import hf
 RESULT_FILE = "result.json"
 SOURCE_FILE = "checkpoint.json"  # which checkpoint a result directory belongs to
 LOG_EVERY = 5  # steps between logged training losses
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-  epochs: int = 3
-  batch_size: int = 32
-  lr: float = 1e-4
-  warmup_fraction: float = 0.1
-  weight_decay: float = 0.01
-  dropout: float = 0.1
-  seq_len: int = 128
-  evals_per_epoch: int = 2
-  patience: int = 3  # validation scorings without improvement before stopping
-  dtype: str = "float32"  # compute dtype; parameters stay f32
-  seed: int = 0
-  max_train_examples: int = 0  # 0 = the whole train split (quick checks use fewer)
-  max_eval_examples: int = 0  # 0 = the whole validation and test splits
-  tfds_data_dir: str = ""  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets (GLUE, SQuAD)
-  squad_dir: str = ""  # the official SQuAD v1.1 JSON files; '' = TFDS squad/v1.1
-
-  def __post_init__(self):
-    for k in ("epochs", "batch_size", "evals_per_epoch", "patience"):
-      configs.check_range(f"finetune.{k}", getattr(self, k), low=1)
-    configs.check_range("finetune.seq_len", self.seq_len, low=8)  # [CLS] text [SEP] and a few tokens
-    configs.check_range("finetune.lr", self.lr, low=0, low_open=True)
-    configs.check_range("finetune.weight_decay", self.weight_decay, low=0)
-    for k in ("warmup_fraction", "dropout"):
-      configs.check_range(f"finetune.{k}", getattr(self, k), low=0, high=1, high_open=True)
-    for k in ("seed", "max_train_examples", "max_eval_examples"):
-      configs.check_range(f"finetune.{k}", getattr(self, k), low=0)
-
-
-def config_from_dict(d) -> FinetuneConfig:
-  return configs.section(FinetuneConfig, d, "finetune")
 
 
 # ---------------------------------------------------------------------------------------------

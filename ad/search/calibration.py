@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from ad import interrupt, stats
+from ad.search import settings
 
 CALIBRATION_KEY = "calibration"  # store meta: {arch: the regular run's scores} of the calibration students
 RESAMPLES, SEED = 2000, 0  # the bootstrap over students, as in the fidelity studies
@@ -68,13 +69,14 @@ def distill_students(cfg, run_dir: str, names: list[str], distill: Callable, rec
   """Regular-distills `names` one at a time with the finals' schedule (each resumes from its own
   checkpoints) and hands each one's scores to `record(name, entry)` (the store, on the main
   process). `distill`: trainer.distill (the caller's import: this module loads no JAX)."""
+  schedule = settings.final_settings(cfg).schedule
   for name in names:
     interrupt.check("a calibration distillation boundary")
     workdir = os.path.join(run_dir, "calibration", name)
     log(f"search: calibration: regular distillation of {name} into {workdir}")
     t0 = time.time()
     try:
-      m = distill(name, cfg, cfg.final.schedule, workdir, resume=True, log=lambda msg: None, progress=progress)
+      m = distill(name, cfg, schedule, workdir, resume=True, log=lambda msg: None, progress=progress)
       entry = dict(status="ok", mlm_accuracy=m["mlm_accuracy"], mlm_accuracy_se=m["mlm_accuracy_se"],
                    per_sequence=dict(masked=m["per_sequence"]["masked"],
                                      mlm_correct=m["per_sequence"]["mlm_correct"]),

@@ -10,10 +10,10 @@ import traceback
 from typing import Callable
 
 from ad import export, interrupt, multihost, rundir
-from ad.data import pretrain
+from ad.data import settings as data_settings
 from ad.distill import teacher_head, trainer
 from ad.distill.context import TeacherContext
-from ad.finetune import trainer as finetune_lib
+from ad.finetune import settings as finetune_settings, trainer as finetune_lib
 from ad.search import calibration, report as report_lib, settings
 from ad.search.measurement import LATENCY_SCALE_KEY, measurement_reference, remote_target, trace_dir_of
 from ad.search.objectives import TIMED
@@ -33,7 +33,7 @@ def remeasure_front(cfg, run_dir: str, store, names, directions, log: Callable) 
   done = store.get_meta(report_lib.REMEASURED_KEY)
   if not archs or (done and done["archs"] == archs):
     return done
-  m = cfg.search.measure
+  m = settings.search_settings(cfg).measure
   programs = []
   for name in [reference] + [a for a in archs if a != reference]:
     fn, args, scfg = harness.student_forward(name, cfg.model, batch=m.batch, seq=m.seq)
@@ -56,15 +56,15 @@ def finetune_finals(cfg, run_dir: str, store, log: Callable, progress: bool, tea
   """Fine-tunes every finished final (the baseline's included) and the teacher on each of
   final.finetune_tasks, recording each run in the store; a finished one is not run again.
   teacher_dir: the prepared teacher (the search's context has it; found from the config when not given)."""
-  fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
+  fcfg = finetune_settings.config_from_dict(cfg.get("finetune"))
   if teacher_dir is None:
-    teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, pretrain.config_from_dict(cfg.data), log=log,
+    teacher_dir, _ = teacher_head.prepare_from_config(cfg.teacher, data_settings.config_from_dict(cfg.data), log=log,
                                                       progress=False)
   models = [(f["arch"], os.path.join(rundir.finals_dir(run_dir), f["arch"]))
             for f in store.finals() if f["status"] == "ok"]
   models.append(("teacher", teacher_dir))
   done = {(r["model"], r["task"]) for r in store.finetunes() if r["status"] == "ok"}
-  for task in cfg.final.finetune_tasks:
+  for task in settings.final_settings(cfg).finetune_tasks:
     for name, path in models:
       interrupt.check("a fine-tuning boundary")
       if (name, task) in done:
@@ -95,14 +95,15 @@ def run_finals(cfg, run_dir: str, store, names, directions, log: Callable, progr
     interrupt.check("the re-measurement of the Pareto set")
     remeasure_front(cfg, run_dir, store, names, directions, log)
     report_lib.write_report(run_dir, store)  # the search's report exists before the long final runs
-  chosen = report_lib.choose_finals(store.trials(), names, directions, cfg.final) if is_main else []
-  if is_main and cfg.final.include_baseline and cfg.search.baseline_arch and chosen:
-    chosen.append(cfg.search.baseline_arch)
+  final, baseline = settings.final_settings(cfg), settings.search_settings(cfg).baseline_arch
+  chosen = report_lib.choose_finals(store.trials(), names, directions, final) if is_main else []
+  if is_main and final.include_baseline and baseline and chosen:
+    chosen.append(baseline)
   chosen = [c for c in multihost.broadcast_str(",".join(chosen)).split(",") if c]
   distill = functools.partial(trainer.distill, context=context)
   distill_finals(cfg, run_dir, store, chosen, log, progress, distill)
   calibrate(cfg, run_dir, store, names, directions, chosen, log, progress, distill)
-  if is_main and settings.final_settings(cfg).finetune_tasks:
+  if is_main and final.finetune_tasks:
     finetune_finals(cfg, run_dir, store, log, progress, context.teacher_dir if context else None)
   return chosen
 
@@ -112,6 +113,7 @@ def distill_finals(cfg, run_dir: str, store, chosen: list[str], log: Callable, p
   """Regular distillation (final.schedule, by `distill`: trainer.distill with the search's context) of each
   chosen student into <run>/final/<arch>, saved and exported to Hugging Face; a finished one is skipped, a
   failed one recorded and the next run."""
+  final = settings.final_settings(cfg)
   for name in chosen:
     interrupt.check("a final distillation boundary")
     done = {f["arch"]: f for f in store.finals()}
@@ -122,8 +124,8 @@ def distill_finals(cfg, run_dir: str, store, chosen: list[str], log: Callable, p
     log(f"search: regular distillation of {name} into {workdir}")
     measured = [t for t in store.trials("ok") if t["arch"] == name]  # its latency, for the model card
     try:
-      m = distill(name, cfg, cfg.final.schedule, workdir, resume=True, log=lambda msg: None, progress=progress,
-                  save_student=True, export_dir=os.path.join(workdir, "hf") if cfg.final.export_hf else None,
+      m = distill(name, cfg, final.schedule, workdir, resume=True, log=lambda msg: None, progress=progress,
+                  save_student=True, export_dir=os.path.join(workdir, "hf") if final.export_hf else None,
                   card_latency=export.card_latency(measured[-1]) if measured else None)
     except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
       raise

@@ -26,6 +26,7 @@ elsewhere, ad/multihost.py), and broadcasts each architecture to the others.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -35,9 +36,9 @@ import jax
 from tqdm import tqdm
 
 from ad import configs, files, interrupt, multihost, space as space_lib
-from ad.data import pretrain, tf_setup
-from ad.distill import superlm, teacher_head, trainer
-from ad.finetune import tasks as tasks_lib, trainer as finetune_lib
+from ad.data import settings as data_settings, tf_setup
+from ad.distill import settings as distill_settings, superlm, teacher_head
+from ad.finetune import settings as finetune_settings, tasks as tasks_lib
 from ad.models import student as student_lib
 from ad.search import designers as designers_lib, finals, parallel, pareto, report as report_lib
 from ad.search import settings, store as store_lib
@@ -62,15 +63,15 @@ CONSTRAINT_KINDS = ("max_params", "max_flops", "max_latency_ms")  # the constrai
 def check_search_ranges(cfg) -> None:
   """The numeric settings of the search, measure and constraints sections, each within what a run
   can use (ad/configs.py check_range names the setting, the value and the range)."""
-  s, c, check = cfg.search, cfg.constraints, configs.check_range
+  s, c, check = settings.search_settings(cfg), cfg.constraints, configs.check_range
   for k in ("seed", "max_failed_trials", "num_initial"):
-    check(f"search.{k}", s[k], low=0)
+    check(f"search.{k}", getattr(s, k), low=0)
   check("search.num_trials", s.num_trials, low=1)
   # a worker renews its lease every lease_s / 3: shorter than a few seconds, leases lapse between beats
   check("search.workers.lease_s", s.workers.lease_s, low=5)
   check("search.workers.poll_s", s.workers.poll_s, low=0, high=s.workers.lease_s / 3, low_open=True)
   for k in ("batch", "max_reps", "chunk"):
-    check(f"search.measure.{k}", s.measure[k], low=1)
+    check(f"search.measure.{k}", getattr(s.measure, k), low=1)
   check("search.measure.seq", s.measure.seq, low=8)
   check("search.measure.target_rel_ci", s.measure.target_rel_ci, low=0, high=1, low_open=True, high_open=True)
   for o in s.objectives:
@@ -80,22 +81,21 @@ def check_search_ranges(cfg) -> None:
   check("search.bo.likelihood_variance", s.bo.likelihood_variance, low=0, low_open=True)
   check("search.evolution.population", s.evolution.population, low=2)
   for k in ("mutation_prob", "explore_prob"):
-    check(f"search.evolution.{k}", s.evolution[k], low=0, high=1)
+    check(f"search.evolution.{k}", getattr(s.evolution, k), low=0, high=1)
   check("search.firefly.population", s.firefly.population, low=1)
   for k in ("beta0", "gamma", "alpha"):
-    check(f"search.firefly.{k}", s.firefly[k], low=0)
-  check("final.count", cfg.final.count, low=0)
+    check(f"search.firefly.{k}", getattr(s.firefly, k), low=0)
+  check("final.count", settings.final_settings(cfg).count, low=0)
 
 
 def _validated(cfg, run_dir: str, designer: str | None):
   """Everything a search needs, checked before anything is written (a bad config must leave no
   search record behind): (designer, objective spec, space, feasible candidates, pruned)."""
-  s = cfg.search
-  st = settings.search_settings(cfg)  # an unknown key of the section fails here, naming it
+  names, directions, reference = objective_spec(cfg.search)  # a list of the wrong shape is named first
+  s = settings.search_settings(cfg)  # an unknown key of the section fails here, naming it
   designer = designer or s.designer
   if designer not in designers_lib.DESIGNERS:
     raise ValueError(f"designer {designer!r}: expected one of {designers_lib.DESIGNERS}")
-  names, directions, reference = objective_spec(s)
   check_search_ranges(cfg)
   if estimated_target(cfg):
     if tpu.parse_topology(estimated_target(cfg))[1] is not None:
@@ -109,45 +109,45 @@ def _validated(cfg, run_dir: str, designer: str | None):
                      f"0 <= num_initial <= num_trials <= {len(cands)} feasible architectures")
   if s.baseline_arch:
     space_lib.Arch.parse(s.baseline_arch)
-  if st.bo.pending not in trieste_service.PENDING_METHODS:
-    raise ValueError(f"search.bo.pending={st.bo.pending!r}: expected one of {trieste_service.PENDING_METHODS}")
-  if not isinstance(st.bo.training_free, bool):
-    raise ValueError(f"search.bo.training_free={st.bo.training_free!r}: expected True or False")
-  if st.bo.constraints not in CONSTRAINT_METHODS:
-    raise ValueError(f"search.bo.constraints={st.bo.constraints!r}: expected one of {CONSTRAINT_METHODS} ('filter': "
+  if s.bo.pending not in trieste_service.PENDING_METHODS:
+    raise ValueError(f"search.bo.pending={s.bo.pending!r}: expected one of {trieste_service.PENDING_METHODS}")
+  if not isinstance(s.bo.training_free, bool):
+    raise ValueError(f"search.bo.training_free={s.bo.training_free!r}: expected True or False")
+  if s.bo.constraints not in CONSTRAINT_METHODS:
+    raise ValueError(f"search.bo.constraints={s.bo.constraints!r}: expected one of {CONSTRAINT_METHODS} ('filter': "
                      "an infeasible trial is only excluded; 'model': BO models the measured latency's limit)")
-  k = st.calibrate
+  k = s.calibrate
   if not isinstance(k, int) or isinstance(k, bool) or k < 0:
     raise ValueError(f"search.calibrate={k!r}: expected a whole number >= 0 of search students to regular-distill "
                      "after the finals (0: off; more than the search has: all of them)")
   unknown = sorted(set(cfg.constraints) - set(CONSTRAINT_KINDS))
   if unknown:
     raise ValueError(f"constraints.{unknown[0]}: unknown constraint; expected one of {CONSTRAINT_KINDS}")
-  timed_against = st.measure.reference
+  timed_against = s.measure.reference
   if timed_against not in ("", "baseline"):
     try:
       space_lib.Arch.parse(timed_against)
     except ValueError as e:
       raise ValueError(f"search.measure.reference={timed_against!r}: expected 'baseline' (search.baseline_arch), '' "
                        f"(each student timed alone) or an architecture such as 512_128_4_512_4 ({e})") from None
-  if st.measure.scale not in SCALES:
-    raise ValueError(f"search.measure.scale={st.measure.scale!r}: expected one of {SCALES}")
-  if st.baseline_checkpoint:
-    check_baseline_checkpoint(st.baseline_checkpoint, cfg)
+  if s.measure.scale not in SCALES:
+    raise ValueError(f"search.measure.scale={s.measure.scale!r}: expected one of {SCALES}")
+  if s.baseline_checkpoint:
+    check_baseline_checkpoint(s.baseline_checkpoint, cfg)
   final = settings.final_settings(cfg)
   if final.choose not in report_lib.CHOICES:
     raise ValueError(f"final.choose={final.choose!r}: expected one of {report_lib.CHOICES}")
   if final.finetune_tasks:
-    fcfg = finetune_lib.config_from_dict(cfg.get("finetune"))
+    fcfg = finetune_settings.config_from_dict(cfg.get("finetune"))
     for task in final.finetune_tasks:  # unknown tasks and missing data fail now, not after the search
       tasks_lib.check_data(tasks_lib.get(task), fcfg.tfds_data_dir or None, fcfg.squad_dir or None)
-  trainer.config_from(cfg.distill, "flash")
-  trainer.config_from(cfg.distill, cfg.final.schedule)
+  distill_settings.distill_config_from(cfg.distill, "flash")
+  distill_settings.distill_config_from(cfg.distill, final.schedule)
   if proxy_of(cfg) not in superlm.PROXIES:
     raise ValueError(f"search.proxy={proxy_of(cfg)!r}: expected one of {superlm.PROXIES}")
   if proxy_of(cfg) != "flash":
-    superlm.config_from(cfg)
-  data_cfg = pretrain.config_from_dict(cfg.data)
+    distill_settings.superlm_config_from(cfg)
+  data_cfg = data_settings.config_from_dict(cfg.data)
   student_lib.config_from_dict(feasible[0], cfg.model)
   teacher_head.check_config(cfg.teacher, data_cfg)  # a teacher that does not fit fails now, not in every trial
   return designer, (names, directions, reference), space, cands, pruned
@@ -156,10 +156,12 @@ def _validated(cfg, run_dir: str, designer: str | None):
 def designer_features(cfg, cands: designers_lib.Candidates, designer: str):
   """[N, 2] training-free inputs of BO's GPs (log parameters and log FLOPs of each candidate) when
   search.bo.training_free is on, else None."""
-  if designer != "bo" or not settings.search_settings(cfg).bo.training_free:
+  search = settings.search_settings(cfg)
+  if designer != "bo" or not search.bo.training_free:
     return None
+  seq = search.measure.seq
   return designers_lib.training_free_features(
-      [(sc["params"], sc["flops"]) for sc in (screening(a, cfg.model, cfg.search.measure.seq) for a in cands.archs)])
+      [(sc["params"], sc["flops"]) for sc in (screening(a, cfg.model, seq) for a in cands.archs)])
 
 
 def comparable(config: dict) -> dict:
@@ -178,7 +180,11 @@ def comparable(config: dict) -> dict:
   # and what runs after the search (the final distillations and their fine-tuning), and the
   # SuperLM settings of a search that does not use them
   ignored = ("final", "finetune") + (("superlm",) if search["proxy"] == "flash" else ())
-  return {k: v for k, v in dict(config, search=search).items() if k not in ignored}
+  # the typed sections are compared as what they mean, so a key added later with its default
+  # (data.shuffle_window) does not make an older run another search
+  typed = dict(data=dataclasses.asdict(data_settings.config_from_dict(config.get("data"))),
+               teacher=dataclasses.asdict(distill_settings.teacher_settings(config.get("teacher"))))
+  return {k: v for k, v in dict(config, search=search, **typed).items() if k not in ignored}
 
 
 def check_same_search(old: dict, record: dict, store_path: str) -> None:
@@ -198,7 +204,7 @@ def _sequential_trials(cfg, run_dir, store, initial, des, names, designer, bar, 
                        context) -> None:
   """One trial at a time in this process (on every process of a multi-host run: process 0
   decides and broadcasts, all train on the global mesh, process 0 records)."""
-  s = cfg.search
+  s = settings.search_settings(cfg)
   is_main = multihost.is_main()
   while True:
     interrupt.check("a trial boundary of the search (completed trials are in the store)")
@@ -263,7 +269,7 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
                 store_url) -> dict[str, Any]:
   tf_setup.hide_accelerators_from_tf()  # before TensorFlow's first op (the TensorBoard writer below)
 
-  s = cfg.search
+  s = settings.search_settings(cfg)
   names, directions, reference = spec
   is_main = multihost.is_main()
   t_start = time.time()

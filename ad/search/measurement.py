@@ -13,28 +13,32 @@ from ad.search import settings
 from profiling import harness, peaks as peaks_lib
 
 
+def _chip(target: str) -> str | None:
+  return target[len("tpu:"):] if target.startswith("tpu:") else None
+
+
 def estimated_target(cfg) -> str | None:
   """The TPU chip of search.measure.target = 'tpu:<chip>' (latency estimated by XLA's TPU cost model,
   in this process: ad/aot.py estimate_latency), else None."""
-  target = cfg.search.measure.get("target") or ""
-  return target[len("tpu:"):] if target.startswith("tpu:") else None
+  return _chip(settings.search_settings(cfg).measure.target)
 
 
 def remote_target(cfg) -> str | None:
   """search.measure.target when it names a machine whose `ad worker --role measure` processes measure
   the trials (not an estimated TPU target), else None."""
-  target = cfg.search.measure.get("target") or None
-  return None if estimated_target(cfg) else target
+  target = settings.search_settings(cfg).measure.target
+  return None if _chip(target) else (target or None)
 
 
-def measurement_reference(cfg) -> str | None:
+def measurement_reference(cfg, search: settings.SearchSettings | None = None) -> str | None:
   """The architecture each latency is measured against (search.measure.reference): 'baseline' is
   search.baseline_arch (none without a baseline), '' measures each alone. None for an estimated
-  TPU target: an estimate does not drift."""
-  ref = settings.search_settings(cfg).measure.reference
-  if estimated_target(cfg) or not ref:
+  TPU target: an estimate does not drift. search: the config's search settings, if parsed already."""
+  search = search or settings.search_settings(cfg)
+  ref = search.measure.reference
+  if _chip(search.measure.target) or not ref:
     return None
-  return (cfg.search.baseline_arch or None) if ref == "baseline" else ref
+  return (search.baseline_arch or None) if ref == "baseline" else ref
 
 
 LATENCY_SCALE_KEY = "latency_reference"  # store meta: the reference's first reading, the run-wide scale
@@ -58,7 +62,7 @@ def machine_scale(reading: dict, cfg, other_load: float | None, cpu: dict) -> di
   searches run hours apart on one machine share one scale and their paired latencies agree in ms
   where their ratios agree. Without a cached one: `reading` itself, for this run only unless quiet.
   reading: dict(arch, ms, target) of the reference; cpu: peaks.cpu_identity of this machine."""
-  m = cfg.search.measure
+  m = settings.search_settings(cfg).measure
   key = files.fingerprint(dict(cpu=cpu, reference=reading["arch"], model=cfg.model.to_dict(), batch=m.batch,
                                seq=m.seq))
   path = os.path.join(files.cache_root(), SCALE_CACHE, f"{key}.json")
@@ -84,18 +88,19 @@ def measure(arch: space_lib.Arch, cfg, trace_dir: str, model_cfg=None, store=Non
   workers' search.measure.target, or '' where the trials train): with search.measure.scale =
   'machine' this machine's cached quiet reading of the reference (machine_scale), with 'run'
   the reference's median in that first measurement; without a store, this measurement's."""
-  m = cfg.search.measure
-  chip = estimated_target(cfg)
+  search = settings.search_settings(cfg)
+  m = search.measure
+  chip = _chip(m.target)
   if chip:
     return aot.estimate_latency(arch, cfg.model if model_cfg is None else model_cfg, chip, batch=m.batch, seq=m.seq)
-  reference = measurement_reference(cfg)
+  reference = measurement_reference(cfg, search)
   with peaks_lib.OtherLoad() as load:  # a quiet reading of the reference may become the machine's scale
     r = harness.measure_arch(arch, cfg.model if model_cfg is None else model_cfg, batch=m.batch, seq=m.seq,
                              trace_dir=trace_dir, target_rel_ci=m.target_rel_ci, max_reps=m.max_reps, chunk=m.chunk,
                              min_reps=min(20, m.max_reps), reference=reference, reference_model_cfg=cfg.model)
   if reference:
     first = dict(arch=r["reference"], ms=r["reference_ms_median"], target=target, source="run")
-    if settings.search_settings(cfg).measure.scale == "machine":
+    if m.scale == "machine":
       first = machine_scale(first, cfg, load.fraction, peaks_lib.cpu_identity(cfg.model.dtype))
     scale = (store.first_meta(latency_scale_key(target), first) if store is not None else None) or first
     r.update(reference_scale_ms=float(scale["ms"]), reference_scale_source=scale.get("source", "run"),

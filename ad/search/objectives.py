@@ -65,7 +65,7 @@ def objective_spec(search_cfg) -> tuple[list[str], list[str], list[float]]:
   if len(set(names)) != len(names) or len(names) < 1:
     raise ValueError(f"search.objectives: names {names} must be distinct and non-empty")
   if set(PREDICTED) & set(names):
-    source = (search_cfg.get("latency_model") or {}).get("source") or ""
+    source = settings.search_settings_from(search_cfg).latency_model.source
     if not source or not os.path.exists(source):
       raise ValueError(f"search.latency_model.source={source!r}: the objective predicted_latency_ms needs measured "
                        "architectures to learn from: a search's run directory or a CSV of measurements (e.g. "
@@ -148,7 +148,8 @@ def with_prediction(screen: dict, arch: space_lib.Arch, names, cfg) -> dict:
   """`screen` plus the predicted latency when an objective asks for it."""
   if not set(PREDICTED) & set(names):
     return screen
-  return dict(screen, **latency_model.predict(arch, screen["num_blocks"], cfg.search.latency_model.source))
+  return dict(screen, **latency_model.predict(arch, screen["num_blocks"],
+                                                    settings.search_settings(cfg).latency_model.source))
 
 
 def nonfinite_objectives(objectives: dict | None) -> str | None:

@@ -122,7 +122,7 @@ def coordinate(cfg, run_dir: str, store: TrialStore, store_url: str | None, work
                designer: str, bar, on_result: Callable, hv_now: Callable, log: Callable) -> None:
   """Runs the search's trials in `workers` local worker processes (plus any `ad worker` that
   joins through the store) until the budget is spent and nothing is in flight."""
-  s = cfg.search
+  s = settings.search_settings(cfg)
   poll = float(s.workers.poll_s)
   target = remote_target(cfg)  # measured by `ad worker --role measure --target NAME`
   waiting_said = False
@@ -246,11 +246,12 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
     return 0
   run_dir = os.path.abspath(run_dir)
   cfg = ml_collections.ConfigDict(settings.record_config(record["config"]))  # an older record read as it was run
-  names = [o["name"] for o in cfg.search.objectives]
-  lease, poll = float(cfg.search.workers.lease_s), float(cfg.search.workers.poll_s)
+  search = settings.search_settings(cfg)
+  names = [o["name"] for o in search.objectives]
+  lease, poll = float(search.workers.lease_s), float(search.workers.poll_s)
   if role == "measure" and target != remote_target(cfg):
     raise ValueError(f"--target {target!r}: the search in {run_dir} measures on "
-                     f"{cfg.search.measure.get('target') or 'its training workers (no search.measure.target)'}")
+                     f"{remote_target(cfg) or 'its training workers (no search.measure.target)'}")
   log(f"worker {worker}: joined the search in {run_dir} ({store.path}) as {role}"
       + (f" for {target}" if target else "") + f", lease {lease:.0f}s")
   ran, context = 0, None

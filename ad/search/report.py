@@ -162,13 +162,13 @@ def paired_latency_lines(rows: list[dict], remeasured: dict | None) -> list[str]
 
 def latency_source(cfg: dict) -> str:
   """How the search's latency objective was obtained, in words (for report.md and pareto.png)."""
-  target = cfg["search"]["measure"].get("target") or ""
-  m = cfg["search"]["measure"]
+  m = settings.search_settings_from(settings.record_config(cfg)["search"]).measure
+  target = m.target
   if target.startswith("tpu:"):
-    return (f"latency estimated by XLA's TPU cost model for one {target[4:]} chip at batch {m['batch']}, seq "
-            f"{m['seq']} (compiled ahead of time, never run: an estimate, not a measurement)")
+    return (f"latency estimated by XLA's TPU cost model for one {target[4:]} chip at batch {m.batch}, seq "
+            f"{m.seq} (compiled ahead of time, never run: an estimate, not a measurement)")
   where = f"on `{target}` by its measure workers" if target else "on the machine the trials ran on"
-  return f"latency measured from XLA traces {where} at batch {m['batch']}, seq {m['seq']}"
+  return f"latency measured from XLA traces {where} at batch {m.batch}, seq {m.seq}"
 
 
 def se_of(row: dict, name: str) -> float:
@@ -348,10 +348,10 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
   checkpoint = next((r for r in rows if r["role"] == CHECKPOINT_ROLE), None)
   over_checkpoint, over_checkpoint_raw = dominating_baseline(ok, checkpoint, names, directions)
   cfg = record["config"]
-  estimated = (cfg["search"]["measure"].get("target") or "").startswith("tpu:")
+  target = settings.search_settings_from(settings.record_config(cfg)["search"]).measure.target
   drawn = plot(os.path.join(out_dir, "pareto.png"), rows, names, directions,
-               latency_note=f"estimated by XLA's TPU cost model ({cfg['search']['measure']['target']}), not measured"
-       if estimated else "")
+               latency_note=f"estimated by XLA's TPU cost model ({target}), not measured"
+       if target.startswith("tpu:") else "")
 
   counts = {st: sum(1 for r in rows if r["status"] == st) for st in ("ok", "failed", "infeasible", "running", "queued")}
   L = [f"# Search report: {os.path.basename(os.path.normpath(run_dir))}", "",

@@ -148,14 +148,11 @@ _SEARCH_PARTS = dict(workers=WorkerSettings, measure=MeasureSettings, latency_mo
                      bo=BOSettings, evolution=EvolutionSettings, firefly=FireflySettings)
 
 
-def as_section(settings) -> dict:
-  """The plain dict a config section holds (experiments/configs/common.py wraps it in a ConfigDict)."""
-  return dataclasses.asdict(settings)
-
-
 def search_settings_from(section) -> SearchSettings:
   """SearchSettings from a `search` mapping (a config's ConfigDict or a plain dict); absent keys
-  take their defaults, an unknown key is an error naming it."""
+  take their defaults, an unknown key is an error naming it. SearchSettings are returned as they are."""
+  if isinstance(section, SearchSettings):
+    return section
   given = dict(section or {})
   parts = {name: configs.section(cls, given.pop(name, None), f"search.{name}") for name, cls in _SEARCH_PARTS.items()}
   if "objectives" in given:

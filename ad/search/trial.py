@@ -11,8 +11,8 @@ import traceback
 from typing import Any, Callable
 
 from ad import files, interrupt, multihost, space as space_lib
-from ad.data import pretrain
-from ad.distill import evaluation, superlm, trainer
+from ad.data import pretrain, settings as data_settings
+from ad.distill import evaluation, settings as distill_settings, superlm, trainer
 from ad.distill.context import TeacherContext
 from ad.models import hf, student as student_lib
 from ad.search import report as report_lib, settings
@@ -82,7 +82,8 @@ def check_baseline_checkpoint(path: str, cfg) -> None:
                             "MobileBERT-family checkpoint: config.json, model.safetensors, vocab.txt)")
   checkpoint_model_cfg(path, cfg)
   vocab_file = os.path.join(path, "vocab.txt")
-  data_vocab = pretrain.load_vocab(pretrain.config_from_dict(cfg.data), cfg.teacher.source or None).vocab_file
+  teacher_source = distill_settings.teacher_settings(cfg.teacher).source
+  data_vocab = pretrain.load_vocab(data_settings.config_from_dict(cfg.data), teacher_source or None).vocab_file
   if not os.path.isfile(vocab_file):
     raise FileNotFoundError(f"search.baseline_checkpoint: {vocab_file} is missing; it is needed to check the "
                             f"checkpoint tokenizes like the evaluation data ({data_vocab})")
@@ -131,7 +132,7 @@ def trial_target(name: str, cfg, run_dir: str, names, measure_here: bool = True,
   """(workdir, screening, evaluate) of a trial: a student of the space, or the baseline
   checkpoint (search.baseline_checkpoint, named by report.checkpoint_name; always measured
   where it is scored). context: the search's teacher and evaluation set, for `evaluate`."""
-  s = cfg.search
+  s = settings.search_settings(cfg)
   trace_dir = trace_dir_of(run_dir, name)
   if is_checkpoint_trial(name, cfg):
     ckpt_path = s.baseline_checkpoint
@@ -205,7 +206,7 @@ def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designe
   remote = bool(row.get("measure_target")) and not is_checkpoint_trial(name, cfg)  # measured by a measure worker
   # A worker that took the trial over waits up to a lease for its previous holder, alive but late,
   # to learn it lost the trial (its heartbeat) and let go of the workdir.
-  wait = float(cfg.search.workers.lease_s) if worker else 0.0
+  wait = float(settings.search_settings(cfg).workers.lease_s) if worker else 0.0
   workdir, screen, evaluate = trial_target(name, cfg, run_dir, names, measure_here=not remote, lock_wait_s=wait,
                                            store=store, context=context)
   try:
@@ -267,7 +268,7 @@ def next_trial(cfg, rows: list[dict], initial, des, names, designer: str, pendin
   ('', '', '', 0) when the budget is spent. The baseline first, then the baseline checkpoint,
   the initial design, then the designer's suggestions (avoiding `pending`: architectures in
   flight)."""
-  s = cfg.search
+  s = settings.search_settings(cfg)
   by_name = {t["arch"] for t in rows}
   ckpt_path = settings.search_settings(cfg).baseline_checkpoint
   ckpt_name = report_lib.checkpoint_name(ckpt_path) if ckpt_path else None

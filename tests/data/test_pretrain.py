@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from ad.data import pretrain
+from ad.data import pretrain, settings as data_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = pretrain.DataConfig(seq_len=64, max_predictions=20, validation_percent=2.0)
@@ -187,7 +187,7 @@ def test_bad_config_and_model_mismatch(vocab):
   with pytest.raises(ValueError, match="data.mask_rate=1.5"):
     pretrain.DataConfig(mask_rate=1.5)
   with pytest.raises(ValueError, match=r"unknown keys \['seqlen'\]"):
-    pretrain.config_from_dict({"seqlen": 3})
+    data_settings.config_from_dict({"seqlen": 3})
 
 
 def test_missing_source_file_is_named(tmp_path, vocab):

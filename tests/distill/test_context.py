@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from ad import configs
-from ad.data import pretrain
+from ad.data import settings as data_settings
 from ad.distill.context import TeacherContext
 from tests.conftest import distill_overrides
 
@@ -13,7 +13,7 @@ from tests.conftest import distill_overrides
 def test_a_context_serves_only_runs_of_its_own_data_teacher_and_dtype():
   cfg = configs.load_config("quickstart", distill_overrides("/nonexistent/teacher"))
   # What build() would hold for this config, without preparing a teacher (only the sections matter here).
-  context = TeacherContext(data_cfg=pretrain.config_from_dict(cfg.data), teacher_section=dict(cfg.teacher),
+  context = TeacherContext(data_cfg=data_settings.config_from_dict(cfg.data), teacher_section=dict(cfg.teacher),
                            teacher_dir="", teacher=None, dtype="float32", vocab=None, eval_set=None,
                            teacher_top1=None, teacher_scores={})
   context.check_serves(cfg, "float32")

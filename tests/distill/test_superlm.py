@@ -14,7 +14,7 @@ from flax import nnx
 
 from ad import configs, interrupt
 from ad import space as space_lib
-from ad.distill import evaluation, superlm
+from ad.distill import evaluation, settings as distill_settings, superlm
 from ad.train.params import Rebuild
 from ad.models import student as student_lib
 from tests.conftest import SEARCH_BASELINE, distill_overrides
@@ -57,7 +57,7 @@ def test_extracted_subnetworks_compute_exactly_what_the_superlm_computes(norm):
 
 def test_draws_are_reproducible_and_sandwich_keeps_the_extremes():
   archs = SMALL_SPACE.archs()
-  cfg = superlm.SuperLMConfig(samples_per_step=3, sampling="sandwich")
+  cfg = distill_settings.SuperLMConfig(samples_per_step=3, sampling="sandwich")
   assert superlm.draw(archs, cfg, 7) == superlm.draw(archs, cfg, 7)
   picks = superlm.draw(archs, cfg, 7)
   assert picks[0].name == "96_48_4_64_3" and picks[-1].name == "64_32_1_48_1"
@@ -66,7 +66,7 @@ def test_draws_are_reproducible_and_sandwich_keeps_the_extremes():
   with pytest.raises(ValueError, match="only 2 values of hidden"):
     superlm.partition(archs, "hidden", 3)
   with pytest.raises(ValueError, match="samples_per_step must be at least 3"):
-    superlm.SuperLMConfig(samples_per_step=2, sampling="sandwich")
+    distill_settings.SuperLMConfig(samples_per_step=2, sampling="sandwich")
 
 
 def _cfg(teacher, **extra):
@@ -130,10 +130,10 @@ def test_superlm_resumes_exactly_scores_extracted_students_and_serves_a_search(t
   arch = "128_64_2_256_2"  # the search tests' first initial trial: its programs come from the cache
   r = superlm.proxy_scores(arch, cfg, str(tmp_path / "whole"), log=lambda m: None)
   assert 0 <= r["mlm_accuracy"] <= 1 and r["mlm_accuracy_se"] > 0 and r["arch"] == arch
-  from ad.data import pretrain
+  from ad.data import pretrain, settings as data_settings
   from ad.distill import teacher_head
   student = superlm.extract(a, student_lib.config_from_dict(arch, cfg.model))
-  data_cfg = pretrain.config_from_dict(cfg.data)
+  data_cfg = data_settings.config_from_dict(cfg.data)
   teacher, meta = teacher_head.load_for_training(tiny_teacher, "float32")
   es = evaluation.build_eval_set(data_cfg, pretrain.load_vocab(data_cfg, meta["source_dir"]), log=lambda m: None)
   top1, _ = evaluation.teacher_reference(tiny_teacher, teacher, es, log=lambda m: None)

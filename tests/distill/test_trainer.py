@@ -13,7 +13,7 @@ import pytest
 
 from ad import cli, configs
 from ad.data import pretrain
-from ad.distill import losses, teacher_head, trainer
+from ad.distill import losses, settings as distill_settings, teacher_head, trainer
 from ad.train import steps as steps_lib
 from tests.conftest import SEARCH_BASELINE, distill_overrides
 
@@ -257,7 +257,7 @@ def test_paper_table1_stages_warm_up_then_decay(schedule, capsys):
   """Each stage's learning rate peaks early and decays to 0 by its end (a 500-step stage with 500
   warm-up steps once only ramped up); printed for the record."""
   cfg = configs.load_config("paper_table1")
-  dcfg = trainer.config_from(cfg.distill, schedule)
+  dcfg = distill_settings.distill_config_from(cfg.distill, schedule)
   K = cfg.model.num_blocks
   prog, pre = trainer.stage_schedules(dcfg, K)
   for name, sched, steps in (("progressive stage", prog, dcfg.block_steps(K)), ("pre-training", pre,

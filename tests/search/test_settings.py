@@ -1,5 +1,6 @@
-"""The typed search and final sections (ad/search/settings.py): defaults in one place, unknown keys
-named, and a run record written before a setting existed read as the run it was."""
+"""The typed config sections (ad/search/settings.py, ad/data/settings.py, ad/distill/settings.py):
+defaults in one place, unknown keys named, and a run record written before a setting existed read
+as the run it was."""
 
 import json
 
@@ -7,6 +8,8 @@ import ml_collections
 import pytest
 
 from ad import configs
+from ad.data import settings as data_settings
+from ad.distill import settings as distill_settings
 from ad.search import loop, settings
 
 
@@ -23,6 +26,13 @@ def test_a_hand_written_section_gets_the_defaults_and_an_unknown_key_is_named():
                          (dict(measure=dict(sequence=64)), r"config.search.measure has unknown keys \['sequence'\]")):
     with pytest.raises(ValueError, match=match):
       settings.search_settings(ml_collections.ConfigDict(dict(search=section)))
+  teacher = distill_settings.teacher_settings(dict(adapt_steps=10))
+  assert (teacher.adapt_steps, teacher.head_steps, teacher.adapt_dtype) == (10, 50, "bfloat16")
+  assert data_settings.config_from_dict(dict(seq_len=64)).validation_percent == 10.0
+  with pytest.raises(ValueError, match=r"config.teacher has unknown keys \['adapt_step'\]"):
+    distill_settings.teacher_settings(dict(adapt_step=10))
+  with pytest.raises(ValueError, match=r"teacher.head_lr"):
+    distill_settings.teacher_settings(dict(head_lr=0.0))
 
 
 def test_the_shipped_configs_hold_the_settings_defaults_where_they_do_not_change_them():
@@ -37,7 +47,8 @@ def test_an_older_run_record_is_read_as_it_was_run():
   """A record from before search.measure.reference, .scale, search.proxy and the BO options
   existed means what the search did then: students timed alone, the run's own scale, flash, no
   conditioning on trials in flight. A worker reads it so (parallel.py), and --resume compares a
-  config with it so: the same search only with those old settings."""
+  config with it so: the same search only with those old settings. A key added to the data section
+  with its default changes nothing."""
   new = configs.load_config("quickstart").to_dict()
   old = json.loads(json.dumps(new))
   for key in ("proxy", "calibrate", "latency_model"):
@@ -45,6 +56,7 @@ def test_an_older_run_record_is_read_as_it_was_run():
   for key in ("reference", "scale"):
     del old["search"]["measure"][key]
   del old["search"]["bo"]["pending"], old["search"]["bo"]["training_free"]
+  del old["data"]["shuffle_window"]  # a key of the data section added with its default
   read = settings.record_config(old)["search"]
   assert (read["measure"]["reference"], read["measure"]["scale"], read["proxy"]) == ("", "run", "flash")
   assert (read["bo"]["pending"], read["bo"]["training_free"]) == ("exclude", False)
