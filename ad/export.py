@@ -173,9 +173,10 @@ def export_path(path: str, out: str, log=print, latencies: dict | None = None) -
   return done
 
 
-def card_latency(trial: dict) -> dict | None:
-  """The latency record a model card states, from a search trial's row (None if it has none)."""
-  lat, m = (trial.get("objectives") or {}).get("latency_ms"), trial.get("measurement") or {}
+def card_latency(objectives: dict | None, measurement: dict | None) -> dict | None:
+  """The latency record a model card states, from a search trial's objectives and measurement
+  (None if it has no latency)."""
+  lat, m = (objectives or {}).get("latency_ms"), measurement or {}
   if lat is None:
     return None
   return dict(latency_ms=lat, batch=m.get("batch"), seq=m.get("seq"), blocks=m.get("num_blocks"),

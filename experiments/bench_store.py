@@ -37,11 +37,11 @@ def _worker(k: int, run_dir: str, url: str | None, out: mp.Queue) -> None:
   store = TrialStore(run_dir, url=url)
   me, done = f"sim{k}", []
   while (row := store.claim_trial(me, lease_s=60)) is not None:
-    store.renew_lease(row["id"], me, 60)
-    r = table[row["arch"].split("/")[1]]
-    ok = store.finish_trial(row["id"], "ok", objectives=dict(mlm_accuracy=r["mlm_accuracy"], latency_ms=r["latency_ms"]),
+    store.renew_lease(row.id, me, 60)
+    r = table[row.arch.split("/")[1]]
+    ok = store.finish_trial(row.id, "ok", objectives=dict(mlm_accuracy=r["mlm_accuracy"], latency_ms=r["latency_ms"]),
                             objective_se=dict(mlm_accuracy=0.0, latency_ms=0.0), worker=me)
-    done.append((row["id"], ok))
+    done.append((row.id, ok))
   store.close()
   out.put((me, done))
 
@@ -77,8 +77,8 @@ def run(backend: str, workers: int, trials: int) -> dict:
   recorded = sum(ok for _, done in results for _, ok in done)
   out = dict(backend=backend, workers=workers, trials=trials, enqueue_s=enqueue_s, wall_s=wall,
              trials_per_s=trials / wall, claims=len(claimed), recorded=recorded,
-             duplicated=len(claimed) - len(set(claimed)), lost=sum(r["status"] != "ok" for r in rows),
-             multi_claimed=sum((r["attempts"] or 0) != 1 for r in rows),
+             duplicated=len(claimed) - len(set(claimed)), lost=sum(r.status != "ok" for r in rows),
+             multi_claimed=sum((r.attempts or 0) != 1 for r in rows),
              per_worker={me: len(done) for me, done in results})
   store.close()
   if server:

@@ -90,9 +90,9 @@ def compare_searches(run_dirs: list[str]) -> dict:
   for d in run_dirs:
     store = TrialStore(d, readonly=True)
     try:
-      rows = {r["arch"]: r["measurement"] for r in store.trials("ok")  # the reference itself is 1 by definition
-              if (r["measurement"] or {}).get("latency_ratio") and r["arch"] != r["measurement"]["reference"]}
-      started = min(r["started"] for r in store.trials())
+      rows = {r.arch: r.measurement for r in store.trials("ok")  # the reference itself is 1 by definition
+              if (r.measurement or {}).get("latency_ratio") and r.arch != r.measurement["reference"]}
+      started = min(r.started for r in store.trials())
     finally:
       store.close()
     summ = files.read_json(os.path.join(d, "summary.json"), "search summary")

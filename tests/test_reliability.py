@@ -77,10 +77,10 @@ def test_a_missing_objective_and_a_nan_objective_never_reach_the_designer(tmp_pa
   monkeypatch.setattr(trial, "evaluate_trial", fake_trial)
   summary = loop.run_search(cfg, str(tmp_path), log=lambda *_: None, progress=False)
   rows = store_lib.TrialStore(str(tmp_path), create=False).trials()
-  assert not results and [r["status"] for r in rows] == ["failed", "ok", "failed"]
-  assert "non-finite objective(s) mlm_accuracy=nan" in rows[0]["error"]
-  assert "gave no mlm_accuracy" in rows[2]["error"]
-  assert [p["arch"] for p in summary["pareto"]] == [rows[1]["arch"]]
+  assert not results and [r.status for r in rows] == ["failed", "ok", "failed"]
+  assert "non-finite objective(s) mlm_accuracy=nan" in rows[0].error
+  assert "gave no mlm_accuracy" in rows[2].error
+  assert [p["arch"] for p in summary["pareto"]] == [rows[1].arch]
   seen = objectives.designer_trials(rows, ["mlm_accuracy", "latency_ms"])
   assert [t["status"] for t in seen] == ["failed", "ok", "failed"]
 

@@ -117,7 +117,7 @@ def test_a_postgresql_password_is_written_nowhere_in_a_finished_run(tmp_path, ti
   from ad.models import hf
   assert hf.load_mobilebert(final["hf_dir"]).cfg.arch.name == final["arch"]
   lat = next(t for t in store_lib.TrialStore(str(run_dir), url=url, readonly=True).trials()
-             if t["arch"] == final["arch"])["objectives"]["latency_ms"]
+             if t.arch == final["arch"]).objectives["latency_ms"]
   card = open(os.path.join(final["hf_dir"], "README.md")).read()  # the model card states the measured latency
   assert f"{lat:.3f} ms" in card and final["arch"] in card
   assert list(run_dir.glob("final/*/student.json"))
@@ -343,7 +343,7 @@ def test_a_read_only_run_directory_is_reported_and_exported_from(tmp_path, capsy
     assert "is read-only: give the report another place" in capsys.readouterr().err
     assert cli.main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "report.md").is_file()
-    assert store_lib.TrialStore(str(run), readonly=True).trials()[0]["arch"] == "128_64_1_384_1"
+    assert store_lib.TrialStore(str(run), readonly=True).trials()[0].arch == "128_64_1_384_1"
     assert cli.main(["latency-model", str(run)]) == 2  # read, then refused for its single measurement-less trial
     assert "needs at least" in capsys.readouterr().err
     rc = cli.main(["search", "--config", "quickstart", "--run-dir", str(run), "--resume"])

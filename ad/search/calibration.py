@@ -27,6 +27,7 @@ import numpy as np
 
 from ad import interrupt, stats
 from ad.search import settings
+from ad.search.store import Trial
 
 CALIBRATION_KEY = "calibration"  # store meta: {arch: the regular run's scores} of the calibration students
 RESAMPLES, SEED = 2000, 0  # the bootstrap over students, as in the fidelity studies
@@ -40,20 +41,20 @@ def _spaced(items: list, k: int) -> list:
   return [items[i] for i in np.unique(np.round(np.linspace(0, len(items) - 1, k)).astype(int))]
 
 
-def choose(ok: list[dict], on_front, exclude, k: int) -> list[str]:
+def choose(ok: list[Trial], on_front, exclude, k: int) -> list[str]:
   """K of the search's 'ok' students (`on_front`: their Pareto mask, report.front) to regular-distill
   besides `exclude` (the finals): spread along the front by proxy accuracy; if the front has fewer,
   the rest spread over the other students' proxy accuracy, so the pairs span what the search saw."""
   exclude = set(exclude)
-  keep = [(r, m) for r, m in zip(ok, on_front) if r["arch"] not in exclude]
-  accuracy = lambda r: r["objectives"]["mlm_accuracy"]
+  keep = [(r, m) for r, m in zip(ok, on_front) if r.arch not in exclude]
+  accuracy = lambda r: r.objectives["mlm_accuracy"]
   picks = _spaced(sorted((r for r, m in keep if m), key=accuracy), k)
   if len(picks) < k:
     picks += _spaced(sorted((r for r, m in keep if not m), key=accuracy), k - len(picks))
-  return [r["arch"] for r in picks]
+  return [r.arch for r in picks]
 
 
-def todo(store, ok: list[dict], on_front, finals: list[str], k: int, log: Callable) -> list[str]:
+def todo(store, ok: list[Trial], on_front, finals: list[str], k: int, log: Callable) -> list[str]:
   """The calibration students (chosen from the 'ok' search students `ok` and their Pareto mask,
   besides the finals) whose regular run is not yet recorded in the store."""
   picks = choose(ok, on_front, finals, k)
@@ -95,10 +96,10 @@ def record_in(store) -> Callable:
                                                                   **{name: entry}))
 
 
-def students(rows: list[dict], finals: list[dict], calibration: dict | None) -> list[dict]:
+def students(rows: list[Trial], finals: list[dict], calibration: dict | None) -> list[dict]:
   """Every student with both a proxy score (its search trial) and a regular one (a final or a
   calibration run): arch, proxy, proxy_se, regular, regular_se, per_sequence, params, flops, role."""
-  trials = {r["arch"]: r for r in rows if r["status"] == "ok" and "mlm_accuracy" in (r["objectives"] or {})}
+  trials = {r.arch: r for r in rows if r.status == "ok" and "mlm_accuracy" in (r.objectives or {})}
   regular = [(f["arch"], f["metrics"], "final") for f in finals if f["status"] == "ok" and f["metrics"]]
   regular += [(a, e, "calibration") for a, e in (calibration or {}).items() if e.get("status") == "ok"]
   out = []
@@ -106,10 +107,10 @@ def students(rows: list[dict], finals: list[dict], calibration: dict | None) -> 
     t = trials.get(arch)
     if t is None or "mlm_accuracy" not in m:
       continue
-    out.append(dict(arch=arch, role=role, proxy=t["objectives"]["mlm_accuracy"],
-                    proxy_se=(t.get("objective_se") or {}).get("mlm_accuracy"), regular=m["mlm_accuracy"],
+    out.append(dict(arch=arch, role=role, proxy=t.objectives["mlm_accuracy"],
+                    proxy_se=(t.objective_se or {}).get("mlm_accuracy"), regular=m["mlm_accuracy"],
                     regular_se=m.get("mlm_accuracy_se"), per_sequence=m.get("per_sequence"),
-                    params=t["screening"]["params"], flops=t["screening"]["flops"]))
+                    params=t.screening["params"], flops=t.screening["flops"]))
   return out
 
 

@@ -29,7 +29,7 @@ def remeasure_front(cfg, run_dir: str, store, names, directions, log: Callable) 
   if not reference or remote_target(cfg) or not set(TIMED) & set(names):
     return None  # nothing paired, or the target machine is elsewhere
   ok, mask = report_lib.front(store.trials(), names, directions)
-  archs = sorted(r["arch"] for r, m in zip(ok, mask) if m)
+  archs = sorted(r.arch for r, m in zip(ok, mask) if m)
   done = store.get_meta(report_lib.REMEASURED_KEY)
   if not archs or (done and done["archs"] == archs):
     return done
@@ -122,11 +122,12 @@ def distill_finals(cfg, run_dir: str, store, chosen: list[str], log: Callable, p
     workdir = os.path.join(rundir.finals_dir(run_dir), name)
     store.start_final(name)
     log(f"search: regular distillation of {name} into {workdir}")
-    measured = [t for t in store.trials("ok") if t["arch"] == name]  # its latency, for the model card
+    measured = [t for t in store.trials("ok") if t.arch == name]  # its latency, for the model card
     try:
       m = distill(name, cfg, final.schedule, workdir, resume=True, log=lambda msg: None, progress=progress,
                   save_student=True, export_dir=os.path.join(workdir, "hf") if final.export_hf else None,
-                  card_latency=export.card_latency(measured[-1]) if measured else None)
+                  card_latency=export.card_latency(measured[-1].objectives, measured[-1].measurement) if measured
+                  else None)
     except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
       raise
     except Exception as e:

@@ -189,8 +189,8 @@ def load_measurements(source: str, store_url: str | None = None) -> list[dict]:
   if os.path.isdir(source) or store_url:
     store = store_lib.TrialStore(source, url=store_url, readonly=True)
     try:
-      return [dict(t["measurement"], _where=f"{store.path} trial {t['id']} ({t['arch']}), measurement")
-              for t in store.trials() if t.get("measurement")]
+      return [dict(t.measurement, _where=f"{store.path} trial {t.id} ({t.arch}), measurement")
+              for t in store.trials() if t.measurement]
     finally:
       store.close()
   if not os.path.isfile(source):

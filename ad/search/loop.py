@@ -45,7 +45,7 @@ from ad.search import settings, store as store_lib
 from ad.search import trieste_service  # its PENDING_METHODS (imported, it loads numpy only)
 from ad.search.measurement import SCALES, estimated_target, remote_target
 from ad.search.objectives import feasible_candidates, modelled_constraints, objective_spec, screening
-from ad.search.store import IN_FLIGHT, TrialStore
+from ad.search.store import IN_FLIGHT, Trial, TrialStore
 from ad.search.trial import (check_baseline_checkpoint, failure_budget_check, next_trial, proxy_dir, proxy_of,
                              run_trial, search_context, trial_target)
 from ad.train.steps import MetricsWriter
@@ -212,10 +212,10 @@ def _sequential_trials(cfg, run_dir, store, initial, des, names, designer, bar, 
     if is_main:
       current = store.trials()
       failure_budget_check(current, s.max_failed_trials)
-      in_flight = [t for t in current if t["status"] in IN_FLIGHT]
+      in_flight = [t for t in current if t.status in IN_FLIGHT]
       if in_flight:  # interrupted by a crash (or queued by a parallel run): its distillation resumes
         existing = in_flight[0]
-        name, role, who = existing["arch"], existing["role"], existing["designer"]
+        name, role, who = existing.arch, existing.role, existing.designer
       else:
         name, role, who, designer_s = next_trial(cfg, current, initial, des, names, designer)
     name = multihost.broadcast_str(name or "-")
@@ -224,10 +224,12 @@ def _sequential_trials(cfg, run_dir, store, initial, des, names, designer, bar, 
     bar.set_postfix_str(f"hv={hv_now():.4g} in flight: {name} ({role})")
     if existing is None:
       workdir, screen, _ = trial_target(name, cfg, run_dir, names)
-      row = dict(id=store.start_trial(name, role, who, s.seed, screen, workdir), arch=name)
+      trial_id = store.start_trial(name, role, who, s.seed, screen, workdir)  # None off host 0 (no-op store)
+      row = Trial(arch=name, role=role, status="running", id=trial_id, designer=who, seed=s.seed, screening=screen,
+                  workdir=workdir)
     else:
       row = existing
-      store.restart_trial(row["id"])
+      store.restart_trial(row.id)
     r = run_trial(cfg, run_dir, store, row, names, log, designer_s, context=context)
     if is_main:
       record_scalars(r)
@@ -300,8 +302,8 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
   writer = MetricsWriter(os.path.join(run_dir, "tb"), enabled=is_main)
 
   def hv_now() -> float:
-    ok = [t for t in store.trials() if t["status"] == "ok" and t["role"] not in report_lib.BASELINE_ROLES]
-    return pareto.hypervolume(pareto.to_min([[t["objectives"][n] for n in names] for t in ok], directions),
+    ok = [t for t in store.trials() if t.status == "ok" and t.role not in report_lib.BASELINE_ROLES]
+    return pareto.hypervolume(pareto.to_min([[t.objectives[n] for n in names] for t in ok], directions),
                               pareto.to_min([reference_now()], directions)[0]) if ok else 0.0
 
   def record_scalars(r: dict) -> None:
@@ -310,7 +312,7 @@ def _run_search(cfg, run_dir, resume, designer, spec, space, cands, pruned, log,
     writer.flush()
 
   done_designed = lambda: sum(1 for t in store.trials()
-                              if t["role"] not in report_lib.BASELINE_ROLES and t["status"] not in IN_FLIGHT)
+                              if t.role not in report_lib.BASELINE_ROLES and t.status not in IN_FLIGHT)
   context = search_context(cfg, names, log)  # the teacher and evaluation set every trial and final shares
   if proxy_of(cfg) != "flash":  # the SuperLM(s) every trial is extracted from: trained once, resumable
     log(f"search: accuracy proxy {proxy_of(cfg)}: training (or resuming) the SuperLM(s) in "

@@ -13,7 +13,7 @@ from ad import space as space_lib
 from ad.models import student as student_lib
 from ad.search import latency_model, pareto, report as report_lib, settings
 from ad.search.measurement import latency_of
-from ad.search.store import IN_FLIGHT
+from ad.search.store import IN_FLIGHT, Trial
 
 
 # Objectives the search knows how to read from a trial; those in TRAINED need flash distillation
@@ -180,22 +180,22 @@ def modelled_constraints(cfg) -> list[float]:
   return [limit] if limit and settings.search_settings(cfg).bo.constraints == "model" else []
 
 
-def designer_trials(rows: list[dict], names, constraints: Sequence[float] = ()) -> list[dict]:
+def designer_trials(rows: list[Trial], names, constraints: Sequence[float] = ()) -> list[dict]:
   """Store rows -> the designer's view (arch, status, values and standard errors in objective
   order). Trials in flight are the designer's pending points, not observations; failed ones are
   reported as failed (never as an observation of the GP). With modelled `constraints` (the latency
   limit), every measured trial, feasible or not, also carries its latency and standard error."""
   out = []
   for r in rows:
-    if r["status"] in IN_FLIGHT or r["role"] == report_lib.CHECKPOINT_ROLE:  # not a student of the space
+    if r.status in IN_FLIGHT or r.role == report_lib.CHECKPOINT_ROLE:  # not a student of the space
       continue
-    t = dict(arch=space_lib.Arch.parse(r["arch"]), status=r["status"])
-    if r["status"] == "ok":
-      t["values"] = [r["objectives"][n] for n in names]
-      se = r.get("objective_se") or {}
+    t = dict(arch=r.architecture, status=r.status)
+    if r.status == "ok":
+      t["values"] = [r.objectives[n] for n in names]
+      se = r.objective_se or {}
       t["noise"] = [se.get(n) for n in names]  # None where an older store has no standard error
-    if constraints and r.get("measurement"):
-      latency, rel_ci95 = latency_of(r["measurement"])
+    if constraints and r.measurement:
+      latency, rel_ci95 = latency_of(r.measurement)
       t.update(constraints=[latency], constraint_noise=[latency * rel_ci95 / 1.96])
     out.append(t)
   return out

@@ -133,7 +133,7 @@ def coordinate(cfg, run_dir: str, store: TrialStore, store_url: str | None, work
   store.set_meta("search_state", "running")
   local = [_LocalWorker(i, run_dir, store_url, cores, env)
            for i, (cores, env) in enumerate(zip(core_shares(workers), accelerator_env(workers)))]
-  seen_done = {t["id"] for t in store.trials() if t["status"] not in IN_FLIGHT}
+  seen_done = {t.id for t in store.trials() if t.status not in IN_FLIGHT}
   try:
     for w in local:
       w.start()
@@ -142,33 +142,33 @@ def coordinate(cfg, run_dir: str, store: TrialStore, store_url: str | None, work
       rows = store.trials()
       trial.failure_budget_check(rows, s.max_failed_trials)
       for t in rows:  # results that arrived since the last look
-        if t["status"] not in IN_FLIGHT and t["id"] not in seen_done:
-          seen_done.add(t["id"])
-          on_result(dict(status=t["status"], objectives=t["objectives"]))
-          if t["role"] not in report_lib.BASELINE_ROLES:
+        if t.status not in IN_FLIGHT and t.id not in seen_done:
+          seen_done.add(t.id)
+          on_result(dict(status=t.status, objectives=t.objectives))
+          if t.role not in report_lib.BASELINE_ROLES:
             bar.update(1)
-      in_flight = [t for t in rows if t["status"] in IN_FLIGHT]
+      in_flight = [t for t in rows if t.status in IN_FLIGHT]
       # Trained trials waiting for their measurement hold no training worker.
-      while sum(t["status"] != "trained" for t in in_flight) < workers:
+      while sum(t.status != "trained" for t in in_flight) < workers:
         name, role, who, designer_s = trial.next_trial(
             cfg, rows, initial, des, names, designer,
-            pending=[t["arch"] for t in in_flight if t["role"] != report_lib.CHECKPOINT_ROLE])
+            pending=tuple(t.architecture for t in in_flight if t.role != report_lib.CHECKPOINT_ROLE))
         if not name:
           break
         workdir, screen, _ = trial.trial_target(name, cfg, run_dir, names)
         store.enqueue_trial(name, role, who, s.seed, screen, workdir, measure_target=target)
         log(f"search: queued {name} ({role}{f', designer {designer_s:.1f}s' if designer_s else ''})")
         rows = store.trials()
-        in_flight = [t for t in rows if t["status"] in IN_FLIGHT]
+        in_flight = [t for t in rows if t.status in IN_FLIGHT]
       if not in_flight:
         break
-      if target and all(t["measure_status"] != "ok" for t in in_flight) and not waiting_said and any(
-          t["status"] == "trained" for t in in_flight):
+      if target and all(t.measure_status != "ok" for t in in_flight) and not waiting_said and any(
+          t.status == "trained" for t in in_flight):
         log(f"search: trained trials wait for their measurement on {target!r}: start `ad worker --role measure "
             f"--target {target} --run-dir {run_dir}` on that machine")
         waiting_said = True
       bar.set_postfix_str(f"hv={hv_now():.4g} in flight: " + ", ".join(
-          f"{t['arch']}@{t.get('worker') or 'queue'}" for t in in_flight))
+          f"{t.arch}@{t.worker or 'queue'}" for t in in_flight))
       for w in local:
         w.check(log)
       time.sleep(poll)
@@ -267,9 +267,9 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
         break
       time.sleep(poll)
       continue
-    log(f"worker {worker}: {'running' if role == 'train' else 'measuring'} {row['arch']}"
-        + (f" (attempt {row['attempts']})" if role == "train" else ""))
-    beat = _Heartbeat(run_dir, store_url, row["id"], worker, lease, part=role)
+    log(f"worker {worker}: {'running' if role == 'train' else 'measuring'} {row.arch}"
+        + (f" (attempt {row.attempts})" if role == "train" else ""))
+    beat = _Heartbeat(run_dir, store_url, row.id, worker, lease, part=role)
     beat.start()
     release = store.release_trial if role == "train" else store.release_measurement
     try:
@@ -284,17 +284,17 @@ def run_worker(run_dir: str, store_url: str | None = None, worker_id: str | None
       beat.join()
       if beat.lost.is_set():  # the lease ran out and another worker took the trial over: let it go
         interrupt.reset()
-        log(f"worker {worker}: lost {row['arch']} to another worker (lease expired); stopped it")
+        log(f"worker {worker}: lost {row.arch} to another worker (lease expired); stopped it")
         continue
-      release(row["id"], worker)  # stopped by the user: back to the queue, resumed by the next claimer
+      release(row.id, worker)  # stopped by the user: back to the queue, resumed by the next claimer
       raise
     except BaseException:
-      release(row["id"], worker)
+      release(row.id, worker)
       raise
     finally:
       beat.stopped.set()
       beat.join()
     ran += 1
-    log(f"worker {worker}: {row['arch']} {r['status']}" + ("" if r.get("recorded", True) else " (not recorded)"))
+    log(f"worker {worker}: {row.arch} {r['status']}" + ("" if r.get("recorded", True) else " (not recorded)"))
   store.close()
   return ran

@@ -9,7 +9,8 @@ N`, `ad worker`): the coordinator queues trials; a worker claims one atomically 
 claimer wins), holds a lease it renews, and writes the result only while it still holds the
 claim; a trial whose lease ran out goes to the next claimer and resumes from its checkpoints.
 The final (regular) distillations and the downstream fine-tuning runs live in their own tables.
-`ad report RUN_DIR` needs nothing but the store.
+`ad report RUN_DIR` needs nothing but the store. Readers get each trial as a `Trial` (its JSON
+columns parsed and checked, its paths absolute), never the raw row.
 
 Both backends share one schema (dialect differences: the id column and float type) and one list
 of migrations; the schema version is kept in `meta`, and a store written by a newer version is
@@ -20,6 +21,7 @@ store need synchronized clocks (NTP), to well under a lease.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -31,7 +33,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from ad import files
+from ad import files, space
 
 from ad.rundir import STORE_FILE  # noqa: F401  (the run directory layout; kept here for the store's readers)
 SEARCH_FILE = "search.json"  # in a run directory: the id of the search (in its store) it belongs to
@@ -110,6 +112,43 @@ OBJECTIVE_RANGES = {"mlm_accuracy": (0, 1), "teacher_agreement": (0, 1), "nsp_ac
                     "mlm_cross_entropy": (0, None), "latency_ms": (0, None), "predicted_latency_ms": (0, None),
                     "throughput_per_s": (0, None), "flops_utilization": (0, None), "peak_memory_bytes": (0, None),
                     "params": (0, None), "flops": (0, None)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+  """One trial as the store's readers see it: a row of the trials table (see _SCHEMA) with its
+  JSON columns parsed and checked and its paths absolute. The JSON columns stay the storage format;
+  readers get this type, never the raw row."""
+  arch: str  # the architecture's name, the store's key (`architecture`: parsed)
+  role: str  # BASELINE_ROLES, 'initial' or 'designer'
+  status: str  # STATUSES
+  id: int = 0
+  designer: str = ""
+  seed: int = 0
+  code_version: str = ""
+  started: float = 0.0
+  screening: dict = dataclasses.field(default_factory=dict)  # closed-form params and FLOPs
+  objectives: dict | None = None  # {name: value}, set when 'ok'
+  objective_se: dict | None = None  # {name: standard error}
+  measurement: dict | None = None  # profiling.harness.measure_arch's fields
+  distill: dict | None = None  # ad.distill.trainer.distill's metrics (or the SuperLM proxy's)
+  timings: dict | None = None  # the wall-time split
+  error: str | None = None
+  finished: float | None = None
+  measure_s: float | None = None
+  distill_s: float | None = None
+  workdir: str | None = None
+  worker: str | None = None  # parallel search: who holds it, until when, after how many claims
+  lease_until: float | None = None
+  attempts: int | None = None
+  measure_target: str | None = None  # measured by `ad worker --role measure --target NAME`
+  measure_status: str | None = None  # queued | running | ok (None: measured with the training)
+  measure_worker: str | None = None
+  measure_lease_until: float | None = None
+
+  @functools.cached_property
+  def architecture(self) -> space.Arch:
+    return space.Arch.parse(self.arch)
 
 
 def objective_errors(objectives, objective_se) -> list[str]:
@@ -433,7 +472,7 @@ class TrialStore:
       self.db.execute("UPDATE trials SET status = 'running', worker = NULL, lease_until = NULL, started = ?, "
                       "code_version = ? WHERE id = ?", (time.time(), code_version(), trial_id))
 
-  def claim_trial(self, worker: str, lease_s: float) -> dict[str, Any] | None:
+  def claim_trial(self, worker: str, lease_s: float) -> Trial | None:
     """Atomically takes the oldest queued trial, or a running one whose lease has expired (its
     worker died): exactly one of any number of concurrent claimers gets it. Returns the row, or
     None when there is nothing to claim."""
@@ -462,7 +501,7 @@ class TrialStore:
                               (time.time() + lease_s, trial_id, worker))
     return cur.rowcount == 1
 
-  def claim_measurement(self, worker: str, target: str, lease_s: float) -> dict[str, Any] | None:
+  def claim_measurement(self, worker: str, target: str, lease_s: float) -> Trial | None:
     """claim_trial for measure workers: the oldest trial of `target` whose measurement is queued
     or whose measure lease expired, while the trial is still in flight."""
     now = time.time()
@@ -479,7 +518,7 @@ class TrialStore:
     return self.trial(tid)
 
   def record_distillation(self, trial_id: int, worker: str, distill: dict, distill_s: float,
-                          timings: dict) -> tuple[bool, dict | None]:
+                          timings: dict) -> tuple[bool, Trial | None]:
     """A training worker's half of a trial measured elsewhere: (recorded, the row when the
     measurement is already in, so the caller joins the two; else None)."""
     with self.db.transaction():
@@ -487,10 +526,10 @@ class TrialStore:
                             "lease_until = NULL WHERE id = ? AND worker = ? AND status = 'running'",
                             (json.dumps(distill, default=str), distill_s, json.dumps(timings), trial_id, worker))
       row = self.trial(trial_id) if cur.rowcount == 1 else None
-    return cur.rowcount == 1, (row if row and row["measure_status"] == "ok" else None)
+    return cur.rowcount == 1, (row if row and row.measure_status == "ok" else None)
 
   def record_measurement(self, trial_id: int, worker: str, measurement: dict,
-                         measure_s: float) -> tuple[bool, dict | None]:
+                         measure_s: float) -> tuple[bool, Trial | None]:
     """A measure worker's half: (recorded, the row when the distillation is already in)."""
     if measurement.get("trace_dir"):
       measurement = dict(measurement, trace_dir=self.rel(measurement["trace_dir"]))
@@ -500,7 +539,7 @@ class TrialStore:
                             "'running' AND status IN ('queued', 'running', 'trained')",
                             (json.dumps(measurement, default=str), measure_s, trial_id, worker))
       row = self.trial(trial_id) if cur.rowcount == 1 else None
-    return cur.rowcount == 1, (row if row and row["status"] == "trained" else None)
+    return cur.rowcount == 1, (row if row and row.status == "trained" else None)
 
   def release_measurement(self, trial_id: int, worker: str) -> None:
     with self.db.transaction():
@@ -545,15 +584,15 @@ class TrialStore:
            distill_s, json.dumps(timings) if timings is not None else None, trial_id, *([worker] if worker else [])))
     return cur.rowcount == 1
 
-  def trial(self, trial_id: int) -> dict[str, Any]:
+  def trial(self, trial_id: int) -> Trial:
     (row,) = self._trials("SELECT * FROM trials WHERE id = ?", (trial_id,))
     return row
 
-  def trials(self, status: str | None = None) -> list[dict[str, Any]]:
+  def trials(self, status: str | None = None) -> list[Trial]:
     q = "SELECT * FROM trials" + (" WHERE status = ?" if status else "") + " ORDER BY id"
     return self._trials(q, (status,) if status else ())
 
-  def _trials(self, query: str, args) -> list[dict[str, Any]]:
+  def _trials(self, query: str, args) -> list[Trial]:
     rows = [self._row(r, "trials") for r in self._query(query, args)]
     record = self.get_meta("record") or {}
     names = [o.get("name") for o in record.get("config", {}).get("search", {}).get("objectives", [])]
@@ -574,7 +613,7 @@ class TrialStore:
       r["workdir"] = self.abs(r["workdir"])
       if r["measurement"] and r["measurement"].get("trace_dir"):
         r["measurement"]["trace_dir"] = self.abs(r["measurement"]["trace_dir"])
-    return rows
+    return [Trial(**r) for r in rows]
 
   # ---- finals ----------------------------------------------------------------------------------
   def start_final(self, arch: str) -> None:

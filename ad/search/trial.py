@@ -17,6 +17,7 @@ from ad.distill.context import TeacherContext
 from ad.models import hf, student as student_lib
 from ad.search import report as report_lib, settings
 from ad.search.measurement import latency_verdict, measure, trace_dir_of
+from ad.search.store import Trial
 from ad.search.objectives import (TRAINED, checked_objectives, designer_trials, modelled_constraints, screening,
                                   screening_of, with_prediction)
 
@@ -156,54 +157,54 @@ def search_context(cfg, names, log: Callable) -> TeacherContext | None:
   return TeacherContext.build(cfg, log=log)
 
 
-def finish_joined(cfg, store, row: dict, names, log: Callable) -> dict:
+def finish_joined(cfg, store, row: Trial, names, log: Callable) -> dict:
   """A trial measured on its target and distilled elsewhere, both halves in the store: its
   objectives (or 'infeasible' when the measurement breaks the latency constraint)."""
-  error = latency_verdict(row["measurement"], cfg)
+  error = latency_verdict(row.measurement, cfg)
   if error:
-    store.finish_trial(row["id"], "infeasible", error=error, measurement=row["measurement"])  # BO models it
+    store.finish_trial(row.id, "infeasible", error=error, measurement=row.measurement)  # BO models it
     return dict(status="infeasible", objectives=None)
-  objectives, ses, error = checked_objectives(names, row["distill"], row["measurement"], row["screening"])
+  objectives, ses, error = checked_objectives(names, row.distill, row.measurement, row.screening)
   if error:
-    log(f"search: trial {row['arch']} failed: {error}")
-    store.finish_trial(row["id"], "failed", error=error)
+    log(f"search: trial {row.arch} failed: {error}")
+    store.finish_trial(row.id, "failed", error=error)
     return dict(status="failed", objectives=None)
-  store.finish_trial(row["id"], "ok", objectives=objectives, objective_se=ses, measurement=row["measurement"],
-                     distill=row["distill"], measure_s=row["measure_s"], distill_s=row["distill_s"],
-                     timings=row["timings"])
+  store.finish_trial(row.id, "ok", objectives=objectives, objective_se=ses, measurement=row.measurement,
+                     distill=row.distill, measure_s=row.measure_s, distill_s=row.distill_s,
+                     timings=row.timings)
   return dict(status="ok", objectives=objectives)
 
 
-def run_measurement(cfg, run_dir: str, store, row: dict, names, log: Callable, worker: str) -> dict:
+def run_measurement(cfg, run_dir: str, store, row: Trial, names, log: Callable, worker: str) -> dict:
   """A measure worker's job: measures the trial's architecture on this machine, records it, and
   joins it with the distillation if that is already in. A failed measurement fails the trial."""
-  name = row["arch"]
+  name = row.arch
   try:
     t0 = time.time()
-    measurement = measure(space_lib.Arch.parse(name), cfg, trace_dir_of(run_dir, name), store=store,
-                          target=row["measure_target"])
+    measurement = measure(row.architecture, cfg, trace_dir_of(run_dir, name), store=store,
+                          target=row.measure_target)
     measure_s = time.time() - t0
   except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
     raise
   except Exception as e:
     log(f"search: measuring {name} failed: {type(e).__name__}: {str(e)[:300]}")
-    store.finish_trial(row["id"], "failed", error=f"measurement on {row['measure_target']}: {type(e).__name__}: {e}\n"
+    store.finish_trial(row.id, "failed", error=f"measurement on {row.measure_target}: {type(e).__name__}: {e}\n"
                                                   f"{traceback.format_exc(limit=6)}")
     return dict(status="failed")
-  recorded, complete = store.record_measurement(row["id"], worker, measurement, measure_s)
+  recorded, complete = store.record_measurement(row.id, worker, measurement, measure_s)
   if complete:
     return dict(finish_joined(cfg, store, complete, names, log), recorded=recorded)
   return dict(status="measured" if recorded else "lost", recorded=recorded)
 
 
-def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designer_s: float = 0.0,
+def run_trial(cfg, run_dir: str, store, row: Trial, names, log: Callable, designer_s: float = 0.0,
               worker: str | None = None, context: TeacherContext | None = None) -> dict:
   """Evaluates the trial of store row `row` (already started or claimed) and records it: its
   objectives, or 'failed' with the error (a NaN, an OOM, a damaged checkpoint: the search goes
   on). With `worker`, the result is written only while that worker still holds the trial.
   context: the search's teacher and evaluation set (search_context)."""
-  name = row["arch"]
-  remote = bool(row.get("measure_target")) and not is_checkpoint_trial(name, cfg)  # measured by a measure worker
+  name = row.arch
+  remote = bool(row.measure_target) and not is_checkpoint_trial(name, cfg)  # measured by a measure worker
   # A worker that took the trial over waits up to a lease for its previous holder, alive but late,
   # to learn it lost the trial (its heartbeat) and let go of the workdir.
   wait = float(settings.search_settings(cfg).workers.lease_s) if worker else 0.0
@@ -217,16 +218,16 @@ def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designe
     if not worker or e.directory != os.path.abspath(workdir):
       raise
     # Still held after a lease: not the trial's fault. It goes back to the queue, not into the failures.
-    store.release_trial(row["id"], worker)
+    store.release_trial(row.id, worker)
     log(f"search: trial {name} is still held by its previous holder after {wait:.0f} s; back in the queue")
     return dict(status="released", recorded=False)
   except Exception as e:
     err = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
     log(f"search: trial {name} failed: {type(e).__name__}: {str(e)[:300]}")
-    store.finish_trial(row["id"], "failed", error=err, timings=dict(designer_s=designer_s), worker=worker)
+    store.finish_trial(row.id, "failed", error=err, timings=dict(designer_s=designer_s), worker=worker)
     return dict(status="failed")
   if remote and r["status"] == "ok":  # the training half; the trial completes when both halves are in
-    recorded, complete = store.record_distillation(row["id"], worker, r["distill"], r["distill_s"],
+    recorded, complete = store.record_distillation(row.id, worker, r["distill"], r["distill_s"],
                                                    trial_timings(r, designer_s))
     if complete:
       return dict(finish_joined(cfg, store, complete, names, log), recorded=recorded)
@@ -239,7 +240,7 @@ def run_trial(cfg, run_dir: str, store, row: dict, names, log: Callable, designe
     log(f"search: trial {name} failed: {error}")
   else:
     error = r.get("error")
-  recorded = store.finish_trial(row["id"], status, objectives=objectives, objective_se=ses,
+  recorded = store.finish_trial(row.id, status, objectives=objectives, objective_se=ses,
                                 measurement=r["measurement"], distill=r["distill"], error=error,
                                 measure_s=r["measure_s"], distill_s=r["distill_s"],
                                 timings=trial_timings(r, designer_s), worker=worker)
@@ -252,38 +253,38 @@ class SearchStopped(RuntimeError):
   """The search cannot go on (too many failed trials, a worker that keeps dying): says why."""
 
 
-def failure_budget_check(rows: list[dict], max_failed: int) -> None:
+def failure_budget_check(rows: list[Trial], max_failed: int) -> None:
   """Stops the search with a clear message once more than `max_failed` trials failed (0: no limit)."""
-  failed = [r for r in rows if r["status"] == "failed"]
+  failed = [r for r in rows if r.status == "failed"]
   if max_failed and len(failed) > max_failed:
-    last = (failed[-1].get("error") or "").splitlines()[0][:300]
+    last = (failed[-1].error or "").splitlines()[0][:300]
     raise SearchStopped(f"search: {len(failed)} trials failed, more than search.max_failed_trials={max_failed} "
-                       f"(the last, {failed[-1]['arch']}: {last}); the run directory's store lists every error. "
+                       f"(the last, {failed[-1].arch}: {last}); the run directory's store lists every error. "
                        "Fix the cause, then --resume (failed trials are not run again; raise "
                        "search.max_failed_trials to go on regardless)")
 
 
-def next_trial(cfg, rows: list[dict], initial, des, names, designer: str, pending=()) -> tuple[str, str, str, float]:
+def next_trial(cfg, rows: list[Trial], initial, des, names, designer: str,
+               pending: tuple[space_lib.Arch, ...] = ()) -> tuple[str, str, str, float]:
   """What to run next given the store's rows: (name, role, designer, designer seconds), or
   ('', '', '', 0) when the budget is spent. The baseline first, then the baseline checkpoint,
-  the initial design, then the designer's suggestions (avoiding `pending`: architectures in
+  the initial design, then the designer's suggestions (avoiding `pending`: the architectures in
   flight)."""
   s = settings.search_settings(cfg)
-  by_name = {t["arch"] for t in rows}
+  by_name = {t.arch for t in rows}
   ckpt_path = settings.search_settings(cfg).baseline_checkpoint
   ckpt_name = report_lib.checkpoint_name(ckpt_path) if ckpt_path else None
   if s.baseline_arch and s.baseline_arch not in by_name:
     return s.baseline_arch, "baseline", "baseline", 0.0
   if ckpt_name and ckpt_name not in by_name:
     return ckpt_name, report_lib.CHECKPOINT_ROLE, "checkpoint", 0.0
-  designed = [t for t in rows if t["role"] not in report_lib.BASELINE_ROLES]
+  designed = [t for t in rows if t.role not in report_lib.BASELINE_ROLES]
   if len(designed) >= s.num_trials:
     return "", "", "", 0.0
-  n_initial = sum(1 for t in rows if t["role"] == "initial")
+  n_initial = sum(1 for t in rows if t.role == "initial")
   todo = [a for a in initial if a.name not in by_name]
   if n_initial < s.num_initial and todo:
     return todo[0].name, "initial", "initial", 0.0
   t0 = time.time()
   des.update(designer_trials(rows, names, modelled_constraints(cfg)))
-  pending_archs = [space_lib.Arch.parse(a) for a in pending]
-  return des.suggest(1, pending_archs)[0].name, "designer", designer, time.time() - t0
+  return des.suggest(1, list(pending))[0].name, "designer", designer, time.time() - t0

@@ -176,11 +176,11 @@ def _search_with(proxy, tmp_path, tiny_teacher):
   summary = loop.run_search(cfg, run_dir, log=lambda m: None, progress=False)
   assert summary["trials"] == 2, summary
   rows = store_lib.TrialStore(run_dir, create=False).trials()
-  assert all(r["status"] == "ok" for r in rows), [(r["arch"], r["error"]) for r in rows]
+  assert all(r.status == "ok" for r in rows), [(r.arch, r.error) for r in rows]
   for r in rows:
-    assert r["distill"]["proxy_workdir"].startswith(os.path.join(run_dir, proxy))
-    assert r["objectives"]["mlm_accuracy"] == r["distill"]["mlm_accuracy"] and r["objective_se"]["mlm_accuracy"] > 0
-    assert not os.path.exists(os.path.join(run_dir, "trials", r["arch"], "checkpoints"))  # nothing was distilled
+    assert r.distill["proxy_workdir"].startswith(os.path.join(run_dir, proxy))
+    assert r.objectives["mlm_accuracy"] == r.distill["mlm_accuracy"] and r.objective_se["mlm_accuracy"] > 0
+    assert not os.path.exists(os.path.join(run_dir, "trials", r.arch, "checkpoints"))  # nothing was distilled
   with open(os.path.join(run_dir, "report.md")) as f:
     assert "Accuracy proxy: **sub-networks of " + ("a one-shot" if proxy == "superlm" else "few-shot") in f.read()
   # A resumed search does not train its SuperLM(s) again ...
@@ -200,5 +200,5 @@ def test_fewshot_parts_own_their_architectures_in_a_search(tmp_path, tiny_teache
   record = json.load(open(os.path.join(run_dir, "fewshot", superlm.DONE_FEWSHOT)))
   assert [p["values"] for p in record["parts"]] == [[128], [256]] and record["steps_per_part"] == 2
   for r in rows:
-    part = 0 if r["arch"].startswith("128_") else 1
-    assert r["distill"]["proxy_workdir"] == os.path.join(run_dir, "fewshot", f"part_{part}")
+    part = 0 if r.arch.startswith("128_") else 1
+    assert r.distill["proxy_workdir"] == os.path.join(run_dir, "fewshot", f"part_{part}")

@@ -9,6 +9,7 @@ import pytest
 
 from ad import configs
 from ad.search import calibration, loop, store as store_lib
+from ad.search.store import Trial
 from tests.conftest import search_overrides
 
 SEQUENCES = 400  # per-sequence counts of a shared evaluation set, 5 masked tokens each
@@ -53,7 +54,8 @@ def test_the_grade_counts_the_pairs_regular_resolves_and_warns_when_the_paramete
 
 
 def test_calibration_students_span_the_front_then_the_rest_and_skip_the_finals():
-  ok = [dict(arch=f"s{i}", objectives=dict(mlm_accuracy=0.1 + 0.01 * i)) for i in range(8)]
+  ok = [Trial(arch=f"s{i}", role="designer", status="ok", objectives=dict(mlm_accuracy=0.1 + 0.01 * i))
+        for i in range(8)]
   on_front = [i % 2 == 0 for i in range(8)]  # s0 s2 s4 s6 on the front
   assert calibration.choose(ok, on_front, exclude=["s6"], k=3) == ["s0", "s2", "s4"]
   assert calibration.choose(ok, on_front, exclude=[], k=2) == ["s0", "s6"]  # the front's two ends

@@ -14,6 +14,7 @@ import pytest
 
 from ad import startup
 from ad.search import store as store_lib
+from ad.search.store import Trial
 from tests.conftest import search_overrides
 from tests.search.test_search_loop import ROOT, _rows
 
@@ -66,11 +67,11 @@ def test_two_workers_finish_a_search_and_a_killed_workers_trial_is_taken_over(tm
 def test_failed_and_in_flight_trials_are_never_observations_of_the_designer():
   from ad.search import objectives
   names = ["mlm_accuracy", "latency_ms"]
-  ok = dict(arch="128_64_1_384_1", role="initial", status="ok", objectives=dict(mlm_accuracy=0.1, latency_ms=2.0),
-            objective_se=dict(mlm_accuracy=0.01, latency_ms=0.1))
-  rows = [ok] + [dict(arch=f"128_64_1_384_{i}", role="designer", status=st, objectives=None)
+  ok = Trial(arch="128_64_1_384_1", role="initial", status="ok", objectives=dict(mlm_accuracy=0.1, latency_ms=2.0),
+             objective_se=dict(mlm_accuracy=0.01, latency_ms=0.1))
+  rows = [ok] + [Trial(arch=f"128_64_1_384_{i}", role="designer", status=st)
                  for i, st in ((2, "failed"), (4, "queued"), (6, "running"))]
-  rows.append(dict(arch="128_64_2_384_2", role="designer", status="trained", objectives=None))
+  rows.append(Trial(arch="128_64_2_384_2", role="designer", status="trained"))
   seen = objectives.designer_trials(rows, names)
   assert [(t["arch"].name, t["status"]) for t in seen] == [("128_64_1_384_1", "ok"), ("128_64_1_384_2", "failed")]
   assert "values" not in seen[1] and seen[0]["values"] == [0.1, 2.0]  # the GP gets values from ok trials only
@@ -78,7 +79,8 @@ def test_failed_and_in_flight_trials_are_never_observations_of_the_designer():
 
 def test_the_failure_budget_stops_the_search_with_the_last_error():
   from ad.search import trial
-  rows = [dict(arch=f"a{i}", status="failed", error=f"NonFiniteLossError: nan at step {i}\ntrace") for i in range(3)]
+  rows = [Trial(arch=f"a{i}", role="designer", status="failed", error=f"NonFiniteLossError: nan at step {i}\ntrace")
+          for i in range(3)]
   trial.failure_budget_check(rows, 3)  # at the budget: goes on
   trial.failure_budget_check(rows, 0)  # 0: no limit
   with pytest.raises(trial.SearchStopped, match=r"3 trials failed, more than search.max_failed_trials=2 \(the last, a2: "
@@ -134,7 +136,7 @@ def test_measurement_on_another_worker_class_and_a_restarted_coordinator_over_po
     time.sleep(0.5)
   measurer = run([sys.executable, "-m", "ad.cli", "worker", "--run-dir", run_dir, "--store", url, "--role", "measure",
                   "--target", "cpu-b", "--worker-id", "measurer"])
-  while time.time() < deadline and coordinator.poll() is None and not any(r["worker"] for r in rows()):
+  while time.time() < deadline and coordinator.poll() is None and not any(r.worker for r in rows()):
     time.sleep(0.5)
   assert coordinator.poll() is None, coordinator.communicate()[1][-3000:]
   coordinator.kill()  # -9: the coordinator is gone mid-search
@@ -144,11 +146,11 @@ def test_measurement_on_another_worker_class_and_a_restarted_coordinator_over_po
   assert restarted.returncode == 0, err[-3000:]
   assert measurer.wait(timeout=120) == 0  # it stops once the search is done
   final = rows()
-  assert len(final) == 1 and {r["status"] for r in final} == {"ok"}, [(r["arch"], r["status"], r["error"]) for r in final]
+  assert len(final) == 1 and {r.status for r in final} == {"ok"}, [(r.arch, r.status, r.error) for r in final]
   for r in final:
-    assert r["measure_worker"] == "measurer" and r["measure_status"] == "ok" and r["attempts"] == 1
-    assert r["worker"] != "measurer" and r["distill"]["mlm_accuracy"] == r["objectives"]["mlm_accuracy"]
-    assert r["objectives"]["latency_ms"] == r["measurement"]["latency_ms_median"] > 0
+    assert r.measure_worker == "measurer" and r.measure_status == "ok" and r.attempts == 1
+    assert r.worker != "measurer" and r.distill["mlm_accuracy"] == r.objectives["mlm_accuracy"]
+    assert r.objectives["latency_ms"] == r.measurement["latency_ms_median"] > 0
   assert json.loads(out[out.index("{"):])["status_counts"]["ok"] == 1
 
 
@@ -168,19 +170,19 @@ def test_a_trial_taken_over_from_a_live_holder_goes_back_to_the_queue_and_never_
   store = store_lib.TrialStore(run_dir)
   workdir, screen, _ = trial.trial_target("128_64_1_256_1", cfg, run_dir, names)
   store.enqueue_trial("128_64_1_256_1", "initial", "initial", 0, screen, workdir)
-  assert store.claim_trial("A", lease_s=0.01)["worker"] == "A"
+  assert store.claim_trial("A", lease_s=0.01).worker == "A"
   with files.DirectoryLock(workdir, "distillation workdir"):  # A: alive, still in its trial
     time.sleep(0.05)  # A's lease is over
     row = store.claim_trial("B", lease_s=60.0)
-    assert row["worker"] == "B" and row["attempts"] == 2
+    assert row.worker == "B" and row.attempts == 2
     t0 = time.time()
     r = trial.run_trial(cfg, run_dir, store, row, names, log=lambda *_: None, worker="B")
   (after,) = store.trials()
-  assert r["status"] == "released" and after["status"] == "queued" and after["worker"] is None
+  assert r["status"] == "released" and after.status == "queued" and after.worker is None
   # it waited one lease, then let the trial go (the rest is the trial's measurement before its distillation
   # asks for the workdir: 33 s on a loaded machine)
   assert 5.0 <= time.time() - t0 < 90
-  assert not after["error"]
+  assert not after.error
 
 
 def test_a_lock_is_waited_for_up_to_wait_s_and_taken_when_its_holder_lets_go(tmp_path):

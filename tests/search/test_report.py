@@ -1,6 +1,7 @@
 """The report's noise: error bars drawn from the store's standard errors, and "dominates the
 baseline" only beyond 2 standard errors of the difference (paired on the shared evaluation set)."""
 
+import dataclasses
 import json
 
 import ml_collections
@@ -9,15 +10,15 @@ import pytest
 
 from ad import configs
 from ad.search import objectives as objectives_lib, report
-from ad.search.store import TrialStore
+from ad.search.store import Trial, TrialStore
 
 NAMES, DIRECTIONS = ["mlm_accuracy", "latency_ms"], ["max", "min"]
 
 
 def _row(arch, role, acc, acc_se, lat, lat_se, per_sequence=None, eval_set="E"):
-  return dict(arch=arch, role=role, status="ok", id=0, objectives=dict(mlm_accuracy=acc, latency_ms=lat),
-              objective_se=dict(mlm_accuracy=acc_se, latency_ms=lat_se),
-              distill=dict(eval_set=eval_set, per_sequence=per_sequence or {}))
+  return Trial(arch=arch, role=role, status="ok", objectives=dict(mlm_accuracy=acc, latency_ms=lat),
+               objective_se=dict(mlm_accuracy=acc_se, latency_ms=lat_se),
+               distill=dict(eval_set=eval_set, per_sequence=per_sequence or {}))
 
 
 def test_dominance_beyond_noise_and_noise_blind_side_by_side():
@@ -39,14 +40,14 @@ def test_accuracy_margins_are_paired_on_the_shared_evaluation_set():
   rb = _row("b", "baseline", b.sum() / masked.sum(), 0.01, 3.0, 0.0, per(b))
   paired = report.noise_margins(ra, rb, NAMES)[0]
   assert paired < 2 * np.hypot(0.01, 0.01) * 0.5  # the shared difficulty cancels
-  other_set = dict(rb, distill=dict(rb["distill"], eval_set="F"))  # not comparable pairwise
+  other_set = dataclasses.replace(rb, distill=dict(rb.distill, eval_set="F"))  # not comparable pairwise
   assert report.noise_margins(ra, other_set, NAMES)[0] == pytest.approx(2 * np.hypot(0.01, 0.01))
 
 
 def test_pareto_plot_draws_two_standard_error_bars(tmp_path):
-  rows = [dict(_row("x", "designer", 0.31, 0.004, 3.0, 0.1), id=1),
-          dict(_row("y", "designer", 0.29, 0.003, 2.0, 0.2), id=2),
-          dict(_row("B", "baseline", 0.30, 0.005, 5.0, 0.3), id=3)]
+  rows = [dataclasses.replace(_row("x", "designer", 0.31, 0.004, 3.0, 0.1), id=1),
+          dataclasses.replace(_row("y", "designer", 0.29, 0.003, 2.0, 0.2), id=2),
+          dataclasses.replace(_row("B", "baseline", 0.30, 0.005, 5.0, 0.3), id=3)]
   drawn = report.plot(str(tmp_path / "p.png"), rows, NAMES, DIRECTIONS)
   assert drawn["x_name"] == "latency_ms" and drawn["y_name"] == "mlm_accuracy"
   got = {t["arch"]: (t["xerr"], t["yerr"]) for t in drawn["trials"]}
@@ -75,8 +76,8 @@ def test_report_and_summary_carry_the_standard_errors(tmp_path):
 def test_a_latency_reference_given_as_a_ratio_follows_the_runs_scale_and_a_bad_ratio_is_named():
   objectives = [dict(name="mlm_accuracy", direction="max", reference=0.0),
                 dict(name="latency_ms", direction="min", reference=20.0, reference_ratio=2.0)]
-  paired = lambda arch, scale: dict(_row(arch, "designer", 0.3, 0.0, 40.0, 0.0),
-                                    measurement=dict(latency_ratio=1.0, reference_scale_ms=scale))
+  paired = lambda arch, scale: dataclasses.replace(_row(arch, "designer", 0.3, 0.0, 40.0, 0.0),
+                                                   measurement=dict(latency_ratio=1.0, reference_scale_ms=scale))
   # two runs of the same students, one on a machine reading three times slower: the point moves with it
   assert report.hypervolume_reference(objectives, [0.0, 20.0], [paired("a", 15.0)]) == [0.0, 30.0]
   assert report.hypervolume_reference(objectives, [0.0, 20.0], [paired("a", 49.0)]) == [0.0, 98.0]

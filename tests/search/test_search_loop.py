@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from ad import cli, configs, space
+from ad import cli, configs
 from ad.search import designers, loop, measurement, objectives, report, store as store_lib, trial
+from ad.search.store import Trial
 from tests.conftest import SEARCH_BASELINE, search_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -138,11 +139,11 @@ def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_teacher,
   monkeypatch.setattr(trainer, "distill", distill)
   summary = loop.run_search(cfg, str(tmp_path), log=lambda *_: None, progress=False)
   rows = store_lib.TrialStore(str(tmp_path), create=False).trials()
-  failed = [r for r in rows if r["status"] == "failed"]
-  assert [r["arch"] for r in failed] == [victim["arch"]] and "NonFiniteLossError" in failed[0]["error"]
-  assert [r["status"] for r in rows] == ["failed", "ok"] and summary["status_counts"]["failed"] == 1
+  failed = [r for r in rows if r.status == "failed"]
+  assert [r.arch for r in failed] == [victim["arch"]] and "NonFiniteLossError" in failed[0].error
+  assert [r.status for r in rows] == ["failed", "ok"] and summary["status_counts"]["failed"] == 1
   for r in rows:  # max_params pruned the two-FFN architectures before the search
-    assert r["screening"]["params"] <= 4_180_000 and r["arch"].endswith("_1")  # no baseline in this run
+    assert r.screening["params"] <= 4_180_000 and r.arch.endswith("_1")  # no baseline in this run
   with open(tmp_path / "report.md") as f:
     assert "NonFiniteLossError" in f.read()
   with pytest.raises(FileExistsError, match="--resume"):
@@ -155,8 +156,8 @@ def test_latency_constraint_marks_trials_infeasible_without_training(tmp_path, t
       "constraints.max_latency_ms": 1e-6}))
   loop.run_search(cfg, str(tmp_path), log=lambda *_: None, progress=False)
   (row,) = store_lib.TrialStore(str(tmp_path), create=False).trials()
-  assert row["status"] == "infeasible" and "constraints.max_latency_ms" in row["error"]
-  assert row["distill"] is None and not os.path.exists(tmp_path / "trials" / row["arch"])
+  assert row.status == "infeasible" and "constraints.max_latency_ms" in row.error
+  assert row.distill is None and not os.path.exists(tmp_path / "trials" / row.arch)
 
 
 def test_a_baseline_checkpoint_is_measured_and_scored_as_it_is_and_marked(tmp_path, tiny_teacher):
@@ -173,16 +174,16 @@ def test_a_baseline_checkpoint_is_measured_and_scored_as_it_is_and_marked(tmp_pa
       "search.baseline_checkpoint": ckpt, "constraints.max_latency_ms": 1e-6}))
   summary = loop.run_search(cfg, str(tmp_path / "run"), log=lambda *_: None, progress=False)
   rows = store_lib.TrialStore(str(tmp_path / "run"), create=False).trials()
-  (row,) = [r for r in rows if r["role"] == "checkpoint"]
-  assert row["arch"] == "checkpoint:mobilebert_tiny" and row["status"] == "ok"
-  assert row["measurement"]["num_blocks"] == 3 and row["objectives"]["latency_ms"] > 0
+  (row,) = [r for r in rows if r.role == "checkpoint"]
+  assert row.arch == "checkpoint:mobilebert_tiny" and row.status == "ok"
+  assert row.measurement["num_blocks"] == 3 and row.objectives["latency_ms"] > 0
   es = evaluation.build_eval_set(tiny_data_config(), pretrain.load_vocab(tiny_data_config()), log=lambda *_: None)
   direct = evaluation.evaluate(hf.load_mobilebert(ckpt), es)
-  assert row["objectives"]["mlm_accuracy"] == pytest.approx(direct["mlm_accuracy"])
-  assert row["objective_se"]["mlm_accuracy"] == pytest.approx(direct["mlm_accuracy_se"])
+  assert row.objectives["mlm_accuracy"] == pytest.approx(direct["mlm_accuracy"])
+  assert row.objective_se["mlm_accuracy"] == pytest.approx(direct["mlm_accuracy_se"])
   assert [t["arch"] for t in objectives.designer_trials(rows, ["mlm_accuracy", "latency_ms"])] == [
-      space.Arch.parse(r["arch"]) for r in rows if r["role"] != "checkpoint"]
-  assert summary["checkpoint"]["arch"] == row["arch"] and "checkpoint:mobilebert_tiny" not in str(summary["pareto"])
+      r.architecture for r in rows if r.role != "checkpoint"]
+  assert summary["checkpoint"]["arch"] == row.arch and "checkpoint:mobilebert_tiny" not in str(summary["pareto"])
   assert "Baseline checkpoint `checkpoint:mobilebert_tiny`" in (tmp_path / "run" / "report.md").read_text()
   for bad, match in ((str(tmp_path / "none"), "no such directory"), (tiny_teacher + "/hf", "model_type='bert'")):
     with cfg.unlocked():
@@ -258,10 +259,10 @@ def test_bo_models_the_latency_limit_only_when_asked_and_sees_every_measured_lat
     cfg.search.bo.constraints = "model"
   assert objectives.modelled_constraints(cfg) == [3.0]
   m = lambda ms: dict(latency_ms_median=ms, latency_rel_ci95=0.0392)
-  rows = [dict(arch="128_64_1_256_1", role="initial", status="ok", objectives=dict(mlm_accuracy=0.1, latency_ms=2.0),
-               objective_se=dict(mlm_accuracy=0.01, latency_ms=0.04), measurement=m(2.0)),
-          dict(arch="256_64_1_256_1", role="initial", status="infeasible", objectives=None, measurement=m(5.0)),
-          dict(arch="256_64_2_256_1", role="designer", status="failed", objectives=None, measurement=None)]
+  rows = [Trial(arch="128_64_1_256_1", role="initial", status="ok", objectives=dict(mlm_accuracy=0.1, latency_ms=2.0),
+                objective_se=dict(mlm_accuracy=0.01, latency_ms=0.04), measurement=m(2.0)),
+          Trial(arch="256_64_1_256_1", role="initial", status="infeasible", measurement=m(5.0)),
+          Trial(arch="256_64_2_256_1", role="designer", status="failed")]
   view = objectives.designer_trials(rows, ["mlm_accuracy", "latency_ms"], [3.0])
   assert [t.get("constraints") for t in view] == [[2.0], [5.0], None]
   assert view[1]["status"] == "infeasible" and view[1]["constraint_noise"] == [pytest.approx(0.1)]

@@ -3,6 +3,7 @@ started by the fixture from the pgserver wheel, Unix socket only): claims that g
 of many concurrent claimers, leases that expire and are taken over, results written only by the
 trial's holder, schema versions and migrations."""
 
+import dataclasses
 import os
 import sqlite3
 import threading
@@ -52,9 +53,9 @@ def test_concurrent_claimers_each_get_distinct_trials_and_none_is_lost(store_at)
     got = claimed.setdefault(me, [])
     try:
       while (row := st.claim_trial(me, lease_s=60)) is not None:
-        got.append(row["id"])
-        assert row["status"] == "running" and row["worker"] == me and row["attempts"] == 1
-        assert st.finish_trial(row["id"], "ok", objectives={}, worker=me)
+        got.append(row.id)
+        assert row.status == "running" and row.worker == me and row.attempts == 1
+        assert st.finish_trial(row.id, "ok", objectives={}, worker=me)
     except Exception as e:  # surfaced below: an assertion in a thread does not fail the test by itself
       errors.append(e)
     finally:
@@ -69,24 +70,24 @@ def test_concurrent_claimers_each_get_distinct_trials_and_none_is_lost(store_at)
   everything = sorted(i for got in claimed.values() for i in got)
   assert everything == sorted(ids)  # none twice, none lost
   rows = store_at().trials()
-  assert {r["status"] for r in rows} == {"ok"} and {r["worker"] for r in rows} <= set(claimed)
+  assert {r.status for r in rows} == {"ok"} and {r.worker for r in rows} <= set(claimed)
 
 
 def test_an_expired_lease_is_taken_over_and_the_old_holder_cannot_write(store_at):
   st = store_at()
   (tid,) = _queue(st, 1)
   a = st.claim_trial("A", lease_s=0.3)
-  assert a["id"] == tid and st.claim_trial("B", lease_s=60) is None  # held: nothing to claim
+  assert a.id == tid and st.claim_trial("B", lease_s=60) is None  # held: nothing to claim
   assert st.renew_lease(tid, "A", 0.3)
   time.sleep(0.5)  # A stops renewing: killed with -9, or its machine is gone
   b = st.claim_trial("B", lease_s=60)
-  assert b["id"] == tid and b["worker"] == "B" and b["attempts"] == 2
+  assert b.id == tid and b.worker == "B" and b.attempts == 2
   assert not st.renew_lease(tid, "A", 60)  # A learns it lost the trial
   assert not st.finish_trial(tid, "ok", objectives=dict(x=1.0), worker="A")  # and cannot record it
-  assert st.trials()[0]["status"] == "running"
+  assert st.trials()[0].status == "running"
   assert st.finish_trial(tid, "failed", error="boom", worker="B")
   (row,) = st.trials()
-  assert row["status"] == "failed" and row["error"] == "boom" and row["lease_until"] is None
+  assert row.status == "failed" and row.error == "boom" and row.lease_until is None
 
 
 def test_released_and_unleased_trials_go_back_to_the_queue(store_at):
@@ -94,10 +95,10 @@ def test_released_and_unleased_trials_go_back_to_the_queue(store_at):
   t1, t2 = _queue(st, 2)
   st.claim_trial("A", 60)
   st.release_trial(t1, "A")  # a worker stopped by SIGTERM gives its trial back
-  assert st.claim_trial("B", 60)["id"] == t1
+  assert st.claim_trial("B", 60).id == t1
   t3 = st.start_trial("128_64_1_512_1", "designer", "bo", 0, SCREENING, "x")  # a sequential run's trial, interrupted
   assert st.requeue_unleased() == 1
-  assert {r["id"]: r["status"] for r in st.trials()} == {t1: "running", t2: "queued", t3: "queued"}
+  assert {r.id: r.status for r in st.trials()} == {t1: "running", t2: "queued", t3: "queued"}
 
 
 def test_schema_versions(store_at, tmp_path):
@@ -127,7 +128,7 @@ def test_a_store_of_the_first_schema_is_migrated(tmp_path):
   db.close()
   st = TrialStore(str(tmp_path))
   (row,) = st.trials()
-  assert row["objectives"] == {"mlm_accuracy": 0.1} and row["worker"] is None and row["timings"] is None
+  assert row.objectives == {"mlm_accuracy": 0.1} and row.worker is None and row.timings is None
   assert st.get_meta("schema_version") == store_lib.SCHEMA_VERSION
 
 
@@ -148,23 +149,38 @@ def test_a_trial_measured_elsewhere_is_joined_by_whichever_half_finishes_second(
           for i in range(2)]
   assert st.claim_measurement("m", "other-target", 60) is None  # only its own target's measurements
   # Trial a: the measurement first, then the training.
-  assert st.claim_measurement("m", "tpu-v4i", 60)["id"] == a
-  assert st.claim_trial("t", 60)["id"] == a
+  assert st.claim_measurement("m", "tpu-v4i", 60).id == a
+  assert st.claim_trial("t", 60).id == a
   assert st.record_measurement(a, "m", dict(latency_ms_median=1.0), 2.0) == (True, None)
   recorded, row = st.record_distillation(a, "t", dict(mlm_accuracy=0.1), 3.0, dict(total_s=3.0))
-  assert recorded and row["measurement"] == dict(latency_ms_median=1.0) and row["distill"] == dict(mlm_accuracy=0.1)
+  assert recorded and row.measurement == dict(latency_ms_median=1.0) and row.distill == dict(mlm_accuracy=0.1)
   # Trial b: the training first; the first measure worker dies, its lease runs out, another takes over.
-  assert st.claim_trial("t", 60)["id"] == b
+  assert st.claim_trial("t", 60).id == b
   assert st.record_distillation(b, "t", dict(mlm_accuracy=0.2), 3.0, {}) == (True, None)
-  assert st.trial(b)["status"] == "trained" and st.claim_trial("t2", 60) is None  # trained: not claimable again
-  assert st.claim_measurement("m1", "tpu-v4i", 0.2)["id"] == b
+  assert st.trial(b).status == "trained" and st.claim_trial("t2", 60) is None  # trained: not claimable again
+  assert st.claim_measurement("m1", "tpu-v4i", 0.2).id == b
   time.sleep(0.4)
-  assert st.claim_measurement("m2", "tpu-v4i", 60)["id"] == b
+  assert st.claim_measurement("m2", "tpu-v4i", 60).id == b
   assert not st.renew_lease(b, "m1", 60, part="measure")
   assert st.record_measurement(b, "m1", dict(latency_ms_median=9.0), 1.0) == (False, None)  # no longer its own
   recorded, row = st.record_measurement(b, "m2", dict(latency_ms_median=2.0), 1.0)
-  assert recorded and row["status"] == "trained" and row["measurement"] == dict(latency_ms_median=2.0)
+  assert recorded and row.status == "trained" and row.measurement == dict(latency_ms_median=2.0)
   # A trial that is finished is not written into by anyone not holding it.
   assert st.finish_trial(b, "ok", objectives=dict(mlm_accuracy=0.2))
   assert not st.finish_trial(b, "failed", error="late measurement failure")
-  assert st.trial(b)["status"] == "ok"
+  assert st.trial(b).status == "ok"
+
+
+def test_a_trial_is_read_back_typed_with_its_json_parsed_and_its_paths_absolute(store_at):
+  st = store_at()
+  tid = st.start_trial("128_64_2_384_1", "initial", "initial", 0, SCREENING, os.path.join(st.run_dir, "trials", "a"))
+  st.finish_trial(tid, "ok", objectives=dict(mlm_accuracy=0.2), objective_se=dict(mlm_accuracy=0.01),
+                  measurement=dict(latency_ms_median=1.5, trace_dir=os.path.join(st.run_dir, "traces", "a")))
+  (row,) = st.trials()
+  assert isinstance(row, store_lib.Trial) and row.id == tid and row.status == "ok"
+  assert row.objectives == dict(mlm_accuracy=0.2) and row.screening == SCREENING  # JSON columns parsed
+  assert row.workdir == os.path.join(st.run_dir, "trials", "a")  # stored relative, read back absolute
+  assert row.measurement["trace_dir"] == os.path.join(st.run_dir, "traces", "a")
+  assert (row.architecture.bottleneck, row.architecture.heads, row.architecture.num_ffn) == (64, 2, 1)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    row.status = "failed"  # a reader cannot change what the store holds by editing its copy
