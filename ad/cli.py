@@ -16,7 +16,7 @@ from ad import files, interrupt, startup
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--config", default=None,
-                 help="config name in experiments/configs/ (default: quickstart), or a path ending in .py; configs "
+                 help="config name in ad/configs/ (default: quickstart), or a path ending in .py; configs "
                       "are Python and are executed: use only configs you trust")
   p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
                  help="do not use JAX's persistent compilation cache (default: on, in the user cache directory)")

@@ -1,5 +1,5 @@
 """The config's `teacher`, `distill` and `superlm` sections, typed: each setting's default lives here
-once (experiments/configs/common.py builds the sections from these dataclasses), in a module of
+once (ad/configs/common.py builds the sections from these dataclasses), in a module of
 its own so that a config loads without JAX. ad/distill/teacher_head.py prepares the teacher,
 trainer.py distills and superlm.py trains the SuperLMs they describe."""
 
@@ -183,9 +183,9 @@ class SuperLMConfig:
 
 
 def superlm_config_from(cfg) -> SuperLMConfig:
-  """The `superlm` section of an experiment config (experiments/configs/common.py superlm())."""
+  """The `superlm` section of an experiment config (ad/configs/common.py superlm())."""
   if "superlm" not in cfg:
-    raise ValueError("the config has no `superlm` section (experiments/configs/common.py superlm() makes one)")
+    raise ValueError("the config has no `superlm` section (ad/configs/common.py superlm() makes one)")
   given = dict(cfg.superlm)
   fewshot = dict(given.pop("fewshot", {}))  # superlm.fewshot.{count, factor}: the fields fewshot_{count, factor}
   unknown = sorted(f"fewshot.{k}" for k in set(fewshot) - {"count", "factor"})

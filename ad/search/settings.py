@@ -1,6 +1,6 @@
 """The search and final sections of a config, typed: each setting and its default live here once.
 
-experiments/configs/common.py builds a config's `search` and `final` sections from these
+ad/configs/common.py builds a config's `search` and `final` sections from these
 dataclasses, so a config file writes only what it changes. The search reads them through
 `search_settings(cfg)` / `final_settings(cfg)`, which give a hand-written section's missing keys
 their defaults and name an unknown key (configs.section).

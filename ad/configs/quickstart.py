@@ -17,7 +17,7 @@ Scale:    aimed at 15 minutes from a fresh HOME (teacher preparation included) o
 
 import ml_collections
 
-from experiments.configs import common
+from ad.configs import common
 
 
 def get_config():

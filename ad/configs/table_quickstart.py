@@ -13,8 +13,8 @@ Latency:  batch 1, seq 128 on this CPU, each student timed alternately with the 
           latency is its ratio to the baseline x the baseline's first reading in the run (one scale).
 """
 
-from experiments.configs import fidelity
-from experiments.configs import quickstart
+from ad.configs import fidelity
+from ad.configs import quickstart
 
 
 def get_config():

@@ -16,8 +16,8 @@ Sub-space: heads fixed at 4 (MobileBERT's): 4 hidden x 4 bottleneck x 3 intermed
 
 import ml_collections
 
-from experiments.configs import common
-from experiments.configs import quickstart
+from ad.configs import common
+from ad.configs import quickstart
 
 
 def get_config():

@@ -14,7 +14,7 @@ Expected: 576 architectures per block; MobileBERT 25.1M parameters counted the p
 
 import ml_collections
 
-from experiments.configs import common
+from ad.configs import common
 
 
 def get_config():

@@ -1,4 +1,6 @@
 """Experiment configs: Python files whose `get_config()` returns an ml_collections.ConfigDict.
+The named ones ship in this package (ad/configs/NAME.py; common.py builds their sections from the
+typed settings' defaults, so a config writes only what it changes); any other is a path.
 
 Overrides use `--config.key.sub=value` on the command line; the value is parsed as the type
 of the existing field (lists/tuples as comma-separated or Python literals). The dict is
@@ -15,12 +17,12 @@ from typing import Sequence
 
 import ml_collections
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "configs")
+CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))  # the named configs ship beside this loader
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "quickstart.py")
 
 
 def resolve(path: str | None) -> str:
-  """A bare name is a config of experiments/configs/ ('quickstart' -> .../quickstart.py), never a
+  """A bare name is a config of ad/configs/ ('quickstart' -> .../quickstart.py), never a
   file of that name in the working directory; anything with a '/' or ending in '.py' is a path
   to a Python config file. Configs are Python and are executed: use only configs you trust."""
   if path is None:
@@ -31,7 +33,7 @@ def resolve(path: str | None) -> str:
     if os.path.isfile(cand):
       return cand
     hint = f"; for the file in this directory pass --config ./{path}.py" if os.path.isfile(path + ".py") else ""
-    raise FileNotFoundError(f"config {path!r}: not a config name in experiments/configs/ (known: {known}){hint}")
+    raise FileNotFoundError(f"config {path!r}: not a config name in ad/configs/ (known: {known}){hint}")
   if not path.endswith(".py"):
     raise ValueError(f"config {path!r}: a config file must be a Python file ending in .py (names: {known})")
   if not os.path.isfile(path):

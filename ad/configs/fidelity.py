@@ -21,7 +21,7 @@ Budget:   6 + 1 students and three fractions take about 70 minutes of this machi
 
 import ml_collections
 
-from experiments.configs import quickstart
+from ad.configs import quickstart
 
 
 def get_config():
