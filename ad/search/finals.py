@@ -122,12 +122,11 @@ def distill_finals(cfg, run_dir: str, store, chosen: list[str], log: Callable, p
     workdir = os.path.join(rundir.finals_dir(run_dir), name)
     store.start_final(name)
     log(f"search: regular distillation of {name} into {workdir}")
-    measured = [t for t in store.trials("ok") if t.arch == name]  # its latency, for the model card
+    measured = next((t for t in reversed(store.trials("ok")) if t.arch == name), None)  # its latency, for the card
     try:
       m = distill(name, cfg, final.schedule, workdir, resume=True, log=lambda msg: None, progress=progress,
                   save_student=True, export_dir=os.path.join(workdir, "hf") if final.export_hf else None,
-                  card_latency=export.card_latency(measured[-1].objectives, measured[-1].measurement) if measured
-                  else None)
+                  card_latency=export.card_latency(measured.objectives, measured.measurement) if measured else None)
     except (KeyboardInterrupt, SystemExit, interrupt.Interrupted):
       raise
     except Exception as e:

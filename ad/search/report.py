@@ -155,8 +155,7 @@ def paired_latency_lines(rows: list[Trial], remeasured: dict | None) -> list[str
           "| arch | search (paired) | re-measured together | ratio to reference | alone now |", "|---|---|---|---|---|"]
     by_arch = {r.arch: r for r in rows}
     for name, t in remeasured["rows"].items():
-      trial = by_arch[name].measurement if name in by_arch else {}
-      trial = trial or {}
+      trial = (by_arch[name].measurement if name in by_arch else None) or {}
       L.append(f"| `{name}` | {_fmt(trial.get('latency_ms_paired'))} | {_fmt(t['latency_ms'])} ± "
                f"{_fmt(t['latency_ms'] * t['rel_ci95'] / 1.96)} | {_fmt(t['latency_ratio'])} | {_fmt(t['alone_ms'])} |")
   return L
