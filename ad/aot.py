@@ -326,8 +326,8 @@ def largest_batch(cfg, req: Request, log: Callable = print, limit: int = 1 << 20
   if tpu.parse_topology(req.topology)[1] is None:
     devices = devices[:1]
   schedule = req.program if req.program in ("flash", "regular") else "flash"
-  dcfg = dataclasses.replace(distill_settings.distill_config_from(cfg.distill, schedule), mesh_model=req.mesh_model
-                             or distill_settings.distill_config_from(cfg.distill, schedule).mesh_model)
+  dcfg = distill_settings.distill_config_from(cfg.distill, schedule)
+  dcfg = dataclasses.replace(dcfg, mesh_model=req.mesh_model or dcfg.mesh_model)
   unit = dcfg.mesh_data or len(devices) // dcfg.mesh_model
   tried = {}
 

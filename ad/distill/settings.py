@@ -42,6 +42,10 @@ class TeacherSettings:
     if self.adapt_dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"teacher.adapt_dtype={self.adapt_dtype!r}: expected float32, bfloat16 or float16")
 
+  def key_settings(self) -> dict:
+    """The settings that change the prepared teacher (TEACHER_KEY_SETTINGS): its cache key's part."""
+    return {k: getattr(self, k) for k in TEACHER_KEY_SETTINGS}
+
 
 # The settings that change the prepared teacher: part of its cache key.
 TEACHER_KEY_SETTINGS = tuple(f.name for f in dataclasses.fields(TeacherSettings)
@@ -121,9 +125,8 @@ def distill_section(flash: dict, regular: dict, **shared) -> dict:
   fields = dataclasses.fields(DistillConfig)
   section = {f.name: f.default for f in fields if f.name not in SCHEDULE_KEYS}
   section.update(shared)
-  steps_per_block = next(f.default for f in fields if f.name == "steps_per_block")
   for name, given in (("flash", flash), ("regular", regular)):
-    section[name] = dict(steps_per_block=steps_per_block, **SCHEDULE_STEPS[name])
+    section[name] = dict(steps_per_block=DistillConfig.steps_per_block, **SCHEDULE_STEPS[name])
     section[name].update(given)
   for name in SCHEDULE_STEPS:
     distill_config_from(section, name)

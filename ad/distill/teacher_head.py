@@ -49,7 +49,7 @@ from tqdm import tqdm
 from ad import files, interrupt
 from ad.data import pretrain
 from ad.distill import evaluation, losses
-from ad.distill.settings import TEACHER_KEY_SETTINGS, teacher_settings
+from ad.distill.settings import teacher_settings
 from ad.train import optim, sharding
 from ad.train.params import Rebuild, nonfinite
 from ad.train.steps import NonFiniteLossError
@@ -298,9 +298,8 @@ def load_for_training(prepared_dir: str, dtype: str) -> tuple[Teacher, dict]:
 
 
 def settings_from_config(teacher_cfg) -> dict:
-  """The cache-key settings (TEACHER_KEY_SETTINGS) of a config's `teacher` section, checked."""
-  typed = teacher_settings(teacher_cfg)
-  return {k: getattr(typed, k) for k in TEACHER_KEY_SETTINGS}
+  """The cache-key settings of a config's `teacher` section, checked."""
+  return teacher_settings(teacher_cfg).key_settings()
 
 
 def prepare_from_config(teacher_cfg, data_cfg, *, source: str | None = None, out_dir: str | None = None,
@@ -308,7 +307,7 @@ def prepare_from_config(teacher_cfg, data_cfg, *, source: str | None = None, out
                         progress: bool = True) -> tuple[str, dict]:
   """`prepare` with the settings of a config's `teacher` section (CLI flags may override)."""
   typed = teacher_settings(teacher_cfg)
-  settings = {k: getattr(typed, k) for k in TEACHER_KEY_SETTINGS}
+  settings = typed.key_settings()
   if adapt_headed is not None:
     settings["adapt_headed"] = adapt_headed
   return prepare(source or typed.source or None, out_dir or typed.prepared_dir or None, data_cfg,
@@ -363,8 +362,7 @@ def check_config(teacher_cfg, data_cfg) -> None:
   nothing: its settings' ranges, the source checkpoint, and a given prepared_dir that holds another
   teacher. `ad search` calls it before it writes a run directory."""
   typed = teacher_settings(teacher_cfg)
-  _where_prepared(typed.source or None, typed.prepared_dir or None, data_cfg, settings_from_config(teacher_cfg),
-                  force=False)
+  _where_prepared(typed.source or None, typed.prepared_dir or None, data_cfg, typed.key_settings(), force=False)
 
 
 def prepare(source_dir: str | None, out_dir: str | None, data_cfg, settings: dict, *, force: bool = False,
