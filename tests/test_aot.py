@@ -1,6 +1,7 @@
 """`ad compile`: the project's programs compiled ahead of time for TPU topologies on this CPU, with
 the trainers' own shardings and kernels (ad/aot.py)."""
 
+import json
 import re
 
 import pytest
@@ -65,3 +66,20 @@ def test_a_program_that_does_not_fit_hbm_says_needed_and_available(capsys):
   assert rc == 1
   assert re.search(r"inference of 512_128_4_512_4 at global batch 8192, seq 512 on v5e does not fit HBM: HLO "
                    r"temporaries need [\d.]+GB per device, the device has 15.75GB available", err), err
+
+
+def test_the_largest_batch_fits_and_the_batches_above_it_do_not(capsys):
+  # the one-block program of the test above from batch 2048: it doubles to the first batch over HBM,
+  # then bisects to within 1/16 of the answer, each probe a real compile for the chip
+  rc = cli.main(["compile", "--topology", "v5e", "--program", "inference", "--batch", "2048", "--seq", "512",
+                 "--config", "quickstart", "--set", "model.num_blocks=1", "--set", "model.attention_impl=xla",
+                 "--largest-batch", "--json"])
+  assert rc == 0
+  r = json.loads(capsys.readouterr().out)
+  tried = {int(b): t for b, t in r["tried"].items()}
+  largest, over = r["largest_global_batch"], r["smallest_over"]
+  assert tried[largest]["fits"] and not tried[over]["fits"]
+  assert largest < over <= largest + max(1, largest // 16)
+  # every probe agrees with the answer: all at or below it fit, all at or above the first over do not
+  assert all(t["fits"] == (b <= largest) for b, t in tried.items()), tried
+  assert 2048 <= largest < 4096 and r["per_device"] == largest  # one chip: 2048 needs 10 GiB, 4096 19 of its 15.75
