@@ -322,6 +322,81 @@ PROXY_WORDS = {"flash": "flash distillation of each candidate (003)",
                "fewshot": "sub-networks of few-shot weight-sharing SuperLMs, scored without training (001)"}
 
 
+def finals_section(finals: list[dict], rows: list[Trial], names, directions, remeasured, baseline: Trial | None,
+                   checkpoint: Trial | None, run_dir: str) -> tuple[list[str], list[str], list[str], list[str]]:
+  """The report's finals: their comparison with the regular-distilled baseline and with the baseline
+  checkpoint, and their table; returns the lines and the finals dominating the baseline beyond the
+  noise, noise-blind, and the checkpoint beyond the noise."""
+  L = ["", "## Final distillation (regular schedule)", ""]
+  fin = final_rows(finals, rows, names, remeasured)
+  base_final = next((f for f in fin if baseline and f.arch == baseline.arch), None)
+  fin_beyond, fin_raw = dominating_baseline([f for f in fin if f is not base_final], base_final, names, directions)
+  if base_final:
+    L += [f"After regular distillation, against the regular-distilled baseline `{base_final.arch}` ("
+          + ", ".join(f"{n} {_pm(base_final, n)}" for n in names) + "): dominating it beyond the noise: "
+          f"**{', '.join(fin_beyond) or 'none'}**; noise-blind: {', '.join(fin_raw) or 'none'}."
+          + (" Latencies here are those re-measured together before the finals." if remeasured else ""), ""]
+  fin_over_ckpt, fin_over_ckpt_raw = dominating_baseline([f for f in fin if f is not base_final], checkpoint, names,
+                                                         directions)
+  if checkpoint and fin:
+    L += [f"Against the baseline checkpoint `{checkpoint.arch}`: finals dominating it beyond the noise: "
+          f"**{', '.join(fin_over_ckpt) or 'none'}**; noise-blind: {', '.join(fin_over_ckpt_raw) or 'none'}.", ""]
+  if finals:
+    L += ["| arch | status | mlm_accuracy | teacher_agreement | nsp_accuracy | steps | orbax checkpoint | HF MobileBERT |",
+          "|---|---|---|---|---|---|---|---|"]
+    for f in finals:
+      m = f["metrics"] or {}
+      L.append(f"| `{f['arch']}` | {f['status']} | {_metric(m, 'mlm_accuracy')} | {_metric(m, 'teacher_agreement')} | "
+               f"{_metric(m, 'nsp_accuracy')} | {_fmt(m.get('steps'))} | {_rel(f['checkpoint'], run_dir)} | "
+               f"{_rel(f['hf_dir'], run_dir)} |")
+      if f["error"]:
+        L.append(f"\n    {f['error'].splitlines()[0]}\n")
+  else:
+    L.append("None yet (config `final.count`).")
+  return L, fin_beyond, fin_raw, fin_over_ckpt
+
+
+def trials_table(rows: list[Trial], names) -> list[str]:
+  """Every trial, one row each: its objectives, measurement, screening and times."""
+  L = ["", "## Trials", "",
+       "| id | arch | role | status | " + " | ".join(names) + " | nsp_accuracy | latency ms (paired (alone), "
+       "median (p90) or estimate) | peak mem MB | params | GFLOPs | measure s | distill s | note |",
+       "|" + "---|" * (len(names) + 12)]
+  for r in rows:
+    mm, dd = r.measurement or {}, r.distill or {}
+    obj = r.objectives or {}
+    note = (r.error or "").splitlines()[0][:120] if r.error else ""
+    peak = mm.get("peak_memory_bytes")
+    L.append(f"| {r.id} | `{r.arch}` | {r.role} | {r.status} | "
+             + " | ".join(_pm(r, n) if n in obj else "" for n in names)
+             + f" | {_metric(dd, 'nsp_accuracy')} | {_measured_latency(mm)} | "
+             f"{_fmt(peak / 1e6 if peak else None)} | {r.screening['params']:,} | "
+             f"{_fmt(r.screening['flops'] / 1e9)} | {_fmt(r.measure_s, 3)} | {_fmt(r.distill_s, 3)} | {note} |")
+  return L
+
+
+def time_and_worker_lines(rows: list[Trial], split: dict | None, per_worker: list[dict]) -> list[str]:
+  """Where a trial's time goes and, for a parallel search, what each worker did."""
+  L = []
+  if split:
+    L += ["", "## Where a trial's time goes", "",
+          f"Mean over {split['trials']} trained trials, seconds: designer {_fmt(split['designer_s'], 3)}, measurement "
+          f"{_fmt(split['measure_s'], 3)}, distillation setup {_fmt(split['distill_setup_s'], 3)}, compilation "
+          f"{_fmt(split['distill_compile_wall_s'], 3)}, training steps {_fmt(split['distill_train_steps_s'], 3)}, "
+          f"checkpoints {_fmt(split['distill_checkpoint_s'], 3)}, evaluation {_fmt(split['distill_eval_s'], 3)}; "
+          f"total {_fmt(split['total_s'], 3)}. Training steps are {100 * split['train_steps_share']:.0f}% of a trial."]
+  if per_worker:
+    L += ["", "## Workers", "", "Trials finished per worker and the share of the search's span (first start to last "
+          "finish) it spent on them; takeovers are trials claimed again after a lease ran out.", "",
+          "| worker | trials | busy s | utilization | in flight |", "|---|---|---|---|---|"]
+    for w in per_worker:
+      L.append(f"| {w['worker']} | {w['trials']} | {_fmt(w['busy_s'], 3)} | {100 * w['utilization']:.0f}% | "
+               f"{', '.join(w['in_flight']) or ''} |")
+    takeovers = [r.arch for r in rows if (r.attempts or 0) > 1]
+    L += ["", f"Takeovers: {', '.join(f'`{a}`' for a in takeovers) or 'none'}."]
+  return L
+
+
 def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | None = None) -> dict[str, Any]:
   """Rebuilds report.md and pareto.png in `out_dir` (default `run_dir`) from the run's trial store
   (opened read-only when not given); returns the summary."""
@@ -384,68 +459,17 @@ def write_report(run_dir: str, store: TrialStore | None = None, out_dir: str | N
     if m:
       L.append(f"| `{r.arch}` | " + " | ".join(_pm(r, n) for n in names)
                + f" | {r.screening['params']:,} | {r.id} |")
-  L += ["", "## Final distillation (regular schedule)", ""]
-  fin = final_rows(finals, rows, names, remeasured)
-  base_final = next((f for f in fin if baseline and f.arch == baseline.arch), None)
-  fin_beyond, fin_raw = dominating_baseline([f for f in fin if f is not base_final], base_final, names, directions)
-  if base_final:
-    L += [f"After regular distillation, against the regular-distilled baseline `{base_final.arch}` ("
-          + ", ".join(f"{n} {_pm(base_final, n)}" for n in names) + "): dominating it beyond the noise: "
-          f"**{', '.join(fin_beyond) or 'none'}**; noise-blind: {', '.join(fin_raw) or 'none'}."
-          + (" Latencies here are those re-measured together before the finals." if remeasured else ""), ""]
-  fin_over_ckpt, fin_over_ckpt_raw = dominating_baseline([f for f in fin if f is not base_final], checkpoint, names,
-                                                         directions)
-  if checkpoint and fin:
-    L += [f"Against the baseline checkpoint `{checkpoint.arch}`: finals dominating it beyond the noise: "
-          f"**{', '.join(fin_over_ckpt) or 'none'}**; noise-blind: {', '.join(fin_over_ckpt_raw) or 'none'}.", ""]
-  if finals:
-    L += ["| arch | status | mlm_accuracy | teacher_agreement | nsp_accuracy | steps | orbax checkpoint | HF MobileBERT |",
-          "|---|---|---|---|---|---|---|---|"]
-    for f in finals:
-      m = f["metrics"] or {}
-      L.append(f"| `{f['arch']}` | {f['status']} | {_metric(m, 'mlm_accuracy')} | {_metric(m, 'teacher_agreement')} | "
-               f"{_metric(m, 'nsp_accuracy')} | {_fmt(m.get('steps'))} | {_rel(f['checkpoint'], run_dir)} | "
-               f"{_rel(f['hf_dir'], run_dir)} |")
-      if f["error"]:
-        L.append(f"\n    {f['error'].splitlines()[0]}\n")
-  else:
-    L.append("None yet (config `final.count`).")
-  L += ["", "## Trials", "",
-        "| id | arch | role | status | " + " | ".join(names) + " | nsp_accuracy | latency ms (paired (alone), median (p90) or estimate) | peak mem MB "
-        "| params | GFLOPs | measure s | distill s | note |", "|" + "---|" * (len(names) + 12)]
-  for r in rows:
-    mm, dd = r.measurement or {}, r.distill or {}
-    obj = r.objectives or {}
-    note = (r.error or "").splitlines()[0][:120] if r.error else ""
-    peak = mm.get("peak_memory_bytes")
-    L.append(f"| {r.id} | `{r.arch}` | {r.role} | {r.status} | "
-             + " | ".join(_pm(r, n) if n in obj else "" for n in names)
-             + f" | {_metric(dd, 'nsp_accuracy')} | {_measured_latency(mm)} | "
-             f"{_fmt(peak / 1e6 if peak else None)} | {r.screening['params']:,} | "
-             f"{_fmt(r.screening['flops'] / 1e9)} | {_fmt(r.measure_s, 3)} | {_fmt(r.distill_s, 3)} | {note} |")
+  fin_lines, fin_beyond, fin_raw, fin_over_ckpt = finals_section(finals, rows, names, directions, remeasured,
+                                                               baseline, checkpoint, run_dir)
+  L += fin_lines
+  L += trials_table(rows, names)
   graded = calibration.agreement(calibration.students(rows, finals, calibrated))
   if "mlm_accuracy" in names and graded["count"] >= 2:  # (before the finals: none yet)
     L += calibration.report_lines(graded, PROXY_WORDS[settings.record_config(cfg)["search"]["proxy"]])
   L += finetune_table(finetunes, finals, rows, baseline)
   L += paired_latency_lines(rows, remeasured)
-  split = time_split(rows)
-  if split:
-    L += ["", "## Where a trial's time goes", "",
-          f"Mean over {split['trials']} trained trials, seconds: designer {_fmt(split['designer_s'], 3)}, measurement "
-          f"{_fmt(split['measure_s'], 3)}, distillation setup {_fmt(split['distill_setup_s'], 3)}, compilation "
-          f"{_fmt(split['distill_compile_wall_s'], 3)}, training steps {_fmt(split['distill_train_steps_s'], 3)}, "
-          f"checkpoints {_fmt(split['distill_checkpoint_s'], 3)}, evaluation {_fmt(split['distill_eval_s'], 3)}; "
-          f"total {_fmt(split['total_s'], 3)}. Training steps are {100 * split['train_steps_share']:.0f}% of a trial."]
-  per_worker = worker_utilization(rows)
-  if per_worker:
-    L += ["", "## Workers", "", "Trials finished per worker and the share of the search's span (first start to last "
-          "finish) it spent on them; takeovers are trials claimed again after a lease ran out.", "",
-          "| worker | trials | busy s | utilization | in flight |", "|---|---|---|---|---|"]
-    for w in per_worker:
-      L.append(f"| {w['worker']} | {w['trials']} | {_fmt(w['busy_s'], 3)} | {100 * w['utilization']:.0f}% | "
-               f"{', '.join(w['in_flight']) or ''} |")
-    takeovers = [r.arch for r in rows if (r.attempts or 0) > 1]
-    L += ["", f"Takeovers: {', '.join(f'`{a}`' for a in takeovers) or 'none'}."]
+  split, per_worker = time_split(rows), worker_utilization(rows)
+  L += time_and_worker_lines(rows, split, per_worker)
   L += ["", f"Hypervolume after each search trial: {', '.join(_fmt(float(h), 4) for h in hv_hist)}", "",
         "Profiles: `traces/<arch>/` (open with TensorBoard's profile plugin); trial runs: `trials/<arch>/` "
         "(losses.jsonl, tb/); search scalars: `tb/`.", ""]
