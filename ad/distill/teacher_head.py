@@ -297,11 +297,6 @@ def load_for_training(prepared_dir: str, dtype: str) -> tuple[Teacher, dict]:
   return with_compute_dtype(model, dtype), meta
 
 
-def settings_from_config(teacher_cfg) -> dict:
-  """The cache-key settings of a config's `teacher` section, checked."""
-  return teacher_settings(teacher_cfg).key_settings()
-
-
 def prepare_from_config(teacher_cfg, data_cfg, *, source: str | None = None, out_dir: str | None = None,
                         force: bool = False, adapt_headed: bool | None = None, log=print,
                         progress: bool = True) -> tuple[str, dict]:

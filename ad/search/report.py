@@ -330,14 +330,14 @@ def finals_section(finals: list[dict], rows: list[Trial], names, directions, rem
   L = ["", "## Final distillation (regular schedule)", ""]
   fin = final_rows(finals, rows, names, remeasured)
   base_final = next((f for f in fin if baseline and f.arch == baseline.arch), None)
-  fin_beyond, fin_raw = dominating_baseline([f for f in fin if f is not base_final], base_final, names, directions)
+  others = [f for f in fin if f is not base_final]
+  fin_beyond, fin_raw = dominating_baseline(others, base_final, names, directions)
   if base_final:
     L += [f"After regular distillation, against the regular-distilled baseline `{base_final.arch}` ("
           + ", ".join(f"{n} {_pm(base_final, n)}" for n in names) + "): dominating it beyond the noise: "
           f"**{', '.join(fin_beyond) or 'none'}**; noise-blind: {', '.join(fin_raw) or 'none'}."
           + (" Latencies here are those re-measured together before the finals." if remeasured else ""), ""]
-  fin_over_ckpt, fin_over_ckpt_raw = dominating_baseline([f for f in fin if f is not base_final], checkpoint, names,
-                                                         directions)
+  fin_over_ckpt, fin_over_ckpt_raw = dominating_baseline(others, checkpoint, names, directions)
   if checkpoint and fin:
     L += [f"Against the baseline checkpoint `{checkpoint.arch}`: finals dominating it beyond the noise: "
           f"**{', '.join(fin_over_ckpt) or 'none'}**; noise-blind: {', '.join(fin_over_ckpt_raw) or 'none'}.", ""]

@@ -189,7 +189,7 @@ def run_measurement(cfg, run_dir: str, store, row: Trial, names, log: Callable, 
   except Exception as e:
     log(f"search: measuring {name} failed: {type(e).__name__}: {str(e)[:300]}")
     store.finish_trial(row.id, "failed", error=f"measurement on {row.measure_target}: {type(e).__name__}: {e}\n"
-                                                  f"{traceback.format_exc(limit=6)}")
+                                              f"{traceback.format_exc(limit=6)}")
     return dict(status="failed")
   recorded, complete = store.record_measurement(row.id, worker, measurement, measure_s)
   if complete:
@@ -272,8 +272,7 @@ def next_trial(cfg, rows: list[Trial], initial, des, names, designer: str,
   flight)."""
   s = settings.search_settings(cfg)
   by_name = {t.arch for t in rows}
-  ckpt_path = settings.search_settings(cfg).baseline_checkpoint
-  ckpt_name = report_lib.checkpoint_name(ckpt_path) if ckpt_path else None
+  ckpt_name = report_lib.checkpoint_name(s.baseline_checkpoint) if s.baseline_checkpoint else None
   if s.baseline_arch and s.baseline_arch not in by_name:
     return s.baseline_arch, "baseline", "baseline", 0.0
   if ckpt_name and ckpt_name not in by_name:

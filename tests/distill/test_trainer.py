@@ -155,8 +155,9 @@ def test_an_ib_bert_checkpoint_is_prepared_as_it_is_and_teaches(tmp_path):
   assert len(steps) == m["steps"] and all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in steps)
   with pytest.raises(ValueError, match="adapt_headed"):
     teacher_head.prepare(src, str(tmp_path / "adapted"), tiny_data_config(),
-                         dict(teacher_head.settings_from_config(configs.load_config(
-                             "quickstart", distill_overrides(str(prepared))).teacher), adapt_headed=True),
+                         dict(distill_settings.teacher_settings(configs.load_config(
+                             "quickstart", distill_overrides(str(prepared))).teacher).key_settings(),
+                              adapt_headed=True),
                          log=lambda *_: None, progress=False)
 
 
